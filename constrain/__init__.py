@@ -1,0 +1,32 @@
+"""constrain: constraint sets, exact differentiable projections and their cvxpy references.
+
+The bottom layer of the toolkit; :mod:`strategies` enforces these sets during training and
+:mod:`experiments` compares the ways of doing so.
+"""
+
+from constrain._affine import AffineFactor, project_affine
+from constrain._orthant import project_nonnegative
+from constrain._simplex import l1_ball_threshold, project_l1_ball, project_simplex
+from constrain.reference import ReferenceSolverError, reference_projection
+from constrain.sets import Affine, ConstraintSet, L1Ball, NonNegative, Simplex
+from constrain.targets import OutputTarget, ParameterTarget, on_output, on_parameter
+
+__all__ = [
+    "Affine",
+    "AffineFactor",
+    "ConstraintSet",
+    "L1Ball",
+    "NonNegative",
+    "OutputTarget",
+    "ParameterTarget",
+    "ReferenceSolverError",
+    "Simplex",
+    "l1_ball_threshold",
+    "on_output",
+    "on_parameter",
+    "project_affine",
+    "project_l1_ball",
+    "project_nonnegative",
+    "project_simplex",
+    "reference_projection",
+]

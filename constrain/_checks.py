@@ -1,0 +1,85 @@
+"""Input checks shared by the kernels and the sets: one place, one wording."""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor
+
+Radius = Union[float, int, Tensor]
+
+#: dtypes the kernels upcast to float32 internally and cast back.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_tensor(x: object, name: str = "x") -> Tensor:
+    """Return ``x`` if it is a real floating-point tensor; raise a clear error otherwise."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; "
+            f"wrap it with torch.as_tensor({name}, dtype=torch.float32)."
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; projections need a floating-point tensor: "
+            f"pass {name}.float() or {name}.double()."
+        )
+    return x
+
+
+def check_finite(values: Tensor, name: str = "x") -> None:
+    """Raise if ``values`` holds NaN or Inf.
+
+    Callers pass a reduction they computed anyway (row sums, norms): a sum is
+    finite iff every summand is, so this costs no extra pass over the input.
+    """
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"{name} contains NaN or Inf; projections are defined for finite inputs only. "
+            f"Find where the non-finite values come from (torch.autograd.set_detect_anomaly helps) "
+            f"or clean them with torch.nan_to_num({name})."
+        )
+
+
+def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str = "radius") -> Tensor:
+    """Return ``radius`` as a tensor of shape ``batch_shape + (1,)`` on ``x``'s device and dtype.
+
+    ``radius`` is a positive finite number or a tensor broadcastable to ``batch_shape``
+    (one radius per row, e.g. per sample). Gradients flow through a tensor radius.
+    """
+    if isinstance(radius, bool) or not isinstance(radius, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a positive float or a tensor, got {type(radius).__name__}.")
+    if not isinstance(radius, Tensor):
+        if not math.isfinite(radius) or radius <= 0:
+            raise ValueError(f"{name} must be positive and finite, got {radius}; pass e.g. {name}=1.0.")
+        return torch.full((*batch_shape, 1), float(radius), dtype=x.dtype, device=x.device)
+    if radius.is_complex() or radius.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real tensor, got dtype {radius.dtype}.")
+    r = radius.to(device=x.device, dtype=x.dtype)
+    if r.numel() and not bool(((r > 0) & torch.isfinite(r)).all()):
+        raise ValueError(
+            f"every entry of {name} must be positive and finite; got min {r.min().item():g}, "
+            f"max {r.max().item():g}. A zero radius has a single feasible point: use torch.zeros_like."
+        )
+    try:
+        r = r.expand(batch_shape) if r.dim() <= len(batch_shape) else None
+    except RuntimeError:
+        r = None
+    if r is None:
+        raise ValueError(
+            f"{name} of shape {tuple(radius.shape)} does not broadcast to the batch shape "
+            f"{tuple(batch_shape)} (the input's shape without the projected dimension); "
+            f"pass a float or one radius per row."
+        )
+    return r.unsqueeze(-1)
+
+
+def check_dim(x: Tensor, dim: int, name: str = "dim") -> int:
+    """Normalize ``dim`` for ``x``; raise if it is out of range."""
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the vector to project); got a 0-d tensor.")
+    if not -x.dim() <= dim < x.dim():
+        raise IndexError(f"{name}={dim} is out of range for a tensor with {x.dim()} dimensions.")
+    return dim % x.dim()

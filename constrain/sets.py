@@ -1,0 +1,255 @@
+r"""Constraint sets: the *what* of constrained training.
+
+Each set :math:`C` is described by functions :math:`g(x) \le 0` (inequalities) and
+:math:`h(x) = 0` (equalities) acting on the last dimension of ``x`` (one row = one sample's
+output, or one row of a weight matrix), and knows its Euclidean projection
+:math:`P_C(x) = \arg\min_{y \in C} \|y - x\|_2`, its violation and its cvxpy form.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from constrain._affine import AffineFactor, check_dims
+from constrain._checks import Radius, check_finite, check_radius, check_tensor
+from constrain._orthant import project_nonnegative
+from constrain._simplex import project_l1_ball, project_simplex
+from constrain import reference
+
+
+class ConstraintSet(abc.ABC):
+    r"""A closed convex set :math:`C = \{x : g(x) \le 0,\ h(x) = 0\}` acting on rows of ``x``."""
+
+    #: True when the set constrains a parameter as one flat vector ``vec(W)`` (e.g. ``A vec(W) = c``);
+    #: False when it acts on each row of the parameter (its last dimension) independently.
+    acts_on_flat_vector: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def project(self, x: Tensor) -> Tensor:
+        """Euclidean projection of each row of ``x`` onto the set; differentiable."""
+
+    def inequality(self, x: Tensor) -> Tensor | None:
+        r""":math:`g(x)` of shape ``(..., p)``, feasible iff every entry is :math:`\le 0`; None if none."""
+        return None
+
+    def equality(self, x: Tensor) -> Tensor | None:
+        r""":math:`h(x)` of shape ``(..., q)``, feasible iff every entry is :math:`0`; None if none."""
+        return None
+
+    def violation(self, x: Tensor) -> Tensor:
+        r"""Per row: :math:`\max(\max_i g_i(x)^+, \max_j |h_j(x)|) \ge 0`, zero iff the row is in the set."""
+        x = check_tensor(x)
+        parts = []
+        g, h = self.inequality(x), self.equality(x)
+        if g is not None:
+            parts.append(g.clamp_min(0).amax(-1) if g.shape[-1] else g.new_zeros(g.shape[:-1]))
+        if h is not None:
+            parts.append(h.abs().amax(-1) if h.shape[-1] else h.new_zeros(h.shape[:-1]))
+        out = parts[0]
+        for part in parts[1:]:
+            out = torch.maximum(out, part)
+        return out
+
+    def contains(self, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """Boolean per row: violation at most ``tol``."""
+        return self.violation(x) <= tol
+
+    @abc.abstractmethod
+    def cvxpy_constraint(self, var: Any) -> list:
+        """The set as a list of cvxpy constraints on the 1-d cvxpy variable ``var``."""
+
+    @abc.abstractmethod
+    def scaled(self, t: float) -> "ConstraintSet":
+        r"""The set :math:`t C` for :math:`t > 0` (every set here is a cone or an affine set)."""
+
+    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
+        """The set each row of ``x`` is projected onto (differs only with per-row parameters)."""
+        return itertools.repeat(self)
+
+    def reference_projection(self, x: Tensor) -> Tensor:
+        """cvxpy's projection of every row of ``x`` (float64): the ground truth for :meth:`project`."""
+        return reference.reference_projection(self, x)
+
+
+class L1Ball(ConstraintSet):
+    r""":math:`\{x : \|x\|_1 \le r\}` along the last dimension; ``radius`` a float or one per row."""
+
+    def __init__(self, radius: Radius = 1.0) -> None:
+        if isinstance(radius, Tensor):
+            check_radius(radius, radius, radius.shape)  # positive and finite
+        else:
+            check_radius(radius, torch.empty(0), torch.Size())
+        self.radius = radius
+
+    def __repr__(self) -> str:
+        r = self.radius if not isinstance(self.radius, Tensor) else f"tensor{tuple(self.radius.shape)}"
+        return f"L1Ball(radius={r})"
+
+    def project(self, x: Tensor) -> Tensor:
+        return project_l1_ball(x, self.radius)
+
+    def radius_like(self, x: Tensor) -> Tensor:
+        """The radius for each row of ``x``, shape ``x.shape[:-1] + (1,)``."""
+        return check_radius(self.radius, x, x.shape[:-1])
+
+    def inequality(self, x: Tensor) -> Tensor:
+        return x.abs().sum(-1, keepdim=True) - self.radius_like(x)
+
+    def cvxpy_constraint(self, var: Any) -> list:
+        import cvxpy as cp
+
+        return [cp.norm1(var) <= float(self.radius)]
+
+    def scaled(self, t: float) -> "L1Ball":
+        return L1Ball(self.radius * t)
+
+    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
+        if not isinstance(self.radius, Tensor):
+            return itertools.repeat(self)
+        radii = self.radius_like(x.detach().double()).reshape(-1).tolist()
+        return (L1Ball(r) for r in radii)
+
+
+class Simplex(ConstraintSet):
+    r""":math:`\{x : x \ge 0,\ \sum_i x_i = r\}` along the last dimension; the kernel of the L1 ball."""
+
+    def __init__(self, radius: Radius = 1.0) -> None:
+        if isinstance(radius, Tensor):
+            check_radius(radius, radius, radius.shape)
+        else:
+            check_radius(radius, torch.empty(0), torch.Size())
+        self.radius = radius
+
+    def __repr__(self) -> str:
+        r = self.radius if not isinstance(self.radius, Tensor) else f"tensor{tuple(self.radius.shape)}"
+        return f"Simplex(radius={r})"
+
+    def project(self, x: Tensor) -> Tensor:
+        return project_simplex(x, self.radius)
+
+    def inequality(self, x: Tensor) -> Tensor:
+        return -x
+
+    def equality(self, x: Tensor) -> Tensor:
+        return x.sum(-1, keepdim=True) - check_radius(self.radius, x, x.shape[:-1])
+
+    def cvxpy_constraint(self, var: Any) -> list:
+        import cvxpy as cp
+
+        return [var >= 0, cp.sum(var) == float(self.radius)]
+
+    def scaled(self, t: float) -> "Simplex":
+        return Simplex(self.radius * t)
+
+    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
+        if not isinstance(self.radius, Tensor):
+            return itertools.repeat(self)
+        radii = check_radius(self.radius, x.detach().double(), x.shape[:-1]).reshape(-1).tolist()
+        return (Simplex(r) for r in radii)
+
+
+class NonNegative(ConstraintSet):
+    r"""The orthant :math:`\{x : x \ge 0\}`, elementwise."""
+
+    def __repr__(self) -> str:
+        return "NonNegative()"
+
+    def project(self, x: Tensor) -> Tensor:
+        return project_nonnegative(x)
+
+    def inequality(self, x: Tensor) -> Tensor:
+        return -x
+
+    def cvxpy_constraint(self, var: Any) -> list:
+        return [var >= 0]
+
+    def scaled(self, t: float) -> "NonNegative":
+        return self
+
+
+class Affine(ConstraintSet):
+    r""":math:`\{w \in \mathbb{R}^n : A w = c\}`; on a parameter ``W`` it constrains ``vec(W) = W.reshape(-1)``.
+
+    ``A`` (m, n) may be rank deficient as long as the system is consistent; an inconsistent
+    system raises ``ValueError`` at construction. The factorization is computed once.
+    """
+
+    acts_on_flat_vector = True
+
+    def __init__(self, A: Tensor | np.ndarray | Sequence, c: Tensor | np.ndarray | Sequence | float = 0.0) -> None:
+        A_t = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A)
+        if A_t.dim() == 1:
+            A_t = A_t.unsqueeze(0)
+        if isinstance(c, (int, float)):
+            c = torch.full((A_t.shape[0],), float(c), dtype=torch.float64)
+        c_t = torch.as_tensor(np.asarray(c) if not isinstance(c, Tensor) else c)
+        self.factor = AffineFactor.of(A_t, c_t)
+        self.A = A_t.detach().to(device=self.factor.row_basis.device, dtype=torch.float64)
+        self.c = c_t.detach().reshape(-1).to(device=self.factor.row_basis.device, dtype=torch.float64)
+
+    @classmethod
+    def _from_factor(cls, A: Tensor, c: Tensor, factor: AffineFactor) -> "Affine":
+        new = cls.__new__(cls)
+        new.A, new.c, new.factor = A, c, factor
+        return new
+
+    @classmethod
+    def tie(cls, shape: Sequence[int] | int, groups: Iterable[Sequence[Sequence[int] | int]]) -> "Affine":
+        """Tying constraint on a tensor of ``shape``: within each group, all listed entries are equal.
+
+        ``groups``: e.g. ``[[(0, 0), (1, 1)], [(0, 2), (2, 0), (3, 3)]]`` ties ``w[0,0] = w[1,1]``
+        and ``w[0,2] = w[2,0] = w[3,3]``. Each group needs at least two index tuples.
+        """
+        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        n = int(np.prod(shape))
+        rows = []
+        for g, group in enumerate(groups):
+            flat = []
+            for index in group:
+                index = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
+                if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape)):
+                    raise ValueError(f"groups[{g}] has index {index}, which is not an index of shape {shape}.")
+                flat.append(int(np.ravel_multi_index(index, shape)))
+            if len(flat) < 2:
+                raise ValueError(f"groups[{g}] has {len(flat)} index; a tied group needs at least two.")
+            for other in flat[1:]:
+                row = np.zeros(n)
+                row[flat[0]], row[other] = 1.0, -1.0
+                rows.append(row)
+        if not rows:
+            raise ValueError("groups is empty: give at least one group of indices to tie.")
+        return cls(np.stack(rows), np.zeros(len(rows)))
+
+    def __repr__(self) -> str:
+        return f"Affine(A: {tuple(self.A.shape)}, rank {self.factor.rank})"
+
+    @property
+    def size(self) -> int:
+        """n, the length of the constrained vector."""
+        return self.factor.size
+
+    def project(self, x: Tensor) -> Tensor:
+        x = check_tensor(x)
+        check_dims(x, self.size)
+        if x.numel():
+            check_finite(x.sum(-1))
+        return self.factor.project(x)
+
+    def equality(self, x: Tensor) -> Tensor:
+        check_dims(x, self.size)
+        A, c = self.A.to(device=x.device, dtype=x.dtype), self.c.to(device=x.device, dtype=x.dtype)
+        return x @ A.T - c
+
+    def cvxpy_constraint(self, var: Any) -> list:
+        return [self.A.cpu().numpy() @ var == self.c.cpu().numpy()]
+
+    def scaled(self, t: float) -> "Affine":
+        factor = AffineFactor(self.factor.row_basis, self.factor.particular * t)
+        return Affine._from_factor(self.A, self.c * t, factor)
