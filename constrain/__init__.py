@@ -9,7 +9,7 @@ from constrain._orthant import project_nonnegative
 from constrain._simplex import l1_ball_threshold, project_l1_ball, project_simplex
 from constrain.reference import ReferenceSolverError, reference_projection
 from constrain.sets import Affine, ConstraintSet, L1Ball, NonNegative, Simplex
-from constrain.targets import OutputTarget, ParameterTarget, on_output, on_parameter
+from constrain.targets import OutputTarget, ParameterTarget, on_output, on_parameter, output_rows, parameter_rows
 
 __all__ = [
     "Affine",
@@ -24,6 +24,8 @@ __all__ = [
     "l1_ball_threshold",
     "on_output",
     "on_parameter",
+    "output_rows",
+    "parameter_rows",
     "project_affine",
     "project_l1_ball",
     "project_nonnegative",

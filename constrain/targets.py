@@ -76,17 +76,30 @@ class ParameterTarget:
                 )
 
     def gather(self, model: nn.Module) -> Tensor:
-        """The constrained value: the parameter itself, or the concatenated ``vec`` for flat-vector sets."""
+        """The constrained value as rows ``(rows, n)``: ``vec`` of the concatenated parameters (one
+        row) for flat-vector sets; otherwise one row per output unit, ``W.reshape(W.shape[0], -1)``
+        (a 1-d parameter is one row)."""
         values = self.tensors(model)
         if self.set.acts_on_flat_vector:
-            return torch.cat([v.reshape(-1) for v in values])
-        return values[0]
+            return torch.cat([v.reshape(-1) for v in values]).unsqueeze(0)
+        return parameter_rows(values[0])
 
-    def split(self, flat: Tensor, model: nn.Module) -> list[Tensor]:
-        """Inverse of :meth:`gather` for flat-vector sets: one tensor per name, in its own shape."""
+    def split(self, rows: Tensor, model: nn.Module) -> list[Tensor]:
+        """Inverse of :meth:`gather`: one tensor per name, each in its parameter's shape."""
         shapes = [v.shape for v in self.tensors(model)]
         sizes = [int(torch.Size(s).numel()) for s in shapes]
-        return [part.reshape(s) for part, s in zip(flat.split(sizes), shapes)]
+        return [part.reshape(s) for part, s in zip(rows.reshape(-1).split(sizes), shapes)]
+
+
+def parameter_rows(value: Tensor) -> Tensor:
+    """A parameter as rows ``(units, n)``: one row per output unit (``W.reshape(W.shape[0], -1)``);
+    a 1-d parameter (a bias) is a single row."""
+    return value.reshape(value.shape[0], -1) if value.dim() >= 2 else value.reshape(1, -1)
+
+
+def output_rows(outputs: Tensor) -> Tensor:
+    """A batch of outputs as rows ``(batch, n)``: one row per sample; ``(B,)`` becomes ``(B, 1)``."""
+    return outputs.reshape(outputs.shape[0], -1) if outputs.dim() >= 2 else outputs.reshape(-1, 1)
 
 
 def _split(name: str) -> tuple[str, str]:
