@@ -14,7 +14,7 @@ unit of a weight (``parameter_rows``); flat-vector sets (``Affine``) see ``vec``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Union
 
 import torch
@@ -71,6 +71,17 @@ def target_rows(target: Target, model: nn.Module, outputs: Tensor | None) -> Ten
 def constraint_values(target: Target, rows: Tensor) -> tuple[Tensor | None, Tensor | None]:
     r"""``(g, h)`` of the target's set on ``rows``: :math:`g \le 0` and :math:`h = 0`, each ``(rows, k)``."""
     return target.set.inequality(rows), target.set.equality(rows)
+
+
+def install_output_map(model: nn.Module, row_map: Callable[[Tensor], Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """Append ``row_map`` to ``model`` as a forward hook: ``model(x)`` returns ``row_map`` applied to
+    its output rows (``output_rows``), reshaped back. The model object, its parameter names and its
+    state_dict stay the same, and the map holds on every input, seen or unseen."""
+
+    def hook(module: nn.Module, inputs: Any, outputs: Tensor) -> Tensor:
+        return row_map(output_rows(outputs)).reshape(outputs.shape)
+
+    return model.register_forward_hook(hook)
 
 
 class Strategy:
