@@ -101,6 +101,11 @@ class AffineFactor:
         V, offset = self._on(x)
         return x - (x @ V.T - offset) @ V
 
+    def project_direction(self, v: Tensor) -> Tensor:
+        r"""Project directions (rows of ``v``) onto the null space of A: :math:`v - V^\top V v`."""
+        V, _ = self._on(v)
+        return v - (v @ V.T) @ V
+
     def particular_like(self, like: Tensor) -> Tensor:
         return self.particular.to(**_kw(like))
 

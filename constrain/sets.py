@@ -30,6 +30,9 @@ class ConstraintSet(abc.ABC):
     #: True when the set constrains a parameter as one flat vector ``vec(W)`` (e.g. ``A vec(W) = c``);
     #: False when it acts on each row of the parameter (its last dimension) independently.
     acts_on_flat_vector: ClassVar[bool] = False
+    #: Which kinds of constraints :meth:`inequality` and :meth:`equality` return.
+    has_inequalities: ClassVar[bool] = True
+    has_equalities: ClassVar[bool] = False
 
     @abc.abstractmethod
     def project(self, x: Tensor) -> Tensor:
@@ -120,6 +123,8 @@ class L1Ball(ConstraintSet):
 class Simplex(ConstraintSet):
     r""":math:`\{x : x \ge 0,\ \sum_i x_i = r\}` along the last dimension; the kernel of the L1 ball."""
 
+    has_equalities = True
+
     def __init__(self, radius: Radius = 1.0) -> None:
         if isinstance(radius, Tensor):
             check_radius(radius, radius, radius.shape)
@@ -182,6 +187,8 @@ class Affine(ConstraintSet):
     """
 
     acts_on_flat_vector = True
+    has_inequalities = False
+    has_equalities = True
 
     def __init__(self, A: Tensor | np.ndarray | Sequence, c: Tensor | np.ndarray | Sequence | float = 0.0) -> None:
         A_t = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A)

@@ -1,0 +1,249 @@
+r"""Penalty and barrier strategies: add :math:`\mu \sum \phi(g) + \mu \sum \psi(h)` to the objective.
+
+Exterior penalties (:math:`\phi(g) = (g^+)^2` or :math:`g^+`) give approximate feasibility that
+improves as the weight :math:`\mu` grows. Barriers (:math:`-\log(-g)`, :math:`-1/g`) are defined
+only strictly inside the set: they refuse an infeasible start, and a parameter step that would
+leave the interior is shortened (backtracking towards the last strictly feasible iterate). The
+extended log barrier (Kervadec et al. 2019) continues :math:`-\frac1t\log(-z)` linearly for
+:math:`z > -1/t^2`, so it accepts an infeasible start. Barriers have no meaning for equalities.
+
+Aggregation: output constraints are averaged over the batch (as the objective is), parameter
+constraints are summed over their rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from constrain import OutputTarget, ParameterTarget
+from strategies._base import Strategy, Target, constraint_values, target_rows
+from strategies._registry import register
+
+
+class InfeasibleStartError(ValueError):
+    """A barrier was asked to start from (or reached) a point outside the interior of its set."""
+
+
+def _check_positive(value: float, name: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {value}.")
+    return float(value)
+
+
+def _aggregate(target: Target, per_row: Tensor) -> Tensor:
+    """Mean over samples for output constraints, sum over rows for parameter constraints."""
+    return per_row.mean() if isinstance(target, OutputTarget) else per_row.sum()
+
+
+class PenaltyStrategy(Strategy):
+    r"""Shared machinery: weight :math:`\mu`, multiplied by ``growth`` after every step (bounded by
+    ``weight_limit`` in the direction of growth)."""
+
+    family = "penalty"
+    barrier = False
+
+    def __init__(self, *, weight: float = 1.0, growth: float = 1.0, weight_limit: float | None = None) -> None:
+        super().__init__()
+        self.weight = _check_positive(weight, "weight")
+        self.growth = _check_positive(growth, "growth")
+        self.weight_limit = None if weight_limit is None else _check_positive(weight_limit, "weight_limit")
+
+    @classmethod
+    def unsupported_reason(cls, target: Target) -> str | None:
+        if cls.barrier and target.set.has_equalities:
+            return (
+                "a barrier needs an interior, and an equality constraint has none; use quadratic-penalty, "
+                "lagrangian, projected or a reparameterization instead."
+            )
+        return None
+
+    def inequality_term(self, g: Tensor) -> Tensor:
+        """Elementwise :math:`\\phi(g)` for the inequalities."""
+        raise NotImplementedError
+
+    def equality_term(self, h: Tensor) -> Tensor:
+        """Elementwise :math:`\\psi(h)` for the equalities."""
+        raise NotImplementedError
+
+    def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor:
+        total: Tensor | float = 0.0
+        for target in self.targets:
+            g, h = constraint_values(target, target_rows(target, model, outputs))
+            per_row: Tensor | float = 0.0
+            if g is not None:
+                if self.barrier:
+                    self._check_interior(target, g)
+                per_row = per_row + self.inequality_term(g).sum(-1)
+            if h is not None:
+                per_row = per_row + self.equality_term(h).sum(-1)
+            total = total + _aggregate(target, per_row)  # type: ignore[arg-type]
+        return self.weight * total  # type: ignore[return-value]
+
+    def _check_interior(self, target: Target, g: Tensor) -> None:
+        if bool((g >= 0).any()):
+            where = "the first batch's outputs" if self.steps == 0 else f"step {self.steps}"
+            raise InfeasibleStartError(
+                f"{self.name}: {target.label} is not strictly satisfied at {where} (max g = {float(g.max()):.3g} >= 0); "
+                f"a barrier is undefined outside its set's interior. Start strictly feasible (e.g. initialise the "
+                f"last layer so outputs lie inside), lower the learning rate, or use 'extended-log-barrier', which "
+                f"accepts infeasible points."
+            )
+
+    def _attach(self) -> None:
+        model = self._require_model()
+        self._last_feasible: dict[str, Tensor] = {}
+        if not self.barrier:
+            return
+        for target in self.targets:
+            if isinstance(target, ParameterTarget):
+                g, _ = constraint_values(target, target.gather(model).detach())
+                if g is not None:
+                    self._check_interior(target, g)
+        self._remember_parameters()
+
+    def _after_step(self) -> None:
+        if self.barrier:
+            self._stay_inside()
+        self._grow()
+
+    def _grow(self) -> None:
+        self.weight *= self.growth
+        if self.weight_limit is not None:
+            self.weight = min(self.weight, self.weight_limit) if self.growth >= 1 else max(self.weight, self.weight_limit)
+
+    @torch.no_grad()
+    def _stay_inside(self) -> None:
+        """Shorten the last parameter step until every barrier-constrained parameter is strictly inside."""
+        params = self._barrier_parameters()
+        if not params:
+            return
+        for _ in range(60):
+            if all(self._strictly_inside(t) for t in self.targets if isinstance(t, ParameterTarget)):
+                break
+            for name, p in params.items():  # halve the step: w <- w_prev + (w - w_prev) / 2
+                p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
+        else:
+            for name, p in params.items():
+                p.copy_(self._last_feasible[name])
+        self._remember_parameters()
+
+    def _strictly_inside(self, target: ParameterTarget) -> bool:
+        g, _ = constraint_values(target, target.gather(self._require_model()))
+        return g is None or bool((g < 0).all())
+
+    def _barrier_parameters(self) -> dict[str, nn.Parameter]:
+        model = self._require_model()
+        named = dict(model.named_parameters())
+        return {n: named[n] for t in self.targets if isinstance(t, ParameterTarget) for n in t.names if n in named}
+
+    def _remember_parameters(self) -> None:
+        self._last_feasible = {n: p.detach().clone() for n, p in self._barrier_parameters().items()}
+
+    def _state(self) -> dict[str, Any]:
+        return {"weight": self.weight}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.weight = float(state["weight"])
+        if self.barrier:
+            self._remember_parameters()
+
+
+@register("quadratic-penalty")
+class QuadraticPenalty(PenaltyStrategy):
+    r""":math:`\mu \sum (g^+)^2 + \mu \sum h^2`."""
+
+    summary = "exterior quadratic penalty mu*relu(g)^2 + mu*h^2; feasibility improves as the weight grows"
+
+    def inequality_term(self, g: Tensor) -> Tensor:
+        return g.clamp_min(0).square()
+
+    def equality_term(self, h: Tensor) -> Tensor:
+        return h.square()
+
+
+@register("exact-penalty")
+class ExactPenalty(PenaltyStrategy):
+    r""":math:`\mu \sum g^+ + \mu \sum |h|`: exact for a weight above the largest multiplier."""
+
+    summary = "exact (L1) penalty mu*relu(g) + mu*|h|; exact once mu exceeds the optimal multipliers"
+
+    def inequality_term(self, g: Tensor) -> Tensor:
+        return g.clamp_min(0)
+
+    def equality_term(self, h: Tensor) -> Tensor:
+        return h.abs()
+
+
+@register("log-barrier")
+class LogBarrier(PenaltyStrategy):
+    r""":math:`-\mu \sum \log(-g)`; needs a strictly feasible start; shrink :math:`\mu` with growth < 1."""
+
+    summary = "log barrier -mu*log(-g); strictly feasible start required, steps kept inside"
+    barrier = True
+
+    def inequality_term(self, g: Tensor) -> Tensor:
+        return -torch.log(-g)
+
+
+@register("reciprocal-barrier")
+class ReciprocalBarrier(PenaltyStrategy):
+    r""":math:`\mu \sum 1 / (-g)`; needs a strictly feasible start."""
+
+    summary = "reciprocal barrier mu/(-g); strictly feasible start required, steps kept inside"
+    barrier = True
+
+    def inequality_term(self, g: Tensor) -> Tensor:
+        return 1.0 / (-g)
+
+
+@register("extended-log-barrier")
+class ExtendedLogBarrier(PenaltyStrategy):
+    r"""Kervadec et al.'s extension :math:`\tilde\psi_t(z) = -\frac1t\log(-z)` for :math:`z \le -1/t^2`,
+    else :math:`t z - \frac1t\log(1/t^2) + \frac1t`: smooth, linear outside, accepts infeasible starts.
+    ``t`` is multiplied by ``t_growth`` after every step (the barrier sharpens)."""
+
+    summary = "extended log barrier (Kervadec et al.): log inside, linear outside; infeasible start allowed"
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        growth: float = 1.0,
+        weight_limit: float | None = None,
+        t: float = 5.0,
+        t_growth: float = 1.0,
+    ) -> None:
+        super().__init__(weight=weight, growth=growth, weight_limit=weight_limit)
+        self.t = _check_positive(t, "t")
+        self.t_growth = _check_positive(t_growth, "t_growth")
+
+    @classmethod
+    def unsupported_reason(cls, target: Target) -> str | None:
+        if target.set.has_equalities:
+            return (
+                "the extended log barrier acts on inequalities only (an equality has no interior); use "
+                "quadratic-penalty, lagrangian, projected or a reparameterization instead."
+            )
+        return None
+
+    def inequality_term(self, g: Tensor) -> Tensor:
+        t = self.t
+        threshold = -1.0 / t**2
+        inside = -torch.log(-g.clamp_max(threshold)) / t
+        outside = t * g - math.log(1.0 / t**2) / t + 1.0 / t
+        return torch.where(g <= threshold, inside, outside)
+
+    def _after_step(self) -> None:
+        super()._after_step()
+        self.t *= self.t_growth
+
+    def _state(self) -> dict[str, Any]:
+        return {"weight": self.weight, "t": self.t}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self.t = float(state["t"])
