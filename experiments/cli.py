@@ -14,6 +14,7 @@ from collections.abc import Sequence
 #: Modules that each add one subcommand, in the order ``constrain --help`` lists them.
 COMMAND_MODULES = (
     "experiments.validate",
+    "experiments.listing",
 )
 
 

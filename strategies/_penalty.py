@@ -87,7 +87,7 @@ class PenaltyStrategy(Strategy):
         if bool((g >= 0).any()):
             where = "the first batch's outputs" if self.steps == 0 else f"step {self.steps}"
             raise InfeasibleStartError(
-                f"{self.name}: {target.label} is not strictly satisfied at {where} (max g = {float(g.max()):.3g} >= 0); "
+                f"{self.name}: {target.label} is not strictly satisfied at {where} (max g = {float(g.detach().max()):.3g} >= 0); "
                 f"a barrier is undefined outside its set's interior. Start strictly feasible (e.g. initialise the "
                 f"last layer so outputs lie inside), lower the learning rate, or use 'extended-log-barrier', which "
                 f"accepts infeasible points."
@@ -96,6 +96,7 @@ class PenaltyStrategy(Strategy):
     def _attach(self) -> None:
         model = self._require_model()
         self._last_feasible: dict[str, Tensor] = {}
+        self._last_inputs: tuple | None = None
         if not self.barrier:
             return
         for target in self.targets:
@@ -103,7 +104,13 @@ class PenaltyStrategy(Strategy):
                 g, _ = constraint_values(target, target.gather(model).detach())
                 if g is not None:
                     self._check_interior(target, g)
+        if any(isinstance(t, OutputTarget) for t in self.targets):
+            model.register_forward_pre_hook(self._remember_inputs)
         self._remember_parameters()
+
+    def _remember_inputs(self, module: nn.Module, inputs: tuple) -> None:
+        if torch.is_grad_enabled():  # a training forward; the checks below run under no_grad
+            self._last_inputs = inputs
 
     def _after_step(self) -> None:
         if self.barrier:
@@ -117,27 +124,38 @@ class PenaltyStrategy(Strategy):
 
     @torch.no_grad()
     def _stay_inside(self) -> None:
-        """Shorten the last parameter step until every barrier-constrained parameter is strictly inside."""
+        """Fraction-to-boundary rule: halve the last step, ``w <- w_prev + (w - w_prev) / 2``, until every
+        barrier constraint is strictly satisfied again: parameters exactly, outputs on the last training
+        batch (unseen inputs carry no such guarantee). The set is convex and ``w_prev`` strictly inside,
+        so a short enough step always is."""
         params = self._barrier_parameters()
-        if not params:
-            return
         for _ in range(60):
-            if all(self._strictly_inside(t) for t in self.targets if isinstance(t, ParameterTarget)):
+            if self._strictly_inside():
                 break
-            for name, p in params.items():  # halve the step: w <- w_prev + (w - w_prev) / 2
+            for name, p in params.items():
                 p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
         else:
             for name, p in params.items():
                 p.copy_(self._last_feasible[name])
         self._remember_parameters()
 
-    def _strictly_inside(self, target: ParameterTarget) -> bool:
-        g, _ = constraint_values(target, target.gather(self._require_model()))
-        return g is None or bool((g < 0).all())
+    def _strictly_inside(self) -> bool:
+        model = self._require_model()
+        outputs = model(*self._last_inputs) if self._last_inputs is not None else None
+        for target in self.targets:
+            if isinstance(target, OutputTarget) and outputs is None:
+                continue
+            g, _ = constraint_values(target, target_rows(target, model, outputs))
+            if g is not None and not bool((g < 0).all()):
+                return False
+        return True
 
     def _barrier_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters a step may have pushed out: all trainable ones when outputs are constrained."""
         model = self._require_model()
         named = dict(model.named_parameters())
+        if any(isinstance(t, OutputTarget) for t in self.targets):
+            return {n: p for n, p in named.items() if p.requires_grad}
         return {n: named[n] for t in self.targets if isinstance(t, ParameterTarget) for n in t.names if n in named}
 
     def _remember_parameters(self) -> None:

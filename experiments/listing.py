@@ -1,0 +1,80 @@
+"""``constrain list``: the strategies, their options, the constraints, and the support matrix."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+
+import strategies
+from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+
+#: The five constraints users asked about, as targets on a layer called ``layer``.
+CONSTRAINTS = {
+    "L1 ball on outputs": on_output(L1Ball(1.0)),
+    "outputs >= 0": on_output(NonNegative()),
+    "weights >= 0": on_parameter("layer.weight", NonNegative()),
+    "A vec(W) = c on weights": on_parameter("layer.weight", Affine.tie((2, 2), [[(0, 0), (1, 1)]])),
+    "L1 ball on weight rows": on_parameter("layer.weight", L1Ball(1.0)),
+}
+
+
+def support_matrix() -> dict[str, dict[str, str | None]]:
+    """``{strategy: {constraint: None if supported else the reason}}`` for every registered strategy."""
+    return {
+        name: {label: strategies.strategy_class(name).unsupported_reason(target) for label, target in CONSTRAINTS.items()}
+        for name in strategies.available()
+    }
+
+
+def _options(name: str) -> str:
+    parts = []
+    for option, param in strategies.options_of(strategies.strategy_class(name)).items():
+        default = "" if param.default is inspect.Parameter.empty else f"={param.default!r}"
+        parts.append(f"{option}{default}")
+    return ", ".join(parts) or "-"
+
+
+def render(matrix: dict[str, dict[str, str | None]]) -> str:
+    """The strategies table and the support matrix as plain text."""
+    lines = ["Strategies", ""]
+    width = max(map(len, matrix)) + 2
+    for name in matrix:
+        cls = strategies.strategy_class(name)
+        lines.append(f"  {name:<{width}}[{cls.family}] {cls.summary}")
+        lines.append(f"  {'':<{width}}options: {_options(name)}")
+    lines += ["", "Constraints", ""]
+    for i, (label, target) in enumerate(CONSTRAINTS.items(), 1):
+        lines.append(f"  ({i}) {label}: {target.label.replace('layer.weight', 'W')}")
+    lines += ["", "Support matrix (yes / no: reason below)", ""]
+    header = f"  {'strategy':<{width}}" + "".join(f"({i})".center(6) for i in range(1, len(CONSTRAINTS) + 1))
+    lines.append(header)
+    reasons: dict[str, int] = {}
+    for name, row in matrix.items():
+        cells = []
+        for reason in row.values():
+            if reason is None:
+                cells.append("yes".center(6))
+            else:
+                key = reasons.setdefault(reason, len(reasons) + 1)
+                cells.append(f"no[{key}]".center(6))
+        lines.append(f"  {name:<{width}}" + "".join(cells))
+    if reasons:
+        lines.append("")
+        lines += [f"  [{key}] {reason}" for reason, key in reasons.items()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    matrix = support_matrix()
+    if args.json:
+        print(json.dumps(matrix, indent=2))
+    else:
+        print(render(matrix))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("list", help="strategies, constraints and which strategy supports which")
+    parser.add_argument("--json", action="store_true", help="print the support matrix as JSON")
+    parser.set_defaults(func=run)

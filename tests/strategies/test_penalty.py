@@ -1,0 +1,106 @@
+"""Penalty and barrier family: feasibility improves with the weight; barriers stay strictly inside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import strategies
+from training_problem import CELLS
+from constrain import NonNegative, ParameterTarget, on_parameter
+from strategies import UnsupportedConstraint
+from strategies._penalty import InfeasibleStartError
+
+PENALTIES = ["quadratic-penalty", "exact-penalty"]
+BARRIERS = ["log-barrier", "reciprocal-barrier"]
+
+
+@pytest.mark.parametrize("name", PENALTIES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_violation_shrinks_as_weight_grows(problem, name, cell):
+    violations = []
+    for weight in (0.3, 3.0, 30.0):
+        s = strategies.get(name, weight=weight)
+        model = problem.train(s, problem.model(), CELLS[cell](), steps=300)
+        violations.append(problem.violations(s, model, problem.X))
+    assert violations[0] > 1e-3, f"the unconstrained optimum should violate {cell}: {violations}"
+    assert violations[0] >= violations[1] >= violations[2], violations
+    assert violations[2] < 0.5 * violations[0], violations
+
+
+def _strictly_feasible_start(model, cell):
+    with torch.no_grad():
+        model.lin.weight.mul_(0.05).abs_() if cell in ("nonneg-weight", "l1-weight") else model.lin.weight.zero_()
+        model.lin.bias.fill_(0.5 if cell == "nonneg-output" else 0.0)
+    return model
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+@pytest.mark.parametrize("cell", ["l1-output", "nonneg-output", "nonneg-weight", "l1-weight"])
+def test_barrier_stays_strictly_feasible(problem, name, cell):
+    """From a strictly feasible start, every iterate stays strictly inside (on the training inputs)."""
+    s = strategies.get(name, weight=0.05)
+    worst = []
+
+    def check(model):
+        with torch.no_grad():
+            out = model(problem.X)
+            for target in s.targets:
+                rows = target.gather(model) if isinstance(target, ParameterTarget) else out
+                worst.append(float(target.set.inequality(rows).max()))
+
+    problem.train(s, _strictly_feasible_start(problem.model(), cell), CELLS[cell](), steps=150, lr=0.01, each_step=check)
+    assert max(worst) < 0, f"left the interior: max g = {max(worst)}"
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+def test_barrier_refuses_infeasible_start(problem, name):
+    model = problem.model()
+    with torch.no_grad():
+        model.lin.weight.fill_(-1.0)
+    with pytest.raises(InfeasibleStartError, match="extended-log-barrier"):
+        strategies.get(name).attach(model, [on_parameter("lin.weight", NonNegative())])
+    s = strategies.get(name)
+    model = s.attach(problem.model(), CELLS["nonneg-output"]())
+    with pytest.raises(InfeasibleStartError, match="first batch"):
+        s.loss(torch.tensor(0.0), model(problem.X))
+
+
+def test_extended_log_barrier_accepts_infeasible_start(problem):
+    s = strategies.get("extended-log-barrier", weight=1.0, t=5.0, t_growth=1.01)
+    before = problem.model()
+    with torch.no_grad():
+        v0 = NonNegative().violation(before(problem.X)).max()
+    model = problem.train(s, before, CELLS["nonneg-output"](), steps=300)
+    assert problem.violations(s, model, problem.X) < 0.1 * float(v0)
+
+
+@pytest.mark.parametrize("name", BARRIERS + ["extended-log-barrier"])
+def test_barriers_refuse_equalities(problem, name):
+    with pytest.raises(UnsupportedConstraint, match="equality"):
+        strategies.get(name).attach(problem.model(), CELLS["affine-weight"]())
+
+
+def test_growth_schedule_and_state_round_trip(problem):
+    s = strategies.get("quadratic-penalty", weight=1.0, growth=2.0, weight_limit=8.0)
+    problem.train(s, problem.model(), CELLS["nonneg-weight"](), steps=5)
+    assert s.weight == 8.0
+    state = s.state_dict()
+    t = strategies.get("quadratic-penalty", weight=1.0, growth=2.0, weight_limit=8.0)
+    t.attach(problem.model(), CELLS["nonneg-weight"]())
+    t.load_state_dict(state)
+    assert t.weight == 8.0 and t.steps == 5
+
+
+@pytest.mark.parametrize("bad", [{"weight": 0.0}, {"weight": float("nan")}, {"growth": -1.0}])
+def test_bad_options(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        strategies.get("quadratic-penalty", **bad)
+
+
+def test_non_finite_loss_is_an_error(problem):
+    s = strategies.get("quadratic-penalty")
+    model = s.attach(problem.model(), CELLS["nonneg-output"]())
+    out = model(problem.X)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        s.loss(torch.tensor(float("nan"), dtype=torch.float64), out)
