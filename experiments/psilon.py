@@ -1,0 +1,418 @@
+r"""PSiLON Net (Biswas 2024, arXiv 2404.19112), its baselines, path norms, Lipschitz checks and pruning.
+
+Every model here is a :class:`Net`: linear layers ``layers.0 .. layers.L`` with ReLU between them,
+
+.. math:: f(x) = W_L\,\sigma(\cdots \sigma(W_1 x + b_1) \cdots) + b_L,
+
+or, with ``residual=True``, the simplified residual blocks of the paper built on the concatenated
+ReLU :math:`\mathrm{CReLU}(z) = [\max(z, 0);\ \min(z, 0)]` (note :math:`z = \max(z,0) + \min(z,0)`):
+
+.. math:: z_1 = W_1 x + b_1,\quad z_{l+1} = z_l + [W^+_l\ W^-_l]\,\mathrm{CReLU}(z_l) + b_l,\quad
+          f(x) = [W^+_L\ W^-_L]\,\mathrm{CReLU}(z_L) + b_L.
+
+PSiLON Net puts L1 weight normalization on every layer, row by row (one row = one output unit):
+:math:`w_j = g\, v_j / \|v_j\|_1`, so :math:`\|w_j\|_1 = |g|`, with one length :math:`g` shared by
+the whole layer for the hidden layers and one length per output on the last layer. The
+normalization is the toolkit's parametrization ``strategies.L1WeightNorm`` (free length,
+``radius=None``). Residual blocks start with :math:`g = 0`, hence as the identity.
+
+1-path-norm. For weights :math:`W_1, \dots, W_L` of a ReLU network,
+:math:`\mathrm{P}_1 = \mathbf 1^\top |W_L| \cdots |W_1| \mathbf 1` (the sum over input-output paths
+of the product of the absolute weights). Because :math:`|J(x)| \le |W_L| \cdots |W_1|` entrywise
+for the Jacobian :math:`J(x) = W_L D_{L-1} \cdots D_1 W_1` (:math:`D` diagonal with entries in
+:math:`\{0, 1\}`), it bounds the Lipschitz constant from :math:`(\mathbb R^d, \|\cdot\|_\infty)` to
+:math:`(\mathbb R^k, \|\cdot\|_1)`:
+
+.. math:: \|f(x) - f(y)\|_1 \le \sup_z \|J(z)\|_{\infty\to 1}\, \|x - y\|_\infty,\qquad
+          \|J\|_{\infty\to 1} = \max_{\|u\|_\infty \le 1} \|J u\|_1 = \max_{s \in \{\pm 1\}^k} \|J^\top s\|_1
+          \le \textstyle\sum_{ij} |J_{ij}| \le \mathrm{P}_1.
+
+(It therefore bounds every :math:`p \to q` Lipschitz constant as well, since
+:math:`\|u\|_\infty \le \|u\|_p` and :math:`\|y\|_q \le \|y\|_1`; for one output it is the
+:math:`\ell_\infty` Lipschitz constant, whose dual gradient norm is :math:`\|\nabla f\|_1`.)
+
+With shared lengths the rows of :math:`|W_l|` sum to :math:`|g_l|`, so ones propagate as scalars and
+:math:`\mathrm{P}_1 = \prod_{l<L} |g_l| \cdot \sum_i |g_{L,i}|` exactly (the *product form*). In a
+residual block the Jacobian's entries are :math:`\delta_{ij} + W^\pm_{ij}`, one of the two per input
+:math:`j` (the sign of :math:`z_j` decides), so only the paths through
+:math:`I + \tilde W_l`, :math:`\tilde W_l = \max(|W^+_l|, |W^-_l|)`, are needed (the paper's *improved*
+bound), and :math:`\mathbf 1^\top \tilde W_L \prod_l (I + \tilde W_l) |W_1| \mathbf 1 \le
+|g_1| \prod_l (1 + |g_l|) \sum_i |g_{L,i}|`. Here ``[W+ W-]`` is normalized jointly (the toolkit's
+row normalization of a ``(h, 2h)`` weight), so :math:`\|\tilde w_j\|_1 \le |g|` and the product is
+an upper bound of the explicit value; the paper normalizes :math:`\tilde W` itself, where they are
+equal. The original (not improved) path norm counts both CReLU halves:
+:math:`|I + W^+| + |I + W^-|` per block, product form :math:`\prod (2 + |g_l|)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+#: The model kinds of the study.
+Kind = Literal["mlp", "standard", "l1-mlp", "psilon", "psilon-res"]
+KINDS: tuple[str, ...] = ("mlp", "standard", "l1-mlp", "psilon", "psilon-res")
+
+
+def crelu(z: Tensor) -> Tensor:
+    r"""Concatenated ReLU :math:`[\max(z, 0);\ \min(z, 0)] = [\mathrm{relu}(z); -\mathrm{relu}(-z)]`."""
+    return torch.cat([F.relu(z), -F.relu(-z)], dim=-1)
+
+
+class Net(nn.Module):
+    """A ReLU MLP (``residual=False``) or a CReLU residual network (``residual=True``).
+
+    ``layers[0]``: ``in_features -> hidden``; then ``hidden_layers`` layers ``hidden -> hidden``
+    (plain) or residual blocks ``2 hidden -> hidden``; last: ``hidden (2 hidden) -> out_features``.
+    """
+
+    def __init__(
+        self, in_features: int, hidden: int, out_features: int, hidden_layers: int = 1, residual: bool = False
+    ) -> None:
+        super().__init__()
+        if hidden_layers < 0 or hidden < 1:
+            raise ValueError(f"need hidden >= 1 and hidden_layers >= 0, got {hidden}, {hidden_layers}.")
+        self.residual = residual
+        self.in_features, self.hidden, self.out_features = in_features, hidden, out_features
+        width = 2 * hidden if residual else hidden
+        layers = [nn.Linear(in_features, hidden)]
+        layers += [nn.Linear(width, hidden) for _ in range(hidden_layers)]
+        layers.append(nn.Linear(width, out_features))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.layers[0](x)
+        if self.residual:
+            for block in self.layers[1:-1]:
+                z = z + block(crelu(z))
+            return self.layers[-1](crelu(z))
+        for layer in self.layers[1:]:
+            z = layer(F.relu(z))
+        return z
+
+    def weights(self) -> list[Tensor]:
+        """The effective weight of every layer (a parametrized weight gives its computed value)."""
+        return [layer.weight for layer in self.layers]
+
+
+# --------------------------------------------------------------------------- L1 weight normalization
+
+
+def _l1_weight_norm(layer: nn.Linear, shared: bool, length: float) -> None:
+    r"""Register the toolkit's L1 weight normalization :math:`w_j = g v_j / \|v_j\|_1` on ``layer.weight``
+    (free length, one for the layer if ``shared``, else one per row) and set the length(s) to ``length``."""
+    from strategies import L1WeightNorm  # the toolkit's parametrization (strategies/_reparam.py)
+
+    norm = L1WeightNorm(layer.weight, radius=None, shared_length=shared)
+    parametrize.register_parametrization(layer, "weight", norm)
+    with torch.no_grad():
+        norm.raw_length.fill_(length)  # with radius=None the raw length is g itself
+
+
+def _l1_norm_module(layer: nn.Module) -> nn.Module | None:
+    """The ``L1WeightNorm`` parametrization of ``layer.weight``, or None."""
+    from strategies import L1WeightNorm
+
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    return next((m for m in layer.parametrizations["weight"] if isinstance(m, L1WeightNorm)), None)
+
+
+def layer_length(layer: nn.Module) -> Tensor:
+    r"""The length :math:`g` of an L1-weight-normalized layer, shape ``(1, 1)`` if shared, else
+    ``(rows, 1)``; raises ``TypeError`` if ``layer.weight`` is not L1-weight-normalized."""
+    norm = _l1_norm_module(layer)
+    if norm is None:
+        raise TypeError(f"{type(layer).__name__}.weight is not parametrized with strategies.L1WeightNorm.")
+    return norm.length
+
+
+def _is_l1_normalized(layer: nn.Module) -> bool:
+    return _l1_norm_module(layer) is not None
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build(kind: Kind, in_features: int, out_features: int, hidden: int = 64, hidden_layers: int = 1) -> Net:
+    """A fresh model of ``kind`` (seed torch before calling for reproducibility).
+
+    - ``mlp``, ``l1-mlp``: plain ReLU MLP (the L1 penalty is the training loop's business).
+    - ``standard``: L2 weight normalization per row (``torch.nn.utils.parametrizations.weight_norm``).
+    - ``psilon``: L1 weight normalization, shared length per hidden layer, per-output length last.
+    - ``psilon-res``: the same with CReLU residual blocks whose length starts at 0 (identity blocks).
+
+    PSiLON biases start at 0; lengths at 1 (0 in residual blocks).
+    """
+    if kind not in KINDS:
+        raise KeyError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}.")
+    net = Net(in_features, hidden, out_features, hidden_layers, residual=kind == "psilon-res")
+    if kind == "standard":
+        for layer in net.layers:
+            nn.utils.parametrizations.weight_norm(layer, dim=0)
+    elif kind in ("psilon", "psilon-res"):
+        last = len(net.layers) - 1
+        for i, layer in enumerate(net.layers):
+            block = net.residual and 0 < i < last
+            _l1_weight_norm(layer, shared=i < last, length=0.0 if block else 1.0)
+            nn.init.zeros_(layer.bias)  # as in the paper; a block with g = 0 and b = 0 is the identity
+    return net
+
+
+def standard_penalty(net: Net) -> Tensor:
+    r""":math:`\sum_l \sum_j g_{lj}^2 = \sum_l \|W_l\|_F^2` for the L2-weight-normalized standard net."""
+    total = net.layers[0].weight.new_zeros(())
+    for layer in net.layers:
+        total = total + layer.parametrizations["weight"].original0.pow(2).sum()
+    return total
+
+
+# --------------------------------------------------------------------------- path norms
+
+
+def path_norm_bound(net: Net, improved: bool = True) -> Tensor:
+    r"""The 1-path-norm of a PSiLON net in product-of-lengths form (differentiable; the regularizer).
+
+    Plain: :math:`\prod_{l<L} |g_l| \sum_i |g_{L,i}|` (equal to the explicit 1-path-norm).
+    Residual: :math:`|g_1| \prod_{\text{blocks}} (1 + |g_l|) \sum_i |g_{L,i}|` (improved) or
+    :math:`|g_1| \prod (2 + |g_l|) \sum_i |g_{L,i}|` (original), upper bounds of the explicit values.
+    """
+    if not all(_is_l1_normalized(layer) for layer in net.layers):
+        raise TypeError("path_norm_bound needs a PSiLON net (every layer L1-weight-normalized); use path_norm_explicit.")
+    lengths = [layer_length(layer).abs() for layer in net.layers]
+    value = lengths[0].sum()
+    for g in lengths[1:-1]:
+        value = value * ((1.0 if improved else 2.0) + g.sum() if net.residual else g.sum())
+    return value * lengths[-1].sum()
+
+
+def _split(w: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    return w[:, :hidden], w[:, hidden:]
+
+
+def path_norm_explicit(net: Net, improved: bool = True) -> Tensor:
+    r"""The 1-path-norm computed from the weights: ones propagated through the absolute weights,
+    :math:`\mathbf 1^\top |W_L| \cdots |W_1| \mathbf 1`; residual blocks use :math:`I + \tilde W`
+    (``improved``) or :math:`|I + W^+| + |I + W^-|`. Works for every :class:`Net`."""
+    weights = net.weights()
+    r = weights[0].abs().sum(1)  # |W_1| 1
+    if not net.residual:
+        for w in weights[1:]:
+            r = w.abs() @ r
+        return r.sum()
+    h = net.hidden
+    eye = torch.eye(h, dtype=r.dtype, device=r.device)
+    for w in weights[1:-1]:
+        wp, wn = _split(w, h)
+        if improved:
+            r = r + torch.maximum(wp.abs(), wn.abs()) @ r
+        else:
+            r = ((eye + wp).abs() + (eye + wn).abs()) @ r
+    hp, hn = _split(weights[-1], h)
+    head = torch.maximum(hp.abs(), hn.abs()) if improved else hp.abs() + hn.abs()
+    return (head @ r).sum()
+
+
+def lipschitz_bound(net: Net) -> float:
+    r"""The tightest 1-path-norm bound we have on :math:`\mathrm{Lip}_{\infty\to 1}(f)`: the improved
+    explicit value (for a PSiLON net it is at most :func:`path_norm_bound`)."""
+    with torch.no_grad():
+        return float(path_norm_explicit(net, improved=True))
+
+
+# --------------------------------------------------------------------------- sampled Lipschitz estimates
+
+
+def input_jacobians(net: nn.Module, x: Tensor) -> Tensor:
+    r"""Jacobians :math:`J(x_n) = \partial f(x_n) / \partial x_n`, shape ``(n, k, d)`` (one backward per output)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = net(x)
+        rows = [
+            torch.autograd.grad(out[:, i].sum(), x, retain_graph=i + 1 < out.shape[1])[0]
+            for i in range(out.shape[1])
+        ]
+    return torch.stack(rows, dim=1)
+
+
+def norm_inf_to_1(J: Tensor, max_exact: int = 14, chunk: int = 256) -> Tensor:
+    r""":math:`\|J\|_{\infty\to 1} = \max_{s \in \{\pm1\}^k} \|J^\top s\|_1` for each ``J`` of ``(n, k, d)``.
+
+    Exact by enumeration of the :math:`2^{k-1}` sign vectors (``s`` and ``-s`` give the same value)
+    when :math:`k \le` ``max_exact``; otherwise a lower bound from 4096 random sign vectors.
+    """
+    k = J.shape[1]
+    if k <= max_exact:
+        bits = (torch.arange(2 ** (k - 1))[:, None] >> torch.arange(k - 1)[None, :]) & 1
+        signs = torch.cat([torch.zeros(len(bits), 1, dtype=torch.long), bits], dim=1).to(J.dtype).mul(-2).add(1)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        signs = torch.randint(0, 2, (4096, k), generator=gen).to(J.dtype) * 2 - 1
+    signs = signs.to(J.device)
+    return torch.cat([(signs @ part).abs().sum(-1).amax(-1) for part in J.split(chunk)])
+
+
+def sample_points(X: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Points to probe the Jacobian at: the data, Gaussian perturbations of it (scale 0.5 and 2),
+    and uniform points in the data's bounding box widened by 1 on every side; about ``n`` in all."""
+    gen = torch.Generator().manual_seed(seed)
+    X = X.detach()
+    parts = [X[torch.randperm(len(X), generator=gen)[: n // 4]]]
+    for scale in (0.5, 2.0):
+        idx = torch.randint(0, len(X), (n // 4,), generator=gen)
+        parts.append(X[idx] + scale * torch.randn(n // 4, X.shape[1], generator=gen, dtype=X.dtype))
+    lo, hi = X.min(0).values - 1, X.max(0).values + 1
+    rest = n - sum(len(p) for p in parts)
+    parts.append(lo + (hi - lo) * torch.rand(rest, X.shape[1], generator=gen, dtype=X.dtype))
+    return torch.cat(parts)
+
+
+def sampled_lipschitz(net: nn.Module, X: Tensor, n: int = 2048, seed: int = 0) -> float:
+    r"""Empirical lower bound of :math:`\mathrm{Lip}_{\infty\to1}(f)`: the largest
+    :math:`\|J(x)\|_{\infty\to 1}` over :func:`sample_points` (a ReLU net is piecewise linear, so its
+    Lipschitz constant is the supremum of the local Jacobian norms)."""
+    points = sample_points(X, n, seed)
+    best = 0.0
+    for part in points.split(512):
+        best = max(best, float(norm_inf_to_1(input_jacobians(net, part)).max()))
+    return best
+
+
+# --------------------------------------------------------------------------- pruning and FLOPs
+
+
+def materialize(net: Net) -> Net:
+    """A new plain :class:`Net` (no parametrizations) with ``net``'s current effective weights.
+
+    Built afresh rather than by ``copy.deepcopy`` + ``remove_parametrizations``: a deep copy shares
+    the dynamically created ``Parametrized*`` class with the original, and removing the
+    parametrization from the copy deletes the ``weight`` property from that shared class, which
+    breaks the original (torch 2.x).
+    """
+    plain = Net(net.in_features, net.hidden, net.out_features, len(net.layers) - 2, net.residual)
+    plain.to(next(net.parameters()))
+    with torch.no_grad():
+        for target, layer in zip(plain.layers, net.layers):
+            target.weight.copy_(layer.weight)
+            target.bias.copy_(layer.bias)
+    return plain
+
+
+def near_zero_mask(w: Tensor, tol: float) -> Tensor:
+    r"""Entries with :math:`|w_{ij}| \le \mathrm{tol} \cdot \|w_i\|_1` (small relative to their row's L1 norm)."""
+    return w.abs() <= tol * w.abs().sum(1, keepdim=True)
+
+
+def near_zero_fraction(net: Net, tol: float) -> float:
+    """Fraction of all weights (biases excluded) that are near zero in the sense of :func:`near_zero_mask`."""
+    with torch.no_grad():
+        ws = net.weights()
+        return sum(int(near_zero_mask(w, tol).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+
+def prune(net: Net, tol: float) -> Net:
+    """A materialized copy whose near-zero weights (:func:`near_zero_mask`) are set to exactly 0."""
+    plain = materialize(net)
+    with torch.no_grad():
+        for layer in plain.layers:
+            layer.weight[near_zero_mask(layer.weight, tol)] = 0.0
+    return plain
+
+
+def live_masks(net: Net) -> list[Tensor]:
+    r"""For each layer, the weights that lie on some input-to-output path of non-zero weights.
+
+    A weight whose input unit no input reaches multiplies a constant (fold it into the next bias);
+    a weight whose output unit reaches no output changes nothing. Only live weights cost compute.
+    """
+    with torch.no_grad():
+        nz = [w != 0 for w in net.weights()]
+    h, last = net.hidden, len(nz) - 1
+
+    def unit(mask: Tensor) -> Tensor:  # CReLU inputs: both halves read the same stream unit
+        return mask[:, :h] | mask[:, h:] if net.residual else mask
+
+    def hits(mask: Tensor, active: Tensor) -> Tensor:  # rows of mask that touch an active column
+        return (mask & active[None, :]).any(1)
+
+    # forward: which inputs of each layer some network input reaches
+    reach = [torch.ones(nz[0].shape[1], dtype=torch.bool)]
+    z = hits(nz[0], reach[0])
+    for l in range(1, last + 1):
+        reach.append(torch.cat([z, z]) if net.residual else z)
+        if l < last:
+            step = hits(unit(nz[l]), z)
+            z = z | step if net.residual else step
+    # backward: which outputs of each layer reach some network output
+    useful = [torch.ones(nz[last].shape[0], dtype=torch.bool)]
+    b = hits(unit(nz[last]).T, useful[0])
+    for l in range(last - 1, 0, -1):
+        useful.insert(0, b)
+        back = hits(unit(nz[l]).T, b)
+        b = b | back if net.residual else back
+    useful.insert(0, b)
+    return [m & u[:, None] & r[None, :] for m, u, r in zip(nz, useful, reach)]
+
+
+def flops(net: Net, sparse: bool = True) -> int:
+    """Multiply-add FLOPs (2 per weight) of one forward pass for one sample: every weight if not
+    ``sparse``, else the live non-zero weights (:func:`live_masks`). Biases, activations and the
+    residual additions (O(width) each) are not counted."""
+    if not sparse:
+        return 2 * sum(w.numel() for w in net.weights())
+    return 2 * sum(int(m.sum()) for m in live_masks(net))
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """FLOPs before and after pruning at ``tol`` and the pruned model."""
+
+    tol: float
+    flops_dense: int
+    flops_pruned: int
+    pruned: Net
+
+    @property
+    def saved(self) -> float:
+        return 1.0 - self.flops_pruned / self.flops_dense
+
+
+def prune_report(net: Net, tol: float) -> PruneReport:
+    pruned = prune(net, tol)
+    return PruneReport(tol, flops(net, sparse=False), flops(pruned, sparse=True), pruned)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+__all__ = [
+    "KINDS",
+    "Kind",
+    "Net",
+    "PruneReport",
+    "build",
+    "count_parameters",
+    "crelu",
+    "flops",
+    "input_jacobians",
+    "layer_length",
+    "lipschitz_bound",
+    "live_masks",
+    "materialize",
+    "near_zero_fraction",
+    "near_zero_mask",
+    "norm_inf_to_1",
+    "path_norm_bound",
+    "path_norm_explicit",
+    "prune",
+    "prune_report",
+    "sample_points",
+    "sampled_lipschitz",
+    "standard_penalty",
+]
