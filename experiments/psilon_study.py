@@ -431,10 +431,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, help="cross-validation folds (>= 3; default 5)")
     parser.add_argument("--steps", type=int, help="Adam steps per training (default 300)")
     parser.add_argument("--hidden", type=int, help="hidden width (default 64)")
-    parser.add_argument("--jobs", type=int, help="worker processes (default 2)")
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, help="seed of the folds and the initializations (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("figures"), help="folder for psilon.md and psilon_*.png")
-    parser.add_argument("--rows", type=Path, help="also write every (data set, fold, model) result as JSON here")
+    parser.add_argument("--figures", type=Path, default=Path("figures"), metavar="DIR",
+                        help="folder for psilon.md and the psilon_*.png figures (default figures/)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="also write every result as JSON to DIR/psilon.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -445,7 +446,7 @@ def config_from(args: argparse.Namespace) -> Config:
         for key, value in (
             ("datasets", tuple(args.datasets) if args.datasets else None),
             ("models", tuple(args.models) if args.models else None),
-            ("folds", args.folds), ("steps", args.steps), ("hidden", args.hidden), ("jobs", args.jobs),
+            ("folds", args.folds), ("steps", args.steps), ("hidden", args.hidden), ("jobs", args.workers),
             ("seed", args.seed),
         )
         if value is not None
@@ -454,20 +455,21 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; write ``psilon.md`` and the figures into ``args.out``."""
+    """Run the study; write ``psilon.md`` and the figures into ``args.figures``."""
     cfg = config_from(args)
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     summary = summarize(rows)
-    out: Path = args.out
+    out: Path = args.figures
     out.mkdir(parents=True, exist_ok=True)
     text = table(summary, cfg)
     elapsed = time.perf_counter() - start
     header = f"# PSiLON Net study\n\n`{' '.join(['constrain study psilon'] + (['--quick'] if args.quick else []))}`, " \
              f"{elapsed:.0f} s with {cfg.jobs} process(es).\n\n"
     (out / "psilon.md").write_text(header + text)
-    if args.rows:
-        args.rows.write_text(json.dumps({"config": asdict(cfg), "rows": rows}, indent=1, default=float))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "psilon.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, indent=1, default=float))
     paths = figures(summary, rows, cfg, out)
     print(text)
     print(f"wrote {out / 'psilon.md'}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s)")

@@ -196,7 +196,7 @@ def test_prune_zeroes_exactly_the_near_zero_weights_and_keeps_the_original(kind:
 
 
 def test_quick_study_end_to_end(tmp_path) -> None:
-    status = psilon_study.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    status = psilon_study.main(["--quick", "--figures", str(tmp_path), "--no-progress"])
     assert status == 0
     text = (tmp_path / "psilon.md").read_text()
     for model in psilon_study.MODELS:

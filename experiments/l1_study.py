@@ -1,0 +1,341 @@
+r"""``constrain study l1``: five implementations of L1 regularization, same model, data, lambda and lr.
+
+Objective :math:`\min_w\ \frac1n \sum_i \ell(f_w(x_i), y_i) + \lambda \sum_l \|W_l\|_1` (biases not
+penalized) for the MLP of ``experiments.psilon`` (``mlp``), trained by mini-batch SGD with step
+:math:`\eta`. The L1 term is handled by the strategy picked by name,
+``strategies.get(name, strength=lambda, lr=eta)`` on ``on_parameter("layers.<i>.weight", L1Ball(1))``
+targets (the radius is not enforced by this family; lambda plays its multiplier):
+
+- ``l1-subgradient``: :math:`\lambda\|w\|_1` in the loss, autograd's subgradient :math:`\lambda\,\mathrm{sign}(w)`;
+- ``l1-sign-step``: :math:`w \leftarrow w - \eta\lambda\,\mathrm{sign}(w)` after the optimizer step;
+- ``l1-proximal``: soft-thresholding :math:`w \leftarrow \mathrm{sign}(w)\max(|w| - \eta\lambda, 0)` (FOBOS);
+- ``l1-truncated``: every ``period`` steps, soft-threshold by :math:`\text{period}\cdot\eta\lambda`;
+- ``l1-cumulative``: the cumulative penalty of Tsuruoka et al. (2009), clipped at zero;
+
+plus ``none`` (no L1 term) for reference. Reported: the fraction of weights exactly zero and below
+``1e-3``, the objective on the whole training set, the test metric, and sparsity against the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments import datasets as ds
+from experiments import psilon as ps
+from experiments.psilon_study import Split, make_split, objective
+
+STRATEGIES: tuple[str, ...] = ("l1-subgradient", "l1-sign-step", "l1-proximal", "l1-truncated", "l1-cumulative")
+METHODS: tuple[str, ...] = ("none",) + STRATEGIES
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on."""
+
+    datasets: tuple[str, ...] = tuple(ds.BUNDLED)
+    methods: tuple[str, ...] = METHODS
+    strength: float = 1e-3
+    lr: float = 0.05
+    steps: int = 3000
+    batch_size: int = 32
+    hidden: int = 64
+    hidden_layers: int = 1
+    truncated_period: int = 10
+    small: float = 1e-3
+    record_every: int = 50
+    seeds: int = 3
+    test_fraction: float = 0.25
+    jobs: int = 2
+
+
+def quick_config(**overrides: Any) -> Config:
+    """A small end-to-end run: two data sets, one seed, short training."""
+    base = Config(datasets=("iris", "diabetes"), steps=300, hidden=16, seeds=1, record_every=25, jobs=1)
+    return replace(base, **overrides)
+
+
+def targets(net: ps.Net) -> list:
+    """``on_parameter("layers.<i>.weight", L1Ball(1.0))`` for every layer."""
+    from constrain import L1Ball, on_parameter
+
+    return [on_parameter(f"layers.{i}.weight", L1Ball(1.0)) for i in range(len(net.layers))]
+
+
+def strategy_for(method: str, cfg: Config):
+    """The strategy of ``method`` by name from the registry (None for ``none``)."""
+    import strategies
+
+    if method == "none":
+        return None
+    options: dict[str, Any] = {"strength": cfg.strength, "lr": cfg.lr}
+    if method == "l1-truncated":
+        options["period"] = cfg.truncated_period
+    return strategies.get(method, **options)
+
+
+def sparsity(net: ps.Net, small: float) -> tuple[float, float]:
+    """(fraction of weights exactly 0, fraction with ``|w| < small``), biases excluded."""
+    with torch.no_grad():
+        ws = net.weights()
+        total = sum(w.numel() for w in ws)
+        return sum(int((w == 0).sum()) for w in ws) / total, sum(int((w.abs() < small).sum()) for w in ws) / total
+
+
+@torch.no_grad()
+def full_objective(net: ps.Net, split: Split, task: str, strength: float) -> float:
+    r"""Training loss on the whole training set plus :math:`\lambda \sum_l \|W_l\|_1`."""
+    data = float(objective(net(split.X), split.y, task))
+    return data + strength * sum(float(w.abs().sum()) for w in net.weights())
+
+
+@torch.no_grad()
+def test_metric(net: ps.Net, split: Split, task: str) -> float:
+    out = net(split.X_eval)
+    if task == "classification":
+        return float((out.argmax(1) == split.y_eval).float().mean())
+    return math.sqrt(float(objective(out, split.y_eval, task))) * split.y_std
+
+
+def run_one(cfg: Config, dataset: str, method: str, seed: int) -> dict[str, Any]:
+    """Train one (data set, method, seed); the final numbers and the sparsity trace."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    data = ds.load(dataset)
+    train, test = ds.split(len(data.y), cfg.test_fraction, seed)
+    split = make_split(data, train, test)
+    torch.manual_seed(seed)  # the same initial weights and batches for every method
+    k = data.num_classes if data.task == "classification" else 1
+    net = ps.build("mlp", split.X.shape[1], k, cfg.hidden, cfg.hidden_layers)
+    strategy = strategy_for(method, cfg)
+    if strategy is not None:
+        strategy.attach(net, targets(net))
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split.y), generator=gen)
+    cursor = 0
+    trace: list[tuple[int, float, float]] = [(0, *sparsity(net, cfg.small))]
+    for step in range(1, cfg.steps + 1):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(split.y), generator=gen), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        out = net(split.X[idx])
+        loss = objective(out, split.y[idx], data.task)
+        if strategy is not None:
+            loss = strategy.loss(loss, out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if strategy is not None:
+            strategy.after_step()
+        if step % cfg.record_every == 0 or step == cfg.steps:
+            trace.append((step, *sparsity(net, cfg.small)))
+    exact, small = sparsity(net, cfg.small)
+    with torch.no_grad():
+        magnitudes = torch.cat([w.abs().reshape(-1) for w in net.weights()])
+    return {
+        "dataset": dataset, "task": data.task, "method": method, "seed": seed,
+        "exact_zero": exact, "below_small": small,
+        "objective": full_objective(net, split, data.task, cfg.strength),
+        "metric": test_metric(net, split, data.task),
+        "trace": trace,
+        "magnitudes": magnitudes.numpy().astype(np.float64).tolist() if dataset == cfg.datasets[0] and seed == 0 else [],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _one(args: tuple[Config, str, str, int]) -> dict[str, Any]:
+    return run_one(*args)
+
+
+def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
+    """Every (data set, method, seed); in ``cfg.jobs`` processes when above 1."""
+    for name in cfg.datasets:
+        if name not in ds.BUNDLED:
+            raise KeyError(f"unknown data set {name!r}; bundled data sets: {', '.join(ds.BUNDLED)}.")
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {', '.join(unknown)}; methods: {', '.join(METHODS)}.")
+    jobs = [(cfg, d, m, s) for d in cfg.datasets for m in cfg.methods for s in range(cfg.seeds)]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="l1 study", disable=not progress, file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    if cfg.jobs <= 1:
+        for job in jobs:
+            rows.append(_one(job))
+            bar.update()
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for row in pool.map(_one, jobs):
+                rows.append(row)
+                bar.update()
+    bar.close()
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per (data set, method)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["method"]), []).append(row)
+    out = []
+    for (dataset, method), rs in groups.items():
+        entry: dict[str, Any] = {"dataset": dataset, "method": method, "task": rs[0]["task"], "seeds": len(rs)}
+        for key in ("exact_zero", "below_small", "objective", "metric", "seconds"):
+            a = np.asarray([r[key] for r in rs], dtype=float)
+            entry[key] = (float(a.mean()), float(a.std()))
+        out.append(entry)
+    return out
+
+
+def table(summary: list[dict[str, Any]], cfg: Config) -> str:
+    """The markdown table of the study."""
+    lines = [
+        f"| data set | method | exactly 0 | \\|w\\| < {cfg.small:g} | objective | test metric |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in summary:
+        name = "acc" if e["task"] == "classification" else "RMSE"
+        lines.append(
+            f"| {e['dataset']} | {e['method']} | {100 * e['exact_zero'][0]:.1f}% | {100 * e['below_small'][0]:.1f}% | "
+            f"{e['objective'][0]:.4g} ± {e['objective'][1]:.2g} | {name} {e['metric'][0]:.4g} ± {e['metric'][1]:.2g} |"
+        )
+    lines += [
+        "",
+        f"MLP with {cfg.hidden_layers} hidden layer(s) of width {cfg.hidden}; plain SGD, lr η = {cfg.lr:g}, batch "
+        f"{cfg.batch_size}, {cfg.steps} steps; λ = {cfg.strength:g} on every weight matrix (biases free); "
+        f"l1-truncated with period {cfg.truncated_period}, θ = ∞. Objective: training loss on the whole training set "
+        f"+ λ Σ‖W‖₁ (the same for every method; 'none' is evaluated with the λ term too). Mean over {cfg.seeds} "
+        f"seed(s) (split, initialization and batches shared by all methods within a seed); ± is the std over seeds.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
+    """l1_sparsity.png (sparsity vs step) and l1_magnitudes.png (weight magnitudes, first data set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    paths: list[Path] = []
+    fig, axes = plt.subplots(1, len(cfg.datasets), figsize=(3.3 * len(cfg.datasets), 3.3), squeeze=False, sharey=True)
+    for ax, dataset in zip(axes[0], cfg.datasets):
+        for method in cfg.methods:
+            rs = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+            if not rs:
+                continue
+            steps = [t[0] for t in rs[0]["trace"]]
+            exact = np.mean([[t[1] for t in r["trace"]] for r in rs], axis=0)
+            small = np.mean([[t[2] for t in r["trace"]] for r in rs], axis=0)
+            ax.plot(steps, 100 * exact, color=colors[method], label=method)
+            ax.plot(steps, 100 * small, color=colors[method], ls=":", lw=1)
+        ax.set_title(dataset, fontsize=9)
+        ax.set_xlabel("SGD step")
+    axes[0][0].set_ylabel(f"weights exactly 0 (solid), |w| < {cfg.small:g} (dotted), %")
+    axes[0][0].yaxis.label.set_fontsize(8)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "l1_sparsity.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    first = [r for r in rows if r["magnitudes"]]
+    if first:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        bins = np.linspace(-12, 1, 60)
+        for r in first:
+            m = np.asarray(r["magnitudes"])
+            zeros = float((m == 0).mean())
+            ax.hist(np.log10(m[m > 0]), bins=bins, histtype="step", color=colors[r["method"]],
+                    label=f"{r['method']} ({100 * zeros:.0f}% exactly 0)")
+        ax.axvline(math.log10(cfg.lr * cfg.strength), color="k", ls="--", lw=1, label="log10(ηλ)")
+        ax.set(xlabel="log10 |w| (non-zero weights)", ylabel="count", title=f"{first[0]['dataset']}: weight magnitudes")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "l1_magnitudes.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``constrain study l1``."""
+    parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, one seed, 300 steps")
+    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), help="data sets (default: all bundled)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="methods (default: none + the five)")
+    parser.add_argument("--strength", type=float, help="lambda (default 1e-3)")
+    parser.add_argument("--lr", type=float, help="SGD step size, also the strategies' lr (default 0.05)")
+    parser.add_argument("--steps", type=int, help="SGD steps (default 3000)")
+    parser.add_argument("--seeds", type=int, help="seeds (default 3)")
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
+    parser.add_argument("--figures", type=Path, default=Path("figures"), metavar="DIR",
+                        help="folder for l1.md and the l1_*.png figures (default figures/)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="also write every result as JSON to DIR/l1.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    cfg = quick_config() if args.quick else Config()
+    updates = {
+        key: value
+        for key, value in (
+            ("datasets", tuple(args.datasets) if args.datasets else None),
+            ("methods", tuple(args.methods) if args.methods else None),
+            ("strength", args.strength), ("lr", args.lr), ("steps", args.steps), ("seeds", args.seeds),
+            ("jobs", args.workers),
+        )
+        if value is not None
+    }
+    return replace(cfg, **updates)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study; write ``l1.md`` and the figures into ``args.figures``."""
+    cfg = config_from(args)
+    start = time.perf_counter()
+    rows = run_study(cfg, progress=not args.no_progress)
+    text = table(summarize(rows), cfg)
+    elapsed = time.perf_counter() - start
+    out: Path = args.figures
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["constrain study l1"] + (["--quick"] if args.quick else []))
+    (out / "l1.md").write_text(f"# L1 regularization, five ways\n\n`{command}`, {elapsed:.0f} s with {cfg.jobs} "
+                               f"process(es).\n\n" + text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "l1.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, default=float))
+    paths = figures(rows, cfg, out)
+    print(text)
+    print(f"wrote {out / 'l1.md'}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.l1_study", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
