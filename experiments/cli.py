@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "experiments.validate",
     "experiments.listing",
+    "experiments.study_cmd",
 )
 
 

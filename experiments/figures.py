@@ -1,0 +1,192 @@
+r"""Figures of a study (matplotlib, Agg backend, PNG at 100 dpi).
+
+- ``<prefix>-<problem>.png``: per problem, :math:`|F - F^*|/|F^*|` (or the objective where
+  :math:`F^*` is unknown), the max training violation and, for output constraints, the max
+  held-out violation against the step, on log scales: one line per strategy (median over seeds)
+  with a band from the smallest to the largest seed.
+- ``<prefix>-pareto.png``: final gap (or objective) against final max training violation, one
+  panel per problem, a marker per strategy (median) and a small dot per seed.
+- ``<prefix>-time.png``: training time per step relative to the unconstrained run, per problem.
+
+A violation of exactly 0 cannot be drawn on a log axis; it is drawn at :data:`FLOOR` (the dotted
+line labelled "0").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.problems import get_problem  # noqa: E402
+
+#: Zero (and anything smaller) is drawn at this height on log axes.
+FLOOR = 1e-17
+DPI = 100
+_FAMILY_STYLE = {
+    "baseline": ("-", "k"),
+    "penalty": ("-", None),
+    "lagrangian": ("--", None),
+    "projected": ("-", None),
+    "reparameterization": (":", None),
+    "l1-regularization": ("-.", None),
+}
+_MARKERS = {"baseline": "o", "penalty": "s", "lagrangian": "^", "projected": "D", "reparameterization": "v",
+            "l1-regularization": "P"}
+
+
+def _colors(labels: Sequence[str]) -> dict[str, Any]:
+    """A stable colour per label (tab20, then tab20b), black for the baseline."""
+    palette = list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
+    out: dict[str, Any] = {}
+    for i, label in enumerate(labels):
+        out[label] = "k" if label == "unconstrained" else palette[i % len(palette)]
+    return out
+
+
+def _runs_by_label(plan: Any, records: Mapping[str, dict], problem: str) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for spec in plan.specs:
+        if spec.problem == problem and spec.key in records:
+            by.setdefault(spec.entry.label, []).append(records[spec.key])
+    return by
+
+
+def _band(runs: list[dict], key: str, absolute: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Steps and the median, min and max over seeds of a logged column (runs cut to the shortest log)."""
+    columns = [r["log"][key] for r in runs if r["log"][key] and r["log"][key][0] is not None]
+    if not columns:
+        return None
+    length = min(len(c) for c in columns)
+    steps = np.asarray(runs[0]["log"]["step"][:length], dtype=float)
+    values = np.asarray([c[:length] for c in columns], dtype=float)
+    if absolute:
+        values = np.abs(values)
+    values = np.clip(np.nan_to_num(values, nan=np.inf), FLOOR, None)
+    return steps, np.median(values, 0), values.min(0), values.max(0)
+
+
+def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Path) -> Path:
+    """Convergence figure of one problem: gap or objective, train violation, held-out violation."""
+    p = get_problem(problem)
+    by = _runs_by_label(plan, records, problem)
+    labels = [e.label for e in plan.entries[problem] if e.label in by]
+    colors = _colors([e.label for e in plan.entries[problem]])
+    has_gap = p.f_star is not None
+    panels = [("gap", "|gap| = |F - F*| / |F*|" if has_gap else "objective F (train MSE)", has_gap),
+              ("train_max", "max violation, training inputs", False)]
+    if p.has_output_target:
+        panels.append(("test_max", "max violation, held-out inputs", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 2.6, 4.2), dpi=DPI, squeeze=False)
+    for ax, (key, title, absolute) in zip(axes[0], panels):
+        column = key if key != "gap" or has_gap else "objective"
+        for label in labels:
+            runs = by[label]
+            band = _band(runs, column, absolute)
+            if band is None:
+                continue
+            steps, mid, lo, hi = band
+            family = runs[0].get("family", "penalty")
+            style = _FAMILY_STYLE.get(family, ("-", None))[0]
+            failed = any(r["status"] != "done" for r in runs)
+            ax.plot(steps, mid, style, color=colors[label], lw=1.4, label=label + (" (failed)" if failed else ""))
+            if len(runs) > 1:
+                ax.fill_between(steps, lo, hi, color=colors[label], alpha=0.15, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=10)
+        if key != "gap":
+            ax.axhline(FLOOR, color="0.6", lw=0.8, ls=":")
+            ax.text(0.99, FLOOR, "0", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
+                    color="0.4")
+        ax.grid(alpha=0.3, which="major")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"{problem}: {p.description}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / (5.2 * len(panels) + 2.6), 0.95))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return (n + cols - 1) // cols, cols
+
+
+def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
+    """Final |gap| (or objective) against final max training violation, one panel per problem."""
+    rows, cols = _grid(len(plan.problems))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.0 * rows), dpi=DPI, squeeze=False)
+    for ax, problem in zip(axes.flat, plan.problems):
+        p = get_problem(problem)
+        by = _runs_by_label(plan, records, problem)
+        colors = _colors([e.label for e in plan.entries[problem]])
+        key = "gap" if p.f_star is not None else "objective"
+        for entry in plan.entries[problem]:
+            done = [r for r in by.get(entry.label, []) if r["status"] == "done"]
+            if not done:
+                continue
+            xs = np.clip([r["log"]["train_max"][-1] for r in done], FLOOR, None)
+            ys = np.clip(np.abs([r["log"][key][-1] for r in done]), FLOOR, None)
+            marker = _MARKERS.get(done[0].get("family", ""), "o")
+            ax.scatter(xs, ys, s=8, color=colors[entry.label], alpha=0.5, marker=marker)
+            ax.scatter(np.median(xs), np.median(ys), s=50, color=colors[entry.label], marker=marker,
+                       edgecolor="k", lw=0.5, label=entry.label, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("final max training violation (0 drawn at 1e-17)")
+        ax.set_ylabel("final |gap|" if key == "gap" else "final objective")
+        ax.set_title(problem, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best", ncol=2, frameon=False)
+    for ax in list(axes.flat)[len(plan.problems):]:
+        ax.axis("off")
+    fig.suptitle("Objective against feasibility at the end of training (lower left is better)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_time(plan: Any, rows: Sequence[Any], path: Path) -> Path:
+    """Training time per step relative to the unconstrained run, one panel per problem."""
+    n = len(plan.problems)
+    rcount, cols = _grid(n)
+    fig, axes = plt.subplots(rcount, cols, figsize=(5.0 * cols, 0.9 + 0.28 * max(len(plan.entries[p]) for p in plan.problems) * rcount),
+                             dpi=DPI, squeeze=False)
+    for ax, problem in zip(axes.flat, plan.problems):
+        these = [r for r in rows if r.problem == problem and r.relative_time is not None]
+        colors = _colors([e.label for e in plan.entries[problem]])
+        labels = [r.entry.label for r in these]
+        values = [r.relative_time for r in these]
+        y = np.arange(len(these))
+        ax.barh(y, values, color=[colors[label] for label in labels])
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("time per step / unconstrained")
+        ax.set_title(problem, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Cost of enforcing the constraint (median over seeds)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def study_figures(plan: Any, records: Mapping[str, dict], rows: Sequence[Any], folder: Path, prefix: str = "study") -> list[Path]:
+    """Every figure of a study into ``folder``; returns the paths written."""
+    folder = Path(folder)
+    paths = [plot_problem(plan, records, p, folder / f"{prefix}-{p}.png") for p in plan.problems]
+    paths.append(plot_pareto(plan, records, folder / f"{prefix}-pareto.png"))
+    paths.append(plot_time(plan, rows, folder / f"{prefix}-time.png"))
+    return paths

@@ -1,0 +1,470 @@
+r"""The problems of the convergence studies: data, model, constraint targets and ground truth.
+
+Every problem trains a model :math:`f_\theta` on fixed data to minimize the mean squared error
+
+.. math::  F(\theta) = \frac{1}{n k} \sum_{i=1}^n \|f_\theta(x_i) - y_i\|_2^2
+
+under one constraint target. The *convex* problems are linear regressions
+(``nn.Linear``, float64, full batch) whose optimum :math:`F^*` is solved by cvxpy at tight
+tolerances; the *MLP* problems are small networks without a known optimum. A run reports
+
+- the objective :math:`F` at the current weights, evaluated on the model's own outputs (for a
+  strategy that appends an output map, e.g. a projection layer, the mapped outputs);
+- the relative gap :math:`(F - F^*) / \max(|F^*|, 10^{-12})` where :math:`F^*` is known (it is
+  the optimum over *linear* models, so a strategy that changes the output map can beat it:
+  a negative gap);
+- the violation of every constrained row (``ConstraintSet.violation``) on the training inputs
+  (max and mean) and on held-out inputs (output constraints only; a weight constraint does not
+  depend on the input).
+
+Every model starts strictly inside its set on the training and held-out inputs (each problem
+says how), so that barriers, which need an interior, start too; every strategy gets that same
+start for a given seed.
+
+Problems are built by name (:func:`get_problem`); :data:`PROBLEMS` maps each name to its builder.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from constrain import Affine, L1Ball, NonNegative, OutputTarget, ParameterTarget, on_output, on_parameter, output_rows
+from experiments import datasets
+
+Target = OutputTarget | ParameterTarget
+
+#: Constraint kinds; the study's strategy table is keyed by these.
+KINDS = ("output-l1", "output-nonneg", "weight-nonneg", "weight-affine", "weight-l1")
+
+
+@dataclass
+class Problem:
+    r"""One training problem: data, a seeded model factory, constraint targets and an optimizer plan.
+
+    ``make_model(seed)`` returns a freshly initialized model (strictly feasible, see the module
+    doc). The optimizer is Adam with the learning rate decaying exponentially from ``lr`` to
+    ``lr * lr_final`` over the run: :math:`\eta_t = \eta\, r^{t/(T-1)}`.
+    """
+
+    name: str
+    kind: str
+    description: str
+    X_train: Tensor
+    Y_train: Tensor
+    X_test: Tensor
+    Y_test: Tensor
+    targets: tuple[Target, ...]
+    make_model: Callable[[int], nn.Module]
+    lr: float
+    lr_final: float = 1.0
+    steps: int = 2000
+    quick_steps: int = 150
+    convex: bool = False
+    #: Settings that identify the data and model (hashed into the run files' names).
+    config: dict[str, Any] = field(default_factory=dict)
+    #: The cvxpy ground truth, solved on first use (see :meth:`reference`).
+    _reference: "Reference | None" = field(default=None, repr=False)
+    _solve: Callable[[], "Reference"] | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ ground truth
+    def reference(self) -> "Reference | None":
+        """The cvxpy optimum (``None`` for nonconvex problems); solved once, kept in memory."""
+        if self._reference is None and self._solve is not None:
+            self._reference = self._solve()
+        return self._reference
+
+    @property
+    def f_star(self) -> float | None:
+        """:math:`F^*`, the optimal objective, or None when unknown."""
+        ref = self.reference()
+        return None if ref is None else ref.f_star
+
+    # ------------------------------------------------------------------ training pieces
+    def lr_at(self, step: int, steps: int) -> float:
+        r""":math:`\eta_t = \eta\, r^{t/(T-1)}`, the learning rate of step ``step`` (0-based) of ``steps``."""
+        if steps <= 1 or self.lr_final == 1.0:
+            return self.lr
+        return self.lr * self.lr_final ** (step / (steps - 1))
+
+    def objective(self, outputs: Tensor, Y: Tensor | None = None) -> Tensor:
+        r""":math:`\frac{1}{nk}\sum_i \|\hat y_i - y_i\|^2` of the outputs against ``Y`` (default: training targets)."""
+        Y = self.Y_train if Y is None else Y
+        return torch.nn.functional.mse_loss(outputs, Y.to(outputs.dtype))
+
+    @property
+    def has_output_target(self) -> bool:
+        return any(isinstance(t, OutputTarget) for t in self.targets)
+
+    @torch.no_grad()
+    def violations(self, model: nn.Module, outputs: Tensor | None) -> Tensor:
+        """Violation of every constrained row (output rows on ``outputs``, parameter rows), 1-d."""
+        parts = []
+        for target in self.targets:
+            if isinstance(target, OutputTarget):
+                if outputs is not None:
+                    parts.append(target.set.violation(output_rows(outputs)).reshape(-1))
+            else:
+                parts.append(target.set.violation(target.gather(model)).reshape(-1))
+        if not parts:
+            return torch.zeros(1, dtype=torch.float64)
+        return torch.cat([p.double() for p in parts])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, f_star: float | None = None) -> dict[str, float | None]:
+        r"""Objective, relative gap to ``f_star`` and violations (train max/mean, held-out max/mean).
+
+        Held-out violations are ``None`` when no target is on the outputs."""
+        out_train = model(self.X_train)
+        value = float(self.objective(out_train))
+        train = self.violations(model, out_train)
+        record: dict[str, float | None] = {
+            "objective": value,
+            "gap": None if f_star is None else relative_gap(value, f_star),
+            "train_max": float(train.max()),
+            "train_mean": float(train.mean()),
+            "test_max": None,
+            "test_mean": None,
+        }
+        if self.has_output_target:
+            out_test = model(self.X_test)
+            test = torch.cat(
+                [t.set.violation(output_rows(out_test)).reshape(-1).double() for t in self.targets
+                 if isinstance(t, OutputTarget)]
+            )
+            record["test_max"], record["test_mean"] = float(test.max()), float(test.mean())
+        return record
+
+
+def relative_gap(value: float, f_star: float) -> float:
+    r""":math:`(F - F^*) / \max(|F^*|, 10^{-12})`."""
+    return (value - f_star) / max(abs(f_star), 1e-12)
+
+
+# ---------------------------------------------------------------------- cvxpy ground truth
+@dataclass(frozen=True)
+class Reference:
+    """cvxpy's optimum of a linear-regression problem: :math:`F^*`, the weights, the solver's status."""
+
+    f_star: float
+    weight: np.ndarray
+    bias: np.ndarray
+    solver: str
+    status: str
+
+
+#: Interior-point settings for :math:`F^*`: far tighter than any gap the study reports.
+CLARABEL_OPTIONS = {"tol_gap_abs": 1e-13, "tol_gap_rel": 1e-13, "tol_feas": 1e-13, "max_iter": 1000}
+
+
+def linear_reference(X: Tensor, Y: Tensor, targets: Sequence[Target]) -> Reference:
+    r"""Solve :math:`\min_{W, b} \frac{1}{nk}\|X W^\top + 1 b^\top - Y\|_F^2` s.t. the targets, with cvxpy.
+
+    Output targets constrain every training row :math:`W x_i + b`; parameter targets name
+    ``"weight"`` or ``"bias"`` of the ``nn.Linear`` (flat-vector sets act on ``vec(W)``, row-major).
+    Each set contributes its own ``cvxpy_constraint``. Solved with Clarabel at tolerance 1e-13
+    (OSQP with polishing as the fallback).
+    """
+    import cvxpy as cp
+
+    Xn, Yn = X.detach().double().numpy(), Y.detach().double().numpy()
+    n, d = Xn.shape
+    k = Yn.shape[1]
+    W, b = cp.Variable((k, d)), cp.Variable(k)
+    Z = Xn @ W.T + np.ones((n, 1)) @ cp.reshape(b, (1, k), order="C")
+    constraints: list = []
+    variables = {"weight": W, "bias": b}
+    for target in targets:
+        if isinstance(target, OutputTarget):
+            if isinstance(target.set, NonNegative):
+                constraints.append(Z >= 0)
+            else:
+                for i in range(n):
+                    constraints += target.set.cvxpy_constraint(Z[i, :])
+            continue
+        if target.set.acts_on_flat_vector:
+            flat = cp.hstack([cp.reshape(variables[name], (int(np.prod(variables[name].shape)),), order="C")
+                              for name in target.names])
+            constraints += target.set.cvxpy_constraint(flat)
+            continue
+        (name,) = target.names
+        var = variables[name]
+        rows = [var] if var.ndim == 1 else [var[j, :] for j in range(var.shape[0])]
+        for row in rows:
+            constraints += target.set.cvxpy_constraint(row)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(Z - Yn) / (n * k)), constraints)
+    for solver, options in ((cp.CLARABEL, CLARABEL_OPTIONS),
+                            (cp.OSQP, {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iter": 400_000, "polishing": True})):
+        try:
+            problem.solve(solver=solver, **options)
+        except cp.error.SolverError:
+            continue
+        if problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and W.value is not None:
+            weight, bias = np.asarray(W.value), np.asarray(b.value)
+            # F* evaluated in float64 numpy at the solution, not the solver's scaled value.
+            f_star = float(np.mean((Xn @ weight.T + bias - Yn) ** 2))
+            return Reference(f_star, weight, bias, str(solver), str(problem.status))
+    raise RuntimeError(f"cvxpy could not solve the reference problem (status {problem.status}).")
+
+
+def reference_violation(problem: Problem) -> float:
+    """Largest violation of cvxpy's solution (a check that the ground truth is feasible)."""
+    ref = problem.reference()
+    if ref is None:
+        raise ValueError(f"problem {problem.name!r} has no reference solution.")
+    model = problem.make_model(0)
+    with torch.no_grad():
+        model.weight.copy_(torch.as_tensor(ref.weight))
+        model.bias.copy_(torch.as_tensor(ref.bias))
+    return float(problem.violations(model, model(problem.X_train)).max())
+
+
+# ---------------------------------------------------------------------- models and starts
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` under ``torch.manual_seed(seed)``, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _linear_model(d: int, k: int, seed: int, start: Callable[[nn.Linear], None]) -> nn.Linear:
+    def build() -> nn.Linear:
+        model = nn.Linear(d, k).double()
+        with torch.no_grad():
+            start(model)
+        return model
+
+    return _seeded(seed, build)
+
+
+# ---------------------------------------------------------------------- convex problems
+#: The synthetic regression data of every convex problem: n train, n test, d features, k outputs.
+LINEAR_DATA = {"n_train": 200, "n_test": 100, "d": 8, "k": 3, "noise": 0.1, "seed": 0}
+
+
+def _linear_data(transform: Callable[[np.ndarray], np.ndarray] | None = None, scale: float = 1.0,
+                 bias: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Fixed synthetic data :math:`y = \mathrm{transform}(s\,W_0 x + b_0) + \epsilon`, float64."""
+    cfg = LINEAR_DATA
+    rng = np.random.default_rng(cfg["seed"])
+    n = cfg["n_train"] + cfg["n_test"]
+    X = rng.standard_normal((n, cfg["d"]))
+    W0 = rng.standard_normal((cfg["k"], cfg["d"])) / math.sqrt(cfg["d"])
+    b0 = bias + 0.2 * rng.standard_normal(cfg["k"])
+    Y = scale * X @ W0.T + b0
+    if transform is not None:
+        Y = transform(Y)
+    Y = Y + cfg["noise"] * rng.standard_normal(Y.shape)
+    t = [torch.as_tensor(a, dtype=torch.float64) for a in (X, Y)]
+    m = cfg["n_train"]
+    return t[0][:m], t[1][:m], t[0][m:], t[1][m:]
+
+
+def _convex(name: str, kind: str, description: str, data: tuple[Tensor, Tensor, Tensor, Tensor],
+            targets: tuple[Target, ...], start: Callable[[nn.Linear], None], config: dict[str, Any],
+            lr: float = 0.02, lr_final: float = 1e-3, steps: int = 2000) -> Problem:
+    X, Y, Xt, Yt = data
+    d, k = X.shape[1], Y.shape[1]
+    problem = Problem(
+        name=name, kind=kind, description=description, X_train=X, Y_train=Y, X_test=Xt, Y_test=Yt,
+        targets=targets, make_model=functools.partial(_linear_model, d, k, start=start),
+        lr=lr, lr_final=lr_final, steps=steps, convex=True,
+        config={"data": LINEAR_DATA, **config, "model": f"Linear({d},{k}) float64"},
+    )
+    problem._solve = lambda: linear_reference(X, Y, targets)
+    return problem
+
+
+def _scale_outputs_into_l1(model: nn.Linear, X: Tensor, radius: float, fill: float = 0.5) -> None:
+    """Shrink W and b so that every ``||W x + b||_1 <= fill * radius`` on ``X`` (strictly inside)."""
+    largest = float((X @ model.weight.T + model.bias).abs().sum(-1).max())
+    if largest > fill * radius:
+        model.weight.mul_(fill * radius / largest)
+        model.bias.mul_(fill * radius / largest)
+
+
+def linear_output_l1(radius: float = 1.5) -> Problem:
+    r"""Outputs in the L1 ball at every training point: :math:`\|W x_i + b\|_1 \le r`."""
+    data = _linear_data(scale=1.5)
+    X_all = torch.cat([data[0], data[2]])
+    return _convex(
+        "lin-output-l1", "output-l1",
+        f"linear regression, outputs in the L1 ball ||W x + b||_1 <= {radius} at every training point",
+        data, (on_output(L1Ball(radius)),),
+        start=lambda m: _scale_outputs_into_l1(m, X_all, radius), config={"radius": radius, "scale": 1.5},
+    )
+
+
+def _positive_outputs(model: nn.Linear, X: Tensor, margin: float = 0.1) -> None:
+    """Shrink W and raise b so that every output is at least ``margin`` on ``X``."""
+    model.weight.mul_(0.2)
+    low = (X @ model.weight.T + model.bias).amin(0)
+    model.bias.add_((margin - low).clamp_min(0))
+
+
+def linear_output_nonneg() -> Problem:
+    r"""Non-negative outputs at every training point, for a target :math:`y = \max(W_0 x + b_0, 0) + \epsilon`."""
+    data = _linear_data(transform=lambda y: np.maximum(y, 0.0), bias=0.3)
+    X_all = torch.cat([data[0], data[2]])
+    return _convex(
+        "lin-output-nonneg", "output-nonneg",
+        "linear regression of a rectified target, outputs W x + b >= 0 at every training point",
+        data, (on_output(NonNegative()),), start=lambda m: _positive_outputs(m, X_all),
+        config={"transform": "relu", "bias": 0.3},
+    )
+
+
+def _positive_weights(model: nn.Linear) -> None:
+    """Start strictly inside the orthant: :math:`W \\leftarrow |W| + 0.01`."""
+    model.weight.abs_().add_(0.01)
+
+
+def linear_weight_nonneg() -> Problem:
+    r"""Non-negative least squares: :math:`\min F` s.t. :math:`W \ge 0` elementwise."""
+    return _convex(
+        "lin-weight-nonneg", "weight-nonneg", "non-negative least squares, W >= 0 elementwise",
+        _linear_data(), (on_parameter("weight", NonNegative()),), start=_positive_weights, config={},
+    )
+
+
+def tied_constraint(d: int = LINEAR_DATA["d"], k: int = LINEAR_DATA["k"]) -> Affine:
+    r"""``A vec(W) = c`` on a (k, d) weight: feature 0 shares one weight across all outputs, W[0,1] = W[1,2],
+    W[1,3] = W[2,4] = W[0,5] (:meth:`Affine.tie`), and the last row sums to 1."""
+    tie = Affine.tie((k, d), [[(j, 0) for j in range(k)], [(0, 1), (1, 2)], [(1, 3), (2, 4), (0, 5)]])
+    row_sum = np.zeros(k * d)
+    row_sum[(k - 1) * d:] = 1.0
+    A = np.vstack([tie.A.numpy(), row_sum])
+    c = np.concatenate([tie.c.numpy(), [1.0]])
+    return Affine(A, c)
+
+
+def linear_weight_affine() -> Problem:
+    r"""Tied weights and a sum constraint: :math:`A\,\mathrm{vec}(W) = c` (see :func:`tied_constraint`)."""
+    return _convex(
+        "lin-weight-affine", "weight-affine",
+        "linear regression with tied weights and a row sum, A vec(W) = c (6 equations)",
+        _linear_data(), (on_parameter("weight", tied_constraint()),), start=lambda m: None,
+        config={"A": "tie 3+2+3 entries, last row sums to 1"},
+    )
+
+
+def _weights_into_l1(model: nn.Linear, radius: float, fill: float = 0.5) -> None:
+    """Shrink every row so that :math:`\\|W_j\\|_1 \\le` ``fill * radius``."""
+    norms = model.weight.abs().sum(-1, keepdim=True)
+    model.weight.mul_(torch.clamp(fill * radius / norms, max=1.0))
+
+
+def linear_weight_l1(radius: float = 1.0) -> Problem:
+    r"""Row-wise L1 ball on the weights: :math:`\|W_j\|_1 \le r` for every output row :math:`j`."""
+    return _convex(
+        "lin-weight-l1", "weight-l1",
+        f"linear regression, every weight row in the L1 ball ||W_j||_1 <= {radius}",
+        _linear_data(scale=1.5), (on_parameter("weight", L1Ball(radius)),),
+        start=lambda m: _weights_into_l1(m, radius), config={"radius": radius, "scale": 1.5},
+    )
+
+
+# ---------------------------------------------------------------------- MLP problems
+def _mlp(d: int, k: int, hidden: int, seed: int, start: Callable[[nn.Sequential], None]) -> nn.Sequential:
+    def build() -> nn.Sequential:
+        model = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                              nn.Linear(hidden, k))
+        with torch.no_grad():
+            start(model)
+        return model
+
+    return _seeded(seed, build)
+
+
+def _small_head(model: nn.Sequential, X: Tensor, radius: float) -> None:
+    """Scale the last layer so every output row is strictly inside the L1 ball on ``X``."""
+    model[-1].weight.mul_(0.1)
+    model[-1].bias.zero_()
+    with torch.no_grad():
+        largest = float(model(X).abs().sum(-1).max())
+    if largest > 0.5 * radius:
+        model[-1].weight.mul_(0.5 * radius / largest)
+
+
+def _positive_head(model: nn.Sequential, X: Tensor, margin: float = 0.1) -> None:
+    """Scale the last layer down and raise its bias so every output is at least ``margin`` on ``X``."""
+    model[-1].weight.mul_(0.1)
+    with torch.no_grad():
+        low = model(X).amin(0)
+    model[-1].bias.add_((margin - low).clamp_min(0))
+
+
+def mlp_synthetic_l1(radius: float = 1.5, hidden: int = 32) -> Problem:
+    r"""MLP 10-32-32-3 (tanh), synthetic :math:`y = \tanh(X W_1) W_2 + \epsilon` (standardized), outputs in
+    the L1 ball :math:`\|f(x)\|_1 \le r`."""
+    X, Y = datasets.synthetic_regression(n=600, d=10, k=3, noise=0.1, seed=0)
+    train, test = datasets.split(len(X), 1 / 3, seed=0)
+    Xtr, Xte = datasets.standardize(X[train], X[test])
+    scale = Y[train].std(0)
+    Ytr, Yte = Y[train] / scale, Y[test] / scale
+    Xtr_t, Ytr_t, Xte_t, Yte_t = datasets.as_tensors(Xtr, Ytr, Xte, Yte)
+    X_all = torch.cat([Xtr_t, Xte_t])
+    return Problem(
+        name="mlp-synthetic-l1", kind="output-l1",
+        description=f"MLP 10-{hidden}-{hidden}-3 on synthetic data (400 train / 200 held out), "
+                    f"outputs in the L1 ball of radius {radius}",
+        X_train=Xtr_t, Y_train=Ytr_t, X_test=Xte_t, Y_test=Yte_t, targets=(on_output(L1Ball(radius)),),
+        make_model=functools.partial(_mlp, 10, 3, hidden, start=lambda m: _small_head(m, X_all, radius)),
+        lr=0.01, lr_final=0.1, steps=1500,
+        config={"data": "synthetic_regression(600, 10, 3, 0.1, 0)", "radius": radius, "hidden": hidden,
+                "dtype": "float32"},
+    )
+
+
+def mlp_diabetes_nonneg(hidden: int = 32) -> Problem:
+    r"""MLP 10-32-32-1 (tanh) on scikit-learn's bundled diabetes data; the target is progression above the
+    cohort's median in standard deviations, and the prediction must be non-negative: :math:`f(x) \ge 0`."""
+    data = datasets.load("diabetes")
+    train, test = datasets.split(len(data.X), 0.25, seed=0)
+    Xtr, Xte = datasets.standardize(data.X[train], data.X[test])
+    y = data.y
+    y = (y - np.median(y[train])) / y[train].std()
+    Ytr, Yte = y[train, None], y[test, None]
+    Xtr_t, Ytr_t, Xte_t, Yte_t = datasets.as_tensors(Xtr, Ytr, Xte, Yte)
+    X_all = torch.cat([Xtr_t, Xte_t])
+    return Problem(
+        name="mlp-diabetes-nonneg", kind="output-nonneg",
+        description=f"MLP 10-{hidden}-{hidden}-1 on scikit-learn's diabetes data (332 train / 110 held out), "
+                    f"predicted excess progression >= 0",
+        X_train=Xtr_t, Y_train=Ytr_t, X_test=Xte_t, Y_test=Yte_t, targets=(on_output(NonNegative()),),
+        make_model=functools.partial(_mlp, 10, 1, hidden, start=lambda m: _positive_head(m, X_all)),
+        lr=0.01, lr_final=0.1, steps=1500,
+        config={"data": "load_diabetes, y - median", "hidden": hidden, "dtype": "float32"},
+    )
+
+
+#: Every problem by name, with its builder.
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "lin-output-l1": linear_output_l1,
+    "lin-output-nonneg": linear_output_nonneg,
+    "lin-weight-nonneg": linear_weight_nonneg,
+    "lin-weight-affine": linear_weight_affine,
+    "lin-weight-l1": linear_weight_l1,
+    "mlp-synthetic-l1": mlp_synthetic_l1,
+    "mlp-diabetes-nonneg": mlp_diabetes_nonneg,
+}
+
+CONVEX_PROBLEMS = ("lin-output-l1", "lin-output-nonneg", "lin-weight-nonneg", "lin-weight-affine", "lin-weight-l1")
+MLP_PROBLEMS = ("mlp-synthetic-l1", "mlp-diabetes-nonneg")
+
+
+@functools.lru_cache(maxsize=None)
+def get_problem(name: str) -> Problem:
+    """The problem called ``name`` (built once per process; its cvxpy optimum is solved on first use)."""
+    try:
+        builder = PROBLEMS[name]
+    except KeyError:
+        raise KeyError(f"unknown problem {name!r}; problems: {', '.join(PROBLEMS)}.") from None
+    return builder()

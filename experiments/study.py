@@ -1,0 +1,743 @@
+r"""Side-by-side convergence studies: every strategy on the same problems, runs stored one per file.
+
+The pieces, each usable on its own (``constrain study`` in :mod:`experiments.study_cmd` strings
+them together):
+
+- :class:`Entry` and :data:`ENTRIES`: the strategies a study runs, as data: ``(label, strategy
+  name, options)``, optionally restricted to some constraint kinds. :func:`suite_for` gives the
+  table for one kind; ``Strategy.unsupported_reason(target)`` decides whether a cell applies,
+  and unsupported or unregistered cells are skipped and reported, not run.
+- :func:`plan_study`: problems x entries x seeds -> :class:`RunSpec` (each with a stable key that
+  hashes everything the run depends on) plus the skipped cells.
+- :func:`train_run`: one run, a pure function of the spec: same data, the problem's seeded
+  initialization, Adam with the problem's learning-rate schedule, full batch, a fixed number of
+  steps; it logs objective, relative gap, train/held-out violations and training wall time at
+  :func:`log_steps`.
+- :func:`execute`: runs the specs (in worker processes when asked), each written to its own JSON
+  file atomically (temporary file + ``os.replace``); finished files are skipped when resuming,
+  so an interrupted study loses nothing but the runs in flight.
+- :func:`summarize` and :func:`markdown_table`: medians over seeds per problem and strategy.
+
+Time per step counts forward, loss, backward, optimizer step and ``after_step`` only (not the
+evaluation at logged steps and the first :data:`WARMUP_STEPS` steps), as CPU time of the process
+(torch runs one thread per run); it is compared with the ``unconstrained`` run of the same problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import strategies
+from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
+
+#: Bump when the record layout or the training loop changes: old run files are then ignored.
+FORMAT = 1
+#: The violation threshold of the "steps to feasibility" column.
+FEASIBLE = 1e-4
+#: The success criterion on the convex problems: |gap| <= GAP_OK and max violation <= VIOLATION_OK.
+GAP_OK, VIOLATION_OK = 1e-4, 1e-6
+#: The fields logged at every logged step, in order.
+LOG_FIELDS = ("step", "objective", "gap", "train_max", "train_mean", "test_max", "test_mean", "time", "cpu")
+BASELINE_LABEL = "unconstrained"
+#: Steps left out of ``time_per_step``: first calls pay one-time costs (imports, kernel compilation).
+WARMUP_STEPS = 10
+
+
+# ====================================================================== the strategy table
+@dataclass(frozen=True)
+class Entry:
+    """One strategy of a study: a ``label`` (unique in a study), the registered ``strategy`` name
+    (None: the unconstrained baseline), its ``options``, and the constraint ``kinds`` it is run on
+    (None: every kind, filtered by the strategy's ``unsupported_reason``).
+
+    An option value ``"@lr"`` becomes the problem's learning rate and follows its schedule (for the
+    L1-regularization shrink steps); ``"@n_train"`` becomes the number of training samples."""
+
+    label: str
+    strategy: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    kinds: tuple[str, ...] | None = None
+    note: str = ""
+
+    @property
+    def family(self) -> str:
+        if self.strategy is None:
+            return "baseline"
+        try:
+            return strategies.strategy_class(self.strategy).family
+        except KeyError:
+            return "unregistered"
+
+    def options_text(self) -> str:
+        """``k=v, ...`` for the table."""
+        return ", ".join(f"{k}={v}" for k, v in self.options.items()) or "-"
+
+
+_PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
+
+#: Every strategy of the default suite with its options, chosen once for all problems (see the
+#: README's study section for the reasoning): penalties grow their weight geometrically and
+#: barriers shrink theirs; Lagrangian methods keep one multiplier per training sample on outputs.
+ENTRIES: tuple[Entry, ...] = (
+    Entry(BASELINE_LABEL, None),
+    # ---- penalty / barrier
+    Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6}),
+    Entry("exact-penalty", "exact-penalty", {"weight": 100.0}),
+    Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
+    Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8}),
+    Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "t": 5.0, "t_growth": 1.005}),
+    # ---- Lagrangian
+    Entry("lagrangian", "lagrangian", {"dual_lr": 10.0, **_PER_SAMPLE}),
+    Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "penalty_growth": 1.002, **_PER_SAMPLE}),
+    Entry("slack-lagrangian", "slack-lagrangian", {"dual_lr": 0.05, **_PER_SAMPLE}),
+    # ---- projected
+    Entry("projected", "projected", {}),
+    Entry("projected (update)", "projected", {"mode": "gradient"}, kinds=("weight-affine",)),
+    Entry("projected (tau const)", "projected", {"jacobian": "threshold-constant"}, kinds=("output-l1",)),
+    # ---- reparameterization
+    Entry("reparam-softplus", "reparam-softplus", {}),
+    Entry("reparam-exp", "reparam-exp", {}),
+    Entry("reparam-square", "reparam-square", {}),
+    Entry("reparam-null-space", "reparam-null-space", {}),
+    Entry("reparam-l1-weight-norm", "reparam-l1-weight-norm", {}),
+    Entry("reparam-radial", "reparam-radial", {}),
+    Entry("reparam-sigmoid-simplex", "reparam-sigmoid-simplex", {}),
+    # ---- L1 regularization (weight L1 ball only; the radius is not a hard bound for them)
+    Entry("l1-subgradient", "l1-subgradient", {"strength": 0.1, "lr": "@lr"}),
+    Entry("l1-sign-step", "l1-sign-step", {"strength": 0.1, "lr": "@lr"}),
+    Entry("l1-proximal", "l1-proximal", {"strength": 0.1, "lr": "@lr"}),
+    Entry("l1-truncated", "l1-truncated", {"strength": 0.1, "lr": "@lr", "period": 10}),
+    Entry("l1-cumulative", "l1-cumulative", {"strength": 0.1, "lr": "@lr"}),
+)
+
+#: Registered names the suite leaves out on purpose, and why (any other registered name that no
+#: entry mentions is added with its default options, so a new strategy is never silently missing).
+COVERED_ELSEWHERE: dict[str, str] = {
+    "reparameterization": "picks one of the reparam-* maps per set; each map has its own row",
+}
+
+
+def all_entries(entries: Sequence[Entry] = ENTRIES) -> list[Entry]:
+    """``entries`` plus one default-options entry for every registered strategy no entry names."""
+    named = {e.strategy for e in entries}
+    extra = [Entry(name, name, {}, note="default options") for name in strategies.available()
+             if name not in named and name not in COVERED_ELSEWHERE]
+    return [*entries, *extra]
+
+
+def suite_for(kind: str, entries: Sequence[Entry] | None = None) -> list[Entry]:
+    """The table of entries run on problems of constraint ``kind`` (before support filtering)."""
+    entries = all_entries() if entries is None else entries
+    return [e for e in entries if e.kinds is None or kind in e.kinds]
+
+
+def default_suite() -> dict[str, list[Entry]]:
+    """``{constraint kind: [Entry, ...]}``: what ``constrain study`` runs."""
+    return {kind: suite_for(kind) for kind in KINDS}
+
+
+def skip_reason(entry: Entry, problem: Problem) -> str | None:
+    """Why ``entry`` is not run on ``problem`` (unregistered, or unsupported for one of its targets)."""
+    if entry.strategy is None:
+        return None
+    if entry.strategy not in strategies.available():
+        return "not registered in this installation"
+    cls = strategies.strategy_class(entry.strategy)
+    for target in problem.targets:
+        reason = cls.unsupported_reason(target)
+        if reason is not None:
+            return reason
+    return None
+
+
+def resolve_options(entry: Entry, problem: Problem) -> dict[str, Any]:
+    """The entry's options with ``"@lr"`` and ``"@n_train"`` replaced by the problem's values."""
+    values = {"@lr": problem.lr, "@n_train": int(problem.X_train.shape[0])}
+    return {k: values.get(v, v) if isinstance(v, str) else v for k, v in entry.options.items()}
+
+
+# ====================================================================== the plan
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a problem, an entry, a seed and a step budget."""
+
+    problem: str
+    entry: Entry
+    seed: int
+    steps: int
+
+    def identity(self) -> dict[str, Any]:
+        """Everything the run's result depends on (hashed into its file name)."""
+        p = get_problem(self.problem)
+        return {
+            "format": FORMAT, "problem": self.problem, "config": p.config, "lr": p.lr, "lr_final": p.lr_final,
+            "strategy": self.entry.strategy, "options": dict(self.entry.options), "seed": self.seed,
+            "steps": self.steps,
+        }
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+    def path(self, out: Path) -> Path:
+        """``out/<problem>/<label>--seed<k>--<key>.json``."""
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", self.entry.label).strip("_")
+        return Path(out) / self.problem / f"{label}--seed{self.seed}--{self.key}.json"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A (problem, entry) cell that is not run, and why."""
+
+    problem: str
+    entry: Entry
+    reason: str
+
+
+@dataclass
+class Plan:
+    """The runs of a study, the cells it skips, and the settings it was planned with."""
+
+    problems: list[str]
+    entries: dict[str, list[Entry]]  # problem -> entries that run, in table order
+    specs: list[RunSpec]
+    skipped: list[Skipped]
+    seeds: list[int]
+    steps: dict[str, int]  # problem -> step budget
+
+
+def _matches(entry: Entry, wanted: Sequence[str]) -> bool:
+    return entry.strategy is None or any(w in (entry.label, entry.strategy, entry.family) for w in wanted)
+
+
+def plan_study(
+    problems: Sequence[str],
+    seeds: Sequence[int],
+    steps: int | None = None,
+    quick: bool = False,
+    strategy_filter: Sequence[str] | None = None,
+    suite: Mapping[str, Sequence[Entry]] | None = None,
+) -> Plan:
+    """Cross ``problems`` with their kind's entries and ``seeds``.
+
+    ``steps``: the budget for every problem (default: each problem's ``steps``, or ``quick_steps``
+    with ``quick``). ``strategy_filter``: keep entries whose label, strategy name or family is
+    listed (the unconstrained baseline is always kept). ``suite``: ``{kind: entries}`` (default
+    :func:`default_suite`).
+    """
+    suite = default_suite() if suite is None else suite
+    unknown = [p for p in problems if p not in PROBLEMS]
+    if unknown:
+        raise KeyError(f"unknown problem(s) {', '.join(unknown)}; problems: {', '.join(PROBLEMS)}.")
+    if strategy_filter:
+        known = {w for entries in suite.values() for e in entries for w in (e.label, e.strategy, e.family)}
+        missing = [w for w in strategy_filter if w not in known]
+        if missing:
+            raise KeyError(
+                f"no strategy entry matches {', '.join(missing)}; labels: "
+                f"{', '.join(sorted({e.label for es in suite.values() for e in es}))}."
+            )
+    specs: list[RunSpec] = []
+    skipped: list[Skipped] = []
+    entries_of: dict[str, list[Entry]] = {}
+    budget: dict[str, int] = {}
+    for name in problems:
+        problem = get_problem(name)
+        budget[name] = steps if steps is not None else (problem.quick_steps if quick else problem.steps)
+        entries_of[name] = []
+        for entry in suite.get(problem.kind, []):
+            if strategy_filter and not _matches(entry, strategy_filter):
+                continue
+            reason = skip_reason(entry, problem)
+            if reason is not None:
+                skipped.append(Skipped(name, entry, reason))
+                continue
+            entries_of[name].append(entry)
+            specs.extend(RunSpec(name, entry, seed, budget[name]) for seed in seeds)
+    return Plan(list(problems), entries_of, specs, skipped, list(seeds), budget)
+
+
+# ====================================================================== one run
+def log_steps(steps: int, linear: int = 60, geometric: int = 30) -> list[int]:
+    """Steps at which a run is evaluated: 0, about ``geometric`` log-spaced and ``linear`` evenly
+    spaced steps, and ``steps`` (step ``t`` = after ``t`` optimizer steps)."""
+    points = {0, steps}
+    points.update(int(round(s)) for s in np.geomspace(1, max(steps, 1), geometric))
+    points.update(int(round(s)) for s in np.linspace(0, steps, linear + 1))
+    return sorted(p for p in points if 0 <= p <= steps)
+
+
+def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None = None) -> dict[str, Any]:
+    r"""Train ``problem`` with ``entry``'s strategy for ``steps`` full-batch Adam steps from the seeded start.
+
+    Returns the record: ``status`` (``"done"`` or ``"failed"`` with ``error`` and ``failed_at``),
+    the columns of :data:`LOG_FIELDS` under ``log`` (``time``: cumulative wall-clock seconds of
+    training work, ``cpu``: the same in CPU seconds of the process; evaluation excluded), and
+    ``time_per_step`` (CPU seconds per step after the first :data:`WARMUP_STEPS`: CPU time is far
+    less disturbed than wall time by other load on the machine). A strategy error (infeasible barrier start, non-finite
+    loss, ...) ends the run as failed; ``KeyboardInterrupt`` propagates.
+    """
+    started = time.time()
+    log: dict[str, list] = {k: [] for k in LOG_FIELDS}
+    record: dict[str, Any] = {
+        "status": "done", "error": None, "failed_at": None, "problem": problem.name, "kind": problem.kind,
+        "label": entry.label, "strategy": entry.strategy, "family": entry.family, "options": dict(entry.options),
+        "seed": seed, "steps": steps, "lr": problem.lr, "lr_final": problem.lr_final, "f_star": f_star, "log": log,
+    }
+    elapsed, cpu, cpu_warm, step = 0.0, 0.0, 0.0, 0
+    warmup = min(WARMUP_STEPS, steps // 2)
+    try:
+        options = resolve_options(entry, problem)
+        follow_lr = [k for k, v in entry.options.items() if v == "@lr"]
+        torch.manual_seed(seed)
+        model = problem.make_model(seed)
+        strategy = None
+        if entry.strategy is not None:
+            strategy = strategies.get(entry.strategy, **options)
+            model = strategy.attach(model, list(problem.targets))
+        X, ids = problem.X_train, torch.arange(problem.X_train.shape[0])
+        at = set(log_steps(steps))
+
+        def evaluate(t: int) -> None:
+            values = problem.evaluate(model, f_star)
+            for k, v in (("step", t), *values.items(), ("time", elapsed), ("cpu", cpu)):
+                log[k].append(v)
+
+        evaluate(0)
+        optimizer: torch.optim.Optimizer | None = None
+        for step in range(steps):
+            tic, tic_cpu = time.perf_counter(), time.process_time()
+            lr = problem.lr_at(step, steps)
+            outputs = model(X)
+            objective = problem.objective(outputs)
+            if strategy is None:
+                loss = objective
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"the objective is not finite at step {step}.")
+            else:
+                for name in follow_lr:
+                    setattr(strategy, name, lr)
+                loss = strategy.loss(objective, outputs, sample_ids=ids)
+            if optimizer is None:  # after the first loss: lazily created parameters (slacks) exist now
+                optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if strategy is not None:
+                strategy.after_step()
+            elapsed += time.perf_counter() - tic
+            cpu += time.process_time() - tic_cpu
+            if step + 1 == warmup:
+                cpu_warm = cpu
+            if step + 1 in at:
+                evaluate(step + 1)
+    except Exception as error:  # a failing strategy is a result, recorded as such
+        record.update(status="failed", failed_at=step,
+                      error=f"{type(error).__name__}: {error}".strip(),
+                      traceback=traceback.format_exc(limit=6))
+    done = log["step"][-1] if log["step"] else 0
+    record["time_per_step"] = (cpu - cpu_warm) / (done - warmup) if done > warmup else None
+    record["wall_per_step"] = elapsed / done if done else None
+    record["train_time"], record["train_cpu"] = elapsed, cpu
+    record["wall_time"] = time.time() - started
+    record["torch"] = torch.__version__
+    return record
+
+
+# ====================================================================== storage
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``:
+    readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, allow_nan=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_run(path: Path) -> dict[str, Any] | None:
+    """A stored run record, or None if the file is missing, unreadable or of another format."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+
+
+def run_spec(spec: RunSpec, out: Path, f_star: float | None) -> dict[str, Any]:
+    """Run ``spec`` and store its record at ``spec.path(out)``; returns the record."""
+    record = train_run(get_problem(spec.problem), spec.entry, spec.seed, spec.steps, f_star)
+    record.update(format=FORMAT, key=spec.key, identity=spec.identity())
+    write_json_atomic(spec.path(out), record)
+    return record
+
+
+def _init_worker() -> None:
+    """One torch thread per worker, and the one-time costs of a first training step paid up front."""
+    torch.set_num_threads(1)
+    warm_up()
+
+
+def warm_up() -> None:
+    """Take two Adam steps on a tiny model: the first optimizer step imports and sets up machinery
+    (seconds) that would otherwise land in the first run's timing."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        loss = model(torch.ones(1, 2)).square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _finished(record: dict[str, Any] | None, retry_failed: bool) -> bool:
+    return record is not None and (record.get("status") == "done" or (record.get("status") == "failed" and not retry_failed))
+
+
+def execute(
+    plan: Plan,
+    out: Path,
+    *,
+    resume: bool = True,
+    retry_failed: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Run every spec of ``plan`` not already finished in ``out``; returns ``{spec.key: record}``.
+
+    ``resume``: keep finished run files (``False``: redo every run). ``retry_failed``: redo runs
+    whose stored status is ``failed``. ``workers > 1`` runs specs in that many spawned processes
+    (one torch thread each); every run writes its own file, so an interruption keeps all
+    finished runs.
+    """
+    out = Path(out)
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[RunSpec] = []
+    for spec in plan.specs:
+        record = read_run(spec.path(out)) if resume else None
+        if _finished(record, retry_failed):
+            records[spec.key] = record  # type: ignore[assignment]
+        else:
+            todo.append(spec)
+    f_stars = {name: get_problem(name).f_star for name in {s.problem for s in todo}}
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(plan.specs), initial=len(plan.specs) - len(todo), disable=not progress,
+               desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            if todo:
+                warm_up()
+            try:
+                for spec in todo:
+                    bar.set_postfix_str(f"{spec.problem} / {spec.entry.label} / seed {spec.seed}", refresh=False)
+                    records[spec.key] = run_spec(spec, out, f_stars[spec.problem])
+                    bar.update()
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            _execute_pool(todo, out, f_stars, workers, records, bar)
+    finally:
+        bar.close()
+    return records
+
+
+def _execute_pool(todo: list[RunSpec], out: Path, f_stars: dict[str, float | None], workers: int,
+                  records: dict[str, dict[str, Any]], bar: Any) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Longest runs first (MLP problems), so the two workers finish together.
+    order = sorted(todo, key=lambda s: -get_problem(s.problem).X_train.shape[0] * s.steps * (2 if s.problem.startswith("mlp") else 1))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker)
+    try:
+        pending = {pool.submit(run_spec, spec, out, f_stars[spec.problem]): spec for spec in order}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec = pending.pop(future)
+                records[spec.key] = future.result()
+                bar.set_postfix_str(f"{spec.problem} / {spec.entry.label}", refresh=False)
+                bar.update()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+# ====================================================================== summaries
+@dataclass
+class Row:
+    """One line of the results table: medians over the seeds of one (problem, entry)."""
+
+    problem: str
+    entry: Entry
+    runs: int
+    failed: list[str]
+    objective: float | None
+    gap: float | None
+    train_max: float | None
+    train_mean: float | None
+    test_max: float | None
+    steps_to_feasible: float | None  # None: some seed never stayed below FEASIBLE
+    time_per_step: float | None
+    relative_time: float | None
+    worst_gap: float | None  # max |gap| over seeds
+    worst_violation: float | None  # max train violation over seeds
+
+    @property
+    def reaches_target(self) -> bool:
+        """Every seed finished with |gap| <= GAP_OK and max violation <= VIOLATION_OK."""
+        return (not self.failed and self.worst_gap is not None and self.worst_gap <= GAP_OK
+                and self.worst_violation is not None and self.worst_violation <= VIOLATION_OK)
+
+
+def steps_to_feasible(record: dict[str, Any], threshold: float = FEASIBLE) -> int | None:
+    """The first logged step from which the max training violation stays <= ``threshold`` to the
+    end of the run (None if the final violation is above it, or the run failed)."""
+    if record.get("status") != "done":
+        return None
+    steps, viol = record["log"]["step"], record["log"]["train_max"]
+    first = None
+    for s, v in zip(steps, viol):
+        if v is not None and v <= threshold:
+            first = s if first is None else first
+        else:
+            first = None
+    return first
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(vals) if vals else None
+
+
+def _final(record: dict[str, Any], key: str) -> float | None:
+    column = record["log"][key]
+    return column[-1] if column else None
+
+
+def summarize(plan: Plan, records: Mapping[str, dict[str, Any]]) -> list[Row]:
+    """One :class:`Row` per (problem, entry) of ``plan``, medians over seeds of the final values."""
+    rows = []
+    for problem in plan.problems:
+        base_time = None
+        for entry in plan.entries[problem]:
+            runs = [records[s.key] for s in plan.specs if s.problem == problem and s.entry.label == entry.label
+                    and s.key in records]
+            done = [r for r in runs if r["status"] == "done"]
+            failed = [f"seed {r['seed']} at step {r['failed_at']}: {r['error']}" for r in runs if r["status"] != "done"]
+            to_feasible = [steps_to_feasible(r) for r in done]
+            time_per_step = _median(r.get("time_per_step") for r in done)
+            if entry.strategy is None:
+                base_time = time_per_step
+            gaps = [_final(r, "gap") for r in done]
+            viol = [_final(r, "train_max") for r in done]
+            rows.append(Row(
+                problem=problem, entry=entry, runs=len(runs), failed=failed,
+                objective=_median(_final(r, "objective") for r in done),
+                gap=_median(gaps), train_max=_median(viol),
+                train_mean=_median(_final(r, "train_mean") for r in done),
+                test_max=_median(_final(r, "test_max") for r in done),
+                steps_to_feasible=None if (not done or None in to_feasible) else statistics.median(to_feasible),  # type: ignore[arg-type]
+                time_per_step=time_per_step,
+                relative_time=None,
+                worst_gap=max((abs(g) for g in gaps if g is not None), default=None) if None not in gaps else None,
+                worst_violation=max((v for v in viol if v is not None), default=None),
+            ))
+        for row in rows:
+            if row.problem == problem and base_time and row.time_per_step is not None:
+                row.relative_time = row.time_per_step / base_time
+    return rows
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.{max(digits - 1, 1)}e}"
+
+
+def _violation(value: float | None) -> str:
+    return "-" if value is None else ("0" if value == 0 else f"{value:.1e}")
+
+
+def _gap(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1e}"
+
+
+def _steps(value: float | None, has_runs: bool) -> str:
+    if not has_runs:
+        return "-"
+    return "never" if value is None else f"{value:g}"
+
+
+def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", command: str = "") -> str:
+    """The results as markdown: per problem, one row per strategy (medians over seeds), the
+    skipped cells with their reasons, and which strategies meet the convex-problem target."""
+    lines = [f"# {title}", ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    lines += [
+        f"Seeds {', '.join(map(str, plan.seeds))}; values are medians over seeds of the final step. "
+        f"Full batch, Adam, learning rate decaying exponentially from lr to lr x lr_final; every strategy gets "
+        f"the same data, seeded start and step budget. "
+        f"gap = (F - F*) / |F*| (F* from cvxpy; negative: below the optimum of the constrained linear model, "
+        f"i.e. infeasible or a different model class). "
+        f"Violations: max over constrained rows (samples or weight rows); held-out only for output constraints. "
+        f"Steps to feasible: first logged step from which the max training violation stays <= {FEASIBLE:g}. "
+        f"Time/step: CPU time of the training work per step (one torch thread; evaluation and the first "
+        f"{WARMUP_STEPS} steps excluded) relative to the unconstrained run.",
+        "",
+    ]
+    for problem_name in plan.problems:
+        problem = get_problem(problem_name)
+        f_star = problem.f_star
+        header = f"## {problem_name}: {problem.description}"
+        lines += [header, ""]
+        info = [f"{plan.steps[problem_name]} steps", f"Adam lr {problem.lr:g} -> {problem.lr * problem.lr_final:g}"]
+        if f_star is not None:
+            ref = problem.reference()
+            info.insert(0, f"F* = {f_star:.10g} (cvxpy {ref.solver}, {ref.status})")  # type: ignore[union-attr]
+        lines += ["; ".join(info) + ".", ""]
+        lines += [
+            "| strategy | family | options | objective | gap | train viol max | train viol mean | held-out viol max "
+            f"| steps to viol <= {FEASIBLE:g} | time/step (x unconstrained) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in (r for r in rows if r.problem == problem_name):
+            e = row.entry
+            name = e.label if e.strategy in (None, e.label) else f"{e.label} (`{e.strategy}`)"
+            if row.reaches_target and problem.convex:
+                name = f"**{name}**"
+            if row.failed and len(row.failed) == row.runs:
+                lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} "
+                             f"| | | | | | |")
+                continue
+            flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
+            lines.append(
+                f"| {name}{flag} | {e.family} | {e.options_text()} | {_num(row.objective, 6)} | "
+                f"{_gap(row.gap) if f_star is not None else '-'} | {_violation(row.train_max)} | "
+                f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
+                f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
+            )
+        skipped = [s for s in plan.skipped if s.problem == problem_name]
+        if skipped:
+            lines += ["", "Not run here: " + "; ".join(f"{s.entry.label} ({_short(s.reason, 90)})" for s in skipped) + "."]
+        lines.append("")
+    convex = [p for p in plan.problems if get_problem(p).convex]
+    if convex:
+        lines += [f"## Gap <= {GAP_OK:g} and violation <= {VIOLATION_OK:g} (every seed; **bold** above)", ""]
+        for p in convex:
+            winners = [r.entry.label for r in rows if r.problem == p and r.reaches_target and r.entry.strategy]
+            lines.append(f"- {p}: {', '.join(winners) if winners else 'none'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ====================================================================== the whole study
+@dataclass
+class StudyResult:
+    """What :func:`run_study` produced."""
+
+    plan: Plan
+    records: dict[str, dict[str, Any]]
+    rows: list[Row]
+    table: str
+    figures: list[Path]
+    seconds: float
+
+
+def run_study(
+    problems: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int | None = None,
+    quick: bool = False,
+    strategy_filter: Sequence[str] | None = None,
+    suite: Mapping[str, Sequence[Entry]] | None = None,
+    out: Path = Path("results/study"),
+    figures: Path | None = Path("figures"),
+    prefix: str = "study",
+    resume: bool = True,
+    retry_failed: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+    title: str = "Study",
+    command: str = "",
+) -> StudyResult:
+    """Plan, run (resuming), summarize, write ``<figures>/<prefix>.md`` and the figures."""
+    tic = time.perf_counter()
+    plan = plan_study(problems, seeds, steps, quick, strategy_filter, suite)
+    records = execute(plan, out, resume=resume, retry_failed=retry_failed, workers=workers, progress=progress)
+    rows = summarize(plan, records)
+    table = markdown_table(plan, rows, title=title, command=command)
+    written: list[Path] = []
+    if figures is not None:
+        from experiments import figures as figs
+
+        figures = Path(figures)
+        figures.mkdir(parents=True, exist_ok=True)
+        written = figs.study_figures(plan, records, rows, figures, prefix)
+        table_path = figures / f"{prefix}.md"
+        body = table + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in written) + "\n"
+        tmp = table_path.with_suffix(".md.tmp")
+        tmp.write_text(body)
+        os.replace(tmp, table_path)
+        written.append(table_path)
+    return StudyResult(plan, records, rows, table, written, time.perf_counter() - tic)
+
+
+def replace_fields(entry: Entry, **changes: Any) -> Entry:
+    """A copy of ``entry`` with ``changes`` (e.g. other options), for custom suites."""
+    return dataclasses.replace(entry, **changes)
+
+
+__all__ = [
+    "BASELINE_LABEL", "CONVEX_PROBLEMS", "ENTRIES", "Entry", "Plan", "Row", "RunSpec", "Skipped", "StudyResult",
+    "all_entries", "default_suite", "execute", "log_steps", "markdown_table", "plan_study", "read_run",
+    "replace_fields", "run_spec", "run_study", "skip_reason", "steps_to_feasible", "suite_for", "summarize",
+    "train_run", "write_json_atomic",
+]

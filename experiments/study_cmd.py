@@ -1,0 +1,164 @@
+"""``constrain study [SUITE]``: run a study suite, write its figures and its markdown table.
+
+Named suites are subcommands of ``study``: ``constrain study`` runs the default suite (the five
+convex problems and one MLP problem), ``constrain study convex``, ``constrain study mlp`` and
+``constrain study all`` run the others listed in :data:`SUITES`. Options go after the suite name.
+
+Another study with its own runner (PSiLON, the L1 implementations) plugs in as one more
+subcommand with one line in :data:`STUDY_MODULES`: ``name -> module``, where the module exposes
+``add_arguments(parser)`` (its own options; values given after the name win over the shared
+ones) and ``run(args) -> int``; its docstring's first line is the help. The shared options are
+:func:`common_options`, for a module that wants them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.problems import CONVEX_PROBLEMS, MLP_PROBLEMS, PROBLEMS
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named set of problems run with the default strategy table."""
+
+    name: str
+    help: str
+    problems: tuple[str, ...]
+    seeds: int = 3
+
+
+#: The suites of the generic study. ``default`` is what ``constrain study`` runs.
+SUITES: dict[str, Suite] = {
+    "default": Suite("default", "the five convex problems and one MLP problem (about 3 minutes on 2 cores)",
+                     (*CONVEX_PROBLEMS, "mlp-synthetic-l1")),
+    "convex": Suite("convex", "the five linear-regression problems with a cvxpy optimum", CONVEX_PROBLEMS),
+    "mlp": Suite("mlp", "the MLP problems (synthetic data, scikit-learn's diabetes data)", MLP_PROBLEMS),
+    "all": Suite("all", "every problem", tuple(PROBLEMS)),
+}
+
+#: More named studies, ``constrain study NAME``: ``{NAME: module}`` (see the module doc).
+STUDY_MODULES: dict[str, str] = {
+}
+
+QUICK_SEEDS = 1
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> seeds 0, 1, 2; ``"0,5,7"`` -> those seeds."""
+    try:
+        parts = [int(p) for p in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count (3) or a list (0,5,7), got {text!r}") from None
+    if not parts or any(p < 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"--seeds takes a positive count or non-negative seeds, got {text!r}")
+    if len(parts) == 1 and "," not in text:
+        if parts[0] == 0:
+            raise argparse.ArgumentTypeError("--seeds 0 would run nothing; give a count >= 1")
+        return list(range(parts[0]))
+    return parts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def common_options(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The options every study shares, as a parent parser. ``suppress_defaults``: leave options
+    that are not given out of the namespace (for suite subparsers, so that options given before
+    the suite name are kept)."""
+    default = (lambda value: argparse.SUPPRESS) if suppress_defaults else (lambda value: value)
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("study options")
+    group.add_argument("--problems", type=_csv, default=default(None), metavar="P,...",
+                       help=f"problems to run (default: the suite's); known: {', '.join(PROBLEMS)}")
+    group.add_argument("--strategies", type=_csv, default=default(None), metavar="S,...",
+                       help="keep entries whose label, strategy name or family is listed (the unconstrained "
+                            "baseline is always run)")
+    group.add_argument("--seeds", type=parse_seeds, default=default(None), metavar="N|S,...",
+                       help="a count N (seeds 0..N-1) or a list of seeds (default 3, 1 with --quick)")
+    group.add_argument("--steps", type=_positive_int, default=default(None), metavar="N",
+                       help="optimizer steps per run (default: each problem's budget)")
+    group.add_argument("--quick", action="store_true", default=default(False),
+                       help="short runs and one seed (under a minute); used by the tests")
+    group.add_argument("--out", type=Path, default=default(Path("results/study")), metavar="DIR",
+                       help="results folder, one JSON file per run (default results/study)")
+    group.add_argument("--figures", type=Path, default=default(Path("figures")), metavar="DIR",
+                       help="where the PNG figures and the markdown table go (default figures/)")
+    group.add_argument("--no-figures", action="store_true", default=default(False),
+                       help="write neither figures nor the markdown file (the table is still printed)")
+    resume = group.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=default(True),
+                        help="skip runs whose file is already in --out (default)")
+    resume.add_argument("--fresh", dest="resume", action="store_false", default=default(True),
+                        help="redo every run, overwriting its file")
+    group.add_argument("--retry-failed", action="store_true", default=default(False),
+                       help="when resuming, redo runs stored as failed")
+    group.add_argument("--workers", type=_positive_int, default=default(None), metavar="N",
+                       help="worker processes (default: min(2, CPU count))")
+    group.add_argument("--no-progress", action="store_true", default=default(False), help="no progress bar")
+    return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``study`` and its named suites to the ``constrain`` command line."""
+    parser = subparsers.add_parser(
+        "study", parents=[common_options()],
+        help="run strategies side by side on problems with known optima; figures and a results table",
+        description="Run every applicable strategy on the same problems (same data, start, optimizer and step "
+                    "budget), store each run in its own file (resumable), and write figures and a markdown "
+                    "table. Without a SUITE name: the default suite. Options may come before or after SUITE.",
+    )
+    parser.set_defaults(func=run, suite=None)
+    named = parser.add_subparsers(dest="suite", metavar="SUITE", required=False)
+    common = common_options(suppress_defaults=True)
+    for suite in SUITES.values():
+        sub = named.add_parser(suite.name, parents=[common], help=suite.help, description=suite.help)
+        sub.set_defaults(func=run)
+    for name, module_name in STUDY_MODULES.items():
+        module = importlib.import_module(module_name)
+        summary = (module.__doc__ or name).strip().splitlines()[0]
+        sub = named.add_parser(name, help=summary, description=module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite named in ``args`` (the default suite when none) and print its table."""
+    from experiments.study import run_study
+
+    suite = SUITES[args.suite or "default"]
+    quick = bool(args.quick)
+    seeds = args.seeds if args.seeds is not None else list(range(QUICK_SEEDS if quick else suite.seeds))
+    workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
+    prefix = "study" if suite.name == "default" else f"study-{suite.name}"
+    command = "constrain study" + ("" if suite.name == "default" else f" {suite.name}") + (" --quick" if quick else "")
+    tic = time.perf_counter()
+    result = run_study(
+        args.problems or list(suite.problems),
+        seeds=seeds, steps=args.steps, quick=quick, strategy_filter=args.strategies,
+        out=args.out, figures=None if args.no_figures else args.figures, prefix=prefix,
+        resume=args.resume, retry_failed=args.retry_failed, workers=workers, progress=not args.no_progress,
+        title=f"Study: {suite.name} suite" + (" (quick)" if quick else ""), command=command,
+    )
+    print(result.table)
+    ran = len(result.plan.specs)
+    print(f"{ran} runs ({len(result.plan.skipped)} cells not applicable) in {time.perf_counter() - tic:.1f} s; "
+          f"results in {args.out}" + ("" if args.no_figures else f"; table and figures in {args.figures}/"))
+    return 0
