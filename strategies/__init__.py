@@ -16,9 +16,23 @@ from strategies._registry import available, get, options_of, register, strategy_
 from strategies import _penalty  # noqa: E402,F401  isort: skip
 from strategies import _projected  # noqa: E402,F401  isort: skip
 from strategies import _l1reg  # noqa: E402,F401  isort: skip
+from strategies import _reparam  # noqa: E402,F401  isort: skip
+# Parametrization modules, reusable on their own (e.g. L1WeightNorm in PSiLON layers).
+from strategies._reparam import (  # noqa: E402  isort: skip
+    AffineLatent, ExpNonNegative, L1WeightNorm, NullSpace, NullSpaceSlice, RadialL1, SoftplusNonNegative,
+    SquareNonNegative,
+)
 
 __all__ = [
+    "AffineLatent",
+    "ExpNonNegative",
+    "L1WeightNorm",
     "NotAttachedError",
+    "NullSpace",
+    "NullSpaceSlice",
+    "RadialL1",
+    "SoftplusNonNegative",
+    "SquareNonNegative",
     "Strategy",
     "UnsupportedConstraint",
     "available",
