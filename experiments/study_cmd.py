@@ -44,6 +44,8 @@ SUITES: dict[str, Suite] = {
 
 #: More named studies, ``constrain study NAME``: ``{NAME: module}`` (see the module doc).
 STUDY_MODULES: dict[str, str] = {
+    "psilon": "experiments.psilon_study",
+    "l1": "experiments.l1_study",
 }
 
 QUICK_SEEDS = 1
