@@ -15,6 +15,7 @@ from strategies._registry import available, get, options_of, register, strategy_
 # Importing a family module registers its strategies.
 from strategies import _penalty  # noqa: E402,F401  isort: skip
 from strategies import _projected  # noqa: E402,F401  isort: skip
+from strategies import _lagrangian  # noqa: E402,F401  isort: skip
 from strategies import _l1reg  # noqa: E402,F401  isort: skip
 from strategies import _reparam  # noqa: E402,F401  isort: skip
 # Parametrization modules, reusable on their own (e.g. L1WeightNorm in PSiLON layers).
