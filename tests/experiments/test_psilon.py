@@ -210,3 +210,15 @@ def test_quick_study_end_to_end(tmp_path) -> None:
     for cells in checked:
         held, total = cells[9].split("/")
         assert held == total, cells
+
+
+@pytest.mark.parametrize("name, module", [("psilon", "experiments.psilon_study"), ("l1", "experiments.l1_study")])
+def test_registered_as_constrain_study_subcommands(name: str, module: str) -> None:
+    import argparse
+
+    from experiments import study_cmd
+
+    parser = argparse.ArgumentParser(prog="constrain")
+    study_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", name, "--quick", "--figures", "somewhere", "--workers", "1"])
+    assert args.func.__module__ == module and args.quick and str(args.figures) == "somewhere" and args.workers == 1
