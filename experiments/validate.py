@@ -1,0 +1,566 @@
+r"""``constrain validate``: every projection kernel against cvxpy, on random and adversarial inputs.
+
+For each set (L1 ball, simplex, orthant, affine ``A w = c``, weight tying) and size ``n``, the
+generators below build instances: batches of rows ``x`` (float64 values exactly representable in
+float32, so float32 and float64 kernels see the same problem), one constraint set each. Every row
+is projected by the kernel (``set.project``) in float32 and in float64 and by cvxpy
+(``set.reference_projection``: Clarabel plus an exact, KKT-certified active-set polish).
+
+Per row, with the instance scale :math:`s`,
+
+.. math:: \text{error} = \max_i |P(x)_i - P_{\text{ref}}(x)_i| / s, \qquad
+          \text{violation} = \operatorname{violation}_C(P(x)) / s,
+
+:math:`s = \max(\max_i |x_i|, r)`, where :math:`r` is the radius (L1 ball, simplex; per row when
+the radius is a tensor), :math:`\max_i |(A^+ c)_i|` (affine sets: the size of their least-norm
+point) or 0 (orthant), and :math:`s = 1` where that is 0. A row passes when its error is at most
+``TOLERANCE[dtype]`` (1e-6 in float64, 1e-4 in float32). The violation is reported but not part
+of the verdict: for affine sets it is :math:`|A y - c|`, in units of :math:`A x`, and grows with
+the row norms of ``A`` (float32 rounding of a 1e5-entry row alone moves it by about 1e-5 of the scale).
+
+The generators (:func:`instances`) and the check (:func:`check_instance`) are plain functions so
+that the tests can run them at small sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from constrain import Affine, ConstraintSet, L1Ball, NonNegative, ReferenceSolverError, Simplex
+
+#: Set names accepted by ``--sets``, in table order.
+SET_NAMES = ("l1ball", "simplex", "nonnegative", "affine", "tie")
+#: Sizes of the default run; ``--max-n`` drops the larger ones.
+DEFAULT_SIZES = (1, 2, 5, 64, 1000, 100_000)
+#: From this size on, an instance is one row and only the ``LARGE_KINDS`` are generated.
+LARGE_N = 10_000
+LARGE_KINDS = ("random",)
+#: Pass threshold on the relative error and the relative violation, per dtype.
+TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4}
+DTYPES = (torch.float32, torch.float64)
+
+SCALE_NOTE = (
+    "error = max_i |P(x)_i - P_ref(x)_i| / s and violation = set.violation(P(x)) / s, per row (max over rows shown);\n"
+    "s = max(max_i |x_i|, r): r = radius (l1ball, simplex), max_i |(A^+ c)_i| (affine, tie), 0 (nonnegative); "
+    "s = 1 if that is 0.\n"
+    "P = set.project (the kernel, in the row's dtype), P_ref = set.reference_projection "
+    "(cvxpy + Clarabel, polished onto the active set with a KKT certificate).\n"
+    "pass: error <= 1e-6 (float64), <= 1e-4 (float32). The violation is reported, not thresholded: for affine sets\n"
+    "it is |A y - c| in units of A x, so float32 rounding alone gives about 1e-8 * ||A_i||_1 (1e-4 at n = 1e5)."
+)
+
+
+@dataclass
+class Instance:
+    """One batch of rows ``x`` (float64, shape ``(rows, n)``, float32-representable) and its set."""
+
+    set_name: str
+    kind: str
+    constraint: ConstraintSet
+    x: Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[-1])
+
+
+@dataclass
+class Outcome:
+    """The worst row of one instance in one dtype."""
+
+    set_name: str
+    kind: str
+    n: int
+    dtype: str
+    rows: int
+    error: float
+    violation: float
+    passed: bool
+    note: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# instance generators: one function per (set, kind), (rng, n, rows) -> (x, set)
+
+Made = tuple[np.ndarray, ConstraintSet]
+Generator = Callable[[np.random.Generator, int, int], Made]
+
+
+def _f32(a: np.ndarray | float) -> np.ndarray:
+    """Round to float32 and back: the value both dtypes hold exactly."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def _rows(n: int) -> int:
+    """Rows per instance: two at small n, one from n = 1000 on (the reference solves row by row)."""
+    return 2 if n <= 64 else 1
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float, size: int | tuple | None = None) -> np.ndarray:
+    return 10.0 ** rng.uniform(math.log10(low), math.log10(high), size)
+
+
+def _radius_set(name: str, radius: float | np.ndarray) -> ConstraintSet:
+    """``L1Ball`` or ``Simplex``; an array radius becomes a per-row tensor radius."""
+    cls = L1Ball if name == "l1ball" else Simplex
+    if isinstance(radius, np.ndarray) and radius.ndim:
+        return cls(torch.from_numpy(_f32(radius)))
+    return cls(float(_f32(float(radius))))
+
+
+def _radius_kinds(name: str) -> dict[str, Generator]:
+    """Kinds for the radius sets: the L1 ball and the simplex."""
+    simplex = name == "simplex"
+
+    def random(rng, n, rows):
+        # Gaussian rows of mixed scales, one radius: some rows inside, some outside.
+        x = rng.standard_normal((rows, n)) * _log_uniform(rng, 0.1, 10, (rows, 1))
+        return x, _radius_set(name, _log_uniform(rng, 0.1, 10))
+
+    def per_sample(rng, n, rows):
+        # one radius per row, rows and radii spanning six decades.
+        scales = _log_uniform(rng, 1e-3, 1e3, (rows, 1))
+        x = rng.standard_normal((rows, n)) * scales
+        return x, _radius_set(name, np.abs(x).sum(1) * rng.uniform(0.02, 1.5, rows) + 1e-3 * scales[:, 0])
+
+    def ties(rng, n, rows):
+        # equal magnitudes with random signs; then rows with few distinct levels.
+        level = float(_f32(_log_uniform(rng, 0.1, 10)))
+        x = level * rng.choice([-1.0, 1.0], (rows, n))
+        x[rows // 2 :] = level * rng.integers(-2, 3, (rows - rows // 2, n))
+        return x, _radius_set(name, level * rng.uniform(0.3, 0.9 * n))
+
+    def zeros(rng, n, rows):
+        # the zero row, then sparse rows (one entry of 3, a fifth of the rest Gaussian).
+        x = np.zeros((rows, n))
+        for row in range(1, rows):
+            mask = rng.random(n) < 0.2
+            x[row, mask] = rng.standard_normal(int(mask.sum()))
+            x[row, rng.integers(n)] = rng.choice([-3.0, 3.0])
+        return x, _radius_set(name, 1.0)
+
+    def inside(rng, n, rows):
+        # rows inside the ball, or on the simplex.
+        radius = float(_f32(_log_uniform(rng, 0.1, 10)))
+        if simplex:
+            return rng.dirichlet(np.ones(n), rows) * radius, _radius_set(name, radius)
+        v = rng.standard_normal((rows, n))
+        x = v / np.abs(v).sum(1, keepdims=True) * radius * rng.uniform(0.1, 0.99, (rows, 1))
+        return x, _radius_set(name, radius)
+
+    def boundary(rng, n, rows):
+        # small integers with ||x||_1 = r exactly (ball); vertices r e_i (simplex).
+        if simplex:
+            x = np.zeros((rows, n))
+            x[np.arange(rows), rng.integers(n, size=rows)] = 2.0
+            return x, _radius_set(name, 2.0)
+        x = rng.integers(-3, 4, (rows, n)).astype(np.float64)
+        x[:, 0] = np.where(x[:, 0] == 0, 1.0, x[:, 0])
+        return x, _radius_set(name, np.abs(x).sum(1))
+
+    def scaled(scale):
+        def generate(rng, n, rows):
+            # inputs of size ``scale``, the radius on the same scale (rows in and out).
+            x = rng.standard_normal((rows, n)) * scale
+            return x, _radius_set(name, np.abs(x).sum(1).mean() * rng.uniform(0.2, 1.2))
+
+        return generate
+
+    def outlier(rng, n, rows):
+        # one entry of 1e3 among entries of 1e-3: the support of the projection is one entry.
+        x = rng.standard_normal((rows, n)) * 1e-3
+        x[np.arange(rows), rng.integers(n, size=rows)] = rng.choice([-1e3, 1e3], rows)
+        return x, _radius_set(name, 1.0)
+
+    kinds: dict[str, Generator] = {
+        "random": random, "per-sample": per_sample, "ties": ties, "zeros": zeros, "inside": inside,
+        "boundary": boundary, "tiny": scaled(1e-8), "huge": scaled(1e8), "outlier": outlier,
+    }
+    if simplex:
+        # every entry negative: the projection still sums to r.
+        kinds["negative"] = lambda rng, n, rows: (
+            -np.abs(rng.standard_normal((rows, n))) - rng.uniform(0, 5), _radius_set(name, 1.0))
+    return kinds
+
+
+def _gaussian(rng: np.random.Generator, n: int, rows: int) -> np.ndarray:
+    return rng.standard_normal((rows, n)) * _log_uniform(rng, 0.1, 10, (rows, 1))
+
+
+def _boundary_orthant(rng: np.random.Generator, n: int, rows: int) -> np.ndarray:
+    x = np.abs(rng.standard_normal((rows, n)))
+    x[rng.random((rows, n)) < 0.5] = 0.0
+    return x
+
+
+NONNEGATIVE_KINDS: dict[str, Generator] = {
+    "random": lambda rng, n, rows: (_gaussian(rng, n, rows), NonNegative()),
+    "ties": lambda rng, n, rows: (rng.choice([-1.5, 1.5], (rows, n)), NonNegative()),
+    "zeros": lambda rng, n, rows: (np.zeros((rows, n)), NonNegative()),
+    "inside": lambda rng, n, rows: (np.abs(_gaussian(rng, n, rows)), NonNegative()),
+    "boundary": lambda rng, n, rows: (_boundary_orthant(rng, n, rows), NonNegative()),
+    "negative": lambda rng, n, rows: (-np.abs(_gaussian(rng, n, rows)) - 1.0, NonNegative()),
+    "tiny": lambda rng, n, rows: (rng.standard_normal((rows, n)) * 1e-8, NonNegative()),
+    "huge": lambda rng, n, rows: (rng.standard_normal((rows, n)) * 1e8, NonNegative()),
+}
+
+
+def _constraint_rows(n: int) -> int:
+    """Rows of A: about n / 3, at least 1, at most 64, and 4 at large n (A is stored dense)."""
+    return max(1, min(n // 3, 64 if n < LARGE_N else 4))
+
+
+def feasible_rows(A: np.ndarray, c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    r"""Rows of ``x`` moved onto :math:`A w = c`: :math:`x - A^+ (A x - c)` with numpy (independent of constrain)."""
+    return x - (x @ A.T - c) @ np.linalg.pinv(A).T
+
+
+def _random_affine(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    m = _constraint_rows(n)
+    return rng.standard_normal((m, n)), rng.standard_normal(m)
+
+
+def _affine_random(rng, n, rows):
+    A, c = _random_affine(rng, n)
+    return _gaussian(rng, n, rows), Affine(A, c)
+
+
+def _affine_zeros(rng, n, rows):
+    return np.zeros((rows, n)), Affine(*_random_affine(rng, n))
+
+
+def _affine_inside(rng, n, rows):
+    A, c = _random_affine(rng, n)
+    return feasible_rows(A, c, _gaussian(rng, n, rows)), Affine(A, c)
+
+
+def _affine_rank_deficient(rng, n, rows):
+    # A = B C of rank k < m with one row repeated; c = A w, so the system is consistent.
+    m = _constraint_rows(n)
+    k = max(1, m // 2)
+    A = rng.standard_normal((m, k)) @ rng.standard_normal((k, n))
+    if m > 1:
+        A[-1] = A[0]
+    return rng.standard_normal((rows, n)), Affine(A, A @ rng.standard_normal(n))
+
+
+def _affine_ill_conditioned(rng, n, rows):
+    # singular values from 1 down to 1e-3, c = A w. (At condition 1e6 the kernel still matches
+    # numpy's pinv, see tests/constrain, but the KKT-polished reference loses digits.)
+    m = _constraint_rows(n)
+    U, _ = np.linalg.qr(rng.standard_normal((m, m)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, m)))
+    A = U @ np.diag(np.logspace(0, -3, m)) @ V.T
+    return rng.standard_normal((rows, n)), Affine(A, A @ rng.standard_normal(n))
+
+
+def _affine_tiny(rng, n, rows):
+    A, c = _random_affine(rng, n)
+    return rng.standard_normal((rows, n)) * 1e-8, Affine(A, c * 1e-8)
+
+
+def _affine_huge(rng, n, rows):
+    A, c = _random_affine(rng, n)
+    return rng.standard_normal((rows, n)) * 1e8, Affine(A, c)
+
+
+AFFINE_KINDS: dict[str, Generator] = {
+    "random": _affine_random, "zeros": _affine_zeros, "inside": _affine_inside,
+    "rank-deficient": _affine_rank_deficient, "ill-conditioned": _affine_ill_conditioned,
+    "tiny": _affine_tiny, "huge": _affine_huge,
+}
+
+
+def _tie_shape(n: int) -> tuple[int, ...]:
+    """Tie entries of a matrix where n allows one, else of a vector."""
+    return (n // 4, 4) if n >= 8 and n % 4 == 0 else (n,)
+
+
+def _tie_groups(rng: np.random.Generator, n: int) -> tuple[tuple[int, ...], list[list[tuple[int, ...]]]]:
+    """Random disjoint groups of 2 to 4 entries (at most 100, fewer at large n: A is dense)."""
+    shape = _tie_shape(n)
+    order = rng.permutation(n)[: min(n, 400)]
+    groups, start = [], 0
+    while start + 2 <= len(order) and len(groups) < (100 if n < LARGE_N else 10):
+        size = int(rng.integers(2, 5))
+        group = order[start : start + size]
+        start += size
+        if len(group) >= 2:
+            groups.append([tuple(int(i) for i in np.unravel_index(j, shape)) for j in group])
+    return shape, groups
+
+
+def _tie_kind(make_x: Callable[[np.random.Generator, int, int, tuple, list], np.ndarray]) -> Generator:
+    def generate(rng, n, rows):
+        shape, groups = _tie_groups(rng, n)
+        return make_x(rng, n, rows, shape, groups), Affine.tie(shape, groups)
+
+    return generate
+
+
+def _tied(rng, n, rows, shape, groups):
+    x = _gaussian(rng, n, rows)
+    for group in groups:
+        flat = [int(np.ravel_multi_index(index, shape)) for index in group]
+        x[:, flat] = x[:, flat[:1]]
+    return x
+
+
+TIE_KINDS: dict[str, Generator] = {
+    "random": _tie_kind(lambda rng, n, rows, shape, groups: _gaussian(rng, n, rows)),
+    "ties": _tie_kind(lambda rng, n, rows, shape, groups: rng.choice([-2.0, 2.0], (rows, n))),
+    "zeros": _tie_kind(lambda rng, n, rows, shape, groups: np.zeros((rows, n))),
+    "inside": _tie_kind(_tied),
+    "tiny": _tie_kind(lambda rng, n, rows, shape, groups: _gaussian(rng, n, rows) * 1e-8),
+    "huge": _tie_kind(lambda rng, n, rows, shape, groups: _gaussian(rng, n, rows) * 1e8),
+}
+
+
+def kinds(set_name: str) -> dict[str, Generator]:
+    """The instance kinds of ``set_name``: kind name -> generator ``(rng, n, rows) -> (x, set)``."""
+    if set_name in ("l1ball", "simplex"):
+        return _radius_kinds(set_name)
+    try:
+        return {"nonnegative": NONNEGATIVE_KINDS, "affine": AFFINE_KINDS, "tie": TIE_KINDS}[set_name]
+    except KeyError:
+        raise ValueError(f"unknown set {set_name!r}; choose from {', '.join(SET_NAMES)}.") from None
+
+
+def instances(
+    set_name: str, n: int, trials: int = 1, seed: int = 0, only: Sequence[str] | None = None
+) -> list[Instance]:
+    """Random and adversarial instances of ``set_name`` in dimension ``n``: ``trials`` of each kind.
+
+    Deterministic in ``(seed, set_name, n, trial, kind)``. ``only`` keeps the listed kinds; at
+    ``n >= LARGE_N`` only ``LARGE_KINDS`` are built, one row each (the cvxpy reference is the
+    expensive side). Weight tying needs ``n >= 2``: at ``n = 1`` there is no instance.
+    """
+    table = kinds(set_name)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    unknown = sorted(set(only or ()) - set(table))
+    if unknown:
+        raise ValueError(f"unknown kind(s) {unknown} for {set_name}; its kinds are {sorted(table)}.")
+    if set_name == "tie" and n < 2:
+        return []
+    selected = [k for k in table if (only is None or k in only) and (n < LARGE_N or k in LARGE_KINDS)]
+    out: list[Instance] = []
+    for trial in range(trials):
+        for kind in selected:
+            rng = np.random.default_rng([seed, SET_NAMES.index(set_name), n, trial, list(table).index(kind)])
+            x, constraint = table[kind](rng, n, _rows(n))
+            out.append(Instance(set_name, kind, constraint, torch.from_numpy(_f32(x)).reshape(-1, n)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the check
+
+
+def instance_scale(constraint: ConstraintSet, x: Tensor) -> Tensor:
+    r"""Per row: :math:`s = \max(\max_i |x_i|, r)` (see the module docstring), 1 where that is 0."""
+    s = x.detach().double().abs().amax(-1)
+    if isinstance(constraint, (L1Ball, Simplex)):
+        r = constraint.radius
+        r = r.detach().double().expand(s.shape) if isinstance(r, Tensor) else torch.full_like(s, float(r))
+        s = torch.maximum(s, r)
+    elif isinstance(constraint, Affine):
+        s = s.clamp_min(float(constraint.factor.particular.abs().max()))
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def check_instance(instance: Instance, dtypes: Sequence[torch.dtype] = DTYPES) -> list[Outcome]:
+    """Compare ``instance.constraint.project`` in each dtype with the cvxpy reference, worst row each."""
+    x, constraint = instance.x, instance.constraint
+    scale = instance_scale(constraint, x)
+    try:
+        reference = constraint.reference_projection(x)
+    except ReferenceSolverError as error:
+        return [
+            Outcome(instance.set_name, instance.kind, instance.n, str(d).removeprefix("torch."), x.shape[0],
+                    math.nan, math.nan, False, f"reference failed: {error}")
+            for d in dtypes
+        ]
+    outcomes = []
+    for dtype in dtypes:
+        y = constraint.project(x.to(dtype))
+        note = ""
+        if y.dtype != dtype or y.shape != x.shape:
+            note = f"kernel returned {y.dtype} {tuple(y.shape)} for {dtype} {tuple(x.shape)}"
+        y64 = y.detach().double()
+        error = ((y64 - reference).abs().amax(-1) / scale).max().item()
+        violation = (constraint.violation(y64) / scale).max().item()
+        passed = not note and error <= TOLERANCE[dtype]  # NaN fails
+        outcomes.append(
+            Outcome(instance.set_name, instance.kind, instance.n, str(dtype).removeprefix("torch."), x.shape[0],
+                    error, violation, passed, note)
+        )
+    return outcomes
+
+
+@dataclass
+class Row:
+    """One line of the table: every instance of one set, size and dtype."""
+
+    set: str
+    n: int
+    dtype: str
+    instances: int = 0
+    rows: int = 0
+    max_error: float = 0.0
+    max_violation: float = 0.0
+    worst: str = ""
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.failed == 0 else f"FAIL ({self.failed})"
+
+    def add(self, outcome: Outcome) -> None:
+        self.instances += 1
+        self.rows += outcome.rows
+        if not outcome.error <= self.max_error:  # also takes NaN
+            self.max_error, self.worst = outcome.error, outcome.kind
+        if not outcome.violation <= self.max_violation:
+            self.max_violation = outcome.violation
+        if not outcome.passed:
+            self.failed += 1
+            self.notes.append(f"{outcome.kind}: error {outcome.error:.3g}, violation {outcome.violation:.3g} {outcome.note}")
+
+
+def validate(
+    sets: Sequence[str] = SET_NAMES,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    trials: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Row]:
+    """Run every instance of every set and size; one :class:`Row` per (set, n, dtype)."""
+    work = [(name, n) for name in sets for n in sizes]
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(work), desc="validate", unit="case", leave=False, file=sys.stderr, disable=None)
+        except ImportError:  # pragma: no cover
+            bar = None
+    table: list[Row] = []
+    for name, n in work:
+        rows = {d: Row(name, n, str(d).removeprefix("torch.")) for d in DTYPES}
+        for instance in instances(name, n, trials, seed):
+            for outcome in check_instance(instance):
+                rows[getattr(torch, outcome.dtype)].add(outcome)
+        table += [row for row in rows.values() if row.instances]
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return table
+
+
+def format_table(table: Iterable[Row]) -> str:
+    """The table as printed by ``constrain validate``."""
+    header = f"{'set':<12} {'n':>7} {'dtype':<8} {'instances':>9} {'rows':>5} {'max error':>10} {'max violation':>13} {'worst case':<16} verdict"
+    lines = [header, "-" * len(header)]
+    for r in table:
+        lines.append(
+            f"{r.set:<12} {r.n:>7} {r.dtype:<8} {r.instances:>9} {r.rows:>5} {r.max_error:>10.2e} "
+            f"{r.max_violation:>13.2e} {r.worst or '-':<16} {r.verdict}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _set_list(text: str) -> list[str]:
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SET_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown set(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(SET_NAMES)}."
+        )
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}.") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}.")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``constrain validate`` to the CLI."""
+    parser = subparsers.add_parser(
+        "validate",
+        help="check every projection kernel against cvxpy on random and adversarial inputs",
+        description="Compare each kernel (set.project) in float32 and float64 with cvxpy's projection "
+        "(set.reference_projection) on random and adversarial instances; exit 1 if any instance fails.",
+        epilog=SCALE_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sets", type=_set_list, default=list(SET_NAMES),
+                        help=f"comma-separated sets to check (default: {','.join(SET_NAMES)})")
+    parser.add_argument("--trials", type=_positive_int, default=1,
+                        help="rounds of every instance kind per set and size (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--max-n", type=_positive_int, default=max(DEFAULT_SIZES),
+                        help=f"skip sizes above this (default: {max(DEFAULT_SIZES)}; sizes {DEFAULT_SIZES})")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write every row as JSON to PATH")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the validation, print the table; 0 if every instance passes, 1 otherwise."""
+    sizes = [n for n in DEFAULT_SIZES if n <= args.max_n]
+    if not sizes:
+        raise ValueError(f"--max-n {args.max_n} leaves no size to check; the smallest is {min(DEFAULT_SIZES)}.")
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    # Many small problems: one thread avoids OpenMP barrier stalls (seconds per SVD on a busy machine).
+    torch.set_num_threads(1)
+    try:
+        table = validate(args.sets, sizes, args.trials, args.seed, progress=True)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    print(f"constrain validate: kernels vs cvxpy, {args.trials} trial(s) per instance kind, seed {args.seed}")
+    print(format_table(table))
+    print(SCALE_NOTE)
+    failed = [row for row in table if row.failed]
+    for row in failed:
+        for note in row.notes:
+            print(f"  FAIL {row.set} n={row.n} {row.dtype}: {note}")
+    total = sum(row.instances for row in table)
+    print(f"{total} instance checks in {seconds:.1f} s: " + (f"{len(failed)} row(s) FAILED" if failed else "all pass"))
+    if args.json:
+        payload = {
+            "seed": args.seed,
+            "trials": args.trials,
+            "sizes": sizes,
+            "tolerance": {str(d).removeprefix("torch."): t for d, t in TOLERANCE.items()},
+            "scale": SCALE_NOTE,
+            "seconds": seconds,
+            "rows": [{**asdict(row), "verdict": row.verdict} for row in table],
+        }
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, allow_nan=True)
+    return 1 if failed else 0
