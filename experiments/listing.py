@@ -35,8 +35,8 @@ def _options(name: str) -> str:
     return ", ".join(parts) or "-"
 
 
-def render(matrix: dict[str, dict[str, str | None]]) -> str:
-    """The strategies table and the support matrix as plain text."""
+def render(matrix: dict[str, dict[str, str | None]], reasons: bool = False) -> str:
+    """The strategies table and the support matrix as plain text; ``reasons`` adds why a cell is refused."""
     lines = ["Strategies", ""]
     width = max(map(len, matrix)) + 2
     for name in matrix:
@@ -46,22 +46,23 @@ def render(matrix: dict[str, dict[str, str | None]]) -> str:
     lines += ["", "Constraints", ""]
     for i, (label, target) in enumerate(CONSTRAINTS.items(), 1):
         lines.append(f"  ({i}) {label}: {target.label.replace('layer.weight', 'W')}")
-    lines += ["", "Support matrix (yes / no: reason below)", ""]
-    header = f"  {'strategy':<{width}}" + "".join(f"({i})".center(6) for i in range(1, len(CONSTRAINTS) + 1))
+    lines += ["", "Support matrix" + (" (no[k]: reason k below)" if reasons else " (constrain list --reasons says why a cell is refused)"), ""]
+    header = f"  {'strategy':<{width}}" + "".join(f"({i})".center(7) for i in range(1, len(CONSTRAINTS) + 1))
     lines.append(header)
-    reasons: dict[str, int] = {}
+    notes: dict[str, int] = {}
     for name, row in matrix.items():
         cells = []
         for reason in row.values():
             if reason is None:
-                cells.append("yes".center(6))
+                cells.append("yes".center(7))
+            elif reasons:
+                cells.append(f"no[{notes.setdefault(reason, len(notes) + 1)}]".center(7))
             else:
-                key = reasons.setdefault(reason, len(reasons) + 1)
-                cells.append(f"no[{key}]".center(6))
+                cells.append("no".center(7))
         lines.append(f"  {name:<{width}}" + "".join(cells))
-    if reasons:
+    if notes:
         lines.append("")
-        lines += [f"  [{key}] {reason}" for reason, key in reasons.items()]
+        lines += [f"  [{key}] {reason}" for reason, key in notes.items()]
     return "\n".join(lines)
 
 
@@ -70,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(matrix, indent=2))
     else:
-        print(render(matrix))
+        print(render(matrix, reasons=args.reasons))
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("list", help="strategies, constraints and which strategy supports which")
     parser.add_argument("--json", action="store_true", help="print the support matrix as JSON")
+    parser.add_argument("--reasons", action="store_true", help="say why each refused cell is refused")
     parser.set_defaults(func=run)
