@@ -81,8 +81,8 @@ class ConstraintSet(abc.ABC):
         return reference.reference_projection(self, x)
 
 
-class L1Ball(ConstraintSet):
-    r""":math:`\{x : \|x\|_1 \le r\}` along the last dimension; ``radius`` a float or one per row."""
+class _RadiusSet(ConstraintSet):
+    """A set with a radius ``r``: a positive float, or a tensor with one radius per row."""
 
     def __init__(self, radius: Radius = 1.0) -> None:
         if isinstance(radius, Tensor):
@@ -93,14 +93,27 @@ class L1Ball(ConstraintSet):
 
     def __repr__(self) -> str:
         r = self.radius if not isinstance(self.radius, Tensor) else f"tensor{tuple(self.radius.shape)}"
-        return f"L1Ball(radius={r})"
-
-    def project(self, x: Tensor) -> Tensor:
-        return project_l1_ball(x, self.radius)
+        return f"{type(self).__name__}(radius={r})"
 
     def radius_like(self, x: Tensor) -> Tensor:
         """The radius for each row of ``x``, shape ``x.shape[:-1] + (1,)``."""
         return check_radius(self.radius, x, x.shape[:-1])
+
+    def scaled(self, t: float) -> "_RadiusSet":
+        return type(self)(self.radius * t)
+
+    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
+        if not isinstance(self.radius, Tensor):
+            return itertools.repeat(self)
+        radii = self.radius_like(x.detach().double()).reshape(-1).tolist()
+        return (type(self)(r) for r in radii)
+
+
+class L1Ball(_RadiusSet):
+    r""":math:`\{x : \|x\|_1 \le r\}` along the last dimension; ``radius`` a float or one per row."""
+
+    def project(self, x: Tensor) -> Tensor:
+        return project_l1_ball(x, self.radius)
 
     def inequality(self, x: Tensor) -> Tensor:
         return x.abs().sum(-1, keepdim=True) - self.radius_like(x)
@@ -110,31 +123,11 @@ class L1Ball(ConstraintSet):
 
         return [cp.norm1(var) <= float(self.radius)]
 
-    def scaled(self, t: float) -> "L1Ball":
-        return L1Ball(self.radius * t)
 
-    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
-        if not isinstance(self.radius, Tensor):
-            return itertools.repeat(self)
-        radii = self.radius_like(x.detach().double()).reshape(-1).tolist()
-        return (L1Ball(r) for r in radii)
-
-
-class Simplex(ConstraintSet):
+class Simplex(_RadiusSet):
     r""":math:`\{x : x \ge 0,\ \sum_i x_i = r\}` along the last dimension; the kernel of the L1 ball."""
 
     has_equalities = True
-
-    def __init__(self, radius: Radius = 1.0) -> None:
-        if isinstance(radius, Tensor):
-            check_radius(radius, radius, radius.shape)
-        else:
-            check_radius(radius, torch.empty(0), torch.Size())
-        self.radius = radius
-
-    def __repr__(self) -> str:
-        r = self.radius if not isinstance(self.radius, Tensor) else f"tensor{tuple(self.radius.shape)}"
-        return f"Simplex(radius={r})"
 
     def project(self, x: Tensor) -> Tensor:
         return project_simplex(x, self.radius)
@@ -143,21 +136,12 @@ class Simplex(ConstraintSet):
         return -x
 
     def equality(self, x: Tensor) -> Tensor:
-        return x.sum(-1, keepdim=True) - check_radius(self.radius, x, x.shape[:-1])
+        return x.sum(-1, keepdim=True) - self.radius_like(x)
 
     def cvxpy_constraint(self, var: Any) -> list:
         import cvxpy as cp
 
         return [var >= 0, cp.sum(var) == float(self.radius)]
-
-    def scaled(self, t: float) -> "Simplex":
-        return Simplex(self.radius * t)
-
-    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
-        if not isinstance(self.radius, Tensor):
-            return itertools.repeat(self)
-        radii = check_radius(self.radius, x.detach().double(), x.shape[:-1]).reshape(-1).tolist()
-        return (Simplex(r) for r in radii)
 
 
 class NonNegative(ConstraintSet):
