@@ -16,32 +16,47 @@ no differentiable sorting is needed.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 from torch import Tensor
 
 from constrain._checks import LOW_PRECISION, Radius, check_dim, check_finite, check_radius, check_tensor
 
+#: Newton steps after which the torch path gives up and sorts (adversarial rows only).
+_MAX_NEWTON_STEPS = 64
 
-def _newton_threshold(v: Tensor, radius: Tensor) -> Tensor:
+
+def _newton_threshold(v: Tensor, radius: Tensor, total: Tensor | None = None, buf: Tensor | None = None) -> Tensor:
     r"""Threshold :math:`\tau` of each row of ``v`` (shape ``(..., n)``) for the simplex of ``radius``.
 
     Newton's method on the convex, decreasing, piecewise-linear
     :math:`f(\tau) = \sum_i \max(v_i - \tau, 0) - r` (Michelot 1986): started left of the root,
-    the iterates :math:`\tau_{k+1} = (\sum_{v_i > \tau_k} v_i - r) / |\{v_i > \tau_k\}|` increase
-    monotonically and stop, exactly, once the support no longer changes.
-    The start :math:`\max(\max_i v_i - r, (\sum_i v_i - r)/n)` lies left of the root.
+    the iterates :math:`\tau_{k+1} = \tau_k + (\sum_i (v_i - \tau_k)_+ - r) / |\{v_i > \tau_k\}|`
+    increase monotonically and stop, exactly, once the support no longer changes. The start
+    :math:`\max(\max_i v_i - r, (\sum_i v_i - r)/n)` lies left of the root.
+
+    Pure torch (any device), five elementwise passes per step into one buffer (``buf``, a
+    tensor like ``v``, reused when given) and no other allocation of ``v``'s size; one host
+    synchronisation per step. ``total``: the row sums of ``v`` if already known. A row that
+    has not converged after ``_MAX_NEWTON_STEPS`` steps (adversarial inputs) is sorted instead.
     """
     n = v.shape[-1]
-    tau = torch.maximum(v.amax(-1, keepdim=True) - radius, (v.sum(-1, keepdim=True) - radius) / n)
+    total = v.sum(-1, keepdim=True) if total is None else total
+    tau = torch.maximum(v.amax(-1, keepdim=True) - radius, (total - radius) / n)
+    buf = torch.empty_like(v) if buf is None else buf
     count = None
-    for _ in range(n + 1):
-        above = v > tau
-        new_count = above.sum(-1, keepdim=True)
+    for _ in range(_MAX_NEWTON_STEPS):
+        torch.sub(v, tau, out=buf).clamp_min_(0)
+        excess = buf.sum(-1, keepdim=True)  # sum over the values above tau of (v - tau)
+        new_count = buf.sign_().sum(-1, keepdim=True)
         if count is not None and torch.equal(new_count, count):
-            break
+            return tau
         count = new_count
-        tau = (torch.where(above, v, 0).sum(-1, keepdim=True) - radius) / new_count
-    return tau
+        # a row whose iterate rounded up onto its largest value has no value above it: keep it
+        tau = tau + torch.where(new_count > 0, (excess - radius) / new_count.clamp_min(1), 0)
+    return _sort_threshold(v, radius)
 
 
 def _sort_threshold(v: Tensor, radius: Tensor) -> Tensor:
@@ -53,7 +68,99 @@ def _sort_threshold(v: Tensor, radius: Tensor) -> Tensor:
     return cumsum.gather(-1, support - 1) / support.to(v.dtype)
 
 
-_THRESHOLDS = {"newton": _newton_threshold, "sort": _sort_threshold}
+# ---------------------------------------------------------------------------------------------
+# The compiled CPU kernels (numba), loaded on first use.
+
+_NUMBA_STATE: list = []  # [module] once loaded, [None] if unavailable
+
+
+def _numba_kernels():
+    """The module of compiled kernels, or None: numba missing or broken, or ``CONSTRAIN_NO_NUMBA=1``."""
+    if os.environ.get("CONSTRAIN_NO_NUMBA", "").strip() not in ("", "0"):
+        return None
+    if not _NUMBA_STATE:
+        try:
+            from constrain import _numba_kernels as kernels
+        except ModuleNotFoundError as error:
+            if error.name not in ("numba", "llvmlite"):
+                raise
+            kernels = None
+        except ImportError as error:  # e.g. a numba built for another numpy
+            warnings.warn(
+                f"numba is installed but cannot be imported ({error}); the L1-ball and simplex "
+                "projections fall back to pure torch on the CPU. Set CONSTRAIN_NO_NUMBA=1 to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            kernels = None
+        _NUMBA_STATE.append(kernels)
+    return _NUMBA_STATE[0]
+
+
+def _numba_usable(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _numba_kernels() is not None
+
+
+def _raise_non_finite() -> None:
+    check_finite(torch.tensor([float("nan")]))  # the one wording for non-finite inputs
+
+
+def _numba_rows(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor]:
+    """Project the rows of ``x`` (..., n) with the compiled kernels; return ``(y, tau)``, ``tau`` of shape (..., 1)."""
+    kernels = _numba_kernels()
+    n = x.shape[-1]
+    rows = x.detach().reshape(-1, n).contiguous()
+    r = radius.detach().reshape(-1).to(rows.dtype).contiguous()
+    y = torch.empty_like(rows)
+    taus = torch.empty(rows.shape[0], dtype=rows.dtype)
+    if kernels.project_rows(rows.numpy(), r.numpy(), ball, y.numpy(), taus.numpy(), torch.get_num_threads()):
+        _raise_non_finite()
+    return y.reshape(x.shape), taus.reshape(*x.shape[:-1], 1)
+
+
+def _forward_numba(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+    y, tau = _numba_rows(x, radius, ball)
+    return y, (tau > 0 if ball else None)
+
+
+def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+    """Newton on any device: one buffer besides the output (the ball's ``|x|``, which becomes the output)."""
+    if ball:
+        magnitude = x.abs()
+        norms = magnitude.sum(-1, keepdim=True)
+        check_finite(norms)
+        outside = norms > radius
+        buf = torch.empty_like(x)
+        tau = _newton_threshold(magnitude, radius, norms, buf).clamp_min_(0).masked_fill_(~outside, 0)
+        # sign(x) max(|x| - tau, 0), written over |x|; equals x - clamp(x, -tau, tau) bit for bit
+        return magnitude.sub_(tau).clamp_min_(0).copysign_(x), outside
+    total = x.sum(-1, keepdim=True)
+    check_finite(total)
+    buf = torch.empty_like(x)
+    tau = _newton_threshold(x, radius, total, buf)
+    return torch.sub(x, tau, out=buf).clamp_min_(0), None
+
+
+def _forward_sort(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+    """The sort-based reference, kept as it was."""
+    if ball:
+        magnitude = x.abs()
+        norms = magnitude.sum(-1, keepdim=True)
+        check_finite(norms)
+        outside = norms > radius
+        tau = _sort_threshold(magnitude, radius).clamp_min_(0).masked_fill_(~outside, 0)
+        return torch.sign(x) * (magnitude - tau).clamp_min_(0), outside
+    check_finite(x.sum(-1))
+    return (x - _sort_threshold(x, radius)).clamp_min_(0), None
+
+
+def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+    return (_forward_numba if _numba_usable(x) else _forward_torch)(x, radius, ball)
+
+
+#: ``method`` of the projection: "auto" (numba on the CPU when available, else torch),
+#: "numba" (the compiled kernels; CPU, float32/float64), "torch" (Newton, any device), "sort".
+_FORWARDS = {"auto": _forward_auto, "numba": _forward_numba, "torch": _forward_torch, "sort": _forward_sort}
 
 
 class _SimplexOrBallProjection(torch.autograd.Function):
@@ -61,15 +168,9 @@ class _SimplexOrBallProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, radius: Tensor, ball: bool, method: str) -> Tensor:  # type: ignore[override]
-        threshold = _THRESHOLDS[method]
-        if ball:
-            magnitude = x.abs()
-            outside = magnitude.sum(-1, keepdim=True) > radius
-            tau = threshold(magnitude, radius).clamp_min_(0).masked_fill_(~outside, 0)
-            y = torch.sign(x) * (magnitude - tau).clamp_min_(0)
-        else:
-            outside = None
-            y = (x - threshold(x, radius)).clamp_min_(0)
+        if method == "numba" and not _numba_usable(x):
+            raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
+        y, outside = _FORWARDS[method](x, radius, ball)
         ctx.ball = ball
         ctx.save_for_backward(y, outside)
         return y
@@ -97,7 +198,6 @@ def _project(x: Tensor, radius: Radius, dim: int, ball: bool, method: str) -> Te
             raise ValueError("cannot project onto the simplex in 0 dimensions: it is empty for radius > 0.")
         return x.clone()
     compute_dtype = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
-    check_finite(moved.sum(-1) if not ball else moved.abs().sum(-1))
     y = _SimplexOrBallProjection.apply(moved.to(compute_dtype), r.to(compute_dtype), ball, method)
     return y.to(x.dtype).movedim(-1, dim)
 
@@ -109,7 +209,7 @@ def project_simplex(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
     (one radius per row). Differentiable in ``x`` and ``radius`` with the exact Jacobian.
     float16 / bfloat16 inputs are computed in float32 and returned in their own dtype.
     """
-    return _project(x, radius, dim, ball=False, method="newton")
+    return _project(x, radius, dim, ball=False, method="auto")
 
 
 def project_l1_ball(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
@@ -118,7 +218,7 @@ def project_l1_ball(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
     Rows inside the ball are returned unchanged (Jacobian: identity). ``radius`` as in
     :func:`project_simplex`. Differentiable in ``x`` and ``radius`` with the exact Jacobian.
     """
-    return _project(x, radius, dim, ball=True, method="newton")
+    return _project(x, radius, dim, ball=True, method="auto")
 
 
 def l1_ball_threshold(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
@@ -133,11 +233,16 @@ def l1_ball_threshold(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
     r = check_radius(radius, moved, moved.shape[:-1]).detach()
     if moved.numel() == 0:
         return torch.zeros_like(moved[..., :1]).movedim(-1, dim)
-    magnitude = moved.abs()
-    norms = magnitude.sum(-1, keepdim=True)
-    check_finite(norms)
-    tau = _newton_threshold(magnitude, r).clamp_min_(0).masked_fill_(norms <= r, 0)
-    return tau.movedim(-1, dim)
+    compute_dtype = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
+    moved, r = moved.to(compute_dtype), r.to(compute_dtype)
+    if _numba_usable(moved):
+        tau = _numba_rows(moved, r, ball=True)[1]
+    else:
+        magnitude = moved.abs()
+        norms = magnitude.sum(-1, keepdim=True)
+        check_finite(norms)
+        tau = _newton_threshold(magnitude, r, norms).clamp_min_(0).masked_fill_(norms <= r, 0)
+    return tau.to(x.dtype).movedim(-1, dim)
 
 
 def _project_sort(x: Tensor, radius: Radius = 1.0, dim: int = -1, ball: bool = True) -> Tensor:

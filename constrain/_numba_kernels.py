@@ -1,0 +1,387 @@
+r"""Compiled CPU kernels for the simplex and L1-ball projections (optional: needs numba).
+
+The threshold :math:`\tau` of a row solves :math:`f(\tau) = \sum_i \max(a_i - \tau, 0) = r`
+(``a = |x|`` for the ball, ``a = x`` for the simplex). Two facts make it cheap:
+
+- every :math:`\rho \le \tau` is a *filter*: values :math:`a_i \le \rho` are outside the support,
+  and for any subset :math:`V` of the values, :math:`(\sum V - r) / |V| \le \tau_V \le \tau`;
+- Newton's method on :math:`f` (Michelot 1986) started left of the root stays left of it,
+  rises monotonically, and stops, exactly, once the set :math:`\{a > \rho\}` no longer changes.
+
+Per row (expected O(n), no sort; "Newton with filtering" in the sense of Condat 2016):
+
+1. one vectorized pass stores the maximum of each block of ``_BLOCK`` values (on the integer
+   view of the floats: integer maxima vectorize, float maxima with their NaN rules do not);
+2. Newton on the block maxima (a subset) gives a lower bound :math:`\rho` of :math:`\tau`,
+   already close to it;
+3. only blocks whose maximum exceeds :math:`\rho` are visited; their values above
+   :math:`\rho` are copied, without branches, into the output row (the scratch buffer), and
+   :math:`\rho` is raised with each block;
+4. Newton on those few candidates, vectorized, gives :math:`\tau` exactly (with compaction of
+   the candidates after a few steps, so the worst case stays bounded);
+5. one vectorized pass writes the output.
+
+So a row is read about twice and written once; nothing of the input's size is allocated.
+L1 ball: a row whose largest ``|x|`` is at most ``r`` gets a vectorized sum to tell whether it
+is inside the ball (then it is copied unchanged); outside, :math:`\tau > 0` filters zeros too.
+
+The threshold is accumulated in float64 over the exact support, then rounded to the input's
+dtype; outputs are formed exactly as the torch paths form them (``x - clamp(x, -tau, tau)``
+for the ball, ``max(x - tau, 0)`` for the simplex), so every path agrees up to the rounding
+of ``tau``. NaN and Inf are detected by the passes above and reported per row.
+
+Rows are split among threads (the kernels release the GIL; a small pool of Python threads
+drives them, which stays clear of numba's OpenMP layer and of ``fork``). With fewer rows than
+threads, long rows are cut into segments filtered in parallel and their candidates merged
+(each segment's bound is a subset's, hence a bound for the whole row).
+
+:mod:`constrain._simplex` loads this module on the first CPU projection unless numba is
+missing or ``CONSTRAIN_NO_NUMBA=1``. Compiled code is cached on disk (``cache=True``), so only
+the first run on a machine pays the compilation (tens of seconds per dtype).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba as nb
+import numpy as np
+
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+#: Values summarized by one maximum in the first pass.
+_BLOCK = 64
+#: Newton steps on the candidates before each further step also compacts them.
+_STEPS_BEFORE_COMPACTING = 4
+#: Fewest values worth a thread of their own.
+_MIN_WORK = 65536
+
+
+@nb.njit(**_OPTIONS)
+def _block_maxima(xi, ball, keys):
+    r"""Store the maximum of ``|x|`` (ball) or ``x`` over each block in ``keys`` (an integer view of floats).
+
+    Works on the integer view ``xi`` of a row: without their sign bit, floats order like
+    their bits; with it, once the other bits of negative numbers are flipped (an involution).
+    Returns the bits of the largest value. A NaN sorts above +inf (with its sign bit set
+    and for the simplex: below -inf, which the write pass finds).
+    """
+    n = xi.shape[0]
+    shift = xi.itemsize * 8 - 1
+    mask = xi.dtype.type((1 << shift) - 1)  # all bits but the sign bit
+    top = xi[0] & 0  # typed like xi
+    for start in range(0, n, _BLOCK):
+        block = xi[start : min(n, start + _BLOCK)]
+        if ball:
+            m = block[0] & mask
+            for j in range(block.shape[0]):
+                k = block[j] & mask
+                m = k if k > m else m
+            keys[start // _BLOCK] = m
+        else:
+            m = block[0] ^ ((block[0] >> shift) & mask)
+            for j in range(block.shape[0]):
+                k = block[j] ^ ((block[j] >> shift) & mask)
+                m = k if k > m else m
+            keys[start // _BLOCK] = m ^ ((m >> shift) & mask)  # back to the float's bits
+        top = m if start == 0 or m > top else top
+    if not ball:
+        top = top ^ ((top >> shift) & mask)
+    return top
+
+
+@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+def _count_sum(values, t):
+    """``(#{a > t}, sum of those a)`` over ``values`` (vectorized; compared and summed in float64)."""
+    c = 0
+    s = 0.0
+    for j in range(values.shape[0]):
+        a = np.float64(values[j])
+        above = a > t
+        c += above
+        s += a if above else 0.0
+    return c, s
+
+
+@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+def _sum_abs(xs):
+    s = 0.0
+    for j in range(xs.shape[0]):
+        s += abs(xs[j])
+    return s
+
+
+@nb.njit(**_OPTIONS)
+def _gather(xs, ball, t, aux, length):
+    """Append the values ``> t`` of ``xs`` (``|xs|`` when ``ball``) to ``aux[length:]`` without branching.
+
+    Returns the new length. ``aux`` has room: ``length`` never exceeds the values visited before.
+    """
+    if ball:
+        for j in range(xs.shape[0]):
+            a = abs(xs[j])
+            aux[length] = a
+            length += np.float64(a) > t
+    else:
+        for j in range(xs.shape[0]):
+            a = xs[j]
+            aux[length] = a
+            length += np.float64(a) > t
+    return length
+
+
+@nb.njit(**_OPTIONS)
+def _compact(aux, length, t):
+    """Keep the values ``> t`` of ``aux[:length]`` at its front; return how many."""
+    kept = 0
+    for j in range(length):
+        a = aux[j]
+        aux[kept] = a
+        kept += np.float64(a) > t
+    return kept
+
+
+@nb.njit(**_OPTIONS)
+def _newton(aux, length, r, rho, compact):
+    r"""The threshold of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``.
+
+    Exact: stops when the set above the iterate repeats, returning :math:`(\sum - r)/\#` over it.
+    ``compact``: steps after which each step also drops the values below the iterate.
+    """
+    previous = -1
+    steps = 0
+    while True:
+        if steps >= compact:
+            length = _compact(aux, length, rho)
+        c, s = _count_sum(aux[:length], rho)
+        if c == 0:  # rho rounded up onto the largest value: it is as close as it gets
+            return rho
+        new = (s - r) / c
+        if c == previous:
+            return new
+        previous = c
+        rho = max(rho, new)
+        steps += 1
+
+
+@nb.njit(**_OPTIONS)
+def _under(rho, top):
+    """``rho``, or the float64 just below ``top`` if rounding carried ``rho`` up to it: top stays a candidate."""
+    return rho if rho < top else np.nextafter(top, -np.inf)
+
+
+@nb.njit(**_OPTIONS)
+def _short_filter(xs, ball, r, aux, whole_row):
+    """:func:`_filter` for a row of at most ``_BLOCK`` values: all of them are candidates."""
+    top = -np.inf
+    total = 0.0
+    for j in range(xs.shape[0]):
+        a = abs(xs[j]) if ball else xs[j]
+        aux[j] = a
+        total += a
+        top = max(top, np.float64(a))
+    if not np.isfinite(total):  # NaN or Inf
+        return 0.0, 0, False, whole_row
+    rho = _under(max(top - r, (total - r) / xs.shape[0]), top)
+    if ball:
+        if total <= r and whole_row:
+            return 0.0, 0, True, True
+        if total > r:
+            rho = max(rho, 0.0)
+    return rho, xs.shape[0], True, False
+
+
+@nb.njit(**_OPTIONS)
+def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
+    r"""Candidates for the threshold of ``xs`` (``|xs|`` when ``ball``) and radius ``r``.
+
+    ``xi``: integer view of ``xs``; ``aux`` (not overlapping ``xs``) receives the candidates;
+    ``maxima``: room for one value per block and one more, ``keys`` its integer view. Returns ``(rho, length, finite, inside)``:
+    ``aux[:length]`` holds every value above ``rho``, a lower bound of the threshold, hence
+    the support; ``inside``: a ball row with :math:`\|x\|_1 \le r` (only when ``whole_row``;
+    nothing else is computed then).
+    """
+    n = xs.shape[0]
+    if n <= _BLOCK:
+        return _short_filter(xs, ball, r, aux, whole_row)
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    keys[blocks] = _block_maxima(xi, ball, keys)
+    top = np.float64(maxima[blocks])
+    if not np.isfinite(top):  # a NaN or +inf (simplex: -inf and NaNs with the sign bit set turn up in _write)
+        return 0.0, 0, False, whole_row
+    rho = _under(top - r, top)
+    if ball:
+        if top <= r:
+            total = _sum_abs(xs)
+            if total <= r and whole_row:
+                return 0.0, 0, True, True
+            if total > r:
+                rho = max(rho, 0.0)
+        else:
+            rho = max(rho, 0.0)  # outside the ball: tau > 0
+    # a lower bound from the block maxima (a subset of the values): a few Newton steps
+    for _ in range(4 if blocks > 1 else 0):
+        c, s = _count_sum(maxima[:blocks], rho)
+        new = (s - r) / c
+        if not new > rho:
+            break
+        rho = _under(new, top)
+    length = 0
+    total = 0.0
+    for b in range(blocks):
+        if maxima[b] > rho:
+            start = b * _BLOCK
+            before = length
+            length = _gather(xs[start : min(n, start + _BLOCK)], ball, rho, aux, length)
+            for j in range(before, length):
+                total += aux[j]
+            new = (total - r) / length
+            if new > rho:
+                rho = _under(new, top)
+    return rho, length, True, False
+
+
+@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+def _write(xs, out, t, ball):
+    """``out = x - clamp(x, -t, t)`` (ball; equals ``sign(x) max(|x| - t, 0)``) or ``max(x - t, 0)``.
+
+    Returns False if the simplex row holds a NaN or an Inf (the ball's are found by the filter).
+    """
+    if ball:
+        for i in range(xs.shape[0]):
+            v = xs[i]
+            out[i] = v - min(max(v, -t), t)
+        return True
+    zero = t - t
+    total = 0.0
+    for i in range(xs.shape[0]):
+        v = xs[i]
+        out[i] = max(v - t, zero)
+        total += v
+    return np.isfinite(total)
+
+
+@nb.njit(**_OPTIONS)
+def _threshold(tau, ball, like):
+    if ball and not tau > 0.0:
+        tau = 0.0
+    return like.dtype.type(tau)
+
+
+@nb.njit(**_OPTIONS)
+def _project_rows(x, xi, radius, ball, out, taus):
+    """Project each row of the 2-d ``x`` (rows C-contiguous) into ``out``; ``xi``: integer view of ``x``.
+
+    Returns how many rows hold a NaN or an Inf.
+    """
+    maxima = np.empty(x.shape[1] // _BLOCK + 2, x.dtype)
+    keys = maxima.view(xi.dtype)
+    bad = 0
+    for row in range(x.shape[0]):
+        xr = x[row]
+        outr = out[row]
+        r = np.float64(radius[row])
+        # whole_row=ball: it only matters for the ball, and a literal True would compile twice
+        rho, length, finite, inside = _filter(xr, xi[row], ball, r, outr, maxima, keys, ball)
+        tau = 0.0 if inside or not finite else _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING)
+        t = _threshold(tau, ball, xr)
+        taus[row] = t
+        bad += not (_write(xr, outr, t, ball) and finite)
+    return bad
+
+
+@nb.njit(**_OPTIONS)
+def _filter_segment(xs, xi, r, ball, aux, whole_row):
+    """Candidates of one segment of a long row, left at ``aux[:length]``; returns ``(rho, length, finite)``.
+
+    ``whole_row`` is False (an argument, so that numba compiles no separate literal version).
+    """
+    maxima = np.empty(xs.shape[0] // _BLOCK + 2, xs.dtype)
+    rho, length, finite, _ = _filter(xs, xi, ball, r, aux, maxima, maxima.view(xi.dtype), whole_row)
+    return rho, length, finite
+
+
+@nb.njit(**_OPTIONS)
+def _merge_segments(xr, r, ball, outr, starts, lengths, rho):
+    """Gather the segments' candidates at the front of ``outr``; return the row's threshold.
+
+    ``rho``: the largest of the segments' lower bounds; every value above it is a candidate.
+    """
+    total = 0
+    for part in range(starts.shape[0]):
+        start = starts[part]
+        for j in range(lengths[part]):
+            outr[total + j] = outr[start + j]
+        total += lengths[part]
+    tau = _newton(outr, total, r, rho, _STEPS_BEFORE_COMPACTING) if total else 0.0
+    return _threshold(tau, ball, xr)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    pid = os.getpid()
+    if _POOL is None or _POOL[0] != pid or _POOL[1] != threads:
+        # a pool inherited through fork() has no live workers: make a new one
+        _POOL = (pid, threads, ThreadPoolExecutor(threads, thread_name_prefix="constrain-proj"))
+    return _POOL[2]
+
+
+_POOL: tuple | None = None
+
+_INT_VIEW = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def project_rows(x: np.ndarray, radius: np.ndarray, ball: bool, out: np.ndarray, taus: np.ndarray, threads: int) -> int:
+    """Project the rows of ``x`` (2-d, C-contiguous, float32 or float64) into ``out``.
+
+    ``radius`` (rows,): positive, ``x``'s dtype. ``taus`` (rows,) receives each row's threshold
+    (0 for ball rows inside the ball). ``threads``: how many threads may work on it (the
+    kernels release the GIL). Returns how many rows hold a NaN or an Inf (their output is
+    garbage).
+    """
+    rows, n = x.shape
+    if rows == 0 or n == 0:
+        return 0
+    xi = x.view(_INT_VIEW[x.dtype])
+    threads = max(1, min(threads, (rows * n) // _MIN_WORK))
+    if threads == 1:
+        return _project_rows(x, xi, radius, ball, out, taus)
+    if rows >= threads:
+        bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
+        pool = _pool(threads)
+        jobs = [
+            pool.submit(_project_rows, x[a:b], xi[a:b], radius[a:b], ball, out[a:b], taus[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+        return sum(job.result() for job in jobs)
+    return _project_long_rows(x, xi, radius, ball, out, taus, threads)
+
+
+def _project_long_rows(x, xi, radius, ball, out, taus, threads):
+    """Few long rows: filter each in segments in parallel, merge the candidates, write in parallel."""
+    rows, n = x.shape
+    parts = -(-threads // rows)
+    starts = np.linspace(0, n, parts + 1).astype(np.int64)
+    segments = [(row, a, b) for row in range(rows) for a, b in zip(starts[:-1], starts[1:])]
+    pool = _pool(threads)
+    jobs = [
+        pool.submit(_filter_segment, x[row, a:b], xi[row, a:b], float(radius[row]), ball, out[row, a:b], False)
+        for row, a, b in segments
+    ]
+    found = [job.result() for job in jobs]
+    bad = np.zeros(rows, dtype=np.bool_)
+    for row in range(rows):
+        mine = found[row * parts : (row + 1) * parts]
+        lengths = np.array([length for _, length, _ in mine], dtype=np.int64)
+        bad[row] = not all(finite for _, _, finite in mine)
+        rho = max(rho for rho, _, _ in mine)
+        if bad[row]:
+            taus[row] = 0
+        else:
+            taus[row] = _merge_segments(x[row], float(radius[row]), ball, out[row], starts[:-1], lengths, rho)
+    writes = [pool.submit(_write, x[row, a:b], out[row, a:b], taus[row], ball) for row, a, b in segments]
+    for (row, _, _), job in zip(segments, writes):
+        if not job.result():
+            bad[row] = True
+    return int(bad.sum())

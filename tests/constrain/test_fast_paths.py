@@ -1,0 +1,215 @@
+"""The fast L1-ball / simplex projections agree with the sort-based reference, on every path.
+
+Paths: the compiled numba kernels (CPU), the pure-torch Newton path, and the public functions
+with numba on and off (``CONSTRAIN_NO_NUMBA=1``). Also: their gradients (float64 gradcheck),
+the non-finite checks, the threaded long-row path, and a smoke test of ``constrain bench
+projections`` (its JSON structure only; no speed is asserted anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from constrain import l1_ball_threshold, project_l1_ball, project_simplex
+from constrain import _simplex
+from constrain._simplex import _project, _project_sort, _sort_threshold
+
+HAVE_NUMBA = _simplex._numba_kernels() is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+
+METHODS = [pytest.param("numba", marks=needs_numba), "torch", "auto"]
+DTYPES = [torch.float32, torch.float64]
+EPS = {torch.float32: 2e-6, torch.float64: 1e-13}
+
+
+def _cases(dtype: torch.dtype, seed: int = 0):
+    """(name, x, radius) with x of shape (rows, n): random and adversarial rows."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    for n in (1, 2, 3, 7, 16, 64, 65, 200, 1000):
+        rows = 5
+        yield f"randn-{n}", randn(rows, n) * 3, 1.0
+        yield f"per-row-radius-{n}", randn(rows, n), (torch.rand(rows, generator=g, dtype=torch.float64) + 0.05).to(dtype)
+        yield f"ties-{n}", torch.randint(-3, 4, (rows, n), generator=g).to(dtype), 2.0
+        yield f"all-equal-{n}", torch.full((rows, n), 0.7, dtype=dtype), 1.0
+        yield f"zeros-{n}", torch.zeros(rows, n, dtype=dtype), 1.0
+        yield f"inside-{n}", randn(rows, n) / (10 * n), 1.0
+        yield f"huge-{n}", randn(rows, n) * 1e20, 1e20
+        yield f"tiny-{n}", randn(rows, n) * 1e-20, 1e-20
+        yield f"large-radius-{n}", randn(rows, n), 1e3
+        yield f"uniform-{n}", torch.rand(rows, n, generator=g, dtype=torch.float64).to(dtype), 1.0
+        yield f"heavy-tailed-{n}", randn(rows, n) ** 5, 1.0
+        mixed = randn(rows, n)
+        mixed[::2] /= 100 * n  # rows inside and outside the ball in one batch
+        yield f"mixed-{n}", mixed, 1.0
+
+
+def _check_close(y: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, radius, name: str) -> None:
+    """Same values up to rounding, same support wherever the reference is clear of rounding."""
+    r = radius.abs().max().item() if isinstance(radius, torch.Tensor) else float(radius)
+    scale = max(x.abs().max().item(), r)
+    tol = 64 * EPS[x.dtype] * scale * max(1, x.shape[-1]) ** 0.5
+    err = (y.double() - ref.double()).abs().max().item()
+    assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
+    clear = ref.abs() > tol
+    assert torch.equal((y != 0) & clear, clear), f"{name}: support differs"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ball", [True, False])
+@pytest.mark.parametrize("method", METHODS)
+def test_agrees_with_sort_reference(method, ball, dtype):
+    for name, x, radius in _cases(dtype):
+        ref = _project_sort(x, radius, ball=ball)
+        y = _project(x, radius, -1, ball, method)
+        assert y.dtype == dtype and y.shape == x.shape
+        _check_close(y, ref, x, radius, f"{method} {'ball' if ball else 'simplex'} {name}")
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ball", [True, False])
+def test_numba_and_torch_paths_agree(ball, dtype):
+    x = torch.randn(100, 300, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    a = _project(x, 1.0, -1, ball, "numba")
+    b = _project(x, 1.0, -1, ball, "torch")
+    assert torch.equal(a != 0, b != 0)  # same support
+    assert (a - b).abs().max() <= 8 * EPS[dtype] * x.abs().max()
+
+
+@pytest.mark.parametrize("ball", [True, False])
+def test_no_numba_env_var_gives_the_same_results(monkeypatch, ball):
+    x = torch.randn(64, 200, generator=torch.Generator().manual_seed(2))
+    radius = torch.rand(64, generator=torch.Generator().manual_seed(3)) + 0.5
+    fast = project_l1_ball(x, radius) if ball else project_simplex(x, radius)
+    monkeypatch.setenv("CONSTRAIN_NO_NUMBA", "1")
+    assert not _simplex._numba_usable(x)
+    slow = project_l1_ball(x, radius) if ball else project_simplex(x, radius)
+    assert torch.equal(fast != 0, slow != 0)
+    assert (fast - slow).abs().max() <= 1e-5
+    with pytest.raises(RuntimeError, match="numba"):
+        _project(x, radius, -1, ball, "numba")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_other_dims_and_low_precision(method):
+    x = torch.randn(30, 4, 9, generator=torch.Generator().manual_seed(4))
+    radius = torch.rand(4, 9, generator=torch.Generator().manual_seed(5)) + 0.1
+    for ball in (True, False):
+        ref = _project_sort(x, radius, dim=0, ball=ball)
+        y = _project(x, radius, 0, ball, method)
+        _check_close(y, ref, x, radius, f"{method} dim=0")
+        if method != "numba":
+            for low in (torch.float16, torch.bfloat16):
+                y = _project(x.to(low), 1.0, -1, ball, method)
+                assert y.dtype == low
+                assert (y.float() - _project_sort(x.to(low).float(), 1.0, ball=ball)).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_threshold_matches_sort(method, monkeypatch):
+    if method == "torch":
+        monkeypatch.setenv("CONSTRAIN_NO_NUMBA", "1")
+    x = torch.randn(50, 300, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    x[::3] /= 1000  # inside the ball: threshold 0
+    tau = l1_ball_threshold(x, 1.0)
+    ref = _sort_threshold(x.abs(), torch.ones(50, 1, dtype=torch.float64)).clamp_min(0)
+    ref[x.abs().sum(-1) <= 1] = 0
+    assert tau.shape == (50, 1)
+    assert torch.allclose(tau, ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ball", [True, False])
+def test_gradients_unchanged(method, ball):
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(4, 7, generator=g, dtype=torch.float64) * 2)
+    x[1] /= 100  # a row inside the ball
+    x = x.requires_grad_()
+    radius = torch.tensor([0.5, 1.0, 2.0, 30.0], dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, r: _project(x, r, -1, ball, method), (x, radius))
+    # same gradient as the reference
+    y = _project(x, radius, -1, ball, method)
+    y_ref = _project(x, radius, -1, ball, "sort")
+    w = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((y * w).sum(), (x, radius))
+    grads_ref = torch.autograd.grad((y_ref * w).sum(), (x, radius))
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ball", [True, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_raise(method, ball, bad):
+    for n in (5, 500):
+        x = torch.randn(3, n)
+        x[1, n // 2] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            _project(x, 1.0, -1, ball, method)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ball", [True, False])
+def test_numba_threaded_long_rows(dtype, ball):
+    """Few long rows take the segmented path: candidates of segments merged, same result."""
+    kernels = _simplex._numba_kernels()
+    g = torch.Generator().manual_seed(8)
+    for x, radius in (
+        (torch.randn(1, 140_000, generator=g, dtype=dtype), 1.0),
+        (torch.randn(2, 70_000, generator=g, dtype=dtype), 50.0),
+        (torch.randn(1, 140_000, generator=g, dtype=dtype) * 1e-7, 1.0),  # inside the ball
+    ):
+        r = torch.full((x.shape[0],), radius, dtype=dtype)
+        outs = []
+        for threads in (1, 4):
+            out, taus = torch.empty_like(x), torch.empty(x.shape[0], dtype=dtype)
+            assert kernels.project_rows(x.numpy(), r.numpy(), ball, out.numpy(), taus.numpy(), threads) == 0
+            outs.append(out)
+        _check_close(outs[1], outs[0], x, radius, "threads")
+        _check_close(outs[0], _project_sort(x, radius, ball=ball), x, radius, "long rows")
+        x[-1, 12345] = float("nan")
+        out, taus = torch.empty_like(x), torch.empty(x.shape[0], dtype=dtype)
+        assert kernels.project_rows(x.numpy(), r.numpy(), ball, out.numpy(), taus.numpy(), 4) == 1
+
+
+def test_torch_path_falls_back_to_sorting(monkeypatch):
+    monkeypatch.setattr(_simplex, "_MAX_NEWTON_STEPS", 1)
+    x = torch.rand(20, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    for ball in (True, False):
+        _check_close(_project(x, 1.0, -1, ball, "torch"), _project_sort(x, 1.0, ball=ball), x, 1.0, "fallback")
+
+
+def test_bench_projections_smoke(tmp_path, capsys):
+    from experiments.cli import main
+
+    path = tmp_path / "bench.json"
+    code = main(["bench", "projections", "--sizes", "16,40", "--batch", "4", "--repeats", "1",
+                 "--cvxpy-rows", "1", "--json", str(path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "numba/abs" in printed and "sort" in printed
+    payload = json.loads(path.read_text())
+    assert payload["benchmark"] == "projections"
+    assert payload["config"]["sizes"] == [16, 40] and payload["config"]["batches"] == [4, 4]
+    assert {"torch", "numba", "threads"} <= set(payload["environment"])
+    records = payload["results"]
+    assert [(rec["set"], rec["n"]) for rec in records] == [("l1ball", 16), ("simplex", 16), ("l1ball", 40), ("simplex", 40)]
+    for rec in records:
+        assert rec["batch"] == 4 and rec["dtype"] == "float32"
+        ms = rec["median_ms"]
+        assert {"abs", "torch", "sort", "cvxpy_per_row"} <= set(ms)
+        assert ("numba" in ms) == HAVE_NUMBA
+        assert all(isinstance(v, float) and v > 0 for v in ms.values())
+        assert rec["ours"] == ("numba" if HAVE_NUMBA else "torch")
+        assert all(v > 0 for v in rec["ratios"].values())
+        assert all(isinstance(v, bool) for v in rec["targets"].values())
