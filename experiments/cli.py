@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "experiments.validate",
     "experiments.listing",
     "experiments.study_cmd",
+    "experiments.bench",
 )
 
 
