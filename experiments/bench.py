@@ -14,8 +14,9 @@ dtype), on one tensor of ``batch`` rows of ``n`` standard normal values and radi
 
 Every call is timed with ``time.perf_counter`` after warm-up runs; the methods are
 interleaved within each repeat (in a rotating order) so that machine noise hits all alike,
-and the median of the repeats is reported. Absolute times vary with the machine; compare the
-ratios.
+and the median of the repeats is reported. All methods run on the same number of threads
+(``--threads``, default 1: on a shared machine a descheduled worker stalls a multi-threaded
+call, which swamps the ratios). Absolute times vary with the machine; compare the ratios.
 """
 
 from __future__ import annotations
@@ -247,7 +248,9 @@ def run_projections(args: argparse.Namespace) -> int:
         batches = args.batch
     else:
         raise ValueError(f"--batch takes one value or one per size; got {len(args.batch)} for {len(sizes)} sizes.")
-    if args.threads is not None:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's setting) or positive, got {args.threads}.")
+    if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     records = bench_projections(
@@ -309,8 +312,9 @@ def _add_projections(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="comma-separated dtypes (default: float32)")
     parser.add_argument("--cvxpy-rows", type=int, default=3,
                         help=f"rows solved with cvxpy per timing for n <= {CVXPY_MAX_N} (default: 3; 0 skips cvxpy)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch.set_num_threads before timing (default: torch's own setting)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for every method (torch.set_num_threads; the numba kernels follow it); "
+                        "0 keeps torch's setting (default: 1: one core each, the steadiest ratios on a shared machine)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")
     parser.set_defaults(func=run_projections)
