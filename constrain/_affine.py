@@ -14,15 +14,29 @@ columns) parameterizes the set as :math:`w = w_0 + N v`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from constrain._checks import check_finite, check_tensor
+from constrain._checks import LOW_PRECISION, check_finite, check_tensor
+
+
+def as_real_tensor(value: object, name: str) -> Tensor:
+    """``value`` (a tensor, an array, a number or nested lists of numbers) as a tensor; a clear error otherwise."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular array of numbers: {error}") from None
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be a tensor, an array or nested lists of numbers, got {type(value).__name__}.")
+    return torch.as_tensor(array)
 
 
 def _as_matrix(A: object, c: object) -> tuple[Tensor, Tensor]:
-    A = torch.as_tensor(A) if not isinstance(A, Tensor) else A
-    c = torch.as_tensor(c) if not isinstance(c, Tensor) else c
+    A = as_real_tensor(A, "A")
+    c = as_real_tensor(c, "c")
     if A.dim() == 1:
         A = A.unsqueeze(0)
     if A.dim() != 2:
@@ -97,7 +111,12 @@ class AffineFactor:
         return self._cache[key]
 
     def project(self, x: Tensor) -> Tensor:
-        r""":math:`x - V^\top (V x - V w_0)` for each row of ``x`` (shape ``(..., n)``)."""
+        r""":math:`x - V^\top (V x - V w_0)` for each row of ``x`` (shape ``(..., n)``).
+
+        float16 / bfloat16 rows are computed in float32 and returned in their own dtype.
+        """
+        if x.dtype in LOW_PRECISION:
+            return self.project(x.float()).to(x.dtype)
         V, offset = self._on(x)
         return x - (x @ V.T - offset) @ V
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,11 +51,13 @@ def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str =
     ``radius`` is a positive finite number or a tensor broadcastable to ``batch_shape``
     (one radius per row, e.g. per sample). Gradients flow through a tensor radius.
     """
-    if isinstance(radius, bool) or not isinstance(radius, (int, float, Tensor)):
+    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (numbers.Real, Tensor)):
         raise TypeError(f"{name} must be a positive float or a tensor, got {type(radius).__name__}.")
     if not isinstance(radius, Tensor):
         if not math.isfinite(radius) or radius <= 0:
             raise ValueError(f"{name} must be positive and finite, got {radius}; pass e.g. {name}=1.0.")
+        if float(radius) > torch.finfo(x.dtype).max:
+            raise ValueError(f"{name}={float(radius):g} overflows {x.dtype}; pass a smaller {name} or a float64 input.")
         return torch.full((*batch_shape, 1), float(radius), dtype=x.dtype, device=x.device)
     if radius.is_complex() or radius.dtype == torch.bool:
         raise TypeError(f"{name} must be a real tensor, got dtype {radius.dtype}.")

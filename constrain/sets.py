@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from constrain._affine import AffineFactor, check_dims
+from constrain._affine import AffineFactor, as_real_tensor, check_dims
 from constrain._checks import Radius, check_finite, check_radius, check_tensor
 from constrain._orthant import project_nonnegative
 from constrain._simplex import project_l1_ball, project_simplex
@@ -88,7 +88,7 @@ class _RadiusSet(ConstraintSet):
         if isinstance(radius, Tensor):
             check_radius(radius, radius, radius.shape)  # positive and finite
         else:
-            check_radius(radius, torch.empty(0), torch.Size())
+            check_radius(radius, torch.empty(0, dtype=torch.float64), torch.Size())
         self.radius = radius
 
     def __repr__(self) -> str:
@@ -175,12 +175,14 @@ class Affine(ConstraintSet):
     has_equalities = True
 
     def __init__(self, A: Tensor | np.ndarray | Sequence, c: Tensor | np.ndarray | Sequence | float = 0.0) -> None:
-        A_t = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A)
+        A_t = as_real_tensor(A, "A")
         if A_t.dim() == 1:
             A_t = A_t.unsqueeze(0)
+        if A_t.dim() != 2:
+            raise ValueError(f"A must be a matrix of shape (m, n) or one row of shape (n,), got shape {tuple(A_t.shape)}.")
         if isinstance(c, (int, float)):
             c = torch.full((A_t.shape[0],), float(c), dtype=torch.float64)
-        c_t = torch.as_tensor(np.asarray(c) if not isinstance(c, Tensor) else c)
+        c_t = as_real_tensor(c, "c")
         self.factor = AffineFactor.of(A_t, c_t)
         self.A = A_t.detach().to(device=self.factor.row_basis.device, dtype=torch.float64)
         self.c = c_t.detach().reshape(-1).to(device=self.factor.row_basis.device, dtype=torch.float64)
@@ -198,7 +200,12 @@ class Affine(ConstraintSet):
         ``groups``: e.g. ``[[(0, 0), (1, 1)], [(0, 2), (2, 0), (3, 3)]]`` ties ``w[0,0] = w[1,1]``
         and ``w[0,2] = w[2,0] = w[3,3]``. Each group needs at least two index tuples.
         """
-        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        try:
+            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"shape must be an int or a sequence of ints such as (4, 3), got {shape!r}.") from None
+        if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
+            raise TypeError(f"groups must be a list of groups of indices, got {type(groups).__name__}.")
         n = int(np.prod(shape))
         rows = []
         for g, group in enumerate(groups):
@@ -207,6 +214,8 @@ class Affine(ConstraintSet):
                 index = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
                 if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape)):
                     raise ValueError(f"groups[{g}] has index {index}, which is not an index of shape {shape}.")
+                if int(np.ravel_multi_index(index, shape)) in flat:
+                    raise ValueError(f"groups[{g}] lists index {index} twice; list each tied entry once.")
                 flat.append(int(np.ravel_multi_index(index, shape)))
             if len(flat) < 2:
                 raise ValueError(f"groups[{g}] has {len(flat)} index; a tied group needs at least two.")

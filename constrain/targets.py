@@ -50,11 +50,12 @@ class ParameterTarget:
 
     def tensors(self, model: nn.Module) -> list[Tensor]:
         """The current values (a parametrized weight gives its constrained value)."""
+        _check_model(model)
         return [getattr(model.get_submodule(module), attr) for module, attr in map(_split, self.names)]
 
     def validate(self, model: nn.Module, require_grad: bool = True) -> None:
         """Raise a clear error if a name is unknown, frozen, or the shapes do not fit the set."""
-        known = _parameter_names(model)
+        known = _parameter_names(_check_model(model))
         for name in self.names:
             if name not in known:
                 raise KeyError(
@@ -102,6 +103,12 @@ def output_rows(outputs: Tensor) -> Tensor:
     return outputs.reshape(outputs.shape[0], -1) if outputs.dim() >= 2 else outputs.reshape(-1, 1)
 
 
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    return model
+
+
 def _split(name: str) -> tuple[str, str]:
     module, _, attr = name.rpartition(".")
     return module, attr
@@ -132,7 +139,10 @@ def on_parameter(names: str | Sequence[str], constraint_set: ConstraintSet) -> P
     the concatenation of the flattened parameters.
     """
     constraint_set = _check_set(constraint_set)
-    names_t = (names,) if isinstance(names, str) else tuple(names)
+    try:
+        names_t = (names,) if isinstance(names, str) else tuple(names)
+    except TypeError:
+        raise TypeError(f"names must be a parameter name such as 'head.weight' or a list of them; got {names!r}.") from None
     if not names_t or not all(isinstance(n, str) and n for n in names_t):
         raise ValueError(f"names must be a parameter name such as 'head.weight' or a list of them; got {names!r}.")
     if len(names_t) > 1 and not constraint_set.acts_on_flat_vector:

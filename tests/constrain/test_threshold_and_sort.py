@@ -1,0 +1,72 @@
+r"""The sort-based reference ``_project_sort`` and the soft threshold ``l1_ball_threshold``.
+
+Sort reference (Held et al. 1974): with :math:`u` sorted descending, the support size is the
+largest :math:`k` with :math:`u_k > (\sum_{j \le k} u_j - r)/k` and
+:math:`\tau = (\sum_{j \le k} u_j - r)/k`. It must agree with the public kernels, whatever
+algorithm they use for the threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from constrain_testing import DTYPES, TOL, as_radius, batches, radii, row_scale
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from constrain import l1_ball_threshold, project_l1_ball, project_simplex
+from constrain._simplex import _project_sort
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_sort_reference_agrees_with_the_kernels(data, dtype: torch.dtype) -> None:
+    x = data.draw(batches(max_n=16))
+    radius = data.draw(radii(x))
+    x_t, r = torch.from_numpy(x).to(dtype), as_radius(radius, dtype)
+    scale = row_scale(torch.from_numpy(x), radius).unsqueeze(-1)
+    tol = TOL[dtype] * x.shape[-1]
+    for ball, kernel in ((True, project_l1_ball), (False, project_simplex)):
+        expected = _project_sort(x_t, r, ball=ball).double()
+        got = kernel(x_t, r).double()
+        assert ((got - expected).abs() / scale).max() <= tol
+
+
+def test_sort_reference_on_known_points() -> None:
+    x = torch.tensor([[0.5, 0.5, 0.5], [3.0, 0.0, -1.0], [0.2, 0.1, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(_project_sort(x, 1.0, ball=False)[0], torch.full((3,), 1 / 3, dtype=torch.float64))
+    torch.testing.assert_close(_project_sort(x, 1.0, ball=False)[1], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(_project_sort(x, 2.0, ball=True)[1], torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(_project_sort(x, 1.0, ball=True)[2], x[2])  # inside
+    # along dim 0
+    torch.testing.assert_close(_project_sort(x.T, 1.0, dim=0, ball=True), project_l1_ball(x, 1.0).T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_l1_ball_threshold_gives_the_projection(data, dtype: torch.dtype) -> None:
+    r"""P(x) = sign(x) relu(|x| - tau), tau >= 0, and tau = 0 on rows inside the ball."""
+    x = data.draw(batches(max_n=16))
+    radius = data.draw(radii(x))
+    x_t, r = torch.from_numpy(x).to(dtype), as_radius(radius, dtype)
+    tau = l1_ball_threshold(x_t, r)
+    assert tau.shape == (*x_t.shape[:-1], 1) and tau.dtype == dtype and not tau.requires_grad
+    assert (tau >= 0).all()
+    rebuilt = torch.sign(x_t) * torch.relu(x_t.abs() - tau)
+    scale = row_scale(torch.from_numpy(x), radius).unsqueeze(-1)
+    assert ((rebuilt.double() - project_l1_ball(x_t, r).double()).abs() / scale).max() <= TOL[dtype] * x.shape[-1]
+    inside = x_t.abs().sum(-1) <= torch.as_tensor(r, dtype=dtype)
+    assert (tau[inside] == 0).all()
+
+
+def test_l1_ball_threshold_dim_and_gradient_free() -> None:
+    x = torch.randn(3, 6, 2, dtype=torch.float64, requires_grad=True)
+    tau = l1_ball_threshold(x, 0.5, dim=1)
+    assert tau.shape == (3, 1, 2) and not tau.requires_grad
+    torch.testing.assert_close(tau, l1_ball_threshold(x.detach().movedim(1, -1), 0.5).movedim(-1, 1))
+    # the known value: |x| = (3, 1, 0.5), r = 2: tau = (3 + 1 - 2) / 2 = 1
+    torch.testing.assert_close(l1_ball_threshold(torch.tensor([3.0, -1.0, 0.5]), 2.0), torch.tensor([1.0]))
+    assert float(l1_ball_threshold(np.float32(1) * torch.ones(4), 10.0)) == 0.0
