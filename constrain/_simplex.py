@@ -201,12 +201,24 @@ class _SimplexOrBallProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         y, outside = ctx.saved_tensors
-        signs = torch.sign(y)  # 1 on the simplex support; +-1 on the ball's support; 0 elsewhere
-        size = signs.abs().sum(-1, keepdim=True).clamp_min_(1)
-        radius_grad = (signs * grad).sum(-1, keepdim=True) / size
-        grad_x = grad * signs.abs() - signs * radius_grad
+        if torch.is_grad_enabled():  # create_graph=True: out-of-place, so that it differentiates
+            signs = torch.sign(y)  # 1 on the simplex support; +-1 on the ball's support; 0 elsewhere
+            size = signs.abs().sum(-1, keepdim=True).clamp_min_(1)
+            radius_grad = (signs * grad).sum(-1, keepdim=True) / size
+            grad_x = grad * signs.abs() - signs * radius_grad
+            if ctx.ball:
+                grad_x = torch.where(outside, grad_x, grad)
+                radius_grad = radius_grad * outside
+            return grad_x, radius_grad, None, None
+        # the same arithmetic in two buffers of y's size (the second is returned)
+        signs = torch.sign(y)
+        grad_x = torch.mul(signs, grad)
+        radius_grad = grad_x.sum(-1, keepdim=True)
+        size = torch.abs(signs, out=grad_x).sum(-1, keepdim=True).clamp_min_(1)
+        radius_grad = radius_grad / size
+        grad_x.mul_(grad).sub_(signs.mul_(radius_grad))  # grad * |s| - s * radius_grad
         if ctx.ball:
-            grad_x = torch.where(outside, grad_x, grad)
+            grad_x = torch.where(outside, grad_x, grad, out=grad_x)
             radius_grad = radius_grad * outside
         return grad_x, radius_grad, None, None
 

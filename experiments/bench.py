@@ -250,14 +250,18 @@ def run_projections(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch takes one value or one per size; got {len(args.batch)} for {len(sizes)} sizes.")
     if args.threads < 0:
         raise ValueError(f"--threads must be 0 (torch's setting) or positive, got {args.threads}.")
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    records = bench_projections(
-        args.sets, sizes, batches, args.dtypes, args.repeats, args.cvxpy_rows, args.seed, progress=True
-    )
-    seconds = time.perf_counter() - start
-    env = _environment()
+    try:
+        start = time.perf_counter()
+        records = bench_projections(
+            args.sets, sizes, batches, args.dtypes, args.repeats, args.cvxpy_rows, args.seed, progress=True
+        )
+        seconds = time.perf_counter() - start
+        env = _environment()
+    finally:
+        torch.set_num_threads(threads_before)
     print(
         f"constrain bench projections: median of {args.repeats} interleaved repeats per method, ms per call "
         f"(x: batch rows of n N(0,1) values, radius 1; torch {env['torch']}, numba {env['numba']}, "

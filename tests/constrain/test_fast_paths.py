@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
 from constrain import l1_ball_threshold, project_l1_ball, project_simplex
 from constrain import _simplex
@@ -144,6 +144,8 @@ def test_gradients_unchanged(method, ball):
     grads_ref = torch.autograd.grad((y_ref * w).sum(), (x, radius))
     for a, b in zip(grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-12)
+    # create_graph=True takes the out-of-place backward, which differentiates again
+    assert gradgradcheck(lambda x, r: _project(x, r, -1, ball, method), (x, radius))
 
 
 @pytest.mark.parametrize("method", METHODS)
