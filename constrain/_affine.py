@@ -113,12 +113,26 @@ class AffineFactor:
     def project(self, x: Tensor) -> Tensor:
         r""":math:`x - V^\top (V x - V w_0)` for each row of ``x`` (shape ``(..., n)``).
 
+        O(min(k, n - k) n) per row: when the rank k exceeds n / 2 the same projection is
+        computed as :math:`w_0 + N N^\top x` with the null-space basis N (:math:`w_0 \perp N`).
         float16 / bfloat16 rows are computed in float32 and returned in their own dtype.
         """
         if x.dtype in LOW_PRECISION:
             return self.project(x.float()).to(x.dtype)
-        V, offset = self._on(x)
-        return x - (x @ V.T - offset) @ V
+        flat = x.reshape(-1, self.size)
+        if 2 * self.rank > self.size:  # fewer null-space than row-space directions: w0 + N N^T x
+            N, particular = self._null_on(x)
+            out = torch.addmm(particular, flat @ N, N.T)
+        else:  # x - V^T (V x - V w0), written straight into the one output buffer
+            V, offset = self._on(x)
+            out = torch.addmm(flat, flat @ V.T - offset, V, alpha=-1)
+        return out.reshape(x.shape)
+
+    def _null_on(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = ("null", like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.null_basis().to(**_kw(like)), self.particular.to(**_kw(like)))
+        return self._cache[key]
 
     def project_direction(self, v: Tensor) -> Tensor:
         r"""Project directions (rows of ``v``) onto the null space of A: :math:`v - V^\top V v`."""
