@@ -14,15 +14,21 @@ unit of a weight (``parameter_rows``); flat-vector sets (``Affine``) see ``vec``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Union
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 from torch import Tensor, nn
 
 from constrain import OutputTarget, ParameterTarget, output_rows
+from strategies import _distributed
 
 Target = Union[OutputTarget, ParameterTarget]
+#: What a strategy does with a non-finite loss: raise ``FloatingPointError`` or skip the step.
+OnNonFinite = Literal["raise", "skip"]
 
 
 class UnsupportedConstraint(ValueError):
@@ -64,6 +70,16 @@ def target_rows(target: Target, model: nn.Module, outputs: Tensor | None) -> Ten
             )
         if not isinstance(outputs, Tensor):
             raise TypeError(f"outputs must be the model's output tensor, got {type(outputs).__name__}.")
+        if not outputs.is_floating_point():
+            raise TypeError(
+                f"outputs has dtype {outputs.dtype}; constraints on outputs need the model's floating-point "
+                f"outputs (pass the tensor the model returned, not labels or indices)."
+            )
+        if outputs.dim() == 0 or outputs.shape[0] == 0:
+            raise ValueError(
+                f"outputs has shape {tuple(outputs.shape)}: the constraint {target.label} needs a batch of at least "
+                f"one sample, shape (batch, ...). Skip empty batches (e.g. DataLoader(..., drop_last=True))."
+            )
         return output_rows(outputs)
     return target.gather(model)
 
@@ -85,7 +101,33 @@ def install_output_map(model: nn.Module, row_map: Callable[[Tensor], Tensor]) ->
 
 
 class Strategy:
-    """Base class: subclasses set ``family`` and ``summary`` and override the ``_hooks``."""
+    """Base class: subclasses set ``family`` and ``summary`` and override the ``_hooks``.
+
+    Non-finite values. :meth:`loss` checks that the loss it returns is finite (one host
+    synchronisation per call). If it is not, what happens is the ``on_nonfinite`` option, which
+    every strategy accepts (``strategies.get(name, on_nonfinite="skip")``, or :meth:`configure`):
+
+    - ``"raise"`` (default): ``FloatingPointError`` naming the step, the objective's value and the
+      constraints whose values are not finite. Nothing was updated: the parameters and the
+      multipliers are as they were before this step (the strategy forgets what this loss recorded).
+    - ``"skip"``: the step is skipped. :meth:`loss` returns a zero loss that is not connected to
+      the model (a warning says why): ``backward()`` gives the parameters no gradient, so after
+      ``optimizer.zero_grad()`` (``set_to_none=True``, torch's default) torch's optimizers leave
+      every parameter, and its optimizer state, untouched. The next :meth:`after_step` then takes
+      no dual step and advances no schedule (penalty weights, barrier sharpness, L1 shrinkage);
+      it only re-applies what keeps the iterate feasible (the projection after the step, barrier
+      backtracking), which changes nothing when the parameters did not move. The step still counts
+      in :attr:`steps`; :attr:`skipped_steps` counts the skipped ones. With gradient accumulation
+      the finite micro-batches of the step still contribute their gradients. Under
+      ``torch.distributed`` the ranks agree (one all-reduce of a flag per :meth:`loss`): a step is
+      skipped on every rank if the loss is not finite on one of them.
+
+    Non-finite values that appear only after the optimizer step (the optimizer itself wrote NaN or
+    Inf into a constrained parameter, e.g. from non-finite gradients of a finite loss) raise
+    ``FloatingPointError`` from :meth:`after_step` naming the step and the constraint; the strategy
+    changes nothing, but the optimizer already has. Clip with
+    ``torch.nn.utils.clip_grad_norm_(..., error_if_nonfinite=True)`` to stop before that.
+    """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
@@ -95,6 +137,19 @@ class Strategy:
         self.model: nn.Module | None = None
         self.targets: list[Target] = []
         self.steps = 0
+        self.skipped_steps = 0
+        self.on_nonfinite: str = "raise"
+        self._skipping = False
+
+    def configure(self, *, on_nonfinite: OnNonFinite = "raise") -> "Strategy":
+        """Set the options every strategy shares (``strategies.get`` passes them here); returns ``self``.
+
+        ``on_nonfinite``: ``"raise"`` or ``"skip"`` a step whose loss is NaN or Inf (see the class doc).
+        """
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
+        self.on_nonfinite = on_nonfinite
+        return self
 
     # ----------------------------------------------------------------- support matrix
     @classmethod
@@ -125,49 +180,89 @@ class Strategy:
 
         ``outputs``: the model's outputs on this batch (needed for output constraints).
         ``sample_ids``: the batch's indices into the training set (per-sample multipliers).
+        A non-finite result raises or skips the step, as ``on_nonfinite`` says (see the class doc).
         """
         model = self._require_model()
         if not isinstance(objective, Tensor) or objective.numel() != 1:
-            raise TypeError("objective must be a scalar tensor (the training loss of this batch).")
+            raise TypeError(
+                f"objective must be a scalar tensor (the training loss of this batch), got "
+                f"{type(objective).__name__}{tuple(objective.shape) if isinstance(objective, Tensor) else ''}; "
+                f"reduce it first, e.g. loss.mean()."
+            )
         extra = self._loss_terms(model, outputs, sample_ids)
         total = objective if extra is None else objective + extra
-        if not bool(torch.isfinite(total.detach()).all()):
+        finite = bool(torch.isfinite(total.detach()).all())
+        if self.on_nonfinite == "skip":
+            finite = _distributed.all_true(finite)
+        if finite:
+            return total
+        self._discard_loss()
+        message = self._nonfinite_message(model, objective, outputs)
+        if self.on_nonfinite == "raise":
             raise FloatingPointError(
-                f"strategy {self.name!r}: the loss is not finite at step {self.steps} "
-                f"(objective {float(objective):g}); constraints: {', '.join(t.label for t in self.targets)}. "
-                f"Lower the learning rate or the penalty weight; nothing was updated."
+                f"{message} Nothing was updated: the parameters and multipliers are as before this step. Lower the "
+                f"learning rate or the penalty weight, or pass on_nonfinite='skip' to strategies.get to skip such steps."
             )
-        return total
+        warnings.warn(f"{message} Skipping this step (on_nonfinite='skip').", RuntimeWarning, stacklevel=2)
+        self._skipping = True
+        return torch.zeros((), dtype=objective.dtype, device=objective.device, requires_grad=True)
 
     def after_step(self) -> None:
         """Call after ``optimizer.step()``: projection, dual ascent, schedules."""
         self._require_model()
-        self._after_step()
+        if self._skipping:
+            self._skipping = False
+            self.skipped_steps += 1
+            self._discard_step()
+            self._after_skipped_step()
+        else:
+            self._after_step()
         self.steps += 1
 
     @torch.no_grad()
     def report(self, outputs: Tensor | None = None) -> dict[str, float]:
-        """Largest violation of each constraint now: outputs on ``outputs`` (skipped if None)."""
+        """Largest violation of each constraint now: outputs on ``outputs`` (skipped if None).
+
+        Raises ``FloatingPointError`` naming the constraint if its values are NaN or Inf.
+        """
         model = self._require_model()
         out: dict[str, float] = {}
         for target in self.targets:
             if isinstance(target, OutputTarget) and outputs is None:
                 continue
             rows = target_rows(target, model, outputs)
-            out[target.label] = float(target.set.violation(rows).max()) if rows.numel() else 0.0
+            value = float(target.set.violation(rows).max()) if rows.numel() else 0.0
+            if not math.isfinite(value):
+                what = "outputs" if isinstance(target, OutputTarget) else "values"
+                raise FloatingPointError(
+                    f"strategy {self.name!r}: the {what} of {target.label} contain NaN or Inf at step {self.steps}; "
+                    f"their violation is undefined. Find where they come from (torch.autograd.set_detect_anomaly)."
+                )
+            out[target.label] = value
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: step count, multipliers, schedules, buffers."""
-        return {"steps": self.steps, **self._state()}
+        return {"steps": self.steps, "skipped_steps": self.skipped_steps, **self._state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; call after :meth:`attach` on the rebuilt model."""
         self._require_model()
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"state must be the dict returned by strategy.state_dict(), got {type(state).__name__}."
+            )
         if "steps" not in state:
-            raise KeyError("state has no 'steps': it was not produced by Strategy.state_dict().")
-        self.steps = int(state["steps"])
-        self._load_state({k: v for k, v in state.items() if k != "steps"})
+            raise KeyError(
+                f"strategy {self.name!r}: state has no 'steps', so it was not produced by Strategy.state_dict(); "
+                f"pass strategy.state_dict() of a {self.name!r} strategy."
+            )
+        steps, skipped = state["steps"], state.get("skipped_steps", 0)
+        for key, value in (("steps", steps), ("skipped_steps", skipped)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"state[{key!r}] must be a non-negative int (a step count), got {value!r}.")
+        self._load_state({k: v for k, v in state.items() if k not in ("steps", "skipped_steps")})
+        self.steps, self.skipped_steps, self._skipping = int(steps), int(skipped), False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -185,6 +280,50 @@ class Strategy:
 
     def _after_step(self) -> None:
         """Work after the optimizer step."""
+
+    def _after_skipped_step(self) -> None:
+        """Work after a skipped step: only what restores feasibility (projections, backtracking)."""
+
+    def _discard_loss(self) -> None:
+        """Forget what the last :meth:`loss` call recorded (it was not finite)."""
+
+    def _discard_step(self) -> None:
+        """Forget everything recorded since the last :meth:`after_step` (the step is skipped)."""
+
+    def _nonfinite_message(self, model: nn.Module, objective: Tensor, outputs: Tensor | None) -> str:
+        """Which values are not finite: the objective, a constraint's rows or values, or the terms."""
+        parts = []
+        value = float(objective.detach())
+        if not math.isfinite(value):
+            parts.append(f"the objective is {value}")
+        with torch.no_grad():
+            for target in self.targets:
+                if isinstance(target, OutputTarget) and outputs is None:
+                    continue
+                rows = target_rows(target, model, outputs)
+                if not bool(torch.isfinite(rows).all()):
+                    what = "the outputs" if isinstance(target, OutputTarget) else "the parameter values"
+                    parts.append(f"{what} of {target.label} contain NaN or Inf")
+                    continue
+                g, h = constraint_values(target, rows)
+                if any(c is not None and not bool(torch.isfinite(c).all()) for c in (g, h)):
+                    parts.append(f"the constraint values of {target.label} are not finite")
+        if not parts:
+            parts.append(
+                f"the constraint terms of {', '.join(t.label for t in self.targets)} overflowed (objective {value:g}; "
+                f"e.g. a barrier at its boundary or a penalty weight too large)"
+            )
+        return f"strategy {self.name!r}: the loss is not finite at step {self.steps}: {'; '.join(parts)}."
+
+    def _check_finite_parameters(self, target: ParameterTarget, rows: Tensor) -> None:
+        """Raise FloatingPointError if the optimizer left NaN or Inf in ``target``'s parameters."""
+        if rows.numel() and not bool(torch.isfinite(rows).all()):
+            raise FloatingPointError(
+                f"strategy {self.name!r}: after optimizer step {self.steps}, {'+'.join(target.names)} "
+                f"({target.label}) contains NaN or Inf. The strategy changed nothing, but the optimizer already wrote "
+                f"these values: restore a checkpoint and lower the learning rate, or stop before the step with "
+                f"torch.nn.utils.clip_grad_norm_(..., error_if_nonfinite=True)."
+            )
 
     def _state(self) -> dict[str, Any]:
         return {}

@@ -63,8 +63,10 @@ class L1Regularization(Strategy):
 
     @torch.no_grad()
     def _after_step(self) -> None:
-        for w in self._weights():
-            w.copy_(self.shrink(w))
+        for target in self.targets:
+            for w in target.tensors(self._require_model()):  # type: ignore[union-attr]
+                self._check_finite_parameters(target, w)  # type: ignore[arg-type]
+                w.copy_(self.shrink(w))
 
     def shrink(self, w: Tensor) -> Tensor:
         """The separate shrink step applied after the optimizer step (identity by default)."""
@@ -137,8 +139,12 @@ class L1Cumulative(L1Regularization):
 
     @torch.no_grad()
     def _after_step(self) -> None:
+        weights = self._weights()
+        for target in self.targets:
+            for w in target.tensors(self._require_model()):  # type: ignore[union-attr]
+                self._check_finite_parameters(target, w)  # type: ignore[arg-type]
         self.total += self.lr * self.strength
-        for i, w in enumerate(self._weights()):
+        for i, w in enumerate(weights):
             q = self.applied[i] = self.applied[i].to(w)
             before = w.clone()
             w.copy_(
@@ -154,5 +160,21 @@ class L1Cumulative(L1Regularization):
         return {"total": self.total, "applied": [q.clone() for q in self.applied]}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.total = float(state["total"])
-        self.applied = [q.clone() for q in state["applied"]]
+        if set(state) != {"total", "applied"}:
+            raise KeyError(
+                f"strategy {self.name!r}: the state has entries {sorted(state)}, expected 'total' and 'applied'; "
+                f"it was saved by another strategy. Load the state_dict() of an {self.name!r} strategy."
+            )
+        applied, weights = state["applied"], self._weights()
+        if not isinstance(applied, (list, tuple)) or len(applied) != len(weights) or any(
+            not isinstance(q, Tensor) or q.shape != w.shape for q, w in zip(applied, weights)
+        ):
+            raise ValueError(
+                f"strategy {self.name!r}: state['applied'] must hold one tensor per constrained weight, shaped like "
+                f"it ({[tuple(w.shape) for w in weights]}); attach the same constraints before load_state_dict."
+            )
+        total = state["total"]
+        if isinstance(total, bool) or not isinstance(total, (int, float)) or not math.isfinite(total) or total < 0:
+            raise ValueError(f"strategy {self.name!r}: state['total'] must be a finite number >= 0, got {total!r}.")
+        self.total = float(total)
+        self.applied = [q.clone() for q in applied]

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from constrain import OutputTarget, ParameterTarget
+from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
 from strategies._registry import register
 
@@ -85,6 +86,7 @@ class LagrangianStrategy(Strategy):
         self.num_samples = num_samples
         self._lam: dict[str, Tensor] = {}
         self._records: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
+        self._last_keys: list[str] = []  # the keys the last loss() call appended a record to
 
     # ----------------------------------------------------------------- support matrix
     @classmethod
@@ -175,6 +177,7 @@ class LagrangianStrategy(Strategy):
     def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor | None:
         total: Tensor | None = None
         record = torch.is_grad_enabled()  # a loss evaluated under no_grad (validation) moves no multiplier
+        self._last_keys = []
         for index, target in enumerate(self.targets):
             rows = target_rows(target, model, outputs)
             mode = self.mode(target)
@@ -196,28 +199,53 @@ class LagrangianStrategy(Strategy):
                 total = part if total is None else total + part
                 if record:
                     self._records.setdefault(key, []).append((c.detach(), ids))
+                    self._last_keys.append(key)
         return total
 
-    def _check_records(self, records: dict[str, list[tuple[Tensor, Tensor | None]]]) -> None:
-        """Raise FloatingPointError naming the step and constraint if a recorded defect is not finite."""
-        sums = [c.sum() for recs in records.values() for c, _ in recs]
-        if not sums or bool(torch.isfinite(torch.stack([v.to(sums[0]) for v in sums])).all()):
+    def _discard_loss(self) -> None:
+        for key in self._last_keys:
+            self._records[key].pop()
+            if not self._records[key]:
+                del self._records[key]
+        self._last_keys = []
+
+    def _discard_step(self) -> None:
+        self._records, self._last_keys = {}, []
+
+    def _check_records(self, records: dict[str, list[tuple[Tensor, Tensor | None]]], eta: float) -> None:
+        r"""Raise FloatingPointError naming the step and constraint if a recorded defect is not finite, or if
+        the dual step could overflow: :math:`\max|\nu| + \eta \sum |c|` bounds every updated multiplier, so
+        a finite bound keeps every multiplier finite (one host synchronisation for all keys)."""
+        bounds = [
+            self._lam[key].abs().amax() + eta * sum(c.abs().sum() for c, _ in recs)
+            for key, recs in records.items()
+        ]
+        if not bounds or bool(torch.isfinite(torch.stack([b.to(bounds[0]) for b in bounds])).all()):
             return
         for key, recs in records.items():
+            index, kind = key.split(":")
+            label = self.targets[int(index)].label
             if not all(bool(torch.isfinite(c).all()) for c, _ in recs):
-                index, kind = key.split(":")
                 raise FloatingPointError(
-                    f"strategy {self.name!r}: the {kind} constraint values of {self.targets[int(index)].label} are not "
+                    f"strategy {self.name!r}: the {kind} constraint values of {label} are not "
                     f"finite at step {self.steps}; no multiplier was updated. Lower the learning rates or check "
                     f"the model."
                 )
+        raise FloatingPointError(
+            f"strategy {self.name!r}: the dual step at step {self.steps} would overflow the multipliers of "
+            f"{', '.join(self.targets[int(k.split(':')[0])].label for k in records)} (dual_lr {eta:g} times constraint "
+            f"values near the largest {next(iter(self._lam.values())).dtype} number); no multiplier was updated. "
+            f"Lower dual_lr or rescale the constraint."
+        )
 
     # ----------------------------------------------------------------- dual step
     @torch.no_grad()
     def _after_step(self) -> None:
-        records, self._records = self._records, {}
-        self._check_records(records)  # validate everything before touching any multiplier
+        records, self._records, self._last_keys = self._records, {}, []
         eta = self.current_dual_lr()
+        self._check_records(records, eta)  # validate everything before touching any multiplier
+        if _distributed.active():
+            records = self._combine_ranks(records)
         for key, recs in records.items():
             lam = self._lam[key]
             clip = key.endswith(":inequality")
@@ -234,6 +262,45 @@ class LagrangianStrategy(Strategy):
                     lam[ids] = lam[ids].clamp_min(0)
         self._after_dual_step()
 
+    def _combine_ranks(
+        self, records: dict[str, list[tuple[Tensor, Tensor | None]]]
+    ) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
+        """Under torch.distributed: every rank's defects, so that every rank takes the same dual step.
+
+        Shared multipliers step on the mean over the ranks of each rank's batch mean (the global batch
+        mean when the ranks' batches are equally large, as with DistributedSampler): one all-reduce for
+        all of them. Per-sample multipliers step on every rank's (ids, defects), gathered in rank order.
+        Parameter multipliers need nothing: DDP keeps the parameters, hence their defects, identical.
+        Keys are visited in sorted order of the multiplier table, the same on every rank (created by the
+        first loss); a rank that recorded nothing for a key contributes no defect.
+        """
+        combined = {k: v for k, v in records.items() if self.mode(self.targets[int(k.split(":")[0])]) == "parameter"}
+        keys = sorted(k for k in self._lam if self.mode(self.targets[int(k.split(":")[0])]) != "parameter")
+        shared = [k for k in keys if self.mode(self.targets[int(k.split(":")[0])]) == "shared"]
+        means, weights = [], []
+        for key in shared:
+            recs = records.get(key)
+            if recs:
+                means.append(recs[0][0] if len(recs) == 1 else torch.stack([r[0] for r in recs]).mean(0))
+                weights.append(1.0)
+            else:
+                means.append(torch.zeros_like(self._lam[key]))
+                weights.append(0.0)
+        for key, mean in zip(shared, _distributed.all_mean(means, weights)):
+            if mean is not None:  # some rank recorded a defect
+                combined[key] = [(mean, None)]
+        for key in keys:
+            if key in shared:
+                continue
+            recs = records.get(key, [])
+            lam = self._lam[key]
+            ids = torch.cat([r[1] for r in recs]) if recs else torch.zeros(0, dtype=torch.long)  # type: ignore[misc]
+            c = torch.cat([r[0] for r in recs]) if recs else lam.new_zeros(0, lam.shape[-1])
+            ids, c = _distributed.all_gather_rows(ids, c)
+            if ids.numel():
+                combined[key] = [(c, ids)]
+        return combined
+
     def _after_dual_step(self) -> None:
         """Schedules after the dual step (penalty growth)."""
 
@@ -246,15 +313,25 @@ class LagrangianStrategy(Strategy):
         if "multipliers" not in state:
             raise KeyError(f"strategy {self.name!r}: state has no 'multipliers'; it comes from another strategy.")
         lam = state.pop("multipliers")
-        for key in lam:
-            index, _, kind = key.partition(":")
+        if not isinstance(lam, dict):
+            raise TypeError(f"strategy {self.name!r}: state['multipliers'] must be a dict of tensors, got {type(lam).__name__}.")
+        for key, value in lam.items():
+            index, _, kind = str(key).partition(":")
             if not index.isdigit() or int(index) >= len(self.targets) or kind not in _KINDS:
                 raise KeyError(
                     f"strategy {self.name!r}: multiplier {key!r} does not fit the {len(self.targets)} attached "
                     f"constraint(s); attach the same constraints before load_state_dict."
                 )
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise TypeError(f"strategy {self.name!r}: multiplier {key!r} must be a floating-point tensor.")
+            if not bool(torch.isfinite(value).all()) or (kind == "inequality" and bool((value < 0).any())):
+                raise ValueError(
+                    f"strategy {self.name!r}: multiplier {key!r} in the state is "
+                    f"{'negative' if bool(torch.isfinite(value).all()) else 'not finite'}; inequality multipliers are "
+                    f">= 0 and all are finite. The state is corrupt: load one saved by strategy.state_dict()."
+                )
         self._load_extra(state)
-        self._lam = {k: torch.as_tensor(v).detach().clone() for k, v in lam.items()}
+        self._lam = {k: v.detach().clone() for k, v in lam.items()}
         self._records = {}
 
     def _load_extra(self, state: dict[str, Any]) -> None:
@@ -320,8 +397,11 @@ class AugmentedLagrangian(LagrangianStrategy):
         state = dict(state)
         if "penalty" not in state:
             raise KeyError(f"strategy {self.name!r}: state has no 'penalty'.")
-        self.penalty = float(state.pop("penalty"))
+        penalty = state.pop("penalty")
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty <= 0:
+            raise ValueError(f"strategy {self.name!r}: state['penalty'] must be a positive number, got {penalty!r}.")
         super()._load_extra(state)
+        self.penalty = float(penalty)
 
 
 def _slack_name(index: int) -> str:
@@ -358,6 +438,12 @@ class SlackLagrangian(LagrangianStrategy):
     curvature in :math:`s` is :math:`2\nu = 0` there) and :math:`(s^2, \nu)` cycle like a
     predator-prey system under gradient descent-ascent, damped only through the objective;
     :math:`\rho > 0` (e.g. 1) removes the cycle.
+
+    ``output_width``: the number of outputs per sample, so that the slacks of output constraints
+    are created by :meth:`attach` rather than on the first batch. Needed under
+    ``DistributedDataParallel`` (which must see every parameter at its final size when it wraps the
+    model); there the slacks are initialised identically on every rank (batch means all-reduced,
+    per-sample first defects all-gathered).
     """
 
     summary = "inequalities as g + s^2 = 0 with slacks trained by the optimizer; unclipped equality multipliers"
@@ -372,11 +458,17 @@ class SlackLagrangian(LagrangianStrategy):
         multipliers: Multipliers = "shared",
         num_samples: int | None = None,
         penalty: float = 0.0,
+        output_width: int | None = None,
     ) -> None:
         super().__init__(dual_lr=dual_lr, multipliers=multipliers, num_samples=num_samples)
         if not math.isfinite(penalty) or penalty < 0:
             raise ValueError(f"penalty must be >= 0 and finite, got {penalty}.")
+        if output_width is not None and (
+            isinstance(output_width, bool) or not isinstance(output_width, int) or output_width <= 0
+        ):
+            raise ValueError(f"output_width must be a positive int (outputs per sample), got {output_width!r}.")
         self.penalty = float(penalty)
+        self.output_width = output_width
         self._all_seen: set[int] = set()  # output targets whose every sample has its slack initialised
 
     def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:
@@ -408,6 +500,14 @@ class SlackLagrangian(LagrangianStrategy):
                 with torch.no_grad():
                     g, _ = constraint_values(target, target.gather(model).detach())
                 model.register_parameter(name, nn.Parameter(self._initial_slack(g)))
+            elif self.output_width is not None:  # sized now, initialised from the first batch
+                with torch.no_grad():
+                    width = target.set.inequality(torch.zeros(1, self.output_width, **factory)).shape[-1]
+                rows = (self.num_samples,) if self.multiplier_mode == "per-sample" else ()
+                start = torch.full((*rows, width), math.sqrt(self.slack_floor), **factory)  # type: ignore[arg-type]
+                model.register_parameter(name, nn.Parameter(start))
+                seen = torch.zeros(rows[0] if rows else 1, dtype=torch.bool, device=factory.get("device"))
+                model.register_buffer(f"{name}_seen", seen)
             else:  # sized on the first batch (the output width is not known before)
                 model.register_parameter(name, nn.Parameter(torch.empty(0, **factory)))
                 lazy.append(name)
@@ -419,7 +519,10 @@ class SlackLagrangian(LagrangianStrategy):
             model.register_load_state_dict_pre_hook(_resize_lazy_slacks(lazy))
 
     def _initial_slack(self, g: Tensor) -> Tensor:
-        return (-g).clamp_min(0).add(self.slack_floor).sqrt()
+        r""":math:`\sqrt{\max(-g, 0) + \epsilon}`; a non-finite defect (a NaN batch) gets the floor, so that a
+        step skipped or refused for non-finite values leaves no NaN in the slacks."""
+        slack = (-g).clamp_min(0)
+        return torch.where(torch.isfinite(slack), slack, 0).add(self.slack_floor).sqrt()
 
     def slack(self, index: int) -> Tensor:
         """The slack parameter of the ``index``-th constraint target (``model.constraint_slack_<index>``)."""
@@ -431,16 +534,43 @@ class SlackLagrangian(LagrangianStrategy):
         if g is not None and g.numel():
             s = self.slack(index)
             if s.numel() == 0:  # first batch of an output target: size and initialise the slacks
+                if _distributed.active():
+                    raise RuntimeError(
+                        f"slack-lagrangian under torch.distributed: the slack of {target.label} would be created on "
+                        f"the first batch, after DistributedDataParallel wrapped the model. Pass "
+                        f"output_width=<outputs per sample> to strategies.get so that attach creates it."
+                    )
                 shape = (self.num_samples, g.shape[-1]) if ids is not None else tuple(g.shape)
                 with torch.no_grad():
                     s.data = torch.full(shape, math.sqrt(self.slack_floor), dtype=s.dtype, device=s.device)
                     if ids is None:
                         s.copy_(self._initial_slack(g.detach()))
+            elif isinstance(target, OutputTarget) and index not in self._all_seen:
+                if s.shape[-1] != g.shape[-1]:
+                    raise ValueError(
+                        f"slack-lagrangian: output_width={self.output_width} gives {target.label} {s.shape[-1]} "
+                        f"inequalities per sample, but these outputs give {g.shape[-1]}; pass the model's output width."
+                    )
+                if ids is None:  # created by attach (output_width): initialise from the first batch mean
+                    seen = getattr(self._require_model(), f"{_slack_name(index)}_seen", None)
+                    if seen is not None and not bool(seen.all()):
+                        with torch.no_grad():
+                            s.copy_(self._initial_slack(_distributed.all_mean([g.detach()])[0]))
+                            seen.fill_(True)
+                    self._all_seen.add(index)
             if ids is not None:
                 if index not in self._all_seen:  # a sample's slack starts from its first defect
                     seen = getattr(self._require_model(), f"{_slack_name(index)}_seen")
                     fresh = ~seen[ids.to(seen.device)]
-                    if bool(fresh.any()):
+                    if _distributed.active():  # every rank initialises every rank's fresh samples
+                        new_ids = ids[fresh.to(ids.device)]
+                        new_ids, values = _distributed.all_gather_rows(
+                            new_ids, self._initial_slack(g.detach()[fresh.to(g.device)])
+                        )
+                        with torch.no_grad():
+                            s[new_ids.to(s.device)] = values.to(s)
+                            seen[new_ids.to(seen.device)] = True
+                    elif bool(fresh.any()):
                         with torch.no_grad():
                             new_ids = ids[fresh.to(ids.device)]
                             s[new_ids.to(s.device)] = self._initial_slack(g.detach()[fresh.to(g.device)]).to(s)

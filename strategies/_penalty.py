@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from constrain import OutputTarget, ParameterTarget
+from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
 from strategies._registry import register
 
@@ -32,6 +33,24 @@ def _check_positive(value: float, name: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be positive and finite, got {value}.")
     return float(value)
+
+
+def _positive_entries(name: str, state: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
+    """``state``'s entries ``keys``, each a positive finite number; a clear error for anything else."""
+    missing, extra = [k for k in keys if k not in state], sorted(set(state) - set(keys))
+    if missing or extra:
+        raise KeyError(
+            f"strategy {name!r}: the state {'lacks ' + ', '.join(map(repr, missing)) if missing else ''}"
+            f"{' and ' if missing and extra else ''}{'has unknown entries ' + ', '.join(map(repr, extra)) if extra else ''}; "
+            f"it was saved by another strategy. Load the state_dict() of a {name!r} strategy."
+        )
+    out = {}
+    for key in keys:
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"strategy {name!r}: state[{key!r}] must be a positive finite number, got {value!r}.")
+        out[key] = float(value)
+    return out
 
 
 def _aggregate(target: Target, per_row: Tensor) -> Tensor:
@@ -117,6 +136,10 @@ class PenaltyStrategy(Strategy):
             self._stay_inside()
         self._grow()
 
+    def _after_skipped_step(self) -> None:
+        if self.barrier:  # no schedule; only keep the iterate strictly inside (a no-op if nothing moved)
+            self._stay_inside()
+
     def _grow(self) -> None:
         self.weight *= self.growth
         if self.weight_limit is not None:
@@ -127,10 +150,12 @@ class PenaltyStrategy(Strategy):
         """Fraction-to-boundary rule: halve the last step, ``w <- w_prev + (w - w_prev) / 2``, until every
         barrier constraint is strictly satisfied again: parameters exactly, outputs on the last training
         batch (unseen inputs carry no such guarantee). The set is convex and ``w_prev`` strictly inside,
-        so a short enough step always is."""
+        so a short enough step always is. Under torch.distributed every rank takes the same decision
+        (one all-reduce of the flag per check): the step is shortened if it left the interior on any
+        rank's batch, so the parameters stay identical on every rank."""
         params = self._barrier_parameters()
         for _ in range(60):
-            if self._strictly_inside():
+            if _distributed.all_true(self._strictly_inside()):
                 break
             for name, p in params.items():
                 p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
@@ -165,7 +190,8 @@ class PenaltyStrategy(Strategy):
         return {"weight": self.weight}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.weight = float(state["weight"])
+        values = _positive_entries(self.name, state, tuple(self._state()))
+        self.weight = values["weight"]
         if self.barrier:
             self._remember_parameters()
 
@@ -263,5 +289,5 @@ class ExtendedLogBarrier(PenaltyStrategy):
         return {"weight": self.weight, "t": self.t}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        super()._load_state(state)
+        super()._load_state(state)  # checks both entries
         self.t = float(state["t"])

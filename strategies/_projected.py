@@ -90,18 +90,41 @@ class Projected(Strategy):
                     f"projected: jacobian='threshold-constant' is the L1-ball shortcut; {target.label} uses "
                     f"{target.set!r}. Use jacobian='exact'."
                 )
-            return _l1_ball_threshold_constant(target.set.radius)
-        return target.set.project
+            project = _l1_ball_threshold_constant(target.set.radius)
+        else:
+            project = target.set.project
+
+        def project_rows(rows: Tensor) -> Tensor:
+            try:
+                return project(rows)
+            except ValueError:  # the kernels refuse NaN / Inf rows (checked at no extra cost)
+                if bool(torch.isfinite(rows).all()):
+                    raise
+                if self.on_nonfinite == "skip":
+                    return rows  # let the NaN reach the loss, which skips the step
+                raise FloatingPointError(
+                    f"strategy {self.name!r}: the model's outputs contain NaN or Inf at step {self.steps}, so the "
+                    f"projection layer of {target.label} cannot project them. Find where they come from "
+                    f"(torch.autograd.set_detect_anomaly), lower the learning rate, or pass on_nonfinite='skip' "
+                    f"to strategies.get to skip such steps."
+                ) from None
+
+        return project_rows
 
     def _after_step(self) -> None:
         self._project_parameters()
+
+    def _after_skipped_step(self) -> None:
+        self._project_parameters()  # feasibility first; a no-op when the parameters did not move
 
     @torch.no_grad()
     def _project_parameters(self) -> None:
         model = self._require_model()
         for target in self.targets:
             if isinstance(target, ParameterTarget):
-                projected = target.set.project(target.gather(model))
+                rows = target.gather(model)
+                self._check_finite_parameters(target, rows)
+                projected = target.set.project(rows)
                 for param, value in zip(target.tensors(model), target.split(projected, model)):
                     param.copy_(value)
 

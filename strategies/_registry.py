@@ -54,10 +54,17 @@ def strategy_class(name: str) -> type["Strategy"]:
         ) from None
 
 
-def options_of(cls: type) -> dict[str, inspect.Parameter]:
-    """The options a strategy class accepts: its keyword-only constructor parameters."""
-    params = inspect.signature(cls.__init__).parameters.values()
+def _keyword_only(function: Callable) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(function).parameters.values()
     return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def options_of(cls: type) -> dict[str, inspect.Parameter]:
+    """The options a strategy class accepts: its keyword-only constructor parameters, then the
+    options every strategy shares (the keyword-only parameters of ``Strategy.configure``, e.g.
+    ``on_nonfinite``)."""
+    common = _keyword_only(cls.configure) if hasattr(cls, "configure") else {}
+    return {**_keyword_only(cls.__init__), **common}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -83,17 +90,21 @@ def get(name: str, **options: Any) -> "Strategy":
     """Build the strategy registered as ``name`` with ``options`` (keyword arguments)."""
     cls = strategy_class(name)
     accepted = options_of(cls)
-    hints = typing.get_type_hints(cls.__init__)
+    own = _keyword_only(cls.__init__)
+    hints = {**typing.get_type_hints(cls.configure), **typing.get_type_hints(cls.__init__)}
     for key, value in options.items():
         if key not in accepted:
             listed = ", ".join(accepted) or "none"
-            raise TypeError(f"strategy {name!r} has no option {key!r}; its options are: {listed}.")
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"strategy {name!r} has no option {key!r}.{hint} Its options are: {listed}.")
         if not _type_ok(value, hints.get(key, inspect.Parameter.empty)):
             raise TypeError(
                 f"option {key!r} of strategy {name!r} must be {_type_name(hints[key])}, "
                 f"got {value!r} ({type(value).__name__})."
             )
-    return cls(**options)
+    strategy = cls(**{k: v for k, v in options.items() if k in own})
+    return strategy.configure(**{k: v for k, v in options.items() if k not in own})
 
 
 def _type_name(annotation: Any) -> str:
