@@ -17,10 +17,13 @@ Per row (expected O(n), no sort; "Newton with filtering" in the sense of Condat 
 3. only blocks whose maximum exceeds :math:`\rho` are visited; their values above
    :math:`\rho` are copied, without branches, into the output row (the scratch buffer), and
    :math:`\rho` is raised with each block;
-4. Newton on those few candidates, vectorized, gives :math:`\tau` exactly (with compaction of
-   the candidates after a few steps, so the worst case stays bounded);
+4. Newton on those few candidates, vectorized, gives :math:`\tau` exactly; after a few steps
+   each step also compacts the candidates (each step drops at least one, so an adversarial
+   row costs at most quadratic time in its candidates, as with Michelot's and Condat's
+   algorithms; random rows take a handful of steps);
 5. one vectorized pass writes the output.
 
+Rows of at most ``_BLOCK`` values skip steps 1-3: all their values are candidates.
 So a row is read about twice and written once; nothing of the input's size is allocated.
 L1 ball: a row whose largest ``|x|`` is at most ``r`` gets a vectorized sum to tell whether it
 is inside the ball (then it is copied unchanged); outside, :math:`\tau > 0` filters zeros too.
@@ -37,7 +40,8 @@ threads, long rows are cut into segments filtered in parallel and their candidat
 
 :mod:`constrain._simplex` loads this module on the first CPU projection unless numba is
 missing or ``CONSTRAIN_NO_NUMBA=1``. Compiled code is cached on disk (``cache=True``), so only
-the first run on a machine pays the compilation (tens of seconds per dtype).
+the first run on a machine pays the compilation (about ten seconds per dtype; loading the
+cached code takes about a second per process).
 """
 
 from __future__ import annotations
@@ -319,11 +323,15 @@ def _merge_segments(xr, r, ball, outr, starts, lengths, rho):
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
+    """The process's worker threads (started lazily, at least ``threads`` of them)."""
     global _POOL
     pid = os.getpid()
-    if _POOL is None or _POOL[0] != pid or _POOL[1] != threads:
-        # a pool inherited through fork() has no live workers: make a new one
-        _POOL = (pid, threads, ThreadPoolExecutor(threads, thread_name_prefix="constrain-proj"))
+    if _POOL is None or _POOL[0] != pid or _POOL[1] < threads:
+        if _POOL is not None and _POOL[0] == pid:
+            _POOL[2].shutdown(wait=False)
+        # (a pool inherited through fork() has no live workers: it is replaced, not reused)
+        workers = max(threads, os.cpu_count() or 1)
+        _POOL = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="constrain-proj"))
     return _POOL[2]
 
 

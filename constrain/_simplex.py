@@ -12,6 +12,16 @@ Jacobian. On the support :math:`S = \{i : y_i \ne 0\}` with signs :math:`s = \op
 :math:`J = \operatorname{diag}(1_S) - s_S s_S^\top / |S|` (identity for rows inside the ball), and
 :math:`\partial y / \partial r = s_S / |S|`. It is applied in O(n) by a custom backward:
 no differentiable sorting is needed.
+
+Forward paths (``method`` of :func:`_project`), all exact up to the rounding of :math:`\tau`:
+
+- ``"numba"``: compiled CPU kernels (:mod:`constrain._numba_kernels`; block maxima, then Newton
+  with filtering; expected O(n), threaded). What the public functions run on the CPU when numba
+  is installed and ``CONSTRAIN_NO_NUMBA`` is not set to 1.
+- ``"torch"``: Newton in pure torch from a block-maxima lower bound, reusing one buffer
+  (GPUs, and the CPU without numba).
+- ``"sort"``: the O(n log n) sort-based reference (:func:`_sort_threshold`), for tests and
+  benchmarks (``constrain bench projections``).
 """
 
 from __future__ import annotations
