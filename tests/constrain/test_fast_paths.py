@@ -212,6 +212,8 @@ def test_bench_projections_smoke(tmp_path, capsys):
         assert {"abs", "torch", "sort", "cvxpy_per_row"} <= set(ms)
         assert ("numba" in ms) == HAVE_NUMBA
         assert all(isinstance(v, float) and v > 0 for v in ms.values())
+        assert set(rec["min_ms"]) == set(ms) - {"cvxpy_per_row"}
+        assert all(rec["min_ms"][name] <= ms[name] for name in rec["min_ms"])
         assert rec["ours"] == ("numba" if HAVE_NUMBA else "torch")
         assert all(v > 0 for v in rec["ratios"].values())
         assert all(isinstance(v, bool) for v in rec["targets"].values())
