@@ -110,8 +110,20 @@ def _polished_solution(problem: Any, var: Any) -> np.ndarray | None:
     P = (sp.triu(P) + sp.triu(P, 1).T).tocsr()  # cvxpy may hand over the upper triangle only
     A, b = sp.csr_matrix(data["A"]), np.asarray(data["b"], dtype=np.float64)
     slack, dual = np.asarray(raw.s, dtype=np.float64), np.asarray(raw.z, dtype=np.float64)
-    active = np.ones(m0 + m1, dtype=bool)
-    active[m0:] = dual[m0:] > slack[m0:]
+    # Guesses of the active inequalities: the dual above the slack (complementarity), then small
+    # slacks only (an entry of the projection below the interior-point accuracy reads as active
+    # by its dual). Each guess is corrected and must end with the certificate.
+    for guess in (dual[m0:] > slack[m0:], slack[m0:] <= 1e-9, slack[m0:] <= 1e-6):
+        active = np.r_[np.ones(m0, dtype=bool), guess]
+        z = _polish(P, c, A, b, m0, active)
+        if z is not None:
+            return z[offsets[-1] : offsets[-1] + var.size].reshape(var.shape)
+    return None
+
+
+def _polish(P: Any, c: np.ndarray, A: Any, b: np.ndarray, m0: int, active: np.ndarray) -> np.ndarray | None:
+    """Active-set corrections from ``active``: the certified KKT point, or None."""
+    m1 = A.shape[0] - m0
     for _ in range(POLISH_ROUNDS):
         solved = _solve_kkt(P, c, A[active], b[active])
         if solved is None:
@@ -123,7 +135,7 @@ def _polished_solution(problem: Any, var: Any) -> np.ndarray | None:
         add = ~active[m0:] & (gap[m0:] < -POLISH_TOL)
         drop = active[m0:] & (ineq_dual < -POLISH_TOL)
         if not add.any() and not drop.any():
-            return z[offsets[-1] : offsets[-1] + var.size].reshape(var.shape)
+            return z
         active[m0:] |= add
         active[m0:] &= ~drop
     return None

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from constrain import Affine, L1Ball, Simplex, project_l1_ball
+from constrain import Affine, L1Ball, NonNegative, Simplex, project_l1_ball
 from experiments import cli
 from experiments.validate import SET_NAMES, TOLERANCE, check_instance, feasible_rows, instances, kinds
 
@@ -104,6 +104,18 @@ def test_validate_command_fails_on_a_wrong_kernel(monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert status == 1
     assert "FAIL" in out and "row(s) FAILED" in out
+
+
+def test_validate_command_fails_on_a_kernel_that_raises(monkeypatch, capsys, tmp_path) -> None:
+    def broken(self, x):
+        raise RuntimeError("broken kernel")
+
+    monkeypatch.setattr(NonNegative, "project", broken)
+    path = tmp_path / "rows.json"
+    assert cli.main(["validate", "--sets", "nonnegative", "--max-n", "1", "--json", str(path)]) == 1
+    assert "kernel raised RuntimeError('broken kernel')" in capsys.readouterr().out
+    rows = json.loads(path.read_text())["rows"]  # standard JSON: NaN written as null
+    assert rows and all(r["max_error"] is None and r["verdict"].startswith("FAIL") for r in rows)
 
 
 @pytest.mark.parametrize(

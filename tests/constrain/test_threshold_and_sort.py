@@ -58,7 +58,8 @@ def test_l1_ball_threshold_gives_the_projection(data, dtype: torch.dtype) -> Non
     rebuilt = torch.sign(x_t) * torch.relu(x_t.abs() - tau)
     scale = row_scale(torch.from_numpy(x), radius).unsqueeze(-1)
     assert ((rebuilt.double() - project_l1_ball(x_t, r).double()).abs() / scale).max() <= TOL[dtype] * x.shape[-1]
-    inside = x_t.abs().sum(-1) <= torch.as_tensor(r, dtype=dtype)
+    # rows clearly inside (on the boundary, the kernel's own rounding of ||x||_1 decides)
+    inside = x_t.double().abs().sum(-1) <= torch.as_tensor(r, dtype=dtype).double() * (1 - 1e-5)
     assert (tau[inside] == 0).all()
 
 
@@ -70,3 +71,12 @@ def test_l1_ball_threshold_dim_and_gradient_free() -> None:
     # the known value: |x| = (3, 1, 0.5), r = 2: tau = (3 + 1 - 2) / 2 = 1
     torch.testing.assert_close(l1_ball_threshold(torch.tensor([3.0, -1.0, 0.5]), 2.0), torch.tensor([1.0]))
     assert float(l1_ball_threshold(np.float32(1) * torch.ones(4), 10.0)) == 0.0
+
+
+@pytest.mark.xfail(
+    reason="constrain/_simplex.py: l1_ball_threshold keeps the projected dimension at size 0 for rows of "
+    "length 0 (shape (3, 0) for x of shape (3, 0)) instead of one zero threshold per row, shape (3, 1)",
+    strict=False,
+)
+def test_l1_ball_threshold_of_empty_rows() -> None:
+    assert l1_ball_threshold(torch.empty(3, 0), 1.0).shape == (3, 1)
