@@ -88,7 +88,7 @@ class AffineFactor:
         scale = float(torch.linalg.vector_norm(c64)) + float(torch.linalg.matrix_norm(A64, 2) if m else 0) * float(
             torch.linalg.vector_norm(particular)
         )
-        if residual > 1e-9 * max(scale, 1.0):
+        if residual > 1e-9 * scale:  # relative: c = 1e-10 * (1, -1) with A = (1, 1)^T is as inconsistent as (1, -1)
             raise ValueError(
                 f"A w = c is inconsistent: no w satisfies it (rank A = {rank} < {m} rows and c is not in "
                 f"the range of A; least-squares residual {residual:.3g}). Remove or fix the contradicting "

@@ -313,3 +313,21 @@ def test_low_precision_is_computed_in_float32(kernel, dtype) -> None:
 def test_low_precision_radius(dtype) -> None:
     x = (X * 3).to(dtype)
     assert torch.equal(project_l1_ball(x, 0.7), project_l1_ball(x.float(), 0.7).to(dtype))
+
+
+def test_finite_inputs_whose_sum_overflows() -> None:
+    """The finiteness check looks at a reduction; a sum that overflows must not reject finite entries."""
+    x = torch.full((2, 4), 3e38)
+    x[1] = -3e38
+    torch.testing.assert_close(project_nonnegative(x), x.clamp_min(0))
+    bad = x.clone()
+    bad[0, 1] = math.nan
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        project_nonnegative(bad)
+
+
+def test_inconsistent_system_is_refused_at_any_scale() -> None:
+    for scale in (1.0, 1e-10, 1e10):
+        with pytest.raises(ValueError, match="A w = c is inconsistent"):
+            Affine([[1.0], [1.0]], [scale, -scale])
+        assert Affine([[1.0], [1.0]], [scale, scale]).factor.rank == 1  # consistent, rank deficient
