@@ -80,12 +80,16 @@ def _positive_int(text: str) -> int:
 # Timing
 
 
-def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def time_interleaved(
+    methods: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, sync: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
     """Seconds per call of each method: ``warmup`` untimed rounds, then ``repeats`` rounds.
 
     Within a round every method runs once; the order rotates from round to round.
+    ``sync``: called before starting and before stopping each clock (e.g. ``torch.cuda.synchronize``).
     """
     names = list(methods)
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for name in names:
             methods[name]()
@@ -93,8 +97,10 @@ def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int, war
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            sync()
             start = time.perf_counter()
             methods[name]()
+            sync()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -120,7 +126,7 @@ def _cvxpy_per_row(set_name: str, x: torch.Tensor, rows: int, repeats: int) -> f
     from constrain import L1Ball, Simplex
 
     constraint = L1Ball(1.0) if set_name == "l1ball" else Simplex(1.0)
-    sample = x[:rows].double()
+    sample = x[:rows].double().cpu()
     constraint.reference_projection(sample[:1])
     times = []
     for _ in range(repeats):
@@ -139,6 +145,7 @@ def bench_projections(
     cvxpy_rows: int,
     seed: int = 0,
     progress: bool = False,
+    device: str = "cpu",
 ) -> list[dict]:
     """One record per (set, n, batch, dtype): median milliseconds per call and the ratios."""
     from constrain._simplex import _numba_kernels
@@ -149,12 +156,13 @@ def bench_projections(
     generator = torch.Generator().manual_seed(seed)
     for n, batch in zip(sizes, batches):
         for dtype_name in dtypes:
-            x = torch.randn(batch, n, generator=generator, dtype=DTYPES[dtype_name])
+            x = torch.randn(batch, n, generator=generator, dtype=DTYPES[dtype_name]).to(device)
             buf = torch.empty_like(x)
             for set_name in sets:
                 if progress:
                     print(f"  {set_name} n={n} batch={batch} {dtype_name}", file=sys.stderr, flush=True)
-                times = time_interleaved(_projection_methods(set_name, x, buf), repeats)
+                sync = torch.cuda.synchronize if x.device.type == "cuda" else None
+                times = time_interleaved(_projection_methods(set_name, x, buf), repeats, sync=sync)
                 ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
                 fastest = {name: min(values) * 1e3 for name, values in times.items()}
                 cvxpy_ms = None
@@ -254,6 +262,11 @@ def run_projections(args: argparse.Namespace) -> int:
         batches = args.batch
     else:
         raise ValueError(f"--batch takes one value or one per size; got {len(args.batch)} for {len(sizes)} sizes.")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"--device {args.device!r} is not usable here: {error}") from None
     if args.threads < 0:
         raise ValueError(f"--threads must be 0 (torch's setting) or positive, got {args.threads}.")
     threads_before = torch.get_num_threads()
@@ -262,7 +275,8 @@ def run_projections(args: argparse.Namespace) -> int:
     try:
         start = time.perf_counter()
         records = bench_projections(
-            args.sets, sizes, batches, args.dtypes, args.repeats, args.cvxpy_rows, args.seed, progress=True
+            args.sets, sizes, batches, args.dtypes, args.repeats, args.cvxpy_rows, args.seed, progress=True,
+            device=args.device,
         )
         seconds = time.perf_counter() - start
         env = _environment()
@@ -271,7 +285,7 @@ def run_projections(args: argparse.Namespace) -> int:
     print(
         f"constrain bench projections: median of {args.repeats} interleaved repeats per method, ms per call "
         f"(x: batch rows of n N(0,1) values, radius 1; torch {env['torch']}, numba {env['numba']}, "
-        f"{env['threads']} threads)"
+        f"{env['threads']} threads, device {args.device})"
     )
     print(format_projection_table(records))
     print(
@@ -291,6 +305,7 @@ def run_projections(args: argparse.Namespace) -> int:
                 "repeats": args.repeats,
                 "cvxpy_rows": args.cvxpy_rows,
                 "seed": args.seed,
+                "device": args.device,
             },
             "environment": env,
             "seconds": seconds,
@@ -325,6 +340,8 @@ def _add_projections(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every method (torch.set_num_threads; the numba kernels follow it); "
                         "0 keeps torch's setting (default: 1: one core each, the steadiest ratios on a shared machine)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the tensors, e.g. cuda (default: cpu; numba runs on the CPU only)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")
     parser.set_defaults(func=run_projections)
