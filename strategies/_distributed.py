@@ -75,6 +75,31 @@ def all_mean(tensors: list[Tensor], weights: list[float] | None = None) -> list[
     return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; the backward sums the gradients over the ranks too (every rank's loss
+    depends on every rank's input)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:  # type: ignore[override]
+        out = t.detach().to(_device(), copy=True)
+        torch.distributed.all_reduce(out)
+        return out.to(t.device)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        out = grad.to(_device(), copy=True)
+        torch.distributed.all_reduce(out)
+        return out.to(grad.device)
+
+
+def global_mean(t: Tensor) -> Tensor:
+    """The mean of ``t`` over the ranks, differentiable (one all-reduce forward, one backward), so that
+    a term nonlinear in a batch mean sees the global batch's mean and gets its gradient."""
+    if not active():
+        return t
+    return _AllReduceSum.apply(t) / world_size()
+
+
 def all_gather_rows(ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """Every rank's ``ids`` (n_r,) and ``values`` (n_r, k), concatenated in rank order on every rank.
 

@@ -33,15 +33,24 @@ computed with gradients disabled (e.g. under ``torch.no_grad()`` for validation)
 Non-finite defects raise ``FloatingPointError`` before any multiplier changes.
 
 Multipliers are plain tensors that follow the device and dtype of the constraint values (moved
-on use); inequality multipliers are :math:`\ge 0` at all times. Lagrangian methods reach
-feasibility only at convergence and only on the training points.
+on use); inequality multipliers are :math:`\ge 0` at all times, and every multiplier is finite (a
+dual step that would overflow raises instead). Lagrangian methods reach feasibility only at
+convergence and only on the training points.
+
+Under ``torch.distributed`` (DistributedDataParallel), every rank ends each dual step with the
+same multipliers: shared multipliers step on the mean over the ranks of their batch means (one
+all-reduce per step), per-sample multipliers on every rank's ``(sample_ids, defects)`` (gathered,
+three small collectives per step), parameter multipliers need nothing (DDP keeps the parameters
+identical). Nonlinear terms of shared multipliers (augmented, penalized slack) use the global batch
+mean (one differentiable all-reduce per loss), so that the gradient equals a single process's on
+the global batch. ``slack-lagrangian`` on outputs needs ``output_width`` there (see its doc).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +104,12 @@ class LagrangianStrategy(Strategy):
         return None
 
     # ----------------------------------------------------------------- hooks for subclasses
+    #: Whether :meth:`term` is linear in the constraint values. A nonlinear term of a *shared* multiplier
+    #: (augmented and penalized slack forms) depends on the batch mean itself, so under torch.distributed it
+    #: is computed on the mean over every rank's batch (a differentiable all-reduce per loss), which makes
+    #: the gradient the one of a single process on the global batch.
+    linear_terms: ClassVar[bool] = True
+
     def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:
         """Elementwise multiplier term for constraint values ``c`` and multipliers ``lam``."""
         return lam * c
@@ -186,6 +201,9 @@ class LagrangianStrategy(Strategy):
             if mode == "shared":  # one multiplier per entry, on the batch mean
                 g = None if g is None else g.mean(0)
                 h = None if h is None else h.mean(0)
+                if not self.linear_terms and _distributed.active():  # the mean over every rank's batch
+                    g = None if g is None else _distributed.global_mean(g)
+                    h = None if h is None else _distributed.global_mean(h)
             for kind, c in self._constraints(index, target, g, h, ids):
                 if c is None or c.numel() == 0:
                     continue
@@ -193,7 +211,10 @@ class LagrangianStrategy(Strategy):
                 lam = self._multiplier(key, c, mode)
                 if ids is not None:
                     lam = lam[ids]
-                part = self.term(kind, lam, c).sum()
+                if c.dim() == 1 and type(self).term is LagrangianStrategy.term:
+                    part = torch.dot(lam, c)  # lam . c of shared multipliers: one kernel and one backward node
+                else:
+                    part = self.term(kind, lam, c).sum()
                 if mode == "per-sample":
                     part = part / c.shape[0]
                 total = part if total is None else total + part
@@ -216,6 +237,13 @@ class LagrangianStrategy(Strategy):
         r"""Raise FloatingPointError naming the step and constraint if a recorded defect is not finite, or if
         the dual step could overflow: :math:`\max|\nu| + \eta \sum |c|` bounds every updated multiplier, so
         a finite bound keeps every multiplier finite (one host synchronisation for all keys)."""
+        if len(records) == 1:  # one multiplier and one defect (a shared scalar constraint): two item() reads
+            ((key, recs),) = records.items()  # instead of eight small kernels; anything else takes the path below
+            lam = self._lam[key]
+            if len(recs) == 1 and lam.numel() == 1 and recs[0][0].numel() == 1:
+                bound = abs(lam.item()) + eta * abs(recs[0][0].item())  # NaN / Inf fail the test
+                if bound <= 0.5 * torch.finfo(lam.dtype).max:
+                    return
         bounds = [
             self._lam[key].abs().amax() + eta * sum(c.abs().sum() for c, _ in recs)
             for key, recs in records.items()
@@ -363,6 +391,7 @@ class AugmentedLagrangian(LagrangianStrategy):
     """
 
     summary = "PHR augmented Lagrangian: multipliers plus quadratic penalty rho; dual step rho, rho may grow"
+    linear_terms = False
 
     def __init__(
         self,
@@ -469,6 +498,7 @@ class SlackLagrangian(LagrangianStrategy):
             raise ValueError(f"output_width must be a positive int (outputs per sample), got {output_width!r}.")
         self.penalty = float(penalty)
         self.output_width = output_width
+        self.linear_terms = self.penalty == 0  # type: ignore[misc]
         self._all_seen: set[int] = set()  # output targets whose every sample has its slack initialised
 
     def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:

@@ -508,6 +508,9 @@ class Reparameterization(Strategy):
         start = 0
         for (module, attr), value in zip(places, values):
             self._register(module, attr, NullSpaceSlice(latent, start, value))
+            # its `original` is an empty placeholder (the free variable is the shared latent): frozen, so that
+            # DistributedDataParallel does not wait for a gradient it never gets (no find_unused_parameters)
+            module.parametrizations[attr].original.requires_grad_(False)
             start += value.numel()
         latent.assign(torch.cat([v.reshape(-1) for v in values]))  # the projection of the starting point
 
