@@ -42,12 +42,15 @@ _MARKERS = {"baseline": "o", "penalty": "s", "lagrangian": "^", "projected": "D"
 
 
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
-    """A stable colour per label (tab20, then tab20b), black for the baseline."""
-    palette = list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
-    out: dict[str, Any] = {}
-    for i, label in enumerate(labels):
-        out[label] = "k" if label == "unconstrained" else palette[i % len(palette)]
-    return out
+    """One colour per label, the same in every figure: the label's place in the default strategy
+    table (then in ``labels``), over tab20 and tab20b; black for the baseline."""
+    from experiments.study import all_entries
+
+    order = [e.label for e in all_entries()]
+    order += [label for label in labels if label not in order]
+    palette = [c for c in plt.get_cmap("tab20").colors] + list(plt.get_cmap("tab20b").colors)
+    return {label: "k" if label == "unconstrained" else palette[(i - 1) % len(palette)]
+            for i, label in enumerate(order) if label in labels}
 
 
 def _runs_by_label(plan: Any, records: Mapping[str, dict], problem: str) -> dict[str, list[dict]]:
@@ -123,7 +126,8 @@ def _grid(n: int) -> tuple[int, int]:
 def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
     """Final |gap| (or objective) against final max training violation, one panel per problem."""
     rows, cols = _grid(len(plan.problems))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.0 * rows), dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols + 2.4, 4.0 * rows), dpi=DPI, squeeze=False)
+    legend: dict[str, Any] = {}
     for ax, problem in zip(axes.flat, plan.problems):
         p = get_problem(problem)
         by = _runs_by_label(plan, records, problem)
@@ -137,19 +141,24 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
             ys = np.clip(np.abs([r["log"][key][-1] for r in done]), FLOOR, None)
             marker = _MARKERS.get(done[0].get("family", ""), "o")
             ax.scatter(xs, ys, s=8, color=colors[entry.label], alpha=0.5, marker=marker)
-            ax.scatter(np.median(xs), np.median(ys), s=50, color=colors[entry.label], marker=marker,
-                       edgecolor="k", lw=0.5, label=entry.label, zorder=3)
+            legend[entry.label] = ax.scatter(np.median(xs), np.median(ys), s=50, color=colors[entry.label],
+                                             marker=marker, edgecolor="k", lw=0.5, label=entry.label, zorder=3)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("final max training violation (0 drawn at 1e-17)")
         ax.set_ylabel("final |gap|" if key == "gap" else "final objective")
         ax.set_title(problem, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best", ncol=2, frameon=False)
     for ax in list(axes.flat)[len(plan.problems):]:
         ax.axis("off")
-    fig.suptitle("Objective against feasibility at the end of training (lower left is better)", fontsize=11)
-    fig.tight_layout()
+    from experiments.study import all_entries
+
+    order = [e.label for e in all_entries()]
+    labels = sorted(legend, key=lambda label: order.index(label) if label in order else len(order))
+    fig.legend([legend[label] for label in labels], labels, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle("Objective against feasibility at the end of training, median over seeds (big) and each seed "
+                 "(small); lower left is better", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (5.0 * cols + 2.4), 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

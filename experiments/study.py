@@ -65,7 +65,8 @@ WARMUP_STEPS = 10
 class Entry:
     """One strategy of a study: a ``label`` (unique in a study), the registered ``strategy`` name
     (None: the unconstrained baseline), its ``options``, and the constraint ``kinds`` it is run on
-    (None: every kind, filtered by the strategy's ``unsupported_reason``).
+    (None: every kind, filtered by the strategy's ``unsupported_reason``); ``default=False`` entries
+    run only when named in ``--strategies``.
 
     An option value ``"@lr"`` becomes the problem's learning rate and follows its schedule (for the
     L1-regularization shrink steps); ``"@n_train"`` becomes the number of training samples."""
@@ -75,6 +76,9 @@ class Entry:
     options: Mapping[str, Any] = field(default_factory=dict)
     kinds: tuple[str, ...] | None = None
     note: str = ""
+    #: False: left out of the default run (to keep it within its time budget) but selectable by
+    #: naming it in ``strategy_filter`` (``--strategies``).
+    default: bool = True
 
     @property
     def family(self) -> str:
@@ -86,45 +90,64 @@ class Entry:
             return "unregistered"
 
     def options_text(self) -> str:
-        """``k=v, ...`` for the table."""
-        return ", ".join(f"{k}={v}" for k, v in self.options.items()) or "-"
+        """``k=v, ...`` for the table (``num_samples=@n_train`` is implied by per-sample multipliers)."""
+        text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in self.options.items() if v != "@n_train")
+        return ", ".join(p for p in (text, self.note) if p) or "-"
 
 
 _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 
-#: Every strategy of the default suite with its options, chosen once for all problems (see the
-#: README's study section for the reasoning): penalties grow their weight geometrically and
-#: barriers shrink theirs; Lagrangian methods keep one multiplier per training sample on outputs.
+#: Every strategy of the default suite with its options, chosen once for all problems:
+#:
+#: - quadratic penalty: weight 10 growing x1.005 per step up to 1e6 (the violation of its
+#:   minimizer falls like 1/weight); exact penalty: weight 100, above the largest optimal
+#:   multiplier of any problem here (about 15, per sample, on lin-output-l1), where the L1
+#:   penalty becomes exact; barriers: weight shrinking x0.995 per step (the barrier's bias falls
+#:   with it); extended log barrier: t growing x1.005 per step.
+#: - Lagrangian family: one dual step 0.1 for all three (augmented: penalty 10, no growth), so
+#:   that the three differ only in their formulation; one multiplier per training sample on outputs.
+#:   Larger dual steps diverge on the affine problem, smaller ones are slow on the output problems.
+#: - L1 regularization: strength 0.3, about the largest optimal multiplier of the weight-row L1
+#:   constraints (cvxpy's duals, 0.30): the penalized and the constrained problems nearly coincide
+#:   there. Their shrink steps use the optimizer's current learning rate.
+#: - projected and reparameterizations: no options to tune (projection layers with the exact
+#:   Jacobian; the threshold-constant shortcut and the projected update are extra rows).
+#:
+#: Left out of the default run for time (``default=False``; name them in ``--strategies``): the
+#: reciprocal barrier (the log barrier's sibling), ``reparam-exp`` (softplus's sibling) and three
+#: of the five L1 implementations, which ``constrain study l1`` compares in depth.
 ENTRIES: tuple[Entry, ...] = (
     Entry(BASELINE_LABEL, None),
     # ---- penalty / barrier
     Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6}),
     Entry("exact-penalty", "exact-penalty", {"weight": 100.0}),
     Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
-    Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8}),
+    Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8},
+          default=False),
     Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "t": 5.0, "t_growth": 1.005}),
     # ---- Lagrangian
-    Entry("lagrangian", "lagrangian", {"dual_lr": 10.0, **_PER_SAMPLE}),
-    Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "penalty_growth": 1.002, **_PER_SAMPLE}),
-    Entry("slack-lagrangian", "slack-lagrangian", {"dual_lr": 0.05, **_PER_SAMPLE}),
+    Entry("lagrangian", "lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
+    Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "dual_lr": 0.1, **_PER_SAMPLE}),
+    Entry("slack-lagrangian", "slack-lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
     # ---- projected
     Entry("projected", "projected", {}),
     Entry("projected (update)", "projected", {"mode": "gradient"}, kinds=("weight-affine",)),
     Entry("projected (tau const)", "projected", {"jacobian": "threshold-constant"}, kinds=("output-l1",)),
     # ---- reparameterization
     Entry("reparam-softplus", "reparam-softplus", {}),
-    Entry("reparam-exp", "reparam-exp", {}),
+    Entry("reparam-exp", "reparam-exp", {}, default=False),
     Entry("reparam-square", "reparam-square", {}),
     Entry("reparam-null-space", "reparam-null-space", {}),
     Entry("reparam-l1-weight-norm", "reparam-l1-weight-norm", {}),
     Entry("reparam-radial", "reparam-radial", {}),
     Entry("reparam-sigmoid-simplex", "reparam-sigmoid-simplex", {}),
     # ---- L1 regularization (weight L1 ball only; the radius is not a hard bound for them)
-    Entry("l1-subgradient", "l1-subgradient", {"strength": 0.1, "lr": "@lr"}),
-    Entry("l1-sign-step", "l1-sign-step", {"strength": 0.1, "lr": "@lr"}),
-    Entry("l1-proximal", "l1-proximal", {"strength": 0.1, "lr": "@lr"}),
-    Entry("l1-truncated", "l1-truncated", {"strength": 0.1, "lr": "@lr", "period": 10}),
-    Entry("l1-cumulative", "l1-cumulative", {"strength": 0.1, "lr": "@lr"}),
+    Entry("l1-subgradient", "l1-subgradient", {"strength": 0.3, "lr": "@lr"}),
+    Entry("l1-proximal", "l1-proximal", {"strength": 0.3, "lr": "@lr"}),
+    Entry("l1-sign-step", "l1-sign-step", {"strength": 0.3, "lr": "@lr"}, default=False),
+    Entry("l1-truncated", "l1-truncated", {"strength": 0.3, "lr": "@lr", "period": 10}, default=False),
+    Entry("l1-cumulative", "l1-cumulative", {"strength": 0.3, "lr": "@lr"}, default=False),
 )
 
 #: Registered names the suite leaves out on purpose, and why (any other registered name that no
@@ -142,15 +165,17 @@ def all_entries(entries: Sequence[Entry] = ENTRIES) -> list[Entry]:
     return [*entries, *extra]
 
 
-def suite_for(kind: str, entries: Sequence[Entry] | None = None) -> list[Entry]:
-    """The table of entries run on problems of constraint ``kind`` (before support filtering)."""
+def suite_for(kind: str, entries: Sequence[Entry] | None = None, optional: bool = True) -> list[Entry]:
+    """The table of entries run on problems of constraint ``kind`` (before support filtering);
+    ``optional=False`` leaves out the ``default=False`` entries."""
     entries = all_entries() if entries is None else entries
-    return [e for e in entries if e.kinds is None or kind in e.kinds]
+    return [e for e in entries if (e.kinds is None or kind in e.kinds) and (optional or e.default)]
 
 
-def default_suite() -> dict[str, list[Entry]]:
-    """``{constraint kind: [Entry, ...]}``: what ``constrain study`` runs."""
-    return {kind: suite_for(kind) for kind in KINDS}
+def default_suite(optional: bool = True) -> dict[str, list[Entry]]:
+    """``{constraint kind: [Entry, ...]}``: every entry (``optional=False``: what ``constrain
+    study`` runs when no ``--strategies`` are given)."""
+    return {kind: suite_for(kind, optional=optional) for kind in KINDS}
 
 
 def skip_reason(entry: Entry, problem: Problem) -> str | None:
@@ -222,6 +247,7 @@ class Plan:
     skipped: list[Skipped]
     seeds: list[int]
     steps: dict[str, int]  # problem -> step budget
+    left_out: list[str] = field(default_factory=list)  # labels of default=False entries not run
 
 
 def _matches(entry: Entry, wanted: Sequence[str]) -> bool:
@@ -240,8 +266,8 @@ def plan_study(
 
     ``steps``: the budget for every problem (default: each problem's ``steps``, or ``quick_steps``
     with ``quick``). ``strategy_filter``: keep entries whose label, strategy name or family is
-    listed (the unconstrained baseline is always kept). ``suite``: ``{kind: entries}`` (default
-    :func:`default_suite`).
+    listed (the unconstrained baseline is always kept); without it, ``default=False`` entries are
+    left out. ``suite``: ``{kind: entries}`` (default :func:`default_suite`).
     """
     suite = default_suite() if suite is None else suite
     unknown = [p for p in problems if p not in PROBLEMS]
@@ -259,6 +285,7 @@ def plan_study(
     skipped: list[Skipped] = []
     entries_of: dict[str, list[Entry]] = {}
     budget: dict[str, int] = {}
+    left_out: list[str] = []
     for name in problems:
         problem = get_problem(name)
         budget[name] = steps if steps is not None else (problem.quick_steps if quick else problem.steps)
@@ -266,19 +293,25 @@ def plan_study(
         for entry in suite.get(problem.kind, []):
             if strategy_filter and not _matches(entry, strategy_filter):
                 continue
+            if not strategy_filter and not entry.default:
+                if entry.label not in left_out:
+                    left_out.append(entry.label)
+                continue
             reason = skip_reason(entry, problem)
             if reason is not None:
                 skipped.append(Skipped(name, entry, reason))
                 continue
             entries_of[name].append(entry)
             specs.extend(RunSpec(name, entry, seed, budget[name]) for seed in seeds)
-    return Plan(list(problems), entries_of, specs, skipped, list(seeds), budget)
+    return Plan(list(problems), entries_of, specs, skipped, list(seeds), budget, left_out)
 
 
 # ====================================================================== one run
 def log_steps(steps: int, linear: int = 60, geometric: int = 30) -> list[int]:
     """Steps at which a run is evaluated: 0, about ``geometric`` log-spaced and ``linear`` evenly
-    spaced steps, and ``steps`` (step ``t`` = after ``t`` optimizer steps)."""
+    spaced steps (fewer for short runs: at most one evaluation per 4 steps of each kind), and
+    ``steps`` (step ``t`` = after ``t`` optimizer steps)."""
+    linear, geometric = max(1, min(linear, steps // 4)), max(2, min(geometric, steps // 4))
     points = {0, steps}
     points.update(int(round(s)) for s in np.geomspace(1, max(steps, 1), geometric))
     points.update(int(round(s)) for s in np.linspace(0, steps, linear + 1))
@@ -627,6 +660,9 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
         f"{WARMUP_STEPS} steps excluded) relative to the unconstrained run.",
         "",
     ]
+    if plan.left_out:
+        lines += [f"Not in this run, to keep it short (name them in `--strategies` to run them): "
+                  f"{', '.join(plan.left_out)}.", ""]
     for problem_name in plan.problems:
         problem = get_problem(problem_name)
         f_star = problem.f_star
@@ -660,7 +696,12 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
             )
         skipped = [s for s in plan.skipped if s.problem == problem_name]
         if skipped:
-            lines += ["", "Not run here: " + "; ".join(f"{s.entry.label} ({_short(s.reason, 90)})" for s in skipped) + "."]
+            by_family: dict[str, list[Skipped]] = {}
+            for s in skipped:
+                by_family.setdefault(s.entry.family, []).append(s)
+            parts = [f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})"
+                     for group in by_family.values()]
+            lines += ["", "Not applicable here (`unsupported_reason`): " + "; ".join(parts) + "."]
         lines.append("")
     convex = [p for p in plan.problems if get_problem(p).convex]
     if convex:

@@ -56,7 +56,7 @@ def test_quick_suite_end_to_end(tmp_path: Path, main, capsys: pytest.CaptureFixt
     # every family appears; the unconstrained baseline is in every problem
     assert {"unconstrained", "quadratic-penalty", "projected"} <= labels
     assert sum(row.split("|")[1].strip() == "unconstrained" for row in rows) == len(problems)
-    assert "Not run here:" in table  # unsupported cells are reported, not run
+    assert "Not applicable here" in table  # unsupported cells are reported, not run
     files = _run_files(tmp_path)
     records = [json.loads(p.read_text()) for p in files]
     assert len(records) == len(rows)  # one seed with --quick: one file per table row
@@ -176,6 +176,15 @@ def test_every_registered_strategy_is_in_the_default_suite() -> None:
     families = {strategies.strategy_class(n).family for n in strategies.available()}
     plan = study.plan_study(list(SUITES["default"].problems), [0], steps=3)
     assert families <= {s.entry.family for s in plan.specs}
+
+
+def test_optional_entries_run_only_when_named() -> None:
+    plain = study.plan_study(["lin-weight-nonneg"], [0], steps=3)
+    assert "reciprocal-barrier" in plain.left_out
+    assert "reciprocal-barrier" not in {s.entry.label for s in plain.specs}
+    named = study.plan_study(["lin-weight-nonneg"], [0], steps=3, strategy_filter=["reciprocal-barrier"])
+    assert {s.entry.label for s in named.specs} == {"unconstrained", "reciprocal-barrier"}
+    assert "Not in this run" in study.markdown_table(plain, [])
 
 
 def test_run_keys_change_with_what_the_run_depends_on() -> None:
