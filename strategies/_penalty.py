@@ -102,14 +102,19 @@ class PenaltyStrategy(Strategy):
             total = total + _aggregate(target, per_row)  # type: ignore[arg-type]
         return self.weight * total  # type: ignore[return-value]
 
-    def _check_interior(self, target: Target, g: Tensor) -> None:
+    def _check_interior(self, target: Target, g: Tensor, at_attach: bool = False) -> None:
         if bool((g >= 0).any()):
-            where = "the first batch's outputs" if self.steps == 0 else f"step {self.steps}"
+            if at_attach:
+                where = "attach (the starting parameters)"
+            else:
+                where = "the first batch's outputs" if self.steps == 0 else f"step {self.steps}"
             raise InfeasibleStartError(
                 f"{self.name}: {target.label} is not strictly satisfied at {where} (max g = {float(g.detach().max()):.3g} >= 0); "
-                f"a barrier is undefined outside its set's interior. Start strictly feasible (e.g. initialise the "
-                f"last layer so outputs lie inside), lower the learning rate, or use 'extended-log-barrier', which "
-                f"accepts infeasible points."
+                f"a barrier is undefined outside its set's interior. Start strictly feasible ("
+                + ("e.g. initialise the last layer so outputs lie inside" if isinstance(target, OutputTarget) else
+                   f"initialise {'+'.join(target.names)} strictly inside, e.g. for NonNegative: "
+                   f"with torch.no_grad(): w.abs_().add_(1e-3)")
+                + "), lower the learning rate, or use 'extended-log-barrier', which accepts infeasible points."
             )
 
     def _attach(self) -> None:
@@ -122,7 +127,7 @@ class PenaltyStrategy(Strategy):
             if isinstance(target, ParameterTarget):
                 g, _ = constraint_values(target, target.gather(model).detach())
                 if g is not None:
-                    self._check_interior(target, g)
+                    self._check_interior(target, g, at_attach=True)
         if any(isinstance(t, OutputTarget) for t in self.targets):
             model.register_forward_pre_hook(self._remember_inputs)
         self._remember_parameters()
