@@ -36,9 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, KeyError, LookupError, FileNotFoundError) as error:
+    except (ValueError, TypeError, KeyError, LookupError, ArithmeticError) as error:
+        # bad input (a name, an option, a value): the message says which and how to fix it
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"constrain {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be written (--out / --figures is a file, no permission, disk full)
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"constrain {args.command}: error: {error.strerror or error}{where}; check the paths given on the "
+              f"command line (--out and --figures must be writable folders).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"constrain {args.command}: interrupted; finished work is kept.", file=sys.stderr)
