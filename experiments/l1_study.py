@@ -1,4 +1,4 @@
-r"""``constrain study l1``: five implementations of L1 regularization, same model, data, lambda and lr.
+r"""Five implementations of L1 regularization, same model, data, lambda and lr (``constrain study l1``).
 
 Objective :math:`\min_w\ \frac1n \sum_i \ell(f_w(x_i), y_i) + \lambda \sum_l \|W_l\|_1` (biases not
 penalized) for the MLP of ``experiments.psilon`` (``mlp``), trained by mini-batch SGD with step

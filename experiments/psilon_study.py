@@ -1,4 +1,4 @@
-r"""``constrain study psilon``: PSiLON Net against its baselines on the bundled data sets.
+r"""PSiLON Net against its baselines on the bundled data sets (``constrain study psilon``).
 
 Protocol (per data set): ``k``-fold cross-validation. For outer fold ``i`` the test fold is ``i``,
 the validation fold ``i + 1 (mod k)``, the rest trains. Each regularization strength of the model's
