@@ -196,6 +196,19 @@ def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor
 _FORWARDS = {"auto": _forward_auto, "numba": _forward_numba, "torch": _forward_torch, "sort": _forward_sort}
 
 
+def _round_inside(y: Tensor, radius: Tensor, ball: bool) -> None:
+    r"""Make ``y`` feasible to the precision of ``r``, in place.
+
+    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
+    :math:`|S|\,\epsilon\,\tau`, i.e. relative to the input's scale, not to ``r`` (an output of
+    norm 100 projected onto the unit ball lands ~1e-6 outside). Rows over ``r`` (ball) or off
+    ``r`` (simplex) are rescaled by :math:`r / \|y\|_1`, a relative change of a few ulps.
+    """
+    total = torch.linalg.vector_norm(y, ord=1, dim=-1, keepdim=True)
+    off = total > radius if ball else total != radius
+    y.mul_(torch.where(off & (total > 0), radius / total, 1.0))
+
+
 class _SimplexOrBallProjection(torch.autograd.Function):
     """Forward: projection of each row. Backward: the exact Jacobian, applied in O(n)."""
 
@@ -204,6 +217,8 @@ class _SimplexOrBallProjection(torch.autograd.Function):
         if method == "numba" and not _numba_usable(x):
             raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
         y, outside = _FORWARDS[method](x, radius, ball)
+        if x.dtype != torch.float64:
+            _round_inside(y, radius, ball)
         ctx.ball = ball
         ctx.save_for_backward(y, outside)
         return y

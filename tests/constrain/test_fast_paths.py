@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from constrain import l1_ball_threshold, project_l1_ball, project_simplex
+from constrain import L1Ball, Simplex, l1_ball_threshold, project_l1_ball, project_simplex
 from constrain import _simplex
 from constrain._simplex import _project, _project_sort, _sort_threshold
 
@@ -217,3 +217,14 @@ def test_bench_projections_smoke(tmp_path, capsys):
         assert rec["ours"] == ("numba" if HAVE_NUMBA else "torch")
         assert all(v > 0 for v in rec["ratios"].values())
         assert all(isinstance(v, bool) for v in rec["targets"].values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_outputs_are_feasible_to_the_precision_of_the_radius(dtype):
+    """Rounding |x| - tau leaves ||y||_1 off by ~|S| eps tau; the kernel rescales such rows, so a
+    large input projected onto the unit ball is inside up to a few ulps of r, not of ||x||_1."""
+    torch.manual_seed(0)
+    x = (torch.randn(256, 16) * 1000).to(dtype)
+    eps = torch.finfo(dtype).eps
+    assert float(L1Ball(1.0).violation(project_l1_ball(x, 1.0).float()).max()) <= 8 * eps
+    assert float(Simplex(1.0).violation(project_simplex(x, 1.0).float()).max()) <= 8 * eps
