@@ -13,7 +13,7 @@ Every value is in the set up to floating-point rounding (about ``n * eps * r`` f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -63,3 +63,27 @@ def sigmoid_simplex(z: Tensor, radius: float = 1.0) -> Tensor:
     slack = radius - u.abs().sum(-1, keepdim=True)
     p = project_simplex(torch.cat([u.abs(), slack.abs()], -1), radius)
     return torch.sign(u) * p[..., :-1]
+
+
+def guard_nonfinite(strategy: Any, label: str, row_map: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``row_map`` as the output layer of ``strategy`` for the constraint ``label``: when the map refuses
+    rows holding NaN or Inf (the projection kernels check at no extra cost), raise ``FloatingPointError``
+    naming the step and the constraint, or, with ``on_nonfinite="skip"``, pass the rows through so
+    that the loss sees them and the step is skipped. Finite rows cost nothing more."""
+
+    def guarded(rows: Tensor) -> Tensor:
+        try:
+            return row_map(rows)
+        except ValueError:
+            if bool(torch.isfinite(rows).all()):
+                raise
+            if strategy.on_nonfinite == "skip":
+                return rows
+            raise FloatingPointError(
+                f"strategy {strategy.name!r}: the model's outputs contain NaN or Inf at step {strategy.steps}, so the "
+                f"output layer of {label} cannot map them. Find where they come from "
+                f"(torch.autograd.set_detect_anomaly), lower the learning rate, or pass on_nonfinite='skip' "
+                f"to strategies.get to skip such steps."
+            ) from None
+
+    return guarded

@@ -143,6 +143,7 @@ class PenaltyStrategy(Strategy):
 
     def _after_skipped_step(self) -> None:
         if self.barrier:  # no schedule; only keep the iterate strictly inside (a no-op if nothing moved)
+            self._last_inputs = None  # the skipped batch is not finite: check the parameter targets only
             self._stay_inside()
 
     def _grow(self) -> None:

@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from constrain import Affine, L1Ball, OutputTarget, ParameterTarget, l1_ball_threshold
 from strategies._base import Strategy, Target, install_output_map
+from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
 
@@ -93,23 +94,7 @@ class Projected(Strategy):
             project = _l1_ball_threshold_constant(target.set.radius)
         else:
             project = target.set.project
-
-        def project_rows(rows: Tensor) -> Tensor:
-            try:
-                return project(rows)
-            except ValueError:  # the kernels refuse NaN / Inf rows (checked at no extra cost)
-                if bool(torch.isfinite(rows).all()):
-                    raise
-                if self.on_nonfinite == "skip":
-                    return rows  # let the NaN reach the loss, which skips the step
-                raise FloatingPointError(
-                    f"strategy {self.name!r}: the model's outputs contain NaN or Inf at step {self.steps}, so the "
-                    f"projection layer of {target.label} cannot project them. Find where they come from "
-                    f"(torch.autograd.set_detect_anomaly), lower the learning rate, or pass on_nonfinite='skip' "
-                    f"to strategies.get to skip such steps."
-                ) from None
-
-        return project_rows
+        return guard_nonfinite(self, target.label, project)
 
     def _after_step(self) -> None:
         self._project_parameters()

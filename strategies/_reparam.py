@@ -44,7 +44,7 @@ from torch.nn.utils import parametrize
 
 from constrain import Affine, AffineFactor, L1Ball, NonNegative, OutputTarget, ParameterTarget, parameter_rows
 from strategies._base import Strategy, Target, UnsupportedConstraint, install_output_map
-from strategies._output_maps import NONNEGATIVE_MAPS, radial_l1, sigmoid_simplex
+from strategies._output_maps import NONNEGATIVE_MAPS, guard_nonfinite, radial_l1, sigmoid_simplex
 from strategies._registry import register
 
 __all__ = [
@@ -444,7 +444,7 @@ class Reparameterization(Strategy):
             self.model, self.targets = None, []  # not attached: the model is untouched
             raise UnsupportedConstraint(f"strategy {self.name!r}: {error}") from None
         for target in sorted(outputs, key=_order):
-            self._handles.append(install_output_map(model, self._output_map(target.set)))
+            self._handles.append(install_output_map(model, guard_nonfinite(self, target.label, self._output_map(target.set))))
         for target in self.targets:
             if isinstance(target, ParameterTarget) and isinstance(target.set, Affine):
                 self._attach_affine(model, target)
