@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
 
 from experiments.problems import get_problem  # noqa: E402
 
@@ -39,6 +40,12 @@ _FAMILY_STYLE = {
 }
 _MARKERS = {"baseline": "o", "penalty": "s", "lagrangian": "^", "projected": "D", "reparameterization": "v",
             "l1-regularization": "P"}
+
+
+def _log_axis(axis: Any) -> None:
+    """Log scale with at most about six labelled decades and no minor ticks (cheap to draw)."""
+    axis.set_major_locator(LogLocator(base=10, numticks=7))
+    axis.set_minor_locator(NullLocator())
 
 
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
@@ -102,6 +109,7 @@ def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Pat
             if len(runs) > 1:
                 ax.fill_between(steps, lo, hi, color=colors[label], alpha=0.15, lw=0)
         ax.set_yscale("log")
+        _log_axis(ax.yaxis)
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=10)
         if key != "gap":
@@ -112,7 +120,8 @@ def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Pat
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(f"{problem}: {p.description}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.6 / (5.2 * len(panels) + 2.6), 0.95))
+    width = 5.2 * len(panels) + 2.6
+    fig.subplots_adjust(left=0.7 / width, right=1 - 2.8 / width, bottom=0.13, top=0.86, wspace=0.25)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -145,6 +154,8 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
                                              marker=marker, edgecolor="k", lw=0.5, label=entry.label, zorder=3)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
         ax.set_xlabel("final max training violation (0 drawn at 1e-17)")
         ax.set_ylabel("final |gap|" if key == "gap" else "final objective")
         ax.set_title(problem, fontsize=10)
@@ -158,7 +169,9 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
     fig.legend([legend[label] for label in labels], labels, loc="center right", fontsize=8, frameon=False)
     fig.suptitle("Objective against feasibility at the end of training, median over seeds (big) and each seed "
                  "(small); lower left is better", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (5.0 * cols + 2.4), 1))
+    width = 5.0 * cols + 2.4
+    fig.subplots_adjust(left=0.7 / width, right=1 - 2.6 / width, bottom=0.1 / rows, top=1 - 0.6 / (4.0 * rows),
+                        wspace=0.3, hspace=0.35)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -186,7 +199,8 @@ def plot_time(plan: Any, rows: Sequence[Any], path: Path) -> Path:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Cost of enforcing the constraint (median over seeds)", fontsize=11)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.06, top=1 - 0.5 / fig.get_figheight(), wspace=0.75,
+                        hspace=0.25)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

@@ -104,7 +104,7 @@ def common_options(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                        help="where the PNG figures and the markdown table go (default figures/)")
     group.add_argument("--no-figures", action="store_true", default=default(False),
                        help="write neither figures nor the markdown file (the table is still printed)")
-    resume = group.add_mutually_exclusive_group()
+    resume = group.add_mutually_exclusive_group()  # inside the group, so --help lists them with it
     resume.add_argument("--resume", dest="resume", action="store_true", default=default(True),
                         help="skip runs whose file is already in --out (default)")
     resume.add_argument("--fresh", dest="resume", action="store_false", default=default(True),
@@ -127,7 +127,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "table. Without a SUITE name: the default suite. Options may come before or after SUITE.",
     )
     parser.set_defaults(func=run, suite=None)
-    named = parser.add_subparsers(dest="suite", metavar="SUITE", required=False)
+    named = parser.add_subparsers(dest="suite", metavar="[SUITE]", required=False,
+                                  title="suites (optional; default: the default suite)")
     common = common_options(suppress_defaults=True)
     for suite in SUITES.values():
         sub = named.add_parser(suite.name, parents=[common], help=suite.help, description=suite.help)

@@ -23,9 +23,9 @@ def main(monkeypatch: pytest.MonkeyPatch):
     return cli.main
 
 
-def _args(tmp_path: Path, *extra: str) -> list[str]:
+def _args(tmp_path: Path, *extra: str, workers: int = 1) -> list[str]:
     return ["study", "--out", str(tmp_path / "results"), "--figures", str(tmp_path / "figures"),
-            "--no-progress", "--workers", "1", *extra]
+            "--no-progress", "--workers", str(workers), *extra]
 
 
 def _run_files(tmp_path: Path) -> dict[Path, float]:
@@ -38,9 +38,13 @@ def _table_rows(markdown: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- end to end
+#: Steps per run in the end-to-end test: --quick's 150 would keep it a minute on a busy 2-core box.
+QUICK_TEST_STEPS = 40
+
+
 def test_quick_suite_end_to_end(tmp_path: Path, main, capsys: pytest.CaptureFixture) -> None:
     """``constrain study --quick``: every default problem, every applicable family, figures and table."""
-    assert main(_args(tmp_path, "--quick")) == 0
+    assert main(_args(tmp_path, "--quick", "--steps", str(QUICK_TEST_STEPS))) == 0
     printed = capsys.readouterr().out
     figures = tmp_path / "figures"
     table = (figures / "study.md").read_text()
@@ -65,11 +69,23 @@ def test_quick_suite_end_to_end(tmp_path: Path, main, capsys: pytest.CaptureFixt
         log = record["log"]
         assert log["step"][0] == 0 and set(study.LOG_FIELDS) <= set(log)
         if record["status"] == "done":
-            assert log["step"][-1] == record["steps"] == get_problem(record["problem"]).quick_steps
+            assert log["step"][-1] == record["steps"] == QUICK_TEST_STEPS
     # the projected strategy is feasible on every problem it runs on, at every logged step
     for record in records:
         if record["strategy"] == "projected" and record["status"] == "done":
             assert max(record["log"]["train_max"]) <= 1e-6, record["problem"]
+
+
+def test_worker_processes_give_the_same_runs(tmp_path: Path, main) -> None:
+    """Two spawned workers write the same records as the in-process runner (same seeds, same numbers)."""
+    small = ("--problems", "lin-weight-nonneg", "--strategies", "projected", "--seeds", "2", "--steps", "8",
+             "--no-figures")
+    assert main(_args(tmp_path / "pool", *small, workers=2)) == 0
+    assert main(_args(tmp_path / "here", *small, workers=1)) == 0
+    pool, here = _run_files(tmp_path / "pool"), _run_files(tmp_path / "here")
+    assert [p.name for p in pool] == [p.name for p in here] and len(pool) == 4
+    for a, b in zip(pool, here):
+        assert json.loads(a.read_text())["log"]["objective"] == json.loads(b.read_text())["log"]["objective"]
 
 
 # ---------------------------------------------------------------------- resume
