@@ -258,3 +258,17 @@ def test_sets_project_rows_like_the_kernels() -> None:
     assert torch.equal(L1Ball(1.0).project(x3)[:, 1], project_l1_ball(x, 1.0))
     assert L1Ball(1.0).violation(L1Ball(1.0).project(x3)).shape == (5, 2)
     assert bool(L1Ball(1.0).contains(L1Ball(1.0).project(x3)).all())
+
+
+@pytest.mark.xfail(
+    reason="constrain/_simplex.py _round_inside (52b398c) rescales float32 rows by r / ||y||_1 with ||y||_1 from "
+    "torch.linalg.vector_norm(ord=1) accumulated in float32 (0.9999907 for 1000 entries of 1e-3): "
+    "zeros(1, 1000) -> entries 0.0010000094, sum - 1 = 9.4e-6 (4.7e-8 before)",
+    strict=False,
+)
+def test_float32_simplex_sums_to_r_at_n_1000() -> None:
+    """In float32 the projection onto the simplex sums to r to a few ulps of r (here 1e-6 relative)."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.cat([torch.zeros(1, 1000), torch.randn(3, 1000, generator=g) * 1e-2])
+    y = project_simplex(rows, 1.0)
+    assert (y.double().sum(-1) - 1).abs().max() <= 1e-6
