@@ -26,6 +26,7 @@ evaluation at logged steps and the first :data:`WARMUP_STEPS` steps), as CPU tim
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -418,6 +419,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of :func:`write_json_atomic` for ``path`` left by a process killed while
+    writing (SIGKILL): they are never read, and the run is about to be redone."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def read_run(path: Path) -> dict[str, Any] | None:
     """A stored run record, or None if the file is missing, unreadable or of another format."""
     try:
@@ -483,6 +492,7 @@ def execute(
             records[spec.key] = record  # type: ignore[assignment]
         else:
             todo.append(spec)
+            _remove_stale_temporaries(spec.path(out))
     f_stars = {name: get_problem(name).f_star for name in {s.problem for s in todo}}
     from tqdm import tqdm
 
