@@ -1,0 +1,716 @@
+r"""``constrain bench strategies``: what a strategy costs per training step, and Cooper side by side.
+
+Two measurements, each taken in one run with the contenders interleaved so that machine noise
+hits all of them alike:
+
+**Overhead.** One training step is ``forward + strategy.loss + backward + optimizer.step +
+strategy.after_step`` on an MLP with three hidden layers of width 512 (inputs 512, outputs 10),
+batch 256, Adam. Every cell (a strategy on one constraint) trains its own copy of the same
+initial model on the same batch; the unconstrained step (``forward + loss + backward +
+optimizer.step``) on another copy is the reference. Each round visits every cell in a rotating
+order and times, back to back, a block of ``steps`` reference steps and a block of ``steps``
+cell steps (which one goes first alternates); the ratio of a cell is the median over rounds of
+its per-round ratio, so slow drifts of the machine cancel. Weight constraints sit on the
+512 x 512 middle layer ``fc2.weight``; output constraints on the 10 outputs per sample (random
+N(0, 1) targets, so the constraints are active).
+
+**Cooper.** Non-negative outputs, one Lagrange multiplier on the batch mean
+(:math:`\bar g = -\frac1B\sum_i f(x_i) \le 0`), simultaneous gradient descent-ascent (primal
+Adam, dual gradient ascent clipped at 0), an MLP 10-64-64-1, batch 512, targets with mean -1 (so
+the constraint binds). Ours is ``strategies.get("lagrangian")``; Cooper's is a
+``ConstrainedMinimizationProblem`` with one ``Constraint(INEQUALITY, Lagrangian,
+DenseMultiplier)`` and a ``SimultaneousOptimizer`` (primal Adam, dual ``SGD(maximize=True)``):
+the same mathematics, so both should end at the same violation. Both (and a plain Adam run) train
+``cooper_steps`` steps over the same sequence of minibatches from the same initial weights, in
+interleaved blocks; the step times are the blocks' medians. Cooper (``cooper-optim``) is an
+optional dependency: without it this part is skipped with a note.
+
+Targets (from the Performance issue; reported, never asserted): every family at most 1.15x the
+unconstrained step, per-sample multipliers at most 1.3x; ours at most 0.75x Cooper's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import strategies
+from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+
+#: Targets of the Performance issue (reported, not asserted).
+TARGET_RATIO = 1.15
+TARGET_PER_SAMPLE_RATIO = 1.3
+TARGET_COOPER_RATIO = 0.75
+
+#: The overhead model: inputs, hidden widths, outputs, batch.
+DEFAULT_SIZES = {"d_in": 512, "width": 512, "hidden_layers": 3, "d_out": 10, "batch": 256}
+#: The Cooper comparison: MLP 10-64-64-1, batch 512.
+COOPER_SIZES = {"d_in": 10, "width": 64, "hidden_layers": 2, "d_out": 1, "batch": 512}
+LR = 1e-3
+DUAL_LR = 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def mlp(d_in: int, width: int, hidden_layers: int, d_out: int) -> nn.Sequential:
+    """ReLU MLP with named layers ``fc1 .. fc<hidden_layers>`` and ``head``."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    fan_in = d_in
+    for i in range(1, hidden_layers + 1):
+        layers[f"fc{i}"] = nn.Linear(fan_in, width)
+        layers[f"act{i}"] = nn.ReLU()
+        fan_in = width
+    layers["head"] = nn.Linear(fan_in, d_out)
+    return nn.Sequential(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cells
+
+
+def _tie(width: int) -> Affine:
+    """Tie the first (up to) 8 diagonal entries of the ``width x width`` weight: 7 equations."""
+    k = max(2, min(8, width))
+    return Affine.tie((width, width), [[(i, i) for i in range(k)]])
+
+
+#: Constraint label -> targets, given the hidden width (weight constraints act on ``fc2.weight``).
+CONSTRAINTS: dict[str, Callable[[int], list]] = {
+    "outputs >= 0": lambda width: [on_output(NonNegative())],
+    "L1 ball on outputs": lambda width: [on_output(L1Ball(1.0))],
+    "fc2.weight >= 0": lambda width: [on_parameter("fc2.weight", NonNegative())],
+    "tie 8 entries of fc2.weight": lambda width: [on_parameter("fc2.weight", _tie(width))],
+    "L1 ball on fc2.weight rows": lambda width: [on_parameter("fc2.weight", L1Ball(1.0))],
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the overhead table: a strategy (with options) on one constraint."""
+
+    family: str
+    strategy: str
+    constraint: str
+    options: dict = field(default_factory=dict)
+    #: What the row stands for, when the strategy name alone does not say it.
+    note: str = ""
+    limit: float = TARGET_RATIO
+    #: Start strictly inside (barriers): outputs >= 0 by shifting the output bias so that every output on
+    #: the batch is at least 1; fc2.weight >= 0 by taking absolute values (plus 1e-3).
+    feasible_start: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.strategy + (f" ({self.note})" if self.note else "")
+
+    @property
+    def per_sample(self) -> bool:
+        return self.options.get("multipliers") == "per-sample"
+
+
+L1_OPTIONS = {"strength": 1e-4, "lr": LR}
+
+#: The cells of ``bench strategies``: representatives of every family.
+CELLS: tuple[Cell, ...] = (
+    Cell("penalty", "quadratic-penalty", "outputs >= 0", {"weight": 10.0}),
+    Cell("penalty", "exact-penalty", "outputs >= 0", {"weight": 1.0}),
+    Cell("penalty", "extended-log-barrier", "outputs >= 0", {"weight": 1.0, "t": 5.0}),
+    Cell("penalty", "log-barrier", "outputs >= 0", {"weight": 0.1}, note="outputs, re-checked after each step",
+         feasible_start=True),
+    Cell("penalty", "log-barrier", "fc2.weight >= 0", {"weight": 1e-4}, note="weight", feasible_start=True),
+    Cell("projected", "projected", "L1 ball on outputs", note="projection layer"),
+    Cell("projected", "projected", "fc2.weight >= 0", note="weights"),
+    Cell("projected", "projected", "tie 8 entries of fc2.weight", note="weights"),
+    Cell("reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization"),
+    Cell("reparameterization", "reparam-null-space", "tie 8 entries of fc2.weight", note="parametrization"),
+    Cell("reparameterization", "reparam-l1-weight-norm", "L1 ball on fc2.weight rows", note="parametrization"),
+    Cell("reparameterization", "reparam-softplus", "outputs >= 0", note="output map"),
+    Cell("reparameterization", "reparam-radial", "L1 ball on outputs", note="output map"),
+    Cell("reparameterization", "reparam-sigmoid-simplex", "L1 ball on outputs", note="output map"),
+    Cell("lagrangian", "lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR}, note="shared"),
+    Cell("lagrangian", "lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR, "multipliers": "per-sample"},
+         note="per-sample", limit=TARGET_PER_SAMPLE_RATIO),
+    Cell("lagrangian", "lagrangian", "fc2.weight >= 0", {"dual_lr": DUAL_LR}, note="one per weight"),
+    Cell("lagrangian", "augmented-lagrangian", "outputs >= 0", {"penalty": 1.0}, note="shared"),
+    Cell("lagrangian", "slack-lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR, "penalty": 1.0}, note="shared"),
+    Cell("l1-regularization", "l1-subgradient", "L1 ball on fc2.weight rows", L1_OPTIONS),
+    Cell("l1-regularization", "l1-sign-step", "L1 ball on fc2.weight rows", L1_OPTIONS),
+    Cell("l1-regularization", "l1-proximal", "L1 ball on fc2.weight rows", L1_OPTIONS),
+    Cell("l1-regularization", "l1-truncated", "L1 ball on fc2.weight rows", L1_OPTIONS),
+    Cell("l1-regularization", "l1-cumulative", "L1 ball on fc2.weight rows", L1_OPTIONS),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _time_block(step: Callable[[], None], steps: int, sync: Callable[[], None]) -> float:
+    """Seconds per step of ``steps`` consecutive steps (the device drained at both ends)."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+# ---------------------------------------------------------------------------------------------
+# Overhead
+
+
+def _plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        out = model(x)
+        loss = F.mse_loss(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _strategy_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strategy: strategies.Strategy,
+    x: Tensor,
+    y: Tensor,
+    ids: Tensor | None,
+) -> Callable[[], None]:
+    def step() -> None:
+        out = model(x)
+        loss = strategy.loss(F.mse_loss(out, y), out, sample_ids=ids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        strategy.after_step()
+
+    return step
+
+
+def _build_cell(
+    cell: Cell, base: nn.Module, x: Tensor, y: Tensor, width: int
+) -> tuple[Callable[[], None], strategies.Strategy]:
+    model = copy.deepcopy(base)
+    options = dict(cell.options)
+    ids = None
+    if cell.per_sample:
+        options.setdefault("num_samples", 8 * x.shape[0])  # a training set of 8 batches
+        ids = torch.arange(x.shape[0], device=x.device)
+    if cell.feasible_start:  # a barrier's interior
+        with torch.no_grad():
+            if cell.constraint == "outputs >= 0":
+                model.head.bias.add_(1.0 - model(x).min())
+            elif cell.constraint == "fc2.weight >= 0":
+                model.fc2.weight.abs_().add_(1e-3)
+            else:  # pragma: no cover - a cell added without a feasible start
+                raise ValueError(f"no feasible start for {cell.constraint!r}")
+    strategy = strategies.get(cell.strategy, **options)
+    model = strategy.attach(model, CONSTRAINTS[cell.constraint](width))
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)  # after attach: slacks, parametrizations
+    return _strategy_step(model, optimizer, strategy, x, y, ids), strategy
+
+
+def bench_overhead(
+    cells: Sequence[Cell] = CELLS,
+    *,
+    steps: int = 3,
+    rounds: int = 10,
+    warmup: int = 2,
+    sizes: dict | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Time every cell against the unconstrained step; returns ``{"reference_ms", "cells": [...]}``."""
+    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    device = torch.device(device)
+    sync = _synchronizer(device)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(sizes["batch"], sizes["d_in"], generator=generator).to(device)
+    y = torch.randn(sizes["batch"], sizes["d_out"], generator=generator).to(device)
+    torch.manual_seed(seed)
+    base = mlp(sizes["d_in"], sizes["width"], sizes["hidden_layers"], sizes["d_out"]).to(device)
+
+    reference_model = copy.deepcopy(base)
+    reference = _plain_step(reference_model, torch.optim.Adam(reference_model.parameters(), lr=LR), x, y)
+    built = []
+    for cell in cells:
+        step, strategy = _build_cell(cell, base, x, y, sizes["width"])
+        built.append((cell, step, strategy))
+    for _ in range(warmup):
+        reference()
+        for _, step, _ in built:
+            step()
+    sync()
+
+    cell_times: list[list[float]] = [[] for _ in built]
+    ref_times: list[list[float]] = [[] for _ in built]
+    for round_ in range(rounds):
+        if progress is not None:
+            progress(f"round {round_ + 1}/{rounds}")
+        shift = round_ % len(built)
+        order = list(range(shift, len(built))) + list(range(shift))
+        for position, i in enumerate(order):
+            step = built[i][1]
+            if (round_ + position) % 2:
+                ref_times[i].append(_time_block(reference, steps, sync))
+                cell_times[i].append(_time_block(step, steps, sync))
+            else:
+                cell_times[i].append(_time_block(step, steps, sync))
+                ref_times[i].append(_time_block(reference, steps, sync))
+
+    records = []
+    for (cell, _, strategy), times, refs in zip(built, cell_times, ref_times):
+        ratios = [t / r for t, r in zip(times, refs)]
+        ratio = statistics.median(ratios)
+        records.append(
+            {
+                "family": cell.family,
+                "strategy": cell.strategy,
+                "label": cell.label,
+                "constraint": cell.constraint,
+                "options": {k: v for k, v in cell.options.items()},
+                "median_ms": statistics.median(times) * 1e3,
+                "reference_median_ms": statistics.median(refs) * 1e3,
+                "ratio": ratio,
+                "ratio_q25": _quantile(ratios, 0.25),
+                "ratio_q75": _quantile(ratios, 0.75),
+                "target": cell.limit,
+                "met": ratio <= cell.limit,
+                "steps_taken": strategy.steps,
+            }
+        )
+    all_refs = [t for refs in ref_times for t in refs]
+    return {"reference_ms": statistics.median(all_refs) * 1e3, "cells": records}
+
+
+def format_overhead_table(result: dict) -> str:
+    """The table ``bench strategies`` prints for the overhead part."""
+    header = (
+        f"{'family':<19} {'strategy':<50} {'constraint':<28} {'step ms':>8} {'ref ms':>8} "
+        f"{'ratio':>6} {'q25-q75':>11} {'target':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for rec in result["cells"]:
+        verdict = "ok" if rec["met"] else "MISS"
+        lines.append(
+            f"{rec['family']:<19} {rec['label']:<50} {rec['constraint']:<28} {rec['median_ms']:>8.2f} "
+            f"{rec['reference_median_ms']:>8.2f} {rec['ratio']:>5.3f}x {rec['ratio_q25']:>5.3f}-{rec['ratio_q75']:<5.3f} "
+            f"{'<=' + format(rec['target'], 'g'):>6}x {verdict}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cooper side by side
+
+
+def cooper_available() -> bool:
+    try:
+        import cooper  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cooper_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tensor, Tensor], None], Callable[[], float]]:
+    """Cooper's simultaneous GDA on ``model`` (imported here: cooper is optional)."""
+    import cooper
+
+    class NonNegativeMean(cooper.ConstrainedMinimizationProblem):
+        def __init__(self) -> None:
+            super().__init__()
+            multiplier = cooper.multipliers.DenseMultiplier(num_constraints=1, device=next(model.parameters()).device)
+            self.nonnegative = cooper.Constraint(
+                constraint_type=cooper.ConstraintType.INEQUALITY,
+                formulation_type=cooper.formulations.Lagrangian,
+                multiplier=multiplier,
+            )
+
+        def compute_cmp_state(self, x: Tensor, y: Tensor) -> cooper.CMPState:
+            out = model(x)
+            loss = F.mse_loss(out, y)
+            violation = (-out).mean(0)  # g = -mean f(x) <= 0, shape (1,)
+            return cooper.CMPState(loss=loss, observed_constraints={self.nonnegative: cooper.ConstraintState(violation)})
+
+    cmp = NonNegativeMean()
+    optimizer = cooper.optim.SimultaneousOptimizer(
+        cmp=cmp,
+        primal_optimizers=torch.optim.Adam(model.parameters(), lr=LR),
+        dual_optimizers=torch.optim.SGD(cmp.dual_parameters(), lr=dual_lr, maximize=True),
+    )
+
+    def step(x: Tensor, y: Tensor) -> None:
+        optimizer.roll(compute_cmp_state_kwargs={"x": x, "y": y})
+
+    return step, lambda: float(cmp.nonnegative.multiplier.weight.detach().reshape(-1)[0])
+
+
+def _ours_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tensor, Tensor], None], Callable[[], float]]:
+    strategy = strategies.get("lagrangian", dual_lr=dual_lr)
+    strategy.attach(model, [on_output(NonNegative())])
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+
+    def step(x: Tensor, y: Tensor) -> None:
+        out = model(x)
+        loss = strategy.loss(F.mse_loss(out, y), out)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        strategy.after_step()
+
+    def multiplier() -> float:
+        return float(next(iter(strategy.multipliers().values()), torch.zeros(1)).reshape(-1)[0])
+
+    return step, multiplier
+
+
+def _plain_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tensor, Tensor], None], Callable[[], float]]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+
+    def step(x: Tensor, y: Tensor) -> None:
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step, lambda: float("nan")
+
+
+def bench_cooper(
+    *,
+    steps: int = 3000,
+    block: int = 50,
+    sizes: dict | None = None,
+    dual_lr: float = DUAL_LR,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    include_cooper: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Train plain Adam, ours and (if importable and asked) Cooper ``steps`` steps each on the same
+    minibatches, interleaved in blocks of ``block`` steps; step times and the final state."""
+    sizes = {**COOPER_SIZES, **(sizes or {})}
+    device = torch.device(device)
+    sync = _synchronizer(device)
+    batch = sizes["batch"]
+    generator = torch.Generator().manual_seed(seed)
+    n = 8 * batch
+    X = torch.randn(n, sizes["d_in"], generator=generator)
+    w = torch.randn(sizes["d_in"], sizes["d_out"], generator=generator) / math.sqrt(sizes["d_in"])
+    Y = X @ w - 1.0  # targets mostly negative: the constraint mean f(x) >= 0 binds
+    X, Y = X.to(device), Y.to(device)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * batch / n))])
+    batches = [order[i * batch : (i + 1) * batch].to(device) for i in range(steps)]
+    torch.manual_seed(seed)
+    base = mlp(sizes["d_in"], sizes["width"], sizes["hidden_layers"], sizes["d_out"]).to(device)
+
+    builders = {"plain Adam": _plain_contender, "ours (lagrangian)": _ours_contender}
+    skipped = None
+    if include_cooper:
+        if cooper_available():
+            builders["Cooper"] = _cooper_contender
+        else:
+            skipped = "cooper-optim is not installed (pip install cooper-optim); Cooper was skipped"
+    contenders = {}
+    for name, build in builders.items():
+        model = copy.deepcopy(base)
+        step, multiplier = build(model, dual_lr)
+        contenders[name] = {"model": model, "step": step, "multiplier": multiplier, "done": 0, "times": []}
+
+    def run_block(entry: dict, count: int) -> float:
+        start_index = entry["done"]
+
+        def step() -> None:
+            i = entry["done"]
+            idx = batches[i]
+            entry["step"](X[idx], Y[idx])
+            entry["done"] = i + 1
+
+        seconds = _time_block(step, count, sync)
+        assert entry["done"] == start_index + count
+        return seconds
+
+    names = list(contenders)
+    blocks = math.ceil(steps / block)
+    for b in range(blocks):
+        count = min(block, steps - b * block)
+        if progress is not None and b % max(1, blocks // 5) == 0:
+            progress(f"block {b + 1}/{blocks}")
+        shift = b % len(names)
+        for name in names[shift:] + names[:shift]:
+            contenders[name]["times"].append(run_block(contenders[name], count))
+
+    results = {}
+    with torch.no_grad():
+        for name, entry in contenders.items():
+            out = entry["model"](X)
+            times = entry["times"][1:] if len(entry["times"]) > 1 else entry["times"]  # the first block warms up
+            results[name] = {
+                "median_step_ms": statistics.median(times) * 1e3,
+                "steps": entry["done"],
+                "final_mean_violation": float((-out.mean()).clamp_min(0)),
+                "final_mean_output": float(out.mean()),
+                "final_fraction_negative": float((out < 0).float().mean()),
+                "final_objective": float(F.mse_loss(out, Y)),
+                "final_multiplier": entry["multiplier"](),
+            }
+    record: dict[str, Any] = {
+        "sizes": sizes,
+        "steps": steps,
+        "block": block,
+        "dual_lr": dual_lr,
+        "lr": LR,
+        "contenders": results,
+        "skipped": skipped,
+    }
+    ours, plain = contenders["ours (lagrangian)"]["times"][1:], contenders["plain Adam"]["times"][1:]
+    ours, plain = ours or contenders["ours (lagrangian)"]["times"], plain or contenders["plain Adam"]["times"]
+    record["ours_over_plain"] = statistics.median([a / b for a, b in zip(ours, plain)])
+    if "Cooper" in contenders:
+        theirs = contenders["Cooper"]["times"][1:] or contenders["Cooper"]["times"]
+        record["ours_over_cooper"] = statistics.median([a / b for a, b in zip(ours, theirs)])
+        record["cooper_over_plain"] = statistics.median([a / b for a, b in zip(theirs, plain)])
+        record["target"] = TARGET_COOPER_RATIO
+        record["met"] = record["ours_over_cooper"] <= TARGET_COOPER_RATIO
+        a, c = results["ours (lagrangian)"], results["Cooper"]
+        record["violation_difference"] = abs(a["final_mean_violation"] - c["final_mean_violation"])
+        record["mean_output_difference"] = abs(a["final_mean_output"] - c["final_mean_output"])
+    return record
+
+
+def format_cooper_table(record: dict) -> str:
+    """The side-by-side table of ``bench strategies``."""
+    header = (
+        f"{'contender':<18} {'step ms':>8} {'/ plain':>8} {'mean f(x)':>10} {'violation':>10} "
+        f"{'frac f<0':>9} {'objective':>10} {'multiplier':>11}"
+    )
+    lines = [header, "-" * len(header)]
+    plain = record["contenders"]["plain Adam"]["median_step_ms"]
+    for name, r in record["contenders"].items():
+        lines.append(
+            f"{name:<18} {r['median_step_ms']:>8.3f} {r['median_step_ms'] / plain:>7.2f}x {r['final_mean_output']:>10.4f} "
+            f"{r['final_mean_violation']:>10.2e} {r['final_fraction_negative']:>9.3f} {r['final_objective']:>10.4f} "
+            f"{r['final_multiplier']:>11.4f}"
+        )
+    if "ours_over_cooper" in record:
+        verdict = "ok" if record["met"] else "MISS"
+        lines.append(
+            f"ours / Cooper (median of per-block ratios): {record['ours_over_cooper']:.3f}x "
+            f"(target <= {record['target']:g}x: {verdict}); Cooper / plain {record['cooper_over_plain']:.2f}x, "
+            f"ours / plain {record['ours_over_plain']:.2f}x; |violation difference| {record['violation_difference']:.2e}, "
+            f"|mean f(x) difference| {record['mean_output_difference']:.2e}"
+        )
+    else:
+        lines.append(f"ours / plain {record['ours_over_plain']:.2f}x; {record['skipped'] or 'Cooper not run'}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def environment() -> dict:
+    cooper_version = None
+    if cooper_available():
+        import cooper
+
+        cooper_version = getattr(cooper, "__version__", "?")
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cooper": cooper_version,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+    }
+
+
+def select_cells(patterns: Sequence[str] | None) -> list[Cell]:
+    """The cells whose label, strategy, family or constraint contains one of ``patterns`` (all if None)."""
+    if not patterns:
+        return list(CELLS)
+    chosen = [
+        c
+        for c in CELLS
+        if any(p in c.label or p == c.family or p in c.constraint for p in patterns)
+    ]
+    if not chosen:
+        raise ValueError(f"no benchmark cell matches {', '.join(patterns)}; cells: {', '.join(c.label for c in CELLS)}")
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    """``constrain bench strategies``: print the tables, optionally write JSON; always 0."""
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's setting) or positive, got {args.threads}.")
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> int:
+    env = environment()
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        import sys
+
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+    cells = select_cells(args.only)
+    s = {**DEFAULT_SIZES, "d_in": args.width, "width": args.width, "batch": args.batch}
+    overhead = bench_overhead(
+        cells, steps=args.steps, rounds=args.rounds, sizes=s, device=args.device, seed=args.seed, progress=progress
+    )
+    print(
+        f"constrain bench strategies: time per training step relative to the unconstrained step "
+        f"(MLP {s['d_in']}-{'-'.join([str(s['width'])] * s['hidden_layers'])}-{s['d_out']}, batch {s['batch']}, Adam; "
+        f"median of {args.rounds} rounds x {args.steps} steps, each cell paired with reference steps; "
+        f"torch {env['torch']}, {env['threads']} threads, {args.device})"
+    )
+    print(format_overhead_table(overhead))
+    missed = [r["label"] + " on " + r["constraint"] for r in overhead["cells"] if not r["met"]]
+    print(
+        f"ratio = median over rounds of (cell step / reference step); q25-q75: spread of the per-round ratios. "
+        f"Targets: <= {TARGET_RATIO:g}x, per-sample multipliers <= {TARGET_PER_SAMPLE_RATIO:g}x."
+        + (f" Missed: {'; '.join(missed)}." if missed else " All met.")
+    )
+    cooper_record = None
+    if args.cooper_steps > 0:
+        cooper_record = bench_cooper(
+            steps=args.cooper_steps,
+            block=args.cooper_block,
+            device=args.device,
+            seed=args.seed,
+            include_cooper=not args.no_cooper,
+            progress=progress,
+        )
+        c = COOPER_SIZES
+        print()
+        print(
+            f"Side by side: non-negative outputs (mean), Lagrangian, simultaneous GDA; MLP {c['d_in']}-"
+            f"{'-'.join([str(c['width'])] * c['hidden_layers'])}-{c['d_out']}, batch {c['batch']}, "
+            f"{args.cooper_steps} steps each on the same minibatches, Adam lr {LR:g}, dual lr {DUAL_LR:g}; "
+            f"median step time over blocks of {args.cooper_block} (cooper {env['cooper']})"
+        )
+        print(format_cooper_table(cooper_record))
+    seconds = time.perf_counter() - started
+    print(f"({seconds:.1f} s)")
+    if args.json:
+        payload = {
+            "benchmark": "strategies",
+            "config": {
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "sizes": s,
+                "cooper_sizes": COOPER_SIZES,
+                "cooper_steps": args.cooper_steps,
+                "cooper_block": args.cooper_block,
+                "device": args.device,
+                "seed": args.seed,
+                "lr": LR,
+            },
+            "environment": env,
+            "seconds": seconds,
+            "overhead": overhead,
+            "cooper": cooper_record,
+        }
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``strategies`` benchmark to ``constrain bench``'s subcommands."""
+    parser = subparsers.add_parser(
+        "strategies",
+        help="time each strategy's training step against the unconstrained step, and ours against Cooper",
+        description="Per-step overhead of each strategy family relative to the unconstrained step (MLP 512-512-512-"
+        "512-10, batch 256, Adam), interleaved; then the Lagrangian side by side with Cooper (MLP 10-64-64-1, "
+        "batch 512) with the final violations.",
+    )
+    parser.add_argument("--steps", type=_positive_int, default=3,
+                        help="training steps per timed block (default: 3)")
+    parser.add_argument("--rounds", type=_positive_int, default=10,
+                        help="interleaved rounds over the cells (default: 10)")
+    parser.add_argument("--width", type=_positive_int, default=DEFAULT_SIZES["width"],
+                        help=f"inputs and hidden width of the overhead MLP (default: {DEFAULT_SIZES['width']})")
+    parser.add_argument("--batch", type=_positive_int, default=DEFAULT_SIZES["batch"],
+                        help=f"batch of the overhead runs (default: {DEFAULT_SIZES['batch']})")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN", default=None,
+                        help="only the cells whose strategy, family or constraint matches")
+    parser.add_argument("--cooper-steps", type=int, default=3000,
+                        help="training steps of the side-by-side runs (default: 3000; 0 skips the comparison)")
+    parser.add_argument("--cooper-block", type=_positive_int, default=50,
+                        help="steps per timed block in the side-by-side runs (default: 50)")
+    parser.add_argument("--no-cooper", action="store_true",
+                        help="leave Cooper out of the side-by-side runs (ours and plain Adam only)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for every contender; 0 keeps torch's setting (default: 1: the "
+                        "steadiest ratios on a shared machine)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run without the ``constrain`` console script: ``python -m experiments.bench_strategies``."""
+    parser = argparse.ArgumentParser(prog="bench_strategies")
+    sub = parser.add_subparsers(dest="bench_command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["strategies", *(argv or [])])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

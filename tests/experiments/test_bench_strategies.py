@@ -1,0 +1,93 @@
+"""``constrain bench strategies`` end to end on tiny sizes: the tables, the JSON, every cell ran.
+
+No timing is asserted (benchmarks are not timed tests); the Cooper part runs only where
+``cooper-optim`` is installed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import strategies
+from experiments import bench_strategies as bs
+from experiments.cli import main
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny problems: one thread (extra threads only add synchronisation on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = ["--width", "8", "--batch", "8", "--steps", "1", "--rounds", "2", "--cooper-steps", "6", "--cooper-block", "3"]
+
+
+def test_cells_cover_every_family_and_are_registered() -> None:
+    families = {cell.family for cell in bs.CELLS}
+    shipped = [strategies.strategy_class(name) for name in strategies.available()]
+    # (strategies registered by other tests, outside the package, do not count)
+    assert families == {cls.family for cls in shipped if cls.__module__.startswith("strategies.")}
+    for cell in bs.CELLS:
+        assert strategies.strategy_class(cell.strategy).family == cell.family
+        assert cell.constraint in bs.CONSTRAINTS
+    assert any(cell.per_sample and cell.limit == bs.TARGET_PER_SAMPLE_RATIO for cell in bs.CELLS)
+    labels = [(cell.label, cell.constraint) for cell in bs.CELLS]
+    assert len(labels) == len(set(labels))
+
+
+def _check_overhead(overhead: dict, cells) -> None:
+    records = overhead["cells"]
+    assert [(r["label"], r["constraint"]) for r in records] == [(c.label, c.constraint) for c in cells]
+    for rec in records:
+        assert rec["median_ms"] > 0 and rec["reference_median_ms"] > 0 and rec["ratio"] > 0
+        assert rec["ratio_q25"] <= rec["ratio_q75"]
+        assert rec["met"] == (rec["ratio"] <= rec["target"])
+        assert rec["steps_taken"] >= 2  # warm-up and timed steps went through strategy.after_step
+
+
+def test_cli_prints_tables_and_writes_json(tmp_path, capsys) -> None:
+    torch.set_num_threads(2)
+    path = tmp_path / "strategies.json"
+    assert main(["bench", "strategies", *TINY, "--json", str(path)]) == 0
+    assert torch.get_num_threads() == 2  # restored
+    printed = capsys.readouterr().out
+    payload = json.loads(path.read_text())
+    assert payload["benchmark"] == "strategies" and payload["environment"]["threads"] == 1
+    assert payload["config"]["sizes"]["width"] == 8
+    _check_overhead(payload["overhead"], bs.CELLS)
+    for cell in bs.CELLS:  # one table row per cell
+        assert any(cell.label in line and cell.constraint in line for line in printed.splitlines())
+    cooper = payload["cooper"]
+    names = set(cooper["contenders"])
+    assert {"plain Adam", "ours (lagrangian)"} <= names
+    for result in cooper["contenders"].values():
+        assert result["steps"] == 6 and result["final_mean_violation"] >= 0
+    if bs.cooper_available():
+        assert "Cooper" in names and "ours / Cooper" in printed and cooper["skipped"] is None
+    else:
+        assert "Cooper" not in names and "cooper-optim is not installed" in printed
+
+
+def test_no_cooper_and_selection(capsys) -> None:
+    assert main(["bench", "strategies", *TINY, "--no-cooper", "--only", "lagrangian"]) == 0
+    printed = capsys.readouterr().out
+    assert "ours / Cooper" not in printed and "Cooper not run" in printed
+    assert "l1-proximal" not in printed and "lagrangian (per-sample)" in printed
+    with pytest.raises(ValueError, match="no benchmark cell matches"):
+        bs.select_cells(["no-such-strategy"])
+
+
+def test_cooper_matches_ours_step_for_step() -> None:
+    """Same mathematics, same minibatches, same initial weights: the same trajectory."""
+    pytest.importorskip("cooper")
+    record = bs.bench_cooper(steps=20, block=5, sizes={"width": 8, "batch": 32})
+    ours, theirs = record["contenders"]["ours (lagrangian)"], record["contenders"]["Cooper"]
+    assert ours["final_multiplier"] > 0  # the constraint binds
+    assert ours["final_multiplier"] == pytest.approx(theirs["final_multiplier"], rel=1e-4, abs=1e-6)
+    assert ours["final_mean_output"] == pytest.approx(theirs["final_mean_output"], rel=1e-4, abs=1e-6)
+    assert record["ours_over_cooper"] > 0 and record["met"] == (record["ours_over_cooper"] <= bs.TARGET_COOPER_RATIO)
