@@ -9,6 +9,12 @@ and a step skipped on every rank for a NaN on one; the slow run covers every oth
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -83,3 +89,30 @@ def test_without_a_process_group_the_collectives_are_no_ops() -> None:
     assert _distributed.global_mean(t) is t
     ids, values = _distributed.all_gather_rows(torch.arange(2), torch.ones(2, 1))
     assert ids.tolist() == [0, 1] and values.shape == (2, 1)
+
+
+# ----------------------------------------------------------------------------- the torchrun example
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_ddp_example_runs_in_one_process(capsys) -> None:
+    from experiments import ddp_example
+
+    ddp_example.main(["--epochs", "1", "--samples", "64", "--batch-size", "16"])
+    assert "1 process(es), strategy 'lagrangian': weights and multipliers identical" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["lagrangian", "projected", "slack-lagrangian"])
+def test_the_ddp_example_under_torchrun(strategy: str, tmp_path) -> None:
+    torchrun = shutil.which("torchrun")
+    command = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
+    done = subprocess.run(
+        [*command, "--standalone", "--nproc_per_node=2", str(ROOT / "experiments" / "ddp_example.py"),
+         "--strategy", strategy, "--epochs", "2", "--samples", "128", "--checkpoint", str(tmp_path / "ckpt.pt")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"2 process(es), strategy {strategy!r}: weights and multipliers identical on every rank" in done.stdout
+    assert (tmp_path / "ckpt.pt").exists()
