@@ -302,11 +302,6 @@ def test_low_precision_is_computed_in_float32(kernel, dtype) -> None:
     assert l1_ball_threshold(x, 0.75).dtype == dtype
 
 
-@pytest.mark.xfail(
-    reason="constrain/_simplex.py casts a float radius to the input's dtype (float16/bfloat16) before "
-    "computing in float32: radius 0.7 becomes 0.7002 (float16) or 0.6992 (bfloat16)",
-    strict=False,
-)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_radius(dtype) -> None:
     x = (X * 3).to(dtype)

@@ -260,12 +260,6 @@ def test_sets_project_rows_like_the_kernels() -> None:
     assert bool(L1Ball(1.0).contains(L1Ball(1.0).project(x3)).all())
 
 
-@pytest.mark.xfail(
-    reason="constrain/_simplex.py _round_inside (52b398c) rescales float32 rows by r / ||y||_1 with ||y||_1 from "
-    "torch.linalg.vector_norm(ord=1) accumulated in float32 (0.9999907 for 1000 entries of 1e-3): "
-    "zeros(1, 1000) -> entries 0.0010000094, sum - 1 = 9.4e-6 (4.7e-8 before)",
-    strict=False,
-)
 def test_float32_simplex_sums_to_r_at_n_1000() -> None:
     """In float32 the projection onto the simplex sums to r to a few ulps of r (here 1e-6 relative)."""
     g = torch.Generator().manual_seed(0)

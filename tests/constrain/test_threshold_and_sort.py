@@ -73,10 +73,5 @@ def test_l1_ball_threshold_dim_and_gradient_free() -> None:
     assert float(l1_ball_threshold(np.float32(1) * torch.ones(4), 10.0)) == 0.0
 
 
-@pytest.mark.xfail(
-    reason="constrain/_simplex.py: l1_ball_threshold keeps the projected dimension at size 0 for rows of "
-    "length 0 (shape (3, 0) for x of shape (3, 0)) instead of one zero threshold per row, shape (3, 1)",
-    strict=False,
-)
 def test_l1_ball_threshold_of_empty_rows() -> None:
     assert l1_ball_threshold(torch.empty(3, 0), 1.0).shape == (3, 1)
