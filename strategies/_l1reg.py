@@ -122,6 +122,8 @@ class L1Truncated(L1Regularization):
         if (self.steps + 1) % self.period:
             return w
         shrunk = soft_threshold(w, self.period * self.lr * self.strength)
+        if self.theta == math.inf:  # every finite weight is truncated (and NaN stays NaN either way)
+            return shrunk
         return torch.where(w.abs() <= self.theta, shrunk, w)
 
 
@@ -136,6 +138,7 @@ class L1Cumulative(L1Regularization):
     def _attach(self) -> None:
         self.total = 0.0
         self.applied = [torch.zeros_like(w) for w in self._weights()]
+        self._scratch_buffers: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
     @torch.no_grad()
     def _after_step(self) -> None:
@@ -146,15 +149,30 @@ class L1Cumulative(L1Regularization):
         self.total += self.lr * self.strength
         for i, w in enumerate(weights):
             q = self.applied[i] = self.applied[i].to(w)
-            before = w.clone()
-            w.copy_(
-                torch.where(
+            a, b, m = self._scratch(i, w)  # reused every step: no fresh weight-sized tensors (page faults)
+            torch.add(q, self.total, out=a)  # u + q
+            torch.sub(w, a, out=a).clamp_min_(0)  # max(w - (u + q), 0): the new value where w > 0
+            torch.sub(q, self.total, out=b)  # q - u, i.e. -(u - q) exactly
+            torch.sub(w, b, out=b).clamp_max_(0)  # min(w + (u - q), 0): the new value where w < 0
+            # Select by 1/0 weights rather than boolean masks and torch.where (several times slower on the CPU):
+            # exact while both candidates are finite (x * 1 + y * 0 = x); zeros stay zero.
+            a.mul_(torch.gt(w, 0, out=m)).add_(b.mul_(torch.lt(w, 0, out=m)))
+            if not math.isfinite(a.sum().item()):  # Inf / NaN in a candidate (a corrupt q): the selection itself
+                a = torch.where(
                     w > 0,
                     (w - (self.total + q)).clamp_min(0),
                     torch.where(w < 0, (w + (self.total - q)).clamp_max(0), w),
                 )
-            )
-            q.add_(w - before)
+            q.add_(torch.sub(a, w, out=b))  # q += new - old
+            w.copy_(a)
+
+    def _scratch(self, i: int, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Three buffers like ``w``, kept across steps (rebuilt if ``w`` changes)."""
+        bufs = self._scratch_buffers.get(i)
+        if bufs is None or bufs[0].shape != w.shape or bufs[0].dtype != w.dtype or bufs[0].device != w.device:
+            bufs = (torch.empty_like(w), torch.empty_like(w), torch.empty_like(w))
+            self._scratch_buffers[i] = bufs
+        return bufs
 
     def _state(self) -> dict[str, Any]:
         return {"total": self.total, "applied": [q.clone() for q in self.applied]}

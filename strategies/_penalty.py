@@ -84,6 +84,10 @@ class PenaltyStrategy(Strategy):
         """Elementwise :math:`\\phi(g)` for the inequalities."""
         raise NotImplementedError
 
+    def inequality_rows(self, g: Tensor) -> Tensor:
+        """:math:`\\sum_i \\phi(g_i)` per row; a subclass may fuse it (one weight-sized temporary less)."""
+        return self.inequality_term(g).sum(-1)
+
     def equality_term(self, h: Tensor) -> Tensor:
         """Elementwise :math:`\\psi(h)` for the equalities."""
         raise NotImplementedError
@@ -96,14 +100,14 @@ class PenaltyStrategy(Strategy):
             if g is not None:
                 if self.barrier:
                     self._check_interior(target, g)
-                per_row = per_row + self.inequality_term(g).sum(-1)
+                per_row = per_row + self.inequality_rows(g)
             if h is not None:
                 per_row = per_row + self.equality_term(h).sum(-1)
             total = total + _aggregate(target, per_row)  # type: ignore[arg-type]
         return self.weight * total  # type: ignore[return-value]
 
     def _check_interior(self, target: Target, g: Tensor, at_attach: bool = False) -> None:
-        if bool((g >= 0).any()):
+        if g.numel() and bool(g.detach().amax() >= 0):  # one reduction, no mask (NaN: not >= 0 either way)
             if at_attach:
                 where = "attach (the starting parameters)"
             else:
@@ -177,7 +181,7 @@ class PenaltyStrategy(Strategy):
             if isinstance(target, OutputTarget) and outputs is None:
                 continue
             g, _ = constraint_values(target, target_rows(target, model, outputs))
-            if g is not None and not bool((g < 0).all()):
+            if g is not None and g.numel() and not bool(g.amax() < 0):  # one reduction; NaN is not < 0
                 return False
         return True
 
@@ -190,7 +194,15 @@ class PenaltyStrategy(Strategy):
         return {n: named[n] for t in self.targets if isinstance(t, ParameterTarget) for n in t.names if n in named}
 
     def _remember_parameters(self) -> None:
-        self._last_feasible = {n: p.detach().clone() for n, p in self._barrier_parameters().items()}
+        """Copy the (strictly feasible) parameters into the buffers of the last step: no fresh copies per step."""
+        last, kept = self._last_feasible, {}
+        for n, p in self._barrier_parameters().items():
+            buf = last.get(n)
+            if buf is not None and buf.shape == p.shape and buf.dtype == p.dtype and buf.device == p.device:
+                kept[n] = buf.copy_(p.detach())
+            else:
+                kept[n] = p.detach().clone()
+        self._last_feasible = kept
 
     def _state(self) -> dict[str, Any]:
         return {"weight": self.weight}
@@ -237,6 +249,9 @@ class LogBarrier(PenaltyStrategy):
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return -torch.log(-g)
+
+    def inequality_rows(self, g: Tensor) -> Tensor:
+        return torch.log(-g).sum(-1).neg()  # the same value: negating the row sums, not every entry
 
 
 @register("reciprocal-barrier")

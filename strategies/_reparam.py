@@ -141,6 +141,14 @@ class _AffineMap(nn.Module):
         matrix = factor.null_basis() if self.form == "basis" else factor.row_basis
         self.register_buffer("matrix", matrix.to(like), persistent=False)
         self.register_buffer("particular", factor.particular.to(like), persistent=False)
+        # Sparse rows (ties, small groups: V is zero outside the few columns A touches): the projector form
+        # reads and writes only those columns, O(k |S|) plus one pass over v instead of two passes over V.
+        columns = factor.row_basis.ne(0).any(0).nonzero().reshape(-1) if self.form == "projector" else None
+        self._columns = columns if columns is not None and columns.numel() <= factor.size // 8 else None
+        self._blocks: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        if self._columns is not None:
+            self.register_buffer("support", self._columns.to(like.device), persistent=False)
+            self.register_buffer("support_matrix", factor.row_basis[:, self._columns].to(like), persistent=False)
 
     @property
     def latent_size(self) -> int:
@@ -152,6 +160,9 @@ class _AffineMap(nn.Module):
         matrix = self.factor.null_basis() if self.form == "basis" else self.factor.row_basis
         self.matrix = matrix.to(self.matrix)
         self.particular = self.factor.particular.to(self.particular)
+        if self._columns is not None:
+            self.support_matrix = self.factor.row_basis[:, self._columns].to(self.support_matrix)
+        self._blocks = {}
         return self
 
     def block(self, v: Tensor, start: int, stop: int) -> Tensor:
@@ -159,8 +170,23 @@ class _AffineMap(nn.Module):
         w0 = self.particular[start:stop]
         if self.form == "basis":
             return torch.addmv(w0, self.matrix[start:stop], v)
+        if self._columns is not None:  # V v and V^T (V v) on the support S of V only
+            local, rows = self._block_support(start, stop)
+            out = w0 + v[start:stop]
+            if local.numel():
+                coef = self.support_matrix @ v[self.support]
+                out.index_add_(0, local, self.support_matrix[:, rows].T @ coef, alpha=-1)
+            return out
         V = self.matrix
         return w0 + v[start:stop] - V[:, start:stop].T @ (V @ v)
+
+    def _block_support(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """The support columns inside ``start:stop``: their offsets in the block and their positions in S."""
+        key = (start, stop)
+        if key not in self._blocks:
+            inside = ((self.support >= start) & (self.support < stop)).nonzero().reshape(-1)
+            self._blocks[key] = (self.support[inside] - start, inside)
+        return self._blocks[key]
 
     def inverse(self, flat: Tensor) -> Tensor:
         r"""The v with :math:`w_0 + B v = P(\text{flat})`, the projection of ``flat`` onto the set."""
