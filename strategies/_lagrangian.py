@@ -244,8 +244,9 @@ class LagrangianStrategy(Strategy):
                 bound = abs(lam.item()) + eta * abs(recs[0][0].item())  # NaN / Inf fail the test
                 if bound <= 0.5 * torch.finfo(lam.dtype).max:
                     return
-        bounds = [
-            self._lam[key].abs().amax() + eta * sum(c.abs().sum() for c, _ in recs)
+        bounds = [  # per-sample tables: only the rows this step updates
+            (self._lam[key] if recs[0][1] is None else self._lam[key][torch.cat([i for _, i in recs])]).abs().amax()  # type: ignore[misc]
+            + eta * sum(c.abs().sum() for c, _ in recs)
             for key, recs in records.items()
         ]
         if not bounds or bool(torch.isfinite(torch.stack([b.to(bounds[0]) for b in bounds])).all()):
