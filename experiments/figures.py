@@ -14,6 +14,7 @@ line labelled "0").
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
+from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 
 from experiments.problems import get_problem  # noqa: E402
 
@@ -40,6 +42,18 @@ _FAMILY_STYLE = {
 }
 _MARKERS = {"baseline": "o", "penalty": "s", "lagrangian": "^", "projected": "D", "reparameterization": "v",
             "l1-regularization": "P"}
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a 256-colour PNG (about a third of the RGBA size; plots have few colours)
+    and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return Path(path)
 
 
 def _log_axis(axis: Any) -> None:
@@ -122,9 +136,7 @@ def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Pat
     fig.suptitle(f"{problem}: {p.description}", fontsize=10)
     width = 5.2 * len(panels) + 2.6
     fig.subplots_adjust(left=0.7 / width, right=1 - 2.8 / width, bottom=0.13, top=0.86, wspace=0.25)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -170,11 +182,9 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
     fig.suptitle("Objective against feasibility at the end of training, median over seeds (big) and each seed "
                  "(small); lower left is better", fontsize=11)
     width = 5.0 * cols + 2.4
-    fig.subplots_adjust(left=0.7 / width, right=1 - 2.6 / width, bottom=0.1 / rows, top=1 - 0.6 / (4.0 * rows),
-                        wspace=0.3, hspace=0.35)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    fig.subplots_adjust(left=0.7 / width, right=1 - 2.6 / width, bottom=0.55 / (4.0 * rows),
+                        top=1 - 0.6 / (4.0 * rows), wspace=0.3, hspace=0.4)
+    return save(fig, path)
 
 
 def plot_time(plan: Any, rows: Sequence[Any], path: Path) -> Path:
@@ -199,11 +209,10 @@ def plot_time(plan: Any, rows: Sequence[Any], path: Path) -> Path:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Cost of enforcing the constraint (median over seeds)", fontsize=11)
-    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.06, top=1 - 0.5 / fig.get_figheight(), wspace=0.75,
-                        hspace=0.25)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.75,
+                        hspace=0.35)
+    return save(fig, path)
 
 
 def study_figures(plan: Any, records: Mapping[str, dict], rows: Sequence[Any], folder: Path, prefix: str = "study") -> list[Path]:
