@@ -71,7 +71,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(default_ranks: lis
 
 def test_the_cases_cover_every_registered_strategy() -> None:
     covered = {case.strategy for case in ddp_cases.ALL_CASES.values()}
-    assert covered == set(strategies.available())
+    assert covered == {n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")}  # not the ones tests register
 
 
 @pytest.mark.slow

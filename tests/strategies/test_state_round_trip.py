@@ -124,4 +124,4 @@ def test_save_rebuild_load_continue_equals_the_uninterrupted_run(name: str, labe
 
 
 def test_every_registered_strategy_is_covered() -> None:
-    assert {name for name, _ in CELLS} == set(strategies.available())
+    assert {name for name, _ in CELLS} == {n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")}  # not the ones tests register
