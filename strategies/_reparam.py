@@ -478,6 +478,8 @@ class Reparameterization(Strategy):
             module, attr = _resolve(model, name)
             for target in sorted((t for t in group if not isinstance(t.set, Affine)), key=_order):
                 self._register(module, attr, self._weight_map(target.set, getattr(module, attr)))
+        if self._parametrized:  # each mapped weight computed once per forward, however often the forward reads it
+            self._handles.extend(cache_parametrizations(model))
 
     def remove(self) -> nn.Module:
         """Take the maps off the model: remove the output hooks and the parametrizations of the
@@ -539,6 +541,25 @@ class Reparameterization(Strategy):
             module.parametrizations[attr].original.requires_grad_(False)
             start += value.numel()
         latent.assign(torch.cat([v.reshape(-1) for v in values]))  # the projection of the starting point
+
+
+def cache_parametrizations(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Run every forward of ``model`` inside :func:`torch.nn.utils.parametrize.cached`: a parametrized
+    weight read several times in one forward (a layer applied twice, a recurrent loop) is computed once,
+    and its gradient flows through that one evaluation. Two hooks (the second runs even if the forward
+    raises); returns their handles."""
+    entered: list = []
+
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        context = parametrize.cached()
+        context.__enter__()
+        entered.append(context)
+
+    def leave(module: nn.Module, inputs: tuple, outputs: object) -> None:
+        if entered:
+            entered.pop().__exit__(None, None, None)
+
+    return [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
 
 
 def _order(target: Target) -> int:

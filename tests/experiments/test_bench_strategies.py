@@ -91,3 +91,23 @@ def test_cooper_matches_ours_step_for_step() -> None:
     assert ours["final_multiplier"] == pytest.approx(theirs["final_multiplier"], rel=1e-4, abs=1e-6)
     assert ours["final_mean_output"] == pytest.approx(theirs["final_mean_output"], rel=1e-4, abs=1e-6)
     assert record["ours_over_cooper"] > 0 and record["met"] == (record["ours_over_cooper"] <= bs.TARGET_COOPER_RATIO)
+
+
+def test_a_weight_read_twice_is_mapped_once_per_forward(monkeypatch) -> None:
+    """The fc2-twice cell: reparameterizations run the forward in ``parametrize.cached()``."""
+    from torch.nn.utils import parametrize
+
+    from strategies._reparam import SoftplusNonNegative
+
+    calls = []
+    original = SoftplusNonNegative.forward
+    monkeypatch.setattr(SoftplusNonNegative, "forward", lambda self, v: calls.append(1) or original(self, v))
+    cell = next(c for c in bs.CELLS if c.model == "fc2-twice")
+    torch.manual_seed(0)
+    base = bs.mlp(6, 6, 3, 2, fc2_twice=True)
+    x, y = torch.randn(4, 6), torch.randn(4, 2)
+    step, strategy = bs._build_cell(cell, base, x, y, 6)
+    calls.clear()
+    step()
+    assert len(calls) == 1 and strategy.steps == 1
+    assert not parametrize._cache_enabled and not parametrize._cache  # left clean after the forward
