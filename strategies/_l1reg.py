@@ -9,7 +9,8 @@ optimizer's learning rate.
 - ``l1-subgradient``: adds :math:`\lambda\|w\|_1` to the loss; the step :math:`-\eta\lambda\,\mathrm{sign}(w)`
   overshoots zero and rarely lands on it exactly, so weights oscillate around 0 instead.
 - ``l1-sign-step``: the same step applied separately after the optimizer step,
-  :math:`w \leftarrow w - \eta\lambda\,\mathrm{sign}(w)` (it shrinks; it never adds).
+  :math:`w \leftarrow w - \eta\lambda\,\mathrm{sign}(w)`: it moves against the sign (the seed question's
+  ``w + sign(w) * lambda`` has it backwards), but a weight with :math:`|w| < \eta\lambda` crosses zero.
 - ``l1-proximal``: soft-thresholding (FOBOS, ISTA), :math:`w \leftarrow \mathrm{sign}(w)\max(|w| - \eta\lambda, 0)`.
 - ``l1-truncated``: truncated gradient (Langford, Li & Zhang 2009): every ``period`` steps, weights
   with :math:`|w| \le \theta` move towards zero by :math:`\text{period}\cdot\eta\lambda`, clipped at zero.
