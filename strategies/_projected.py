@@ -29,11 +29,18 @@ from strategies._registry import register
 
 
 def _l1_ball_threshold_constant(radius: float | Tensor):
-    """Row map ``sign(z) relu(|z| - tau)`` with ``tau`` computed without gradient."""
+    """Row map ``sign(z) relu(|z| - tau)`` with ``tau`` computed without gradient; rows that float32
+    rounding left outside are pulled in by a constant factor ``r / ||y||_1`` (a few ulps)."""
 
     def project(rows: Tensor) -> Tensor:
         tau = l1_ball_threshold(rows, radius)
-        return torch.sign(rows) * (rows.abs() - tau).clamp_min(0)
+        y = torch.sign(rows) * (rows.abs() - tau).clamp_min(0)
+        with torch.no_grad():
+            total = torch.linalg.vector_norm(y, ord=1, dim=-1, keepdim=True, dtype=torch.float64)
+            r = torch.as_tensor(radius, dtype=torch.float64, device=y.device)
+            r = r.reshape(*r.shape, 1) if r.dim() else r
+            scale = torch.where(total > r, r / total, 1.0).to(y.dtype)
+        return y * scale
 
     return project
 
