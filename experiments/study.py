@@ -49,7 +49,7 @@ import strategies
 from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
 
 #: Bump when the record layout or the training loop changes: old run files are then ignored.
-FORMAT = 1
+FORMAT = 2
 #: The violation threshold of the "steps to feasibility" column.
 FEASIBLE = 1e-4
 #: The success criterion on the convex problems: |gap| <= GAP_OK and max violation <= VIOLATION_OK.
@@ -319,6 +319,15 @@ def log_steps(steps: int, linear: int = 60, geometric: int = 30) -> list[int]:
     return sorted(p for p in points if 0 <= p <= steps)
 
 
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam over every parameter of ``model``, torch's fused implementation (one kernel for all
+    parameters: the same update, about a quarter less overhead per step on small CPU models)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None = None) -> dict[str, Any]:
     r"""Train ``problem`` with ``entry``'s strategy for ``steps`` full-batch Adam steps from the seeded start.
 
@@ -371,7 +380,7 @@ def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: flo
                     setattr(strategy, name, lr)
                 loss = strategy.loss(objective, outputs, sample_ids=ids)
             if optimizer is None:  # after the first loss: lazily created parameters (slacks) exist now
-                optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+                optimizer = make_optimizer(model, lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
