@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from constrain._checks import LOW_PRECISION, check_finite, check_tensor
+from constrain._checks import LOW_PRECISION, check_finite, check_tensor, is_vmapped
 
 
 def as_real_tensor(value: object, name: str) -> Tensor:
@@ -37,6 +37,11 @@ def as_real_tensor(value: object, name: str) -> Tensor:
 def _as_matrix(A: object, c: object) -> tuple[Tensor, Tensor]:
     A = as_real_tensor(A, "A")
     c = as_real_tensor(c, "c")
+    if is_vmapped(A) or is_vmapped(c):
+        raise ValueError(
+            "A and c are constants of the projection (it factorizes A once): torch.func.vmap over "
+            "A or c is not supported. vmap over x, or build one constrain.Affine(A, c) per system."
+        )
     if A.dim() == 1:
         A = A.unsqueeze(0)
     if A.dim() != 2:
@@ -161,7 +166,8 @@ def project_affine(x: Tensor, A: Tensor, c: Tensor) -> Tensor:
     r"""Project each row of ``x`` (shape ``(..., n)``) onto :math:`\{w : A w = c\}`.
 
     ``A`` (m, n) and ``c`` (m,) are treated as constants; gradients flow to ``x`` (the map is
-    affine, its Jacobian is the projector :math:`I - V^\top V`). To project many times onto the
+    affine, its Jacobian is the projector :math:`I - V^\top V`). Works under ``torch.func``
+    transforms of ``x`` (``vmap``, ``jvp``, ``jacrev``, ``jacfwd``). To project many times onto the
     same set, build :class:`constrain.Affine` once: it keeps the factorization.
     """
     x = check_tensor(x)

@@ -31,12 +31,43 @@ def check_tensor(x: object, name: str = "x") -> Tensor:
     return x
 
 
+def is_functorch_wrapped(x: Tensor) -> bool:
+    """Whether ``x`` is wrapped by a ``torch.func`` transform (vmap's batched tensors, grad / jvp levels)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def is_transformed(x: Tensor) -> bool:
+    """Whether ``x`` is wrapped by ``torch.func`` or by the legacy vmap (``gradcheck``'s batched checks): plain ops only."""
+    return is_functorch_wrapped(x) or torch._C._functorch.is_legacy_batchedtensor(x)
+
+
+def is_vmapped(x: Tensor) -> bool:
+    """Whether ``x`` is batched by ``torch.func.vmap`` at some level."""
+    while is_functorch_wrapped(x):
+        if torch._C._functorch.is_batchedtensor(x):
+            return True
+        x = torch._C._functorch.get_unwrapped(x)
+    return False
+
+
+def plain(x: Tensor) -> Tensor:
+    """The tensor under every ``torch.func`` wrapper of ``x`` (``x`` itself if none), detached.
+
+    Data checks read it: under ``vmap`` a check on the whole physical tensor (every vmapped
+    sample at once) replaces the data-dependent control flow vmap cannot trace.
+    """
+    while is_functorch_wrapped(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return x.detach()
+
+
 def check_finite(values: Tensor, name: str = "x") -> None:
-    """Raise if ``values`` holds NaN or Inf.
+    """Raise if ``values`` holds NaN or Inf (works under ``torch.func`` transforms).
 
     Callers pass a reduction they computed anyway (row sums, norms): a sum is
     finite iff every summand is, so this costs no extra pass over the input.
     """
+    values = plain(values)
     if values.numel() and not bool(torch.isfinite(values).all()):
         raise ValueError(
             f"{name} contains NaN or Inf; projections are defined for finite inputs only. "
@@ -62,10 +93,11 @@ def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str =
     if radius.is_complex() or radius.dtype == torch.bool:
         raise TypeError(f"{name} must be a real tensor, got dtype {radius.dtype}.")
     r = radius.to(device=x.device, dtype=x.dtype)
-    if r.numel() and not bool(((r > 0) & torch.isfinite(r)).all()):
+    values = plain(r)
+    if values.numel() and not bool(((values > 0) & torch.isfinite(values)).all()):
         raise ValueError(
-            f"every entry of {name} must be positive and finite; got min {r.min().item():g}, "
-            f"max {r.max().item():g}. A zero radius has a single feasible point: use torch.zeros_like."
+            f"every entry of {name} must be positive and finite; got min {values.min().item():g}, "
+            f"max {values.max().item():g}. A zero radius has a single feasible point: use torch.zeros_like."
         )
     try:
         r = r.expand(batch_shape) if r.dim() <= len(batch_shape) else None

@@ -38,7 +38,15 @@ import warnings
 import torch
 from torch import Tensor
 
-from constrain._checks import LOW_PRECISION, Radius, check_dim, check_finite, check_radius, check_tensor
+from constrain._checks import (
+    LOW_PRECISION,
+    Radius,
+    check_dim,
+    check_finite,
+    check_radius,
+    check_tensor,
+    is_transformed,
+)
 
 #: Newton steps after which the torch path gives up and sorts (adversarial rows only).
 _MAX_NEWTON_STEPS = 64
@@ -188,9 +196,16 @@ def _numba_rows(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor]:
     return y.reshape(x.shape), taus.reshape(*x.shape[:-1], 1)
 
 
-def _forward_numba(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+#: What every forward returns: the projection ``y``; ``outside`` (..., 1), bool: rows whose
+#: Jacobian is the projection's (ball rows outside the ball; every simplex row); ``tau`` (..., 1):
+#: the threshold, ``P(x) = sign(x) max(|x| - tau, 0)`` (ball; 0 for rows inside) or ``max(x - tau, 0)``.
+Forward = tuple[Tensor, Tensor, Tensor]
+
+
+def _forward_numba(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     y, tau = _numba_rows(x, radius, ball)
-    return y, (tau > 0 if ball else None)
+    outside = tau > 0 if ball else torch.ones_like(tau, dtype=torch.bool)
+    return y, outside, tau.to(x.dtype)
 
 
 def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -208,27 +223,31 @@ def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
     return d, top, total
 
 
-def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total: Tensor, tau: Tensor, delta: Tensor) -> Forward:
+    """The torch and sort paths' last step: signs and rows inside (ball), and the absolute threshold."""
+    absolute = (top.double() + tau.double() + delta.double()).to(x.dtype)
+    if not ball:
+        return y, torch.ones_like(top, dtype=torch.bool), absolute
+    outside = total > radius  # rows outside have tau > 0; rows inside stay x
+    y = torch.where(outside, y.copysign_(x), x, out=y)
+    return y, outside, absolute.clamp_min_(0).masked_fill_(~outside, 0)
+
+
+def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     """Newton on any device, on rows shifted by their maximum: two buffers of ``x``'s size, one becomes the output."""
-    d, _, total = _shifted(x, ball)
-    y = _apply_threshold(d, *_newton_threshold(d, radius, torch.empty_like(d)))
-    if ball:  # rows outside have tau > 0; rows inside stay x
-        outside = total > radius
-        return torch.where(outside, y.copysign_(x), x, out=y), outside
-    return y, None
+    d, top, total = _shifted(x, ball)
+    tau, delta = _newton_threshold(d, radius, torch.empty_like(d))
+    return _finish(x, _apply_threshold(d, tau, delta), radius, ball, top, total, tau, delta)
 
 
-def _forward_sort(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+def _forward_sort(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     """The sort-based reference, on rows shifted by their maximum."""
-    d, _, total = _shifted(x, ball)
-    y = _apply_threshold(d, *_split(_sort_threshold(d, radius), d.dtype))
-    if ball:
-        outside = total > radius
-        return torch.where(outside, y.copysign_(x), x), outside
-    return y, None
+    d, top, total = _shifted(x, ball)
+    tau, delta = _split(_sort_threshold(d, radius), d.dtype)
+    return _finish(x, _apply_threshold(d, tau, delta), radius, ball, top, total, tau, delta)
 
 
-def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     return (_forward_numba if _numba_usable(x) else _forward_torch)(x, radius, ball)
 
 
@@ -252,26 +271,45 @@ def _round_inside(y: Tensor, radius: Tensor, ball: bool) -> None:
     y.mul_(torch.where(off & (total > 0), r / total, 1.0).to(y.dtype))
 
 
+def _support(y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(s, |S|)``: ``sign(y)`` (1 on the simplex support; +-1 on the ball's; 0 elsewhere) and the support's size (at least 1)."""
+    signs = torch.sign(y)
+    return signs, signs.abs().sum(-1, keepdim=True).clamp_min(1)
+
+
 class _SimplexOrBallProjection(torch.autograd.Function):
-    """Forward: projection of each row. Backward: the exact Jacobian, applied in O(n)."""
+    r"""Projection of each row; outputs ``(y, outside, tau)`` (see :data:`Forward`; only ``y`` is differentiable).
+
+    Jacobian (rows outside / simplex rows): :math:`J = \operatorname{diag}(|s|) - s s^\top / |S|`
+    in ``x`` and :math:`s / |S|` in ``r``, applied in O(n) by ``backward`` (reverse mode) and
+    ``jvp`` (forward mode); the identity in ``x`` and 0 in ``r`` for ball rows inside. ``vmap``
+    folds a vmapped dimension into the rows, which the kernels batch over already; with it,
+    ``torch.func.vmap``, ``jvp``, ``jacrev``, ``jacfwd`` and ``hessian`` all work.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, radius: Tensor, ball: bool, method: str) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:  # type: ignore[override]
         if method == "numba" and not _numba_usable(x):
             raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
-        y, outside = _FORWARDS[method](x, radius, ball)
+        y, outside, tau = _FORWARDS[method](x, radius, ball)
         if x.dtype != torch.float64:
             _round_inside(y, radius, ball)
-        ctx.ball = ball
-        ctx.save_for_backward(y, outside)
-        return y
+        return y, outside, tau
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:
+        y, outside, tau = output
+        ctx.mark_non_differentiable(outside, tau)
+        ctx.ball = inputs[2]
+        ctx.save_for_backward(y, outside)
+        ctx.save_for_forward(y, outside)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _outside_grad=None, _tau_grad=None):  # type: ignore[override]
         y, outside = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: out-of-place, so that it differentiates
-            signs = torch.sign(y)  # 1 on the simplex support; +-1 on the ball's support; 0 elsewhere
-            size = signs.abs().sum(-1, keepdim=True).clamp_min_(1)
+        if torch.is_grad_enabled() or is_transformed(grad):
+            # create_graph=True or torch.func: out-of-place, so that it differentiates and vmaps
+            signs, size = _support(y)
             radius_grad = (signs * grad).sum(-1, keepdim=True) / size
             grad_x = grad * signs.abs() - signs * radius_grad
             if ctx.ball:
@@ -290,6 +328,32 @@ class _SimplexOrBallProjection(torch.autograd.Function):
             radius_grad = radius_grad * outside
         return grad_x, radius_grad, None, None
 
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor | None, radius_tangent: Tensor | None, *_):  # type: ignore[override]
+        r"""Forward mode: :math:`\dot y = |s| \dot x - s\,(s^\top \dot x - \dot r) / |S|` (ball rows inside: :math:`\dot x`)."""
+        y, outside = ctx.saved_tensors
+        signs, size = _support(y)
+        along = torch.zeros_like(size) if x_tangent is None else (signs * x_tangent).sum(-1, keepdim=True)
+        if radius_tangent is not None:
+            along = along - radius_tangent
+        tangent = -signs * (along / size)
+        if x_tangent is not None:
+            tangent = tangent + signs.abs() * x_tangent
+        if ctx.ball:
+            tangent = torch.where(outside, tangent, torch.zeros_like(tangent) if x_tangent is None else x_tangent)
+        return tangent, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, radius: Tensor, ball: bool, method: str):
+        """A vmapped dimension becomes one more leading batch dimension of the rows."""
+        x_dim, radius_dim = in_dims[0], in_dims[1]
+        x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
+        if radius_dim is not None:
+            radius = radius.movedim(radius_dim, 0)
+        else:
+            radius = radius.expand(info.batch_size, *radius.shape)
+        return _SimplexOrBallProjection.apply(x, radius, ball, method), (0, 0, 0)
+
 
 def _project(x: Tensor, radius: Radius, dim: int, ball: bool, method: str) -> Tensor:
     x = check_tensor(x)
@@ -302,7 +366,7 @@ def _project(x: Tensor, radius: Radius, dim: int, ball: bool, method: str) -> Te
         if moved.shape[-1] == 0 and not ball and moved.shape[:-1].numel():
             raise ValueError("cannot project onto the simplex in 0 dimensions: it is empty for radius > 0.")
         return x.clone()
-    y = _SimplexOrBallProjection.apply(moved.to(compute_dtype), r, ball, method)
+    y = _SimplexOrBallProjection.apply(moved.to(compute_dtype), r, ball, method)[0]
     return y.to(x.dtype).movedim(-1, dim)
 
 
@@ -338,13 +402,7 @@ def l1_ball_threshold(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
     if moved.numel() == 0:
         return moved.new_zeros((*moved.shape[:-1], 1)).movedim(-1, dim)
     compute_dtype = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
-    moved, r = moved.to(compute_dtype), r.to(compute_dtype)
-    if _numba_usable(moved):
-        tau = _numba_rows(moved, r, ball=True)[1]
-    else:
-        d, top, norms = _shifted(moved, ball=True)
-        tau, delta = _newton_threshold(d, r)
-        tau = (top.double() + tau + delta).clamp_min_(0).masked_fill_(norms <= r, 0)
+    tau = _SimplexOrBallProjection.apply(moved.to(compute_dtype), r.to(compute_dtype), True, "auto")[2]
     return tau.to(x.dtype).movedim(-1, dim)
 
 
