@@ -31,6 +31,12 @@ def check_tensor(x: object, name: str = "x") -> Tensor:
     return x
 
 
+_NON_FINITE_FIX = (
+    "projections are defined for finite inputs only. Find where the non-finite values come from "
+    "(torch.autograd.set_detect_anomaly helps) or clean them with torch.nan_to_num({name})."
+)
+
+
 def is_functorch_wrapped(x: Tensor) -> bool:
     """Whether ``x`` is wrapped by a ``torch.func`` transform (vmap's batched tensors, grad / jvp levels)."""
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
@@ -64,16 +70,17 @@ def plain(x: Tensor) -> Tensor:
 def check_finite(values: Tensor, name: str = "x") -> None:
     """Raise if ``values`` holds NaN or Inf (works under ``torch.func`` transforms).
 
+    Inside ``torch.compile`` nothing is checked (a check would synchronise with the host):
+    the callers there return NaN for rows with a non-finite entry instead.
+
     Callers pass a reduction they computed anyway (row sums, norms): a sum is
     finite iff every summand is, so this costs no extra pass over the input.
     """
+    if torch.compiler.is_compiling():  # no host synchronisation in a compiled graph: the caller returns NaN rows
+        return
     values = plain(values)
     if values.numel() and not bool(torch.isfinite(values).all()):
-        raise ValueError(
-            f"{name} contains NaN or Inf; projections are defined for finite inputs only. "
-            f"Find where the non-finite values come from (torch.autograd.set_detect_anomaly helps) "
-            f"or clean them with torch.nan_to_num({name})."
-        )
+        raise ValueError(f"{name} contains NaN or Inf; {_NON_FINITE_FIX.format(name=name)}")
 
 
 def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str = "radius") -> Tensor:

@@ -48,8 +48,13 @@ from constrain._checks import (
     is_transformed,
 )
 
-#: Newton steps after which the torch path gives up and sorts (adversarial rows only).
-_MAX_NEWTON_STEPS = 64
+#: Newton steps of the torch path run without a host synchronisation (rows that converge
+#: earlier stay put), for rows of more than ``_BLOCK`` values and for shorter ones (whose start
+#: is poorer). Eagerly, a block of steps is repeated while some row has not converged, up to
+#: ``_NEWTON_BLOCKS`` blocks; compiled, one block. Rows not converged then (adversarial) are sorted.
+_NEWTON_STEPS = 4
+_NEWTON_STEPS_SHORT = 6
+_NEWTON_BLOCKS = 16
 #: Block length, and Newton steps on the block maxima, of the torch path's starting bound.
 _BLOCK = 32
 _BLOCK_STEPS = 4
@@ -90,27 +95,53 @@ def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> t
     increase monotonically and stop, exactly, once the support no longer changes; the last
     step, :math:`(\sum_S (d_i - \tau) - r)/|S|`, is computed from values of the output's size,
     so it is ``delta`` to the precision of ``r``. The start, :func:`_lower_bound`, is close
-    enough that two or three steps usually do.
+    enough that two to four steps usually do (six for rows of a few values).
 
-    Pure torch (any device), five elementwise passes per step into one buffer (``buf``, a
-    tensor like ``d``, reused when given) and no other allocation of ``d``'s size; one host
-    synchronisation per step. If a row has not converged after ``_MAX_NEWTON_STEPS`` steps
-    (adversarial inputs), the rows are sorted.
+    Pure torch (any device), four elementwise passes per step into one buffer (``buf``, a
+    tensor like ``d``, reused when given), no other allocation of ``d``'s size, and no host
+    synchronisation inside a block of ``_NEWTON_STEPS`` steps (a row that has converged keeps
+    its threshold). Eagerly, one test after each block decides whether another is needed;
+    compiled, after one block, rows not converged (adversarial inputs) are sorted, the test a
+    ``torch.cond``, so the whole path compiles with ``torch.compile(fullgraph=True)``.
     """
     tau = _lower_bound(d, radius)
     buf = torch.empty_like(d) if buf is None else buf
-    count = None
-    for _ in range(_MAX_NEWTON_STEPS):
+    steps = _NEWTON_STEPS if d.shape[-1] > _BLOCK else _NEWTON_STEPS_SHORT
+    state = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
+    state = _newton_steps(d, radius, buf, state, steps)
+    if torch.compiler.is_compiling():  # (eagerly, torch.cond would compile its branches on every shape)
+        return torch.cond(state[2].all(), _newton_done, _sort_unconverged, (d, radius, state[0], state[3], state[2]))
+    for _ in range(_NEWTON_BLOCKS - 1):  # one synchronisation per block of steps
+        if bool(state[2].all()):
+            break
+        state = _newton_steps(d, radius, buf, state, steps)
+    tau, _, converged, delta = state
+    return (tau, delta) if bool(converged.all()) else _sort_unconverged(d, radius, tau, delta, converged)
+
+
+def _newton_steps(d: Tensor, radius: Tensor, buf: Tensor, state: tuple[Tensor, ...], steps: int) -> tuple[Tensor, ...]:
+    """``steps`` Newton steps on every row, without a host synchronisation; ``state = (tau, count, converged, step)``."""
+    tau, count, converged, step = state
+    for _ in range(steps):
         torch.sub(d, tau, out=buf).clamp_min_(0)
         excess = buf.sum(-1, keepdim=True)  # sum over the values above tau of (d - tau)
-        new_count = buf.sign_().sum(-1, keepdim=True)
+        new_count = torch.count_nonzero(buf, dim=-1).unsqueeze(-1).to(d.dtype)
         # a row whose iterate rounded up onto its largest value has no value above it: keep it
         step = torch.where(new_count > 0, (excess - radius) / new_count.clamp_min(1), 0)
-        if count is not None and torch.equal(new_count, count):
-            return tau, step
+        converged = converged | (new_count == count)  # the support repeats: tau is final, step is delta
+        tau = torch.where(converged, tau, tau + step)
         count = new_count
-        tau = tau + step
-    return _split(_sort_threshold(d, radius), d.dtype)
+    return tau, count, converged, step
+
+
+def _newton_done(d: Tensor, radius: Tensor, tau: Tensor, delta: Tensor, converged: Tensor) -> tuple[Tensor, Tensor]:
+    return tau.clone(), delta.clone()  # (torch.cond's branches may not return their inputs)
+
+
+def _sort_unconverged(d: Tensor, radius: Tensor, tau: Tensor, delta: Tensor, converged: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows Newton has not finished (adversarial), sorted; the others kept."""
+    sorted_tau, sorted_delta = _split(_sort_threshold(d, radius), d.dtype)
+    return torch.where(converged, tau, sorted_tau), torch.where(converged, delta, sorted_delta)
 
 
 def _sort_threshold(v: Tensor, radius: Tensor) -> Tensor:
@@ -226,11 +257,15 @@ def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
 def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total: Tensor, tau: Tensor, delta: Tensor) -> Forward:
     """The torch and sort paths' last step: signs and rows inside (ball), and the absolute threshold."""
     absolute = (top.double() + tau.double() + delta.double()).to(x.dtype)
-    if not ball:
-        return y, torch.ones_like(top, dtype=torch.bool), absolute
-    outside = total > radius  # rows outside have tau > 0; rows inside stay x
-    y = torch.where(outside, y.copysign_(x), x, out=y)
-    return y, outside, absolute.clamp_min_(0).masked_fill_(~outside, 0)
+    if ball:
+        outside = total > radius  # rows outside have tau > 0; rows inside stay x
+        y = torch.where(outside, y.copysign_(x), x, out=y)
+        absolute = absolute.clamp_min_(0).masked_fill_(~outside, 0)
+    else:
+        outside = torch.ones_like(top, dtype=torch.bool)
+    if torch.compiler.is_compiling():  # compiled, check_finite raised nothing: rows with NaN or Inf are NaN
+        y = torch.where(torch.isfinite(total), y, torch.nan)
+    return y, outside, absolute
 
 
 def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> Forward:

@@ -186,38 +186,48 @@ def test_numba_threaded_long_rows(dtype, ball):
 
 
 def test_torch_path_falls_back_to_sorting(monkeypatch):
-    monkeypatch.setattr(_simplex, "_MAX_NEWTON_STEPS", 1)
+    monkeypatch.setattr(_simplex, "_NEWTON_STEPS", 1)
+    monkeypatch.setattr(_simplex, "_NEWTON_BLOCKS", 1)
     x = torch.rand(20, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     for ball in (True, False):
         _check_close(_project(x, 1.0, -1, ball, "torch"), _project_sort(x, 1.0, ball=ball), x, 1.0, "fallback")
 
 
-def test_bench_projections_smoke(tmp_path, capsys):
+def test_bench_projections_smoke(tmp_path, capsys, monkeypatch):
     from experiments.cli import main
 
     path = tmp_path / "bench.json"
     code = main(["bench", "projections", "--sizes", "16,40", "--batch", "4", "--repeats", "1",
-                 "--cvxpy-rows", "1", "--json", str(path)])
-    assert code == 0
+                 "--cvxpy-rows", "1", "--threads", "1", "--json", str(path)])
+    assert code == 0  # without --check, misses are reported only
     printed = capsys.readouterr().out
-    assert "numba/abs" in printed and "sort" in printed
+    assert printed.startswith("machine: ") and "torch " + torch.__version__ in printed.splitlines()[0]
+    assert "ours/abs" in printed and "sort" in printed and "targets missed:" in printed
     payload = json.loads(path.read_text())
     assert payload["benchmark"] == "projections"
     assert payload["config"]["sizes"] == [16, 40] and payload["config"]["batches"] == [4, 4]
-    assert {"torch", "numba", "threads"} <= set(payload["environment"])
+    assert payload["config"]["threads"] == [1]
+    assert {"torch", "numba", "numpy", "python", "threads", "cpu", "cpus"} <= set(payload["environment"])
     records = payload["results"]
     assert [(rec["set"], rec["n"]) for rec in records] == [("l1ball", 16), ("simplex", 16), ("l1ball", 40), ("simplex", 40)]
     for rec in records:
-        assert rec["batch"] == 4 and rec["dtype"] == "float32"
+        assert rec["batch"] == 4 and rec["dtype"] == "float32" and rec["threads"] == 1
         ms = rec["median_ms"]
-        assert {"abs", "torch", "sort", "cvxpy_per_row"} <= set(ms)
+        assert {"abs", "ours", "torch", "sort", "cvxpy_per_row"} <= set(ms)
         assert ("numba" in ms) == HAVE_NUMBA
         assert all(isinstance(v, float) and v > 0 for v in ms.values())
         assert set(rec["min_ms"]) == set(ms) - {"cvxpy_per_row"}
         assert all(rec["min_ms"][name] <= ms[name] for name in rec["min_ms"])
-        assert rec["ours"] == ("numba" if HAVE_NUMBA else "torch")
         assert all(v > 0 for v in rec["ratios"].values())
-        assert all(isinstance(v, bool) for v in rec["targets"].values())
+        assert rec["targets"] and all(isinstance(v, bool) for v in rec["targets"].values())
+    # --check turns a missed target into exit status 1; without it the run reports and exits 0
+    from experiments import bench
+
+    monkeypatch.setattr(bench, "TARGET_SMALL_SORT_SPEEDUP", 1e9)  # a target no kernel meets
+    quick = ["bench", "projections", "--sizes", "16", "--batch", "4", "--repeats", "1", "--cvxpy-rows", "0", "--threads", "1"]
+    assert main([*quick, "--check"]) == 1
+    assert main(quick) == 0
+    assert "sort/ours>=1e+09:MISS" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
