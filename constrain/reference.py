@@ -1,13 +1,23 @@
-r"""cvxpy reference projections: :math:`\min_y \|y - x\|_2^2 \text{ s.t. } y \in C`, row by row.
+r"""Reference projections: :math:`\min_y \|y - x\|_2^2 \text{ s.t. } y \in C`, row by row.
 
-A reference is only as exact as its solver. Every set here is a cone or an affine set, so
-:math:`P_C(x) = s\,P_{C/s}(x/s)`: each row is solved at unit scale (``s = max|x|``), with OSQP at
-tight tolerances and its solution polished onto the active set; Clarabel is the fallback.
+A reference must not give up on a valid instance, and must not share the kernels' code. Two kinds:
+
+- exact: where the set has one (:meth:`ConstraintSet.exact_projection`): the simplex and the L1
+  ball by the sort-based threshold in exact rational arithmetic on the float64 input, rounded once
+  to float64 (so it is within half an ulp of the exact projection, whatever the offset or scale of
+  the row); the orthant by ``max(x, 0)``.
+- cvxpy: every set is a cone or an affine set, so :math:`P_C(x) = s\,P_{C/s}(x/s)`: each row is
+  solved at unit scale (``s = max(max|x|, own scale)``) by Clarabel, then polished onto the active
+  set and accepted with a KKT certificate; OSQP and Clarabel at tight tolerances are the fallback.
+  If none is optimal, :class:`ReferenceSolverError` ("reference unavailable", not a kernel failure).
+
 cvxpy is imported on first use, so ``import constrain`` stays light.
 """
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +48,8 @@ def solve_projection(constraint_set: "ConstraintSet", x: np.ndarray) -> np.ndarr
     """Solve one projection ``argmin ||y - x||^2, y in constraint_set`` for a 1-d ``x``."""
     import cvxpy as cp
 
-    scale = max(float(np.max(np.abs(x))) if x.size else 0.0, _set_scale(constraint_set))
+    own = float(constraint_set.own_scale(torch.from_numpy(x).reshape(1, -1)).max())
+    scale = max(float(np.max(np.abs(x))) if x.size else 0.0, own)
     scale = scale if scale > 0 else 1.0
     scaled_set = constraint_set.scaled(1.0 / scale)
     y = cp.Variable(x.shape[0])
@@ -57,17 +68,6 @@ def solve_projection(constraint_set: "ConstraintSet", x: np.ndarray) -> np.ndarr
         f"cvxpy could not project onto {constraint_set!r} (last status: {problem.status}); "
         "the input may be too ill-conditioned for the reference solvers."
     )
-
-
-def _set_scale(constraint_set: "ConstraintSet") -> float:
-    """The set's own scale: its radius, or the size of the least-norm point ``A^+ c`` of an affine set."""
-    radius = getattr(constraint_set, "radius", None)
-    if isinstance(radius, (int, float)):
-        return float(radius)
-    factor = getattr(constraint_set, "factor", None)
-    if factor is not None and factor.particular.numel():
-        return float(factor.particular.abs().max())
-    return 0.0
 
 
 def _polished_solution(problem: Any, var: Any) -> np.ndarray | None:
@@ -181,13 +181,70 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
     return None
 
 
-def reference_projection(constraint_set: "ConstraintSet", x: Tensor) -> Tensor:
-    """Project every row of ``x`` (shape ``(..., n)``) with cvxpy; returns float64 on ``x``'s device."""
+def exact_simplex(x: np.ndarray, radius: float) -> np.ndarray:
+    r"""The projection of the 1-d float64 ``x`` onto :math:`\{y \ge 0, \sum_i y_i = r\}`, computed exactly.
+
+    With :math:`u` the entries sorted in decreasing order and :math:`S_k = \sum_{i \le k} u_i`, the
+    support size is the largest :math:`K` with :math:`k u_k - S_k + r > 0`, the threshold
+    :math:`\tau = (S_K - r) / K`, and :math:`y = \max(x - \tau, 0)` (Held et al. 1974; Duchi et al.
+    2008). Every float is an integer times a power of two, so with the common denominator
+    :math:`2^e` the sums and the test are integer arithmetic (no rounding, no cancellation, any
+    offset), and each output is one correctly rounded integer division.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or not x.size or not np.isfinite(x).all() or not (math.isfinite(radius) and radius > 0):
+        raise ValueError("exact_simplex needs a non-empty finite 1-d x and a positive finite radius.")
+    ratios = [float(v).as_integer_ratio() for v in x] + [float(radius).as_integer_ratio()]
+    denominator = max(den for _, den in ratios)  # every denominator is a power of two
+    ints = [num * (denominator // den) for num, den in ratios]
+    r_int = ints.pop()
+    order = np.argsort(-x, kind="stable")
+    support, total = 0, 0  # K and S_K
+    for k, index in enumerate(order, start=1):
+        u = ints[index]
+        if k * u - (total + u) + r_int <= 0:
+            break  # the test holds exactly for k = 1..K and fails after
+        support, total = k, total + u
+    shift = total - r_int  # tau = shift / (K * denominator)
+    out = np.zeros_like(x)
+    for index in order[:support]:
+        out[index] = (ints[index] * support - shift) / (support * denominator)  # int / int: correctly rounded
+    return out
+
+
+def exact_l1_ball(x: np.ndarray, radius: float) -> np.ndarray:
+    r"""The projection of the 1-d float64 ``x`` onto :math:`\{\|y\|_1 \le r\}`, computed exactly:
+    ``x`` itself inside (tested in integer arithmetic), else :math:`\operatorname{sign}(x)\,P_\Delta(|x|)`."""
+    x = np.asarray(x, dtype=np.float64)
+    magnitude = np.abs(x)
+    if _exact_sum(magnitude) <= Fraction(radius):
+        return x.copy()
+    return np.sign(x) * exact_simplex(magnitude, radius)
+
+
+def _exact_sum(x: np.ndarray) -> Fraction:
+    """The exact sum of float64 values."""
+    ratios = [float(v).as_integer_ratio() for v in x]
+    denominator = max((den for _, den in ratios), default=1)
+    return Fraction(sum(num * (denominator // den) for num, den in ratios), denominator)
+
+
+def reference_projection(constraint_set: "ConstraintSet", x: Tensor, method: str = "auto") -> Tensor:
+    """Project every row of ``x`` (shape ``(..., n)``); returns float64 on ``x``'s device.
+
+    ``method``: ``"auto"`` uses the set's exact projection where it has one and cvxpy otherwise;
+    ``"cvxpy"`` always solves with cvxpy (to check the two references against each other).
+    Raises :class:`ReferenceSolverError` if cvxpy cannot solve a row (the exact ones cannot fail).
+    """
+    if method not in ("auto", "cvxpy"):
+        raise ValueError(f"method must be 'auto' or 'cvxpy', got {method!r}.")
     x = check_tensor(x)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension.")
+    exact = constraint_set.exact_projection(x) if method == "auto" else None
+    if exact is not None:
+        return exact
     rows = x.detach().to("cpu", torch.float64).reshape(-1, x.shape[-1]).numpy()
-    row_sets = constraint_set.row_sets(x)
-    solved = [solve_projection(row_set, row) for row_set, row in zip(row_sets, rows)]
+    solved = [solve_projection(row_set, row) for row_set, row in zip(constraint_set.row_sets(x), rows)]
     out = np.stack(solved) if solved else np.zeros_like(rows)
     return torch.from_numpy(out).reshape(x.shape).to(x.device)
