@@ -28,10 +28,12 @@ So a row is read about twice and written once; nothing of the input's size is al
 L1 ball: a row whose largest ``|x|`` is at most ``r`` gets a vectorized sum to tell whether it
 is inside the ball (then it is copied unchanged); outside, :math:`\tau > 0` filters zeros too.
 
-The threshold is accumulated in float64 over the exact support, then rounded to the input's
-dtype; outputs are formed exactly as the torch paths form them (``x - clamp(x, -tau, tau)``
-for the ball, ``max(x - tau, 0)`` for the simplex), so every path agrees up to the rounding
-of ``tau``. NaN and Inf are detected by the passes above and reported per row.
+Every threshold is kept relative to the row's largest value ``top`` (shift invariance):
+values are compared and summed as ``a - top`` in float64, exact on the support, so a row
+``noise + 1e8`` loses nothing. The threshold is accumulated in float64 over the exact support;
+outputs are formed as the torch paths form them, ``max(((a - top) - t) - e, 0)`` with the
+threshold split as ``t + e`` in the row's dtype (times ``sign(x)`` for the ball), so every
+path agrees up to a few ulps of ``r``. NaN and Inf are detected by the passes above and reported per row.
 
 Rows are split among threads (the kernels release the GIL; a small pool of Python threads
 drives them, which stays clear of numba's OpenMP layer and of ``fork``). With fewer rows than
@@ -96,15 +98,15 @@ def _block_maxima(xi, ball, keys):
 
 
 @nb.njit(fastmath={"reassoc"}, **_OPTIONS)
-def _count_sum(values, t):
-    """``(#{a > t}, sum of those a)`` over ``values`` (vectorized; compared and summed in float64)."""
+def _count_sum(values, t, top):
+    """``(#{d > t}, sum of those d)`` over ``d = values - top`` (vectorized; in float64)."""
     c = 0
     s = 0.0
     for j in range(values.shape[0]):
-        a = np.float64(values[j])
-        above = a > t
+        d = np.float64(values[j]) - top
+        above = d > t
         c += above
-        s += a if above else 0.0
+        s += d if above else 0.0
     return c, s
 
 
@@ -117,8 +119,8 @@ def _sum_abs(xs):
 
 
 @nb.njit(**_OPTIONS)
-def _gather(xs, ball, t, aux, length):
-    """Append the values ``> t`` of ``xs`` (``|xs|`` when ``ball``) to ``aux[length:]`` without branching.
+def _gather(xs, ball, t, top, aux, length):
+    """Append the values ``a`` with ``a - top > t`` of ``xs`` (``a = |xs|`` when ``ball``) to ``aux[length:]`` without branching.
 
     Returns the new length. ``aux`` has room: ``length`` never exceeds the values visited before.
     """
@@ -126,39 +128,41 @@ def _gather(xs, ball, t, aux, length):
         for j in range(xs.shape[0]):
             a = abs(xs[j])
             aux[length] = a
-            length += np.float64(a) > t
+            length += np.float64(a) - top > t
     else:
         for j in range(xs.shape[0]):
             a = xs[j]
             aux[length] = a
-            length += np.float64(a) > t
+            length += np.float64(a) - top > t
     return length
 
 
 @nb.njit(**_OPTIONS)
-def _compact(aux, length, t):
-    """Keep the values ``> t`` of ``aux[:length]`` at its front; return how many."""
+def _compact(aux, length, t, top):
+    """Keep the values ``a`` with ``a - top > t`` of ``aux[:length]`` at its front; return how many."""
     kept = 0
     for j in range(length):
         a = aux[j]
         aux[kept] = a
-        kept += np.float64(a) > t
+        kept += np.float64(a) - top > t
     return kept
 
 
 @nb.njit(**_OPTIONS)
-def _newton(aux, length, r, rho, compact):
-    r"""The threshold of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``.
+def _newton(aux, length, r, rho, compact, top):
+    r"""The threshold, relative to ``top``, of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``.
 
-    Exact: stops when the set above the iterate repeats, returning :math:`(\sum - r)/\#` over it.
+    Works on ``d = aux - top`` (``top`` the row's largest value; shift-invariance of the
+    threshold), so that a large common offset costs no precision. Exact: stops when the set
+    above the iterate repeats, returning :math:`(\sum d - r)/\#` over it.
     ``compact``: steps after which each step also drops the values below the iterate.
     """
     previous = -1
     steps = 0
     while True:
         if steps >= compact:
-            length = _compact(aux, length, rho)
-        c, s = _count_sum(aux[:length], rho)
+            length = _compact(aux, length, rho, top)
+        c, s = _count_sum(aux[:length], rho, top)
         if c == 0:  # rho rounded up onto the largest value: it is as close as it gets
             return rho
         new = (s - r) / c
@@ -170,9 +174,9 @@ def _newton(aux, length, r, rho, compact):
 
 
 @nb.njit(**_OPTIONS)
-def _under(rho, top):
-    """``rho``, or the float64 just below ``top`` if rounding carried ``rho`` up to it: top stays a candidate."""
-    return rho if rho < top else np.nextafter(top, -np.inf)
+def _under(rho):
+    """``rho`` (relative to the row's top), or the float64 just below 0 if rounding carried it up there: top stays a candidate."""
+    return rho if rho < 0.0 else -5e-324
 
 
 @nb.njit(**_OPTIONS)
@@ -186,14 +190,16 @@ def _short_filter(xs, ball, r, aux, whole_row):
         total += a
         top = max(top, np.float64(a))
     if not np.isfinite(total):  # NaN or Inf
-        return 0.0, 0, False, whole_row
-    rho = _under(max(top - r, (total - r) / xs.shape[0]), top)
-    if ball:
-        if total <= r and whole_row:
-            return 0.0, 0, True, True
-        if total > r:
-            rho = max(rho, 0.0)
-    return rho, xs.shape[0], True, False
+        return 0.0, 0, False, whole_row, 0.0
+    if ball and total <= r and whole_row:
+        return 0.0, 0, True, True, top
+    shifted = 0.0  # the sum of a - top, exact where it matters (a offset by 1e8 costs nothing)
+    for j in range(xs.shape[0]):
+        shifted += np.float64(aux[j]) - top
+    rho = _under(max(-r, (shifted - r) / xs.shape[0]))
+    if ball and total > r:
+        rho = max(rho, -top)  # outside the ball: tau > 0
+    return rho, xs.shape[0], True, False, top
 
 
 @nb.njit(**_OPTIONS)
@@ -201,10 +207,12 @@ def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     r"""Candidates for the threshold of ``xs`` (``|xs|`` when ``ball``) and radius ``r``.
 
     ``xi``: integer view of ``xs``; ``aux`` (not overlapping ``xs``) receives the candidates;
-    ``maxima``: room for one value per block and one more, ``keys`` its integer view. Returns ``(rho, length, finite, inside)``:
-    ``aux[:length]`` holds every value above ``rho``, a lower bound of the threshold, hence
-    the support; ``inside``: a ball row with :math:`\|x\|_1 \le r` (only when ``whole_row``;
-    nothing else is computed then).
+    ``maxima``: room for one value per block and one more, ``keys`` its integer view. Returns
+    ``(rho, length, finite, inside, top)``: ``top`` is the largest value and ``aux[:length]``
+    holds every value above ``top + rho``, ``rho`` a lower bound of the threshold relative to
+    ``top`` (all thresholds here are relative to the top: exact for rows with a large common
+    offset), hence the support; ``inside``: a ball row with :math:`\|x\|_1 \le r` (only when
+    ``whole_row``; nothing else is computed then).
     """
     n = xs.shape[0]
     if n <= _BLOCK:
@@ -213,71 +221,87 @@ def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     keys[blocks] = _block_maxima(xi, ball, keys)
     top = np.float64(maxima[blocks])
     if not np.isfinite(top):  # a NaN or +inf (simplex: -inf and NaNs with the sign bit set turn up in _write)
-        return 0.0, 0, False, whole_row
-    rho = _under(top - r, top)
+        return 0.0, 0, False, whole_row, 0.0
+    rho = _under(-r)
     if ball:
         if top <= r:
             total = _sum_abs(xs)
             if total <= r and whole_row:
-                return 0.0, 0, True, True
+                return 0.0, 0, True, True, top
             if total > r:
-                rho = max(rho, 0.0)
+                rho = max(rho, -top)
         else:
-            rho = max(rho, 0.0)  # outside the ball: tau > 0
+            rho = max(rho, -top)  # outside the ball: tau > 0
     # a lower bound from the block maxima (a subset of the values): a few Newton steps
     for _ in range(4 if blocks > 1 else 0):
-        c, s = _count_sum(maxima[:blocks], rho)
+        c, s = _count_sum(maxima[:blocks], rho, top)
         new = (s - r) / c
         if not new > rho:
             break
-        rho = _under(new, top)
+        rho = _under(new)
     length = 0
     total = 0.0
     for b in range(blocks):
-        if maxima[b] > rho:
+        if np.float64(maxima[b]) - top > rho:
             start = b * _BLOCK
             before = length
-            length = _gather(xs[start : min(n, start + _BLOCK)], ball, rho, aux, length)
+            length = _gather(xs[start : min(n, start + _BLOCK)], ball, rho, top, aux, length)
             for j in range(before, length):
-                total += aux[j]
+                total += np.float64(aux[j]) - top
             new = (total - r) / length
             if new > rho:
-                rho = _under(new, top)
-    return rho, length, True, False
+                rho = _under(new)
+    return rho, length, True, False, top
 
 
 @nb.njit(fastmath={"reassoc"}, **_OPTIONS)
-def _write(xs, out, t, ball):
-    """``out = x - clamp(x, -t, t)`` (ball; equals ``sign(x) max(|x| - t, 0)``) or ``max(x - t, 0)``.
+def _write(xs, out, top, tau, ball, inside):
+    r"""``out = max(((x - top) - t) - e, 0)`` (simplex) or ``sign(x) max(((|x| - top) - t) - e, 0)`` (ball).
 
-    Returns False if the simplex row holds a NaN or an Inf (the ball's are found by the filter).
+    ``tau`` (float64) is the threshold relative to the row's ``top``, split as ``t + e`` in the
+    row's dtype. For values in the support ``x - top`` is exact (Sterbenz), and each later
+    rounding is relative to the output entry: a large common offset costs nothing, and the
+    rounding of the threshold (of the size of ``r``) does not shift the whole support.
+    ``inside``: a ball row inside the ball, copied unchanged. Returns False if the simplex row
+    holds a NaN or an Inf (the ball's are found by the filter).
     """
+    m = xs.dtype.type(top)
+    t = xs.dtype.type(tau)
+    e = xs.dtype.type(tau - np.float64(t))
+    zero = m - m
     if ball:
+        if inside:
+            for i in range(xs.shape[0]):
+                out[i] = xs[i]
+            return True
         for i in range(xs.shape[0]):
             v = xs[i]
-            out[i] = v - min(max(v, -t), t)
+            out[i] = np.copysign(max(((abs(v) - m) - t) - e, zero), v)
         return True
-    zero = t - t
     total = 0.0
     for i in range(xs.shape[0]):
         v = xs[i]
-        out[i] = max(v - t, zero)
+        out[i] = max(((v - m) - t) - e, zero)
         total += v
     return np.isfinite(total)
 
 
 @nb.njit(**_OPTIONS)
-def _threshold(tau, ball, like):
-    if ball and not tau > 0.0:
-        tau = 0.0
-    return like.dtype.type(tau)
+def _finish(xr, outr, top, tau, ball, taus, row):
+    """Write the row's output; ``taus[row]`` gets the absolute threshold (0 for ball rows inside). Returns ``_write``'s flag."""
+    if ball:
+        tau = max(tau, -top)  # tau >= 0
+    absolute = top + tau
+    inside = ball and not absolute > 0.0
+    taus[row] = 0.0 if inside else absolute
+    return _write(xr, outr, top, tau, ball, inside)
 
 
 @nb.njit(**_OPTIONS)
 def _project_rows(x, xi, radius, ball, out, taus):
     """Project each row of the 2-d ``x`` (rows C-contiguous) into ``out``; ``xi``: integer view of ``x``.
 
-    Returns how many rows hold a NaN or an Inf.
+    ``taus`` (float64) receives the thresholds. Returns how many rows hold a NaN or an Inf.
     """
     maxima = np.empty(x.shape[1] // _BLOCK + 2, x.dtype)
     keys = maxima.view(xi.dtype)
@@ -288,32 +312,36 @@ def _project_rows(x, xi, radius, ball, out, taus):
         r = np.float64(radius[row])
         # whole_row=ball: it only matters for the ball, and a literal True would compile twice
         if x.shape[1] <= _BLOCK:  # called directly: through _filter it costs ~100 ns more a row
-            rho, length, finite, inside = _short_filter(xr, ball, r, outr, ball)
+            rho, length, finite, inside, top = _short_filter(xr, ball, r, outr, ball)
         else:
-            rho, length, finite, inside = _filter(xr, xi[row], ball, r, outr, maxima, keys, ball)
-        tau = 0.0 if inside or not finite else _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING)
-        t = _threshold(tau, ball, xr)
-        taus[row] = t
-        bad += not (_write(xr, outr, t, ball) and finite)
+            rho, length, finite, inside, top = _filter(xr, xi[row], ball, r, outr, maxima, keys, ball)
+        if not finite:
+            taus[row] = 0.0
+            _write(xr, outr, 0.0, 0.0, ball, True)
+            bad += 1
+            continue
+        tau = -top if inside else _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING, top)
+        bad += not _finish(xr, outr, top, tau, ball, taus, row)
     return bad
 
 
 @nb.njit(**_OPTIONS)
 def _filter_segment(xs, xi, r, ball, aux, whole_row):
-    """Candidates of one segment of a long row, left at ``aux[:length]``; returns ``(rho, length, finite)``.
+    """Candidates of one segment of a long row, left at ``aux[:length]``; returns ``(rho, length, finite, top)``.
 
     ``whole_row`` is False (an argument, so that numba compiles no separate literal version).
     """
     maxima = np.empty(xs.shape[0] // _BLOCK + 2, xs.dtype)
-    rho, length, finite, _ = _filter(xs, xi, ball, r, aux, maxima, maxima.view(xi.dtype), whole_row)
-    return rho, length, finite
+    rho, length, finite, _, top = _filter(xs, xi, ball, r, aux, maxima, maxima.view(xi.dtype), whole_row)
+    return rho, length, finite, top
 
 
 @nb.njit(**_OPTIONS)
-def _merge_segments(xr, r, ball, outr, starts, lengths, rho):
-    """Gather the segments' candidates at the front of ``outr``; return the row's threshold.
+def _merge_segments(r, outr, starts, lengths, rho, top):
+    """Gather the segments' candidates at the front of ``outr``; return the row's threshold relative to ``top``.
 
-    ``rho``: the largest of the segments' lower bounds; every value above it is a candidate.
+    ``top``: the row's largest value; ``rho``: the largest of the segments' lower bounds,
+    relative to ``top``; every value above it is a candidate.
     """
     total = 0
     for part in range(starts.shape[0]):
@@ -321,8 +349,15 @@ def _merge_segments(xr, r, ball, outr, starts, lengths, rho):
         for j in range(lengths[part]):
             outr[total + j] = outr[start + j]
         total += lengths[part]
-    tau = _newton(outr, total, r, rho, _STEPS_BEFORE_COMPACTING) if total else 0.0
-    return _threshold(tau, ball, xr)
+    return _newton(outr, total, r, rho, _STEPS_BEFORE_COMPACTING, top)
+
+
+@nb.njit(**_OPTIONS)
+def _finish_segment(xs, out, top, tau, ball):
+    """Write one segment of a long row (its threshold relative to the row's ``top``)."""
+    if ball:
+        tau = max(tau, -top)
+    return _write(xs, out, top, tau, ball, ball and not top + tau > 0.0)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -346,8 +381,8 @@ _INT_VIEW = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 def project_rows(x: np.ndarray, radius: np.ndarray, ball: bool, out: np.ndarray, taus: np.ndarray, threads: int) -> int:
     """Project the rows of ``x`` (2-d, C-contiguous, float32 or float64) into ``out``.
 
-    ``radius`` (rows,): positive, ``x``'s dtype. ``taus`` (rows,) receives each row's threshold
-    (0 for ball rows inside the ball). ``threads``: how many threads may work on it (the
+    ``radius`` (rows,): positive, ``x``'s dtype. ``taus`` (rows,), float64, receives each row's
+    threshold (0 for ball rows inside the ball; > 0 for ball rows outside). ``threads``: how many threads may work on it (the
     kernels release the GIL). Returns how many rows hold a NaN or an Inf (their output is
     garbage).
     """
@@ -382,17 +417,32 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
     ]
     found = [job.result() for job in jobs]
     bad = np.zeros(rows, dtype=np.bool_)
+    tops = np.zeros(rows)
     for row in range(rows):
         mine = found[row * parts : (row + 1) * parts]
-        lengths = np.array([length for _, length, _ in mine], dtype=np.int64)
-        bad[row] = not all(finite for _, _, finite in mine)
-        rho = max(rho for rho, _, _ in mine)
+        bad[row] = not all(finite for _, _, finite, _ in mine)
         if bad[row]:
             taus[row] = 0
-        else:
-            taus[row] = _merge_segments(x[row], float(radius[row]), ball, out[row], starts[:-1], lengths, rho)
-    writes = [pool.submit(_write, x[row, a:b], out[row, a:b], taus[row], ball) for row, a, b in segments]
-    for (row, _, _), job in zip(segments, writes):
+            continue
+        top = max(seg_top for _, _, _, seg_top in mine)
+        # each segment's bound, moved to the row's top (an ulp lower, for the rounding of the move)
+        rho = max(np.nextafter((seg_top - top) + seg_rho, -np.inf) for seg_rho, _, _, seg_top in mine)
+        rho = min(rho, -5e-324)
+        lengths = np.array([length for _, length, _, _ in mine], dtype=np.int64)
+        tau = _merge_segments(float(radius[row]), out[row], starts[:-1], lengths, rho, top)
+        if ball:
+            tau = max(tau, -top)
+        tops[row], taus[row] = top, tau  # taus holds the relative threshold until the writes are done
+    writes = [
+        pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball)
+        for row, a, b in segments
+        if not bad[row]
+    ]
+    for (row, _, _), job in zip([seg for seg in segments if not bad[seg[0]]], writes):
         if not job.result():
             bad[row] = True
+    for row in range(rows):
+        if not bad[row]:
+            absolute = tops[row] + taus[row]
+            taus[row] = 0.0 if ball and not absolute > 0.0 else absolute
     return int(bad.sum())

@@ -13,6 +13,12 @@ Jacobian. On the support :math:`S = \{i : y_i \ne 0\}` with signs :math:`s = \op
 :math:`\partial y / \partial r = s_S / |S|`. It is applied in O(n) by a custom backward:
 no differentiable sorting is needed.
 
+Precision. :math:`\tau` is shift-invariant (:math:`\tau(v + c\,1) = \tau(v) + c`), so every path
+computes it on the row shifted by its maximum, :math:`d = a - \max a` (exact on the support,
+by Sterbenz's lemma), and forms the output as :math:`\max((d - t) - e, 0)` with the threshold
+:math:`t + e` split in two: the error is a few ulps of ``r``, whatever a common offset of the
+row (``x = noise + 1e8`` projects exactly), and whatever the support's size.
+
 Forward paths (``method`` of :func:`_project`), all exact up to the rounding of :math:`\tau`:
 
 - ``"numba"``: compiled CPU kernels (:mod:`constrain._numba_kernels`; block maxima, then Newton
@@ -41,19 +47,20 @@ _BLOCK = 32
 _BLOCK_STEPS = 4
 
 
-def _lower_bound(v: Tensor, radius: Tensor, total: Tensor) -> Tensor:
-    r"""A lower bound of each row's threshold, usually close to it: Newton on the maxima of blocks of ``v``.
+def _lower_bound(d: Tensor, radius: Tensor) -> Tensor:
+    r"""A lower bound of each row's threshold, usually close to it: Newton on the maxima of blocks of ``d``.
 
+    ``d``: rows shifted by their maximum (``max d = 0``), so the threshold lies in ``[-r, 0)``.
     The threshold :math:`\tau_V` of any subset :math:`V` of a row is at most the row's, and so is
     every Newton iterate for :math:`V` started left of :math:`\tau_V`; the block maxima are such a
     subset, 1/``_BLOCK`` of the row, read in one pass (``amax`` over an ``unfold`` view).
     """
-    n = v.shape[-1]
+    n = d.shape[-1]
     full = n - n % _BLOCK
-    maxima = v[..., :full].unfold(-1, _BLOCK, _BLOCK).amax(-1) if full else v[..., :0]
+    maxima = d[..., :full].unfold(-1, _BLOCK, _BLOCK).amax(-1) if full else d[..., :0]
     if full < n:
-        maxima = torch.cat([maxima, v[..., full:].amax(-1, keepdim=True)], -1)
-    tau = torch.maximum(maxima.amax(-1, keepdim=True) - radius, (total - radius) / n)
+        maxima = torch.cat([maxima, d[..., full:].amax(-1, keepdim=True)], -1)
+    tau = -radius.expand(*d.shape[:-1], 1)
     if maxima.shape[-1] > 1:
         for _ in range(_BLOCK_STEPS):  # every iterate is a lower bound: no convergence test needed
             above = maxima > tau
@@ -62,43 +69,73 @@ def _lower_bound(v: Tensor, radius: Tensor, total: Tensor) -> Tensor:
     return tau
 
 
-def _newton_threshold(v: Tensor, radius: Tensor, total: Tensor | None = None, buf: Tensor | None = None) -> Tensor:
-    r"""Threshold :math:`\tau` of each row of ``v`` (shape ``(..., n)``) for the simplex of ``radius``.
+def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Threshold of each row of ``d`` (shape ``(..., n)``, rows shifted so that ``max d = 0``), as ``(tau, delta)``.
 
-    Newton's method on the convex, decreasing, piecewise-linear
-    :math:`f(\tau) = \sum_i \max(v_i - \tau, 0) - r` (Michelot 1986): started left of the root,
-    the iterates :math:`\tau_{k+1} = \tau_k + (\sum_i (v_i - \tau_k)_+ - r) / |\{v_i > \tau_k\}|`
-    increase monotonically and stop, exactly, once the support no longer changes. The start,
-    :func:`_lower_bound`, is close enough that two or three steps usually do.
+    The threshold is :math:`\tau + \delta`, ``delta`` a correction below ``tau``'s ulp (see
+    :func:`_apply_threshold`). The threshold is shift-invariant
+    (:math:`\tau(v + c) = \tau(v) + c`); working on rows shifted by their maximum keeps it
+    exact for rows with a large common offset, where the absolute threshold would round to the
+    offset's ulp. Newton's method on the convex, decreasing, piecewise-linear
+    :math:`f(\tau) = \sum_i \max(d_i - \tau, 0) - r` (Michelot 1986): started left of the root,
+    the iterates :math:`\tau_{k+1} = \tau_k + (\sum_i (d_i - \tau_k)_+ - r) / |\{d_i > \tau_k\}|`
+    increase monotonically and stop, exactly, once the support no longer changes; the last
+    step, :math:`(\sum_S (d_i - \tau) - r)/|S|`, is computed from values of the output's size,
+    so it is ``delta`` to the precision of ``r``. The start, :func:`_lower_bound`, is close
+    enough that two or three steps usually do.
 
     Pure torch (any device), five elementwise passes per step into one buffer (``buf``, a
-    tensor like ``v``, reused when given) and no other allocation of ``v``'s size; one host
-    synchronisation per step. ``total``: the row sums of ``v`` if already known. If a row has
-    not converged after ``_MAX_NEWTON_STEPS`` steps (adversarial inputs), the rows are sorted.
+    tensor like ``d``, reused when given) and no other allocation of ``d``'s size; one host
+    synchronisation per step. If a row has not converged after ``_MAX_NEWTON_STEPS`` steps
+    (adversarial inputs), the rows are sorted.
     """
-    total = v.sum(-1, keepdim=True) if total is None else total
-    tau = _lower_bound(v, radius, total)
-    buf = torch.empty_like(v) if buf is None else buf
+    tau = _lower_bound(d, radius)
+    buf = torch.empty_like(d) if buf is None else buf
     count = None
     for _ in range(_MAX_NEWTON_STEPS):
-        torch.sub(v, tau, out=buf).clamp_min_(0)
-        excess = buf.sum(-1, keepdim=True)  # sum over the values above tau of (v - tau)
+        torch.sub(d, tau, out=buf).clamp_min_(0)
+        excess = buf.sum(-1, keepdim=True)  # sum over the values above tau of (d - tau)
         new_count = buf.sign_().sum(-1, keepdim=True)
-        if count is not None and torch.equal(new_count, count):
-            return tau
-        count = new_count
         # a row whose iterate rounded up onto its largest value has no value above it: keep it
-        tau = tau + torch.where(new_count > 0, (excess - radius) / new_count.clamp_min(1), 0)
-    return _sort_threshold(v, radius)
+        step = torch.where(new_count > 0, (excess - radius) / new_count.clamp_min(1), 0)
+        if count is not None and torch.equal(new_count, count):
+            return tau, step
+        count = new_count
+        tau = tau + step
+    return _split(_sort_threshold(d, radius), d.dtype)
 
 
 def _sort_threshold(v: Tensor, radius: Tensor) -> Tensor:
-    """Reference threshold by sorting (O(n log n)); used by tests and benchmarks."""
+    r"""Reference threshold by sorting (O(n log n)), *relative to each row's maximum*, in float64; for tests and benchmarks.
+
+    With :math:`u` sorted descending and :math:`d = u - u_1`, the support size :math:`K` is the
+    number of :math:`k` with :math:`k d_k > \sum_{j \le k} d_j - r` (at least 1: :math:`d_1 = 0`)
+    and :math:`\tau - u_1 = (\sum_{j \le K} d_j - r) / K`. Shifting first keeps it exact for
+    rows with a large common offset (unshifted, ``1e8 - r`` rounds to ``1e8`` in float32); the
+    prefix sums are accumulated and kept in float64.
+    """
     u, _ = torch.sort(v, dim=-1, descending=True)
-    cumsum = u.cumsum(-1) - radius
-    ks = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=v.dtype)
-    support = (u * ks > cumsum).sum(-1, keepdim=True)
-    return cumsum.gather(-1, support - 1) / support.to(v.dtype)
+    d = (u - u[..., :1]).double()
+    cumsum = d.cumsum(-1) - radius.double()
+    ks = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=torch.float64)
+    support = (d * ks > cumsum).sum(-1, keepdim=True).clamp_min_(1)
+    return cumsum.gather(-1, support - 1) / support
+
+
+def _split(tau: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A float64 threshold as ``(tau, delta)`` in ``dtype``: ``tau`` rounded, ``delta`` what rounding left."""
+    rounded = tau.to(dtype)
+    return rounded, (tau - rounded.double()).to(dtype)
+
+
+def _apply_threshold(d: Tensor, tau: Tensor, delta: Tensor) -> Tensor:
+    r""":math:`\max((d - \tau) - \delta, 0)`, in place over ``d``.
+
+    ``d - tau`` is exact where it is not small, so both roundings are relative to the output:
+    rounding the threshold itself (of the size of ``r``, and shared by the whole support) would
+    shift every output entry alike, and the row sum by ``|S|`` times as much.
+    """
+    return d.sub_(tau).sub_(delta).clamp_min_(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,13 +176,13 @@ def _raise_non_finite() -> None:
 
 
 def _numba_rows(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor]:
-    """Project the rows of ``x`` (..., n) with the compiled kernels; return ``(y, tau)``, ``tau`` of shape (..., 1)."""
+    """Project the rows of ``x`` (..., n) with the compiled kernels; return ``(y, tau)``, ``tau`` float64 of shape (..., 1)."""
     kernels = _numba_kernels()
     n = x.shape[-1]
     rows = x.detach().reshape(-1, n).contiguous()
     r = radius.detach().reshape(-1).to(rows.dtype).contiguous()
     y = torch.empty_like(rows)
-    taus = torch.empty(rows.shape[0], dtype=rows.dtype)
+    taus = torch.empty(rows.shape[0], dtype=torch.float64)
     if kernels.project_rows(rows.numpy(), r.numpy(), ball, y.numpy(), taus.numpy(), torch.get_num_threads()):
         _raise_non_finite()
     return y.reshape(x.shape), taus.reshape(*x.shape[:-1], 1)
@@ -156,35 +193,39 @@ def _forward_numba(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tenso
     return y, (tau > 0 if ball else None)
 
 
-def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
-    """Newton on any device: one buffer besides the output (the ball's ``|x|``, which becomes the output)."""
-    if ball:
-        magnitude = x.abs()
-        norms = magnitude.sum(-1, keepdim=True)
-        check_finite(norms)
-        outside = norms > radius
-        buf = torch.empty_like(x)
-        tau = _newton_threshold(magnitude, radius, norms, buf).clamp_min_(0).masked_fill_(~outside, 0)
-        # sign(x) max(|x| - tau, 0), written over |x|; equals x - clamp(x, -tau, tau) bit for bit
-        return magnitude.sub_(tau).clamp_min_(0).copysign_(x), outside
-    total = x.sum(-1, keepdim=True)
+def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(d, top, total)`` per row, with ``a = |x|`` (ball) or ``x``: ``d = a - max(a)`` (a new tensor), ``top = max(a)``, ``total = sum(a)``.
+
+    Raises on NaN or Inf (``total`` is finite iff every entry is). The threshold is
+    shift-invariant, and ``a - top`` is exact on the support (Sterbenz), so thresholds computed
+    on ``d`` lose nothing to a large common offset.
+    """
+    a = x.abs() if ball else x
+    total = a.sum(-1, keepdim=True)
     check_finite(total)
-    buf = torch.empty_like(x)
-    tau = _newton_threshold(x, radius, total, buf)
-    return torch.sub(x, tau, out=buf).clamp_min_(0), None
+    top = a.amax(-1, keepdim=True)
+    d = a.sub_(top) if ball else x - top
+    return d, top, total
+
+
+def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
+    """Newton on any device, on rows shifted by their maximum: two buffers of ``x``'s size, one becomes the output."""
+    d, _, total = _shifted(x, ball)
+    y = _apply_threshold(d, *_newton_threshold(d, radius, torch.empty_like(d)))
+    if ball:  # rows outside have tau > 0; rows inside stay x
+        outside = total > radius
+        return torch.where(outside, y.copysign_(x), x, out=y), outside
+    return y, None
 
 
 def _forward_sort(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
-    """The sort-based reference, kept as it was."""
+    """The sort-based reference, on rows shifted by their maximum."""
+    d, _, total = _shifted(x, ball)
+    y = _apply_threshold(d, *_split(_sort_threshold(d, radius), d.dtype))
     if ball:
-        magnitude = x.abs()
-        norms = magnitude.sum(-1, keepdim=True)
-        check_finite(norms)
-        outside = norms > radius
-        tau = _sort_threshold(magnitude, radius).clamp_min_(0).masked_fill_(~outside, 0)
-        return torch.sign(x) * (magnitude - tau).clamp_min_(0), outside
-    check_finite(x.sum(-1))
-    return (x - _sort_threshold(x, radius)).clamp_min_(0), None
+        outside = total > radius
+        return torch.where(outside, y.copysign_(x), x), outside
+    return y, None
 
 
 def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor | None]:
@@ -301,10 +342,9 @@ def l1_ball_threshold(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
     if _numba_usable(moved):
         tau = _numba_rows(moved, r, ball=True)[1]
     else:
-        magnitude = moved.abs()
-        norms = magnitude.sum(-1, keepdim=True)
-        check_finite(norms)
-        tau = _newton_threshold(magnitude, r, norms).clamp_min_(0).masked_fill_(norms <= r, 0)
+        d, top, norms = _shifted(moved, ball=True)
+        tau, delta = _newton_threshold(d, r)
+        tau = (top.double() + tau + delta).clamp_min_(0).masked_fill_(norms <= r, 0)
     return tau.to(x.dtype).movedim(-1, dim)
 
 
