@@ -187,28 +187,33 @@ def exact_simplex(x: np.ndarray, radius: float) -> np.ndarray:
     With :math:`u` the entries sorted in decreasing order and :math:`S_k = \sum_{i \le k} u_i`, the
     support size is the largest :math:`K` with :math:`k u_k - S_k + r > 0`, the threshold
     :math:`\tau = (S_K - r) / K`, and :math:`y = \max(x - \tau, 0)` (Held et al. 1974; Duchi et al.
-    2008). Every float is an integer times a power of two, so with the common denominator
-    :math:`2^e` the sums and the test are integer arithmetic (no rounding, no cancellation, any
-    offset), and each output is one correctly rounded integer division.
+    2008). Every float is an integer times a power of two, so on the common grid :math:`2^{e_0}`
+    the sums and the test are integer arithmetic (no rounding, no cancellation, any offset), and
+    each output is one correctly rounded integer division.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1 or not x.size or not np.isfinite(x).all() or not (math.isfinite(radius) and radius > 0):
         raise ValueError("exact_simplex needs a non-empty finite 1-d x and a positive finite radius.")
-    ratios = [float(v).as_integer_ratio() for v in x] + [float(radius).as_integer_ratio()]
-    denominator = max(den for _, den in ratios)  # every denominator is a power of two
-    ints = [num * (denominator // den) for num, den in ratios]
-    r_int = ints.pop()
+    mantissa, exponent = _integer_parts(np.append(x, radius))
+    e0 = int(exponent[mantissa != 0].min())  # the finest grid: every value is an integer multiple of 2**e0
+
+    def integer(i: int) -> int:  # value i exactly, in units of 2**e0
+        m = int(mantissa[i])
+        return m << int(exponent[i] - e0) if m else 0
+
+    r_int = integer(x.size)
     order = np.argsort(-x, kind="stable")
     support, total = 0, 0  # K and S_K
-    for k, index in enumerate(order, start=1):
-        u = ints[index]
+    for k, index in enumerate(order.tolist(), start=1):
+        u = integer(index)
         if k * u - (total + u) + r_int <= 0:
             break  # the test holds exactly for k = 1..K and fails after
         support, total = k, total + u
-    shift = total - r_int  # tau = shift / (K * denominator)
+    shift, denominator = total - r_int, support << max(-e0, 0)  # tau = shift * 2**e0 / K
+    scale = 1 << max(e0, 0)
     out = np.zeros_like(x)
-    for index in order[:support]:
-        out[index] = (ints[index] * support - shift) / (support * denominator)  # int / int: correctly rounded
+    for index in order[:support].tolist():
+        out[index] = (integer(index) * support - shift) * scale / denominator  # int / int: correctly rounded
     return out
 
 
@@ -222,11 +227,25 @@ def exact_l1_ball(x: np.ndarray, radius: float) -> np.ndarray:
     return np.sign(x) * exact_simplex(magnitude, radius)
 
 
+def _integer_parts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values = mantissa * 2**exponent`` exactly, with int64 mantissas below 2**53 in magnitude."""
+    fraction, exponent = np.frexp(values)
+    return (fraction * 2.0**53).astype(np.int64), exponent.astype(np.int64) - 53
+
+
 def _exact_sum(x: np.ndarray) -> Fraction:
-    """The exact sum of float64 values."""
-    ratios = [float(v).as_integer_ratio() for v in x]
-    denominator = max((den for _, den in ratios), default=1)
-    return Fraction(sum(num * (denominator // den) for num, den in ratios), denominator)
+    """The exact sum of float64 values: the int64 mantissas summed per exponent (in two 26-bit
+    halves, so that no partial sum overflows), then combined as Python integers."""
+    mantissa, exponent = _integer_parts(np.asarray(x, dtype=np.float64).reshape(-1))
+    if not mantissa.any():
+        return Fraction(0)
+    e0 = int(exponent[mantissa != 0].min())
+    levels, where = np.unique(exponent, return_inverse=True)
+    high, low = np.zeros(levels.size, np.int64), np.zeros(levels.size, np.int64)
+    np.add.at(high, where, mantissa >> 26)
+    np.add.at(low, where, mantissa & ((1 << 26) - 1))
+    total = sum(((int(h) << 26) + int(lo)) << int(e - e0) for h, lo, e in zip(high, low, levels) if h or lo)
+    return Fraction(total) * Fraction(2) ** e0
 
 
 def reference_projection(constraint_set: "ConstraintSet", x: Tensor, method: str = "auto") -> Tensor:
