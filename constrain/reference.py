@@ -1,13 +1,23 @@
-r"""cvxpy reference projections: :math:`\min_y \|y - x\|_2^2 \text{ s.t. } y \in C`, row by row.
+r"""Reference projections: :math:`\min_y \|y - x\|_2^2 \text{ s.t. } y \in C`, row by row.
 
-A reference is only as exact as its solver. Every set here is a cone or an affine set, so
-:math:`P_C(x) = s\,P_{C/s}(x/s)`: each row is solved at unit scale (``s = max|x|``), with OSQP at
-tight tolerances and its solution polished onto the active set; Clarabel is the fallback.
+A reference must not give up on a valid instance, and must not share the kernels' code. Two kinds:
+
+- exact: where the set has one (:meth:`ConstraintSet.exact_projection`): the simplex and the L1
+  ball by the sort-based threshold in exact rational arithmetic on the float64 input, rounded once
+  to float64 (so it is within half an ulp of the exact projection, whatever the offset or scale of
+  the row); the orthant by ``max(x, 0)``.
+- cvxpy: every set is a cone or an affine set, so :math:`P_C(x) = s\,P_{C/s}(x/s)`: each row is
+  solved at unit scale (``s = max(max|x|, own scale)``) by Clarabel, then polished onto the active
+  set and accepted with a KKT certificate; OSQP and Clarabel at tight tolerances are the fallback.
+  If none is optimal, :class:`ReferenceSolverError` ("reference unavailable", not a kernel failure).
+
 cvxpy is imported on first use, so ``import constrain`` stays light.
 """
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +48,8 @@ def solve_projection(constraint_set: "ConstraintSet", x: np.ndarray) -> np.ndarr
     """Solve one projection ``argmin ||y - x||^2, y in constraint_set`` for a 1-d ``x``."""
     import cvxpy as cp
 
-    scale = max(float(np.max(np.abs(x))) if x.size else 0.0, _set_scale(constraint_set))
+    own = float(constraint_set.own_scale(torch.from_numpy(x).reshape(1, -1)).max())
+    scale = max(float(np.max(np.abs(x))) if x.size else 0.0, own)
     scale = scale if scale > 0 else 1.0
     scaled_set = constraint_set.scaled(1.0 / scale)
     y = cp.Variable(x.shape[0])
@@ -57,17 +68,6 @@ def solve_projection(constraint_set: "ConstraintSet", x: np.ndarray) -> np.ndarr
         f"cvxpy could not project onto {constraint_set!r} (last status: {problem.status}); "
         "the input may be too ill-conditioned for the reference solvers."
     )
-
-
-def _set_scale(constraint_set: "ConstraintSet") -> float:
-    """The set's own scale: its radius, or the size of the least-norm point ``A^+ c`` of an affine set."""
-    radius = getattr(constraint_set, "radius", None)
-    if isinstance(radius, (int, float)):
-        return float(radius)
-    factor = getattr(constraint_set, "factor", None)
-    if factor is not None and factor.particular.numel():
-        return float(factor.particular.abs().max())
-    return 0.0
 
 
 def _polished_solution(problem: Any, var: Any) -> np.ndarray | None:
@@ -181,13 +181,89 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
     return None
 
 
-def reference_projection(constraint_set: "ConstraintSet", x: Tensor) -> Tensor:
-    """Project every row of ``x`` (shape ``(..., n)``) with cvxpy; returns float64 on ``x``'s device."""
+def exact_simplex(x: np.ndarray, radius: float) -> np.ndarray:
+    r"""The projection of the 1-d float64 ``x`` onto :math:`\{y \ge 0, \sum_i y_i = r\}`, computed exactly.
+
+    With :math:`u` the entries sorted in decreasing order and :math:`S_k = \sum_{i \le k} u_i`, the
+    support size is the largest :math:`K` with :math:`k u_k - S_k + r > 0`, the threshold
+    :math:`\tau = (S_K - r) / K`, and :math:`y = \max(x - \tau, 0)` (Held et al. 1974; Duchi et al.
+    2008). Every float is an integer times a power of two, so on the common grid :math:`2^{e_0}`
+    the sums and the test are integer arithmetic (no rounding, no cancellation, any offset), and
+    each output is one correctly rounded integer division.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or not x.size or not np.isfinite(x).all() or not (math.isfinite(radius) and radius > 0):
+        raise ValueError("exact_simplex needs a non-empty finite 1-d x and a positive finite radius.")
+    mantissa, exponent = _integer_parts(np.append(x, radius))
+    e0 = int(exponent[mantissa != 0].min())  # the finest grid: every value is an integer multiple of 2**e0
+
+    def integer(i: int) -> int:  # value i exactly, in units of 2**e0
+        m = int(mantissa[i])
+        return m << int(exponent[i] - e0) if m else 0
+
+    r_int = integer(x.size)
+    order = np.argsort(-x, kind="stable")
+    support, total = 0, 0  # K and S_K
+    for k, index in enumerate(order.tolist(), start=1):
+        u = integer(index)
+        if k * u - (total + u) + r_int <= 0:
+            break  # the test holds exactly for k = 1..K and fails after
+        support, total = k, total + u
+    shift, denominator = total - r_int, support << max(-e0, 0)  # tau = shift * 2**e0 / K
+    scale = 1 << max(e0, 0)
+    out = np.zeros_like(x)
+    for index in order[:support].tolist():
+        out[index] = (integer(index) * support - shift) * scale / denominator  # int / int: correctly rounded
+    return out
+
+
+def exact_l1_ball(x: np.ndarray, radius: float) -> np.ndarray:
+    r"""The projection of the 1-d float64 ``x`` onto :math:`\{\|y\|_1 \le r\}`, computed exactly:
+    ``x`` itself inside (tested in integer arithmetic), else :math:`\operatorname{sign}(x)\,P_\Delta(|x|)`."""
+    x = np.asarray(x, dtype=np.float64)
+    magnitude = np.abs(x)
+    if _exact_sum(magnitude) <= Fraction(radius):
+        return x.copy()
+    return np.sign(x) * exact_simplex(magnitude, radius)
+
+
+def _integer_parts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values = mantissa * 2**exponent`` exactly, with int64 mantissas below 2**53 in magnitude."""
+    fraction, exponent = np.frexp(values)
+    return (fraction * 2.0**53).astype(np.int64), exponent.astype(np.int64) - 53
+
+
+def _exact_sum(x: np.ndarray) -> Fraction:
+    """The exact sum of float64 values: the int64 mantissas summed per exponent (in two 26-bit
+    halves, so that no partial sum overflows), then combined as Python integers."""
+    mantissa, exponent = _integer_parts(np.asarray(x, dtype=np.float64).reshape(-1))
+    if not mantissa.any():
+        return Fraction(0)
+    e0 = int(exponent[mantissa != 0].min())
+    levels, where = np.unique(exponent, return_inverse=True)
+    high, low = np.zeros(levels.size, np.int64), np.zeros(levels.size, np.int64)
+    np.add.at(high, where, mantissa >> 26)
+    np.add.at(low, where, mantissa & ((1 << 26) - 1))
+    total = sum(((int(h) << 26) + int(lo)) << int(e - e0) for h, lo, e in zip(high, low, levels) if h or lo)
+    return Fraction(total) * Fraction(2) ** e0
+
+
+def reference_projection(constraint_set: "ConstraintSet", x: Tensor, method: str = "auto") -> Tensor:
+    """Project every row of ``x`` (shape ``(..., n)``); returns float64 on ``x``'s device.
+
+    ``method``: ``"auto"`` uses the set's exact projection where it has one and cvxpy otherwise;
+    ``"cvxpy"`` always solves with cvxpy (to check the two references against each other).
+    Raises :class:`ReferenceSolverError` if cvxpy cannot solve a row (the exact ones cannot fail).
+    """
+    if method not in ("auto", "cvxpy"):
+        raise ValueError(f"method must be 'auto' or 'cvxpy', got {method!r}.")
     x = check_tensor(x)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension.")
+    exact = constraint_set.exact_projection(x) if method == "auto" else None
+    if exact is not None:
+        return exact
     rows = x.detach().to("cpu", torch.float64).reshape(-1, x.shape[-1]).numpy()
-    row_sets = constraint_set.row_sets(x)
-    solved = [solve_projection(row_set, row) for row_set, row in zip(row_sets, rows)]
+    solved = [solve_projection(row_set, row) for row_set, row in zip(constraint_set.row_sets(x), rows)]
     out = np.stack(solved) if solved else np.zeros_like(rows)
     return torch.from_numpy(out).reshape(x.shape).to(x.device)

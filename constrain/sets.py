@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,7 +26,15 @@ from constrain import reference
 
 
 class ConstraintSet(abc.ABC):
-    r"""A closed convex set :math:`C = \{x : g(x) \le 0,\ h(x) = 0\}` acting on rows of ``x``."""
+    r"""A closed convex set :math:`C = \{x : g(x) \le 0,\ h(x) = 0\}` acting on rows of ``x``.
+
+    A new set is one subclass: :meth:`project`, :meth:`inequality` and/or :meth:`equality`,
+    :meth:`cvxpy_constraint` and :meth:`scaled`. It states what it needs, so that targets,
+    strategies and ``constrain validate`` need no edit: :attr:`size` and :attr:`shape` (what it
+    acts on, checked when a target is attached), :meth:`own_scale` (its scale, for the reference
+    and for relative errors) and, where one exists, :meth:`exact_projection` (a reference that
+    cannot fail).
+    """
 
     #: True when the set constrains a parameter as one flat vector ``vec(W)`` (e.g. ``A vec(W) = c``);
     #: False when it acts on each row of the parameter (its last dimension) independently.
@@ -60,6 +69,61 @@ class ConstraintSet(abc.ABC):
             out = torch.maximum(out, part)
         return out
 
+    @property
+    def size(self) -> int | None:
+        """The length of the vector the set acts on (a row, or ``vec`` of the parameters); None: any."""
+        return None
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The shape of the one parameter the set was built for (e.g. by ``Affine.tie``); None: any."""
+        return None
+
+    def check_length(self, n: int, what: str) -> None:
+        """Raise ``ValueError`` unless the set acts on vectors of length ``n`` (``what``, plural, names them)."""
+        if self.size is not None and n != self.size:
+            raise ValueError(f"{self!r} acts on vectors of length {self.size}, but {what} have length {n}.")
+
+    def check_parameters(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise ``ValueError`` unless the set can constrain parameters of these shapes (by name).
+
+        A flat-vector set acts on the concatenated ``vec`` of every parameter; a row-wise set on
+        each row ``W.reshape(W.shape[0], -1)`` of its one parameter (a 1-d parameter is one row).
+        Parameters follow torch's layout: an ``nn.Linear(in_features, out_features)`` has a weight
+        of shape ``(out_features, in_features)``.
+        """
+        shapes = {name: tuple(int(s) for s in shape) for name, shape in shapes.items()}
+        listed = ", ".join(f"{name}: {shape}" for name, shape in shapes.items())
+        if self.shape is not None and list(shapes.values()) != [self.shape]:
+            given = " and ".join(f"{name!r} of shape {shape}" for name, shape in shapes.items())
+            raise ValueError(
+                f"on_parameter: {self!r} was built for a parameter of shape {self.shape}, but it is attached to "
+                f"{given}. Parameters have torch's layout (out_features, in_features): nn.Linear(32, 4).weight "
+                f"has shape (4, 32). Build the set for the parameter's shape."
+            )
+        try:
+            if self.acts_on_flat_vector:
+                self.check_length(sum(math.prod(s) for s in shapes.values()), f"the parameters {listed}")
+                return
+            for name, shape in shapes.items():
+                self.check_length(math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape), f"the rows of {name}: {shape}")
+        except ValueError as error:
+            raise ValueError(f"on_parameter: {error}") from None
+
+    def own_scale(self, x: Tensor) -> Tensor:
+        r"""The set's own scale for each row of ``x`` (float64, shape ``x.shape[:-1]``), 0 if it has none.
+
+        The radius of a ball or simplex, :math:`\max_i |(A^+ c)_i|` of an affine set, 0 for a cone
+        through the origin. The reference solves at the unit scale :math:`\max(\max_i |x_i|, \text{own})`
+        and ``constrain validate`` measures errors relative to it.
+        """
+        return torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
+
+    def exact_projection(self, x: Tensor) -> Tensor | None:
+        """An exact projection of every row of ``x`` (float64, on ``x``'s device), independent of
+        :meth:`project`, or None if the set has none (the reference is then cvxpy's, KKT-certified)."""
+        return None
+
     def contains(self, x: Tensor, tol: float = 1e-6) -> Tensor:
         """Boolean per row: violation at most ``tol``."""
         return self.violation(x) <= tol
@@ -76,9 +140,11 @@ class ConstraintSet(abc.ABC):
         """The set each row of ``x`` is projected onto (differs only with per-row parameters)."""
         return itertools.repeat(self)
 
-    def reference_projection(self, x: Tensor) -> Tensor:
-        """cvxpy's projection of every row of ``x`` (float64): the ground truth for :meth:`project`."""
-        return reference.reference_projection(self, x)
+    def reference_projection(self, x: Tensor, method: str = "auto") -> Tensor:
+        """The reference projection of every row of ``x`` (float64): the ground truth for :meth:`project`.
+
+        :meth:`exact_projection` where the set has one, else cvxpy (``method="cvxpy"``: always cvxpy)."""
+        return reference.reference_projection(self, x, method)
 
 
 class _RadiusSet(ConstraintSet):
@@ -102,6 +168,34 @@ class _RadiusSet(ConstraintSet):
     def scaled(self, t: float) -> "_RadiusSet":
         return type(self)(self.radius * t)
 
+    def own_scale(self, x: Tensor) -> Tensor:
+        return self.radius_like(x.detach().double()).squeeze(-1)
+
+    #: ``(row, radius) -> projection`` of one 1-d float64 array, exact (see :mod:`constrain.reference`).
+    _exact_row: ClassVar[Callable[[np.ndarray, float], np.ndarray]]
+
+    def exact_projection(self, x: Tensor) -> Tensor:
+        x64 = check_tensor(x).detach().to("cpu", torch.float64)
+        if x.dim() == 0:
+            raise ValueError("x must have at least one dimension (the vector to project); got a 0-d tensor.")
+        rows = x64.reshape(-1, x.shape[-1]).numpy()
+        radii = self.radius_like(x64).reshape(-1).tolist()
+        out = [type(self)._exact_row(row, r) if row.size else row for row, r in zip(rows, radii)]
+        return torch.from_numpy(np.stack(out) if out else rows).reshape(x.shape).to(x.device)
+
+    def check_parameters(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        super().check_parameters(shapes)
+        if isinstance(self.radius, Tensor):  # one radius per row: the rows must match
+            for name, shape in shapes.items():
+                rows = torch.Size([shape[0] if len(shape) >= 2 else 1])
+                try:
+                    check_radius(self.radius, torch.empty(0, dtype=torch.float64), rows)
+                except ValueError:
+                    raise ValueError(
+                        f"on_parameter: {self!r} has radius of shape {tuple(self.radius.shape)}, but {name!r} "
+                        f"{tuple(shape)} has {rows[0]} row(s); give one radius per row (output unit) or a float."
+                    ) from None
+
     def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
         if not isinstance(self.radius, Tensor):
             return itertools.repeat(self)
@@ -111,6 +205,8 @@ class _RadiusSet(ConstraintSet):
 
 class L1Ball(_RadiusSet):
     r""":math:`\{x : \|x\|_1 \le r\}` along the last dimension; ``radius`` a float or one per row."""
+
+    _exact_row = staticmethod(reference.exact_l1_ball)
 
     def project(self, x: Tensor) -> Tensor:
         return project_l1_ball(x, self.radius)
@@ -128,6 +224,8 @@ class Simplex(_RadiusSet):
     r""":math:`\{x : x \ge 0,\ \sum_i x_i = r\}` along the last dimension; the kernel of the L1 ball."""
 
     has_equalities = True
+
+    _exact_row = staticmethod(reference.exact_simplex)
 
     def project(self, x: Tensor) -> Tensor:
         return project_simplex(x, self.radius)
@@ -162,6 +260,9 @@ class NonNegative(ConstraintSet):
     def scaled(self, t: float) -> "NonNegative":
         return self
 
+    def exact_projection(self, x: Tensor) -> Tensor:
+        return check_tensor(x).detach().double().clamp_min(0.0)  # max(x, 0) is exact in floating point
+
 
 class Affine(ConstraintSet):
     r""":math:`\{w \in \mathbb{R}^n : A w = c\}`; on a parameter ``W`` it constrains ``vec(W) = W.reshape(-1)``.
@@ -174,7 +275,13 @@ class Affine(ConstraintSet):
     has_inequalities = False
     has_equalities = True
 
-    def __init__(self, A: Tensor | np.ndarray | Sequence, c: Tensor | np.ndarray | Sequence | float = 0.0) -> None:
+    def __init__(
+        self,
+        A: Tensor | np.ndarray | Sequence,
+        c: Tensor | np.ndarray | Sequence | float = 0.0,
+        *,
+        shape: Sequence[int] | None = None,
+    ) -> None:
         A_t = as_real_tensor(A, "A")
         if A_t.dim() == 1:
             A_t = A_t.unsqueeze(0)
@@ -186,24 +293,25 @@ class Affine(ConstraintSet):
         self.factor = AffineFactor.of(A_t, c_t)
         self.A = A_t.detach().to(device=self.factor.row_basis.device, dtype=torch.float64)
         self.c = c_t.detach().reshape(-1).to(device=self.factor.row_basis.device, dtype=torch.float64)
+        self._shape = _check_shape(shape, self.factor.size) if shape is not None else None
 
     @classmethod
-    def _from_factor(cls, A: Tensor, c: Tensor, factor: AffineFactor) -> "Affine":
+    def _from_factor(cls, A: Tensor, c: Tensor, factor: AffineFactor, shape: tuple[int, ...] | None) -> "Affine":
         new = cls.__new__(cls)
-        new.A, new.c, new.factor = A, c, factor
+        new.A, new.c, new.factor, new._shape = A, c, factor, shape
         return new
 
     @classmethod
     def tie(cls, shape: Sequence[int] | int, groups: Iterable[Sequence[Sequence[int] | int]]) -> "Affine":
         """Tying constraint on a tensor of ``shape``: within each group, all listed entries are equal.
 
+        ``shape`` is the parameter's shape in torch's layout: ``(out_features, in_features)`` for
+        the weight of ``nn.Linear(in_features, out_features)``. The set remembers it, and attaching
+        it to a parameter of another shape is an error (even when the sizes agree).
         ``groups``: e.g. ``[[(0, 0), (1, 1)], [(0, 2), (2, 0), (3, 3)]]`` ties ``w[0,0] = w[1,1]``
         and ``w[0,2] = w[2,0] = w[3,3]``. Each group needs at least two index tuples.
         """
-        try:
-            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-        except (TypeError, ValueError):
-            raise TypeError(f"shape must be an int or a sequence of ints such as (4, 3), got {shape!r}.") from None
+        shape = _as_shape(shape)
         if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
             raise TypeError(f"groups must be a list of groups of indices, got {type(groups).__name__}.")
         n = int(np.prod(shape))
@@ -225,15 +333,33 @@ class Affine(ConstraintSet):
                 rows.append(row)
         if not rows:
             raise ValueError("groups is empty: give at least one group of indices to tie.")
-        return cls(np.stack(rows), np.zeros(len(rows)))
+        return cls(np.stack(rows), np.zeros(len(rows)), shape=shape)
 
     def __repr__(self) -> str:
-        return f"Affine(A: {tuple(self.A.shape)}, rank {self.factor.rank})"
+        shape = f", shape {self._shape}" if self._shape is not None else ""
+        return f"Affine(A: {tuple(self.A.shape)}, rank {self.factor.rank}{shape})"
 
     @property
     def size(self) -> int:
         """n, the length of the constrained vector."""
         return self.factor.size
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The parameter shape given at construction (``Affine.tie`` always gives one), or None."""
+        return self._shape
+
+    def check_length(self, n: int, what: str) -> None:
+        if n != self.size:
+            raise ValueError(
+                f"A has {self.size} columns but {what} have {n} entries in all; A must have one column per entry "
+                f"of vec(W) (row-major flattening)."
+            )
+
+    def own_scale(self, x: Tensor) -> Tensor:
+        particular = self.factor.particular
+        scale = float(particular.abs().max()) if particular.numel() else 0.0
+        return torch.full(x.shape[:-1], scale, dtype=torch.float64, device=x.device)
 
     def project(self, x: Tensor) -> Tensor:
         x = check_tensor(x)
@@ -252,4 +378,20 @@ class Affine(ConstraintSet):
 
     def scaled(self, t: float) -> "Affine":
         factor = AffineFactor(self.factor.row_basis, self.factor.particular * t)
-        return Affine._from_factor(self.A, self.c * t, factor)
+        return Affine._from_factor(self.A, self.c * t, factor, self._shape)
+
+
+def _as_shape(shape: Sequence[int] | int) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints; a clear error for anything else."""
+    try:
+        return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be an int or a sequence of ints such as (4, 3), got {shape!r}.") from None
+
+
+def _check_shape(shape: Sequence[int] | int, size: int) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints whose product is ``size`` (the columns of ``A``)."""
+    out = _as_shape(shape)
+    if any(s < 0 for s in out) or math.prod(out) != size:
+        raise ValueError(f"shape {out} has {math.prod(out)} entries but A has {size} columns; give the parameter's shape.")
+    return out

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from constrain.sets import Affine, ConstraintSet
+from constrain.sets import ConstraintSet
 
 
 def _check_set(constraint_set: object) -> ConstraintSet:
@@ -54,7 +54,8 @@ class ParameterTarget:
         return [getattr(model.get_submodule(module), attr) for module, attr in map(_split, self.names)]
 
     def validate(self, model: nn.Module, require_grad: bool = True) -> None:
-        """Raise a clear error if a name is unknown, frozen, or the shapes do not fit the set."""
+        """Raise a clear error if a name is unknown, frozen, or the shapes do not fit the set
+        (the set states what it acts on: :meth:`ConstraintSet.check_parameters`)."""
         known = _parameter_names(_check_model(model))
         for name in self.names:
             if name not in known:
@@ -67,14 +68,7 @@ class ParameterTarget:
                     f"on_parameter: parameter {name!r} is frozen (requires_grad=False); training cannot move it "
                     f"into the set. Unfreeze it with .requires_grad_(True) or drop the constraint."
                 )
-        if isinstance(self.set, Affine):
-            total = sum(known[name].numel() for name in self.names)
-            if total != self.set.size:
-                shapes = ", ".join(f"{n}: {tuple(known[n].shape)}" for n in self.names)
-                raise ValueError(
-                    f"on_parameter: A has {self.set.size} columns but the parameters {shapes} have {total} "
-                    f"entries in all; A must have one column per entry of vec(W) (row-major flattening)."
-                )
+        self.set.check_parameters({name: tuple(known[name].shape) for name in self.names})
 
     def gather(self, model: nn.Module) -> Tensor:
         """The constrained value as rows ``(rows, n)``: ``vec`` of the concatenated parameters (one

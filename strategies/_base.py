@@ -80,7 +80,9 @@ def target_rows(target: Target, model: nn.Module, outputs: Tensor | None) -> Ten
                 f"outputs has shape {tuple(outputs.shape)}: the constraint {target.label} needs a batch of at least "
                 f"one sample, shape (batch, ...). Skip empty batches (e.g. DataLoader(..., drop_last=True))."
             )
-        return outputs if outputs.dim() == 2 else output_rows(outputs)  # 2-d: the rows already (no view node)
+        rows = outputs if outputs.dim() == 2 else output_rows(outputs)  # 2-d: the rows already (no view node)
+        target.set.check_length(rows.shape[-1], "the output rows")  # the set states the length it acts on
+        return rows
     return target.gather(model)
 
 

@@ -97,3 +97,50 @@ def test_top_level_parameter_of_a_bare_module() -> None:
     target = on_parameter(["weight", "bias"], Affine(torch.ones(1, 8), 0.0))
     target.validate(layer)
     torch.testing.assert_close(target.gather(layer).reshape(-1), torch.cat([layer.weight.reshape(-1), layer.bias]))
+
+
+# ---------------------------------------------------------------------------------------------
+# a set checks the shape it was built for (issue 11.2)
+
+
+def test_a_tie_on_the_transposed_weight_is_refused_naming_both_shapes() -> None:
+    """``Affine.tie((32, 4), ...)`` on ``nn.Linear(32, 4).weight`` (shape (4, 32)): same size, wrong entries."""
+    import strategies
+
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    groups = [[(0, 0), (1, 1)], [(2, 3), (5, 0)]]
+    wrong = Affine.tie((32, 4), groups)
+    assert wrong.size == model[2].weight.numel() and wrong.shape == (32, 4)
+    pattern = (r"built for a parameter of shape \(32, 4\), but it is attached to '2\.weight' of shape \(4, 32\)\. "
+               r"Parameters have torch's layout \(out_features, in_features\)")
+    for name in ("projected", "quadratic-penalty", "lagrangian", "reparam-null-space"):
+        with pytest.raises(ValueError, match=pattern):
+            strategies.get(name).attach(model, on_parameter("2.weight", wrong))
+    # the right shape attaches, and ties the listed entries of W (out_features, in_features)
+    right = Affine.tie((4, 32), [[(0, 0), (1, 1)], [(2, 3), (3, 0)]])
+    strategies.get("projected").attach(model, on_parameter("2.weight", right))
+    w = model[2].weight.detach()
+    assert float(w[0, 0]) == pytest.approx(float(w[1, 1]), abs=1e-6)
+    assert float(w[2, 3]) == pytest.approx(float(w[3, 0]), abs=1e-6)
+
+
+def test_affine_shape_is_optional_checked_and_kept() -> None:
+    A = torch.randn(2, 6, dtype=torch.float64)
+    assert Affine(A, 0.0).shape is None  # no shape: any parameters with 6 entries in all
+    on_parameter("body.0.bias", Affine(torch.ones(1, 4), 0.0)).validate(_Net())
+    s = Affine(A, torch.ones(2), shape=(2, 3))
+    assert s.shape == (2, 3) and s.scaled(2.0).shape == (2, 3) and "shape (2, 3)" in repr(s)
+    with pytest.raises(ValueError, match=r"shape \(4, 2\) has 8 entries but A has 6 columns"):
+        Affine(A, 0.0, shape=(4, 2))
+    with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
+        Affine(A, 0.0, shape="2x3")
+    # a shape never spans several parameters
+    with pytest.raises(ValueError, match=r"built for a parameter of shape \(2, 4\), but it is attached to 'head\.bias' of shape"):
+        on_parameter(["head.bias", "scale", "body.0.bias"], Affine(torch.ones(1, 8), 0.0, shape=(2, 4))).validate(_Net())
+
+
+def test_a_radius_per_row_must_match_the_parameter_rows() -> None:
+    model = _Net()
+    on_parameter("head.weight", L1Ball(torch.tensor([1.0, 2.0]))).validate(model)  # head.weight is (2, 4)
+    with pytest.raises(ValueError, match=r"radius of shape \(3,\), but 'head\.weight' \(2, 4\) has 2 row\(s\)"):
+        on_parameter("head.weight", L1Ball(torch.ones(3))).validate(model)
