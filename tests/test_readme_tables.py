@@ -4,7 +4,8 @@
 - the strategy table: the names of each family are the registered ones;
 - the validate table: its header and notes are the command's, its rows are consistent (instance
   counts, verdicts, the total), and ``constrain validate`` re-run for one set at small sizes gives
-  the same instances, rows and verdicts, and errors of the same order, as the README rows it made;
+  the same instances, rows and verdicts as the README rows it made (and errors of the same order
+  where they are above rounding level, which differs between machines);
 - the study, PSiLON and L1 tables: the committed ``figures/*.md`` they come from;
 - the benchmark tables (timings, not reproducible): their columns are the command's (the README
   shows the ratio columns only), and every "ok" / "MISS" verdict follows from the ratio next to it.
@@ -19,6 +20,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import experiments.cli as cli
 import strategies
@@ -138,9 +140,12 @@ def test_validate_table_is_consistent_and_matches_a_rerun(capsys):
         mine = rows[key]
         for column in ("instances", "rows", "verdict"):
             assert mine[column] == row[column], (key, column)
-        for column in ("error", "violation"):  # rounding-level numbers: the same order of magnitude
+        # errors at rounding level differ between machines and kernel paths (numba or torch); above it
+        # (1000 ulps of the dtype) the README and the re-run must agree to an order of magnitude
+        rounding = 1000 * torch.finfo(getattr(torch, key[2])).eps
+        for column in ("error", "violation"):
             a, b = float(mine[column]), float(row[column])
-            assert (a <= 1e-15 and b <= 1e-15) or 0.1 <= a / max(b, 1e-300) <= 10, (key, column, a, b)
+            assert max(a, b) <= rounding or 0.1 <= a / max(b, 1e-300) <= 10, (key, column, a, b)
 
 
 # ------------------------------------------------------------------ tables copied from figures/*.md
