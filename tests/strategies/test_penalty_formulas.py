@@ -200,3 +200,79 @@ def test_extended_barrier_t_growth():
         assert float(strategy.loss(torch.tensor(0.0, dtype=torch.float64), out).detach()) == pytest.approx(
             _extended_log(1.5, t), rel=1e-12)
         strategy.after_step()
+
+
+# ------------------------------------------------------------------ options, state, backtracking
+@pytest.mark.parametrize("name, option", [
+    ("quadratic-penalty", "weight"), ("exact-penalty", "growth"), ("log-barrier", "weight_limit"),
+    ("extended-log-barrier", "t"), ("extended-log-barrier", "t_growth"),
+])
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, math.nan])
+def test_options_must_be_positive_and_finite(name, option, value):
+    with pytest.raises(ValueError, match=f"{option} must be positive and finite"):
+        strategies.get(name, **{option: value})
+
+
+def test_state_round_trip_carries_the_schedules():
+    source = strategies.get("extended-log-barrier", weight=2.0, growth=0.5, t=1.0, t_growth=3.0)
+    source.attach(_Net(WEIGHT), [on_output(L1Ball(1.0))])
+    source.after_step()
+    source.after_step()  # weight 0.5, t 9
+    state = source.state_dict()
+    assert state == {"steps": 2, "skipped_steps": 0, "weight": 0.5, "t": 9.0}
+    target = strategies.get("extended-log-barrier")
+    target.attach(_Net(WEIGHT), [on_output(L1Ball(1.0))])
+    target.load_state_dict(state)
+    out = torch.tensor([[1.0, -0.5, 1.0]], dtype=torch.float64)  # g = 1.5, linear branch
+    assert float(target.loss(torch.tensor(0.0, dtype=torch.float64), out).detach()) == pytest.approx(
+        0.5 * _extended_log(1.5, 9.0), rel=1e-12)
+    penalty = strategies.get("quadratic-penalty", weight=3.0)
+    penalty.attach(_Net(WEIGHT), [on_parameter("lin.weight", NonNegative())])
+    assert penalty.state_dict() == {"steps": 0, "skipped_steps": 0, "weight": 3.0}
+    for bad in ({"steps": 0, "weight": 0.0}, {"steps": 0, "weight": True}, {"steps": 0, "weight": "1"}):
+        with pytest.raises(ValueError, match="positive finite number"):
+            penalty.load_state_dict(bad)
+    with pytest.raises(KeyError, match="lacks 'weight'"):
+        penalty.load_state_dict({"steps": 0})
+    with pytest.raises(KeyError, match="unknown entries 't'"):
+        penalty.load_state_dict({"steps": 0, "weight": 1.0, "t": 2.0})
+    penalty.load_state_dict({"steps": 5, "weight": 7.0})
+    assert penalty.weight == 7.0 and penalty.state_dict()["steps"] == 5
+
+
+def test_barrier_halves_a_step_that_leaves_the_interior():
+    """w <- w_prev + (w - w_prev) / 2^k with the least k that is strictly inside (here k = 4: the
+    entry 0.01 stepped to -0.07 comes back as 0.01 - 0.08/16 = 0.005; 0.01 - 0.08/8 = 0 is not inside)."""
+    strategy = strategies.get("log-barrier", weight=0.1)
+    model = strategy.attach(_Net(POSITIVE_WEIGHT), [on_parameter("lin.weight", NonNegative())])
+    before = torch.tensor(POSITIVE_WEIGHT, dtype=torch.float64)
+    step = torch.zeros_like(before)
+    step[1, 2], step[0, 0] = -0.08, 0.4
+    with torch.no_grad():
+        model.lin.weight.add_(step)
+    strategy.after_step()
+    torch.testing.assert_close(model.lin.weight.detach(), before + step / 16, rtol=0, atol=1e-15)
+    # the new point is remembered: a step that stays inside is kept as it is
+    with torch.no_grad():
+        model.lin.weight.add_(0.001)
+    strategy.after_step()
+    torch.testing.assert_close(model.lin.weight.detach(), before + step / 16 + 0.001, rtol=0, atol=1e-15)
+
+
+def test_barrier_keeps_the_last_training_outputs_inside():
+    """Outputs: the forward of the last training batch is re-run after the step; the step is halved until
+    every output is strictly inside (here the bias step +2 on an output of 0.5 in the unit ball: 1/8)."""
+    strategy = strategies.get("reciprocal-barrier", weight=0.1)
+    model = _Net([[0.0, 0.0, 0.0]])  # one output, 0.5 on every input
+    with torch.no_grad():
+        model.lin.bias.fill_(0.5)
+    model = strategy.attach(model, [on_output(L1Ball(1.0))])
+    x = torch.ones(2, 3, dtype=torch.float64)
+    out = model(x)  # a training forward: remembered for the check
+    strategy.loss(torch.tensor(0.0, dtype=torch.float64), out).backward()
+    with torch.no_grad():
+        model.lin.bias.add_(2.0)  # outputs 2.5: outside
+    strategy.after_step()
+    # halvings: 1.5, 1.0 (on the boundary: not strictly inside), 0.75
+    assert float(model.lin.bias.detach()) == pytest.approx(0.75, abs=1e-15)
+    assert float(model(x).abs().max()) < 1.0
