@@ -191,6 +191,13 @@ def test_weight_growth_and_limit():
     assert got == pytest.approx([base * m for m in (1.0, 0.5, 0.3, 0.3)], rel=1e-12)
 
 
+def test_weight_limit_bounds_a_constant_weight_from_above():
+    """growth = 1 is not a shrinking schedule: weight_limit is an upper bound, applied after the first step."""
+    base = sum(max(-v, 0.0) ** 2 for row in WEIGHT for v in row)
+    got = _penalty_after_steps("quadratic-penalty", 3, weight=3.0, growth=1.0, weight_limit=2.0)
+    assert got == pytest.approx([base * m for m in (3.0, 2.0, 2.0)], rel=1e-12)
+
+
 def test_extended_barrier_t_growth():
     """t_k = t_0 t_growth^k enters the formula (one inequality g = 1.5 - r past the seam)."""
     strategy = strategies.get("extended-log-barrier", weight=1.0, t=1.0, t_growth=3.0)

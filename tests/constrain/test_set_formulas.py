@@ -1,0 +1,67 @@
+"""The sets' constraint functions, violations and projections on hand-made rows, values written out.
+
+``g(x) <= 0`` and ``h(x) = 0`` per row, shapes ``(rows, k)``; the violation per row is
+``max(max_i g_i^+, max_j |h_j|)``. Expected values are plain numbers computed by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from constrain import L1Ball, NonNegative, Simplex
+
+X = torch.tensor([[0.5, -0.2, 0.1], [1.0, -1.0, 0.5], [0.0, 0.0, -3.0]], dtype=torch.float64)  # L1 0.8, 2.5, 3
+
+
+def _t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_l1_ball_inequality_and_violation():
+    ball = L1Ball(1.0)
+    assert ball.inequality(X).shape == (3, 1)
+    torch.testing.assert_close(ball.inequality(X), _t([[-0.2], [1.5], [2.0]]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(ball.violation(X), _t([0.0, 1.5, 2.0]), rtol=0, atol=1e-15)
+    assert ball.contains(X).tolist() == [True, False, False]
+    assert ball.contains(X, tol=1.6).tolist() == [True, True, False]
+    # one radius per row
+    per_row = L1Ball(_t([0.5, 3.0, 1.0]))
+    torch.testing.assert_close(per_row.inequality(X), _t([[0.3], [-0.5], [2.0]]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(per_row.violation(X), _t([0.3, 0.0, 2.0]), rtol=0, atol=1e-15)
+    assert per_row.radius_like(X).shape == (3, 1)
+
+
+def test_simplex_constraints_and_violation():
+    simplex = Simplex(1.0)
+    g, h = simplex.inequality(X), simplex.equality(X)
+    torch.testing.assert_close(g, -X, rtol=0, atol=0)
+    assert h.shape == (3, 1)
+    torch.testing.assert_close(h, _t([[-0.6], [-0.5], [-4.0]]), rtol=0, atol=1e-15)  # sums 0.4, 0.5, -3
+    # max(max_i (-x_i)^+, |sum x - r|): (0.2, 0.6) -> 0.6; (1.0, 0.5) -> 1.0; (3.0, 4.0) -> 4.0
+    torch.testing.assert_close(simplex.violation(X), _t([0.6, 1.0, 4.0]), rtol=0, atol=1e-15)
+    inside = _t([[0.25, 0.75, 0.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(simplex.violation(inside), _t([0.0, 0.0]), rtol=0, atol=0)
+    per_row = Simplex(_t([1.0, 2.0]))
+    torch.testing.assert_close(per_row.equality(inside), _t([[0.0], [-1.0]]), rtol=0, atol=0)
+
+
+def test_nonnegative_constraints_and_violation():
+    orthant = NonNegative()
+    torch.testing.assert_close(orthant.inequality(X), -X, rtol=0, atol=0)
+    assert orthant.equality(X) is None
+    torch.testing.assert_close(orthant.violation(X), _t([0.2, 1.0, 3.0]), rtol=0, atol=0)
+    torch.testing.assert_close(orthant.project(X), X.clamp_min(0), rtol=0, atol=0)
+
+
+def test_projections_of_hand_made_rows():
+    # the simplex of radius 1: (0.5, -0.2, 0.1) -> tau = -0.2 over the support {0, 2}: (0.7, 0, 0.3)
+    torch.testing.assert_close(Simplex(1.0).project(X[:1]), _t([[0.7, 0.0, 0.3]]), rtol=0, atol=1e-15)
+    # the unit ball: (1, -1, 0.5) -> tau = 0.5: (0.5, -0.5, 0); (0, 0, -3) -> (0, 0, -1); inside: unchanged
+    torch.testing.assert_close(L1Ball(1.0).project(X), _t([[0.5, -0.2, 0.1], [0.5, -0.5, 0.0], [0.0, 0.0, -1.0]]),
+                               rtol=0, atol=1e-15)
+
+
+def test_violation_of_empty_constraint_rows_is_zero():
+    """A row with no constraint entries (k = 0) has violation 0, one per row."""
+    empty = torch.zeros(4, 0, dtype=torch.float64)
+    torch.testing.assert_close(NonNegative().violation(empty), torch.zeros(4, dtype=torch.float64), rtol=0, atol=0)
