@@ -283,3 +283,32 @@ def test_barrier_keeps_the_last_training_outputs_inside():
     # halvings: 1.5, 1.0 (on the boundary: not strictly inside), 0.75
     assert float(model.lin.bias.detach()) == pytest.approx(0.75, abs=1e-15)
     assert float(model(x).abs().max()) < 1.0
+
+
+@pytest.mark.parametrize("name, phi", [
+    ("quadratic-penalty", _quadratic), ("exact-penalty", _exact), ("log-barrier", _log),
+    ("reciprocal-barrier", _reciprocal), ("extended-log-barrier", lambda v: _extended_log(v, 5.0)),
+])
+def test_elementwise_terms(name, phi):
+    """``inequality_term(g)``, the documented elementwise phi (a subclass may fuse the row sums)."""
+    g = [-2.0, -0.5, -0.01] if "barrier" in name and name != "extended-log-barrier" else [-2.0, -0.01, 0.0, 0.3, 4.0]
+    got = strategies.get(name).inequality_term(torch.tensor(g, dtype=torch.float64))
+    assert got.tolist() == pytest.approx([phi(v) for v in g], rel=1e-12)
+
+
+def test_a_skipped_step_keeps_the_barrier_schedule_and_the_point():
+    """on_nonfinite='skip': after a NaN loss, after_step neither shrinks the weight nor moves the parameters,
+    and the remembered training batch is dropped (only the parameter targets are checked)."""
+    strategy = strategies.get("log-barrier", weight=1.0, growth=0.5, on_nonfinite="skip")
+    model = _Net(POSITIVE_WEIGHT)
+    model = strategy.attach(model, [on_parameter("lin.weight", NonNegative()), on_output(L1Ball(100.0))])
+    x = torch.ones(1, 3, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="Skipping this step"):
+        loss = strategy.loss(torch.tensor(math.nan, dtype=torch.float64), model(x))
+    loss.backward()
+    strategy.after_step()
+    assert strategy.weight == 1.0 and strategy.skipped_steps == 1
+    torch.testing.assert_close(model.lin.weight.detach(), torch.tensor(POSITIVE_WEIGHT, dtype=torch.float64))
+    strategy.loss(torch.tensor(0.0, dtype=torch.float64), model(x)).backward()
+    strategy.after_step()
+    assert strategy.weight == 0.5
