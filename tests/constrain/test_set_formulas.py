@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from constrain import L1Ball, NonNegative, Simplex
+from constrain import ConstraintSet, L1Ball, NonNegative, Simplex
 
 X = torch.tensor([[0.5, -0.2, 0.1], [1.0, -1.0, 0.5], [0.0, 0.0, -3.0]], dtype=torch.float64)  # L1 0.8, 2.5, 3
 
@@ -65,3 +65,51 @@ def test_violation_of_empty_constraint_rows_is_zero():
     """A row with no constraint entries (k = 0) has violation 0, one per row."""
     empty = torch.zeros(4, 0, dtype=torch.float64)
     torch.testing.assert_close(NonNegative().violation(empty), torch.zeros(4, dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_projections_use_the_sets_radius():
+    # radius 2: (1, -1, 0.5) -> tau = (2.5 - 2) / 3 = 1/6: (5/6, -5/6, 1/3)
+    torch.testing.assert_close(L1Ball(2.0).project(X[1:2]), _t([[5 / 6, -5 / 6, 1 / 3]]), rtol=0, atol=1e-15)
+    # simplex of radius 2: (0.5, -0.2, 0.1) -> tau = (0.4 - 2) / 3 = -8/15: (31/30, 1/3, 19/30)
+    torch.testing.assert_close(Simplex(2.0).project(X[:1]), _t([[31 / 30, 1 / 3, 19 / 30]]), rtol=0, atol=1e-15)
+
+
+def test_violation_of_batches_of_rows():
+    """Rows along the last dimension of any batch shape: (2, 3, k) gives one violation per row, (2, 3)."""
+    batch = torch.stack([X, -X])  # (2, 3, 3)
+    torch.testing.assert_close(Simplex(1.0).violation(batch), _t([[0.6, 1.0, 4.0], [1.4, 1.0, 2.0]]),
+                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(L1Ball(1.0).violation(batch), _t([[0.0, 1.5, 2.0], [0.0, 1.5, 2.0]]),
+                               rtol=0, atol=1e-15)
+    empty = torch.zeros(2, 3, 0, dtype=torch.float64)
+    torch.testing.assert_close(NonNegative().violation(empty), torch.zeros(2, 3, dtype=torch.float64), rtol=0, atol=0)
+
+
+class _OnlyEqualities(ConstraintSet):
+    """A user-defined set with equalities only, k of them per row (k may be 0)."""
+
+    has_inequalities, has_equalities = False, True
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def project(self, x):
+        return x
+
+    def equality(self, x):
+        return x[..., : self.k] - 1.0
+
+    def cvxpy_constraint(self, var):
+        return []
+
+    def scaled(self, t):
+        return self
+
+
+def test_violation_of_a_user_defined_set():
+    torch.testing.assert_close(_OnlyEqualities(2).violation(X), _t([1.2, 2.0, 1.0]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(_OnlyEqualities(0).violation(X), torch.zeros(3, dtype=torch.float64), rtol=0, atol=0)
+    batch = torch.stack([X, X])
+    torch.testing.assert_close(_OnlyEqualities(0).violation(batch), torch.zeros(2, 3, dtype=torch.float64),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(_OnlyEqualities(2).violation(batch), _t([[1.2, 2.0, 1.0]] * 2), rtol=0, atol=1e-15)
