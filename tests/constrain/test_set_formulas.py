@@ -77,7 +77,7 @@ def test_projections_use_the_sets_radius():
 def test_violation_of_batches_of_rows():
     """Rows along the last dimension of any batch shape: (2, 3, k) gives one violation per row, (2, 3)."""
     batch = torch.stack([X, -X])  # (2, 3, 3)
-    torch.testing.assert_close(Simplex(1.0).violation(batch), _t([[0.6, 1.0, 4.0], [1.4, 1.0, 2.0]]),
+    torch.testing.assert_close(Simplex(1.0).violation(batch), _t([[0.6, 1.0, 4.0], [1.4, 1.5, 2.0]]),
                                rtol=0, atol=1e-15)
     torch.testing.assert_close(L1Ball(1.0).violation(batch), _t([[0.0, 1.5, 2.0], [0.0, 1.5, 2.0]]),
                                rtol=0, atol=1e-15)
