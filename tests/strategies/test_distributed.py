@@ -3,8 +3,10 @@
 Each rank trains on its half of a 16-sample global batch (DistributedSampler's interleaved shard);
 one process trains on the whole batch. Every rank must end with the same multipliers and weights,
 bit for bit, and those must equal the single process's up to rounding (float64). The default run
-checks shared and per-sample Lagrangian multipliers, projections, a reparameterization, a penalty
-and a step skipped on every rank for a NaN on one; the slow run covers every other strategy.
+checks at least one strategy of every family (shared and per-sample Lagrangian multipliers, the
+augmented and slack forms, projections, a reparameterization, a penalty, a barrier, an L1
+implementation) and a step skipped on every rank for a NaN on one; the slow run covers every other
+strategy.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(default_ranks: lis
 def test_the_cases_cover_every_registered_strategy() -> None:
     covered = {case.strategy for case in ddp_cases.ALL_CASES.values()}
     assert covered == {n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")}  # not the ones tests register
+
+
+def test_the_default_cases_cover_every_family() -> None:
+    families = {strategies.strategy_class(n).family for n in strategies.available()
+                if strategies.strategy_class(n).__module__.startswith("strategies.")}
+    assert {strategies.strategy_class(case.strategy).family for case in ddp_cases.CASES.values()} == families
 
 
 @pytest.mark.slow
