@@ -133,6 +133,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("slack-lagrangian", "slack-lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
     # ---- projected
     Entry("projected", "projected", {}),
+    Entry("projected (euclidean)", "projected", {"metric": "euclidean"}, kinds=("weight-affine", "weight-l1"),
+          note="naive: Euclidean projection after Adam's step"),
     Entry("projected (update)", "projected", {"mode": "gradient"}, kinds=("weight-affine",)),
     Entry("projected (tau const)", "projected", {"jacobian": "threshold-constant"}, kinds=("output-l1",)),
     # ---- reparameterization
