@@ -560,7 +560,7 @@ class SlackLagrangian(LagrangianStrategy):
     form). Without it the saddle is degenerate at an inactive constraint (the Lagrangian's
     curvature in :math:`s` is :math:`2\nu = 0` there) and :math:`(s^2, \nu)` cycle like a
     predator-prey system under gradient descent-ascent, damped only through the objective;
-    :math:`\rho > 0` (e.g. 1) removes the cycle.
+    :math:`\rho > 0` removes the cycle, so the default is :math:`\rho = 1` (the penalized form).
 
     ``output_width``: the number of outputs per sample, so that the slacks of output constraints
     are created by :meth:`attach` rather than on the first batch. Needed under
@@ -580,7 +580,7 @@ class SlackLagrangian(LagrangianStrategy):
         dual_lr: float = 1.0,
         multipliers: Multipliers = "shared",
         num_samples: int | None = None,
-        penalty: float = 0.0,
+        penalty: float = 1.0,
         output_width: int | None = None,
         dual_optimizer: DualOptimizer | None = None,
         dual_kp: float = 4.0,

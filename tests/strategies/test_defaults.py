@@ -54,7 +54,7 @@ def _train_with_defaults(name: str, cell: str, steps: int = 1000) -> float:
         strategy.after_step()
     with torch.no_grad():
         violation = max(strategy.report(model(X)).values())
-        weight = model[4].weight
+        weight = model[4].weight.detach()
     scale = {"l1-output": float(Y.abs().max()), "nonneg-output": float(Y.abs().max()), "l1-weight": 1.0}.get(
         cell, float(weight.abs().max()))
     return violation / scale
