@@ -101,7 +101,7 @@ _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 
 #: Every strategy of the default suite with its options, chosen once for all problems:
 #:
-#: - quadratic penalty: weight 10 growing x1.005 per step up to 1e6 (the violation of its
+#: - quadratic penalty: weight 10 growing x1.005 every step (``tolerance=None``) up to 1e6 (the violation of its
 #:   minimizer falls like 1/weight); exact penalty: weight 100, above the largest optimal
 #:   multiplier of any problem here (about 15, per sample, on lin-output-l1), where the L1
 #:   penalty becomes exact; barriers: weight shrinking x0.995 per step (the barrier's bias falls
@@ -123,12 +123,13 @@ _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 ENTRIES: tuple[Entry, ...] = (
     Entry(BASELINE_LABEL, None),
     # ---- penalty / barrier
-    Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6}),
-    Entry("exact-penalty", "exact-penalty", {"weight": 100.0}),
+    Entry("quadratic-penalty", "quadratic-penalty",
+          {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6, "tolerance": None}),
+    Entry("exact-penalty", "exact-penalty", {"weight": 100.0, "growth": 1.0}),
     Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
     Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8},
           default=False),
-    Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "t": 5.0, "t_growth": 1.005}),
+    Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "growth": 1.0, "t": 5.0, "t_growth": 1.005}),
     # ---- Lagrangian
     Entry("lagrangian", "lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
     Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "dual_lr": 0.1, **_PER_SAMPLE}),

@@ -118,7 +118,7 @@ def _train(name: str, cell: str, steps: int, lr: float, check_signs: bool = Fals
 CASES = {
     "lagrangian": [
         ("nonneg-weight", 400, 0.2, dict(dual_lr=0.05)),
-        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05)),
+        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05, penalty=0.0)),
         ("l1-weight-rows", 400, 0.2, dict(dual_lr=0.05)),
         ("nonneg-output", 450, 0.1, dict(dual_lr=1.0)),
         ("l1-output", 400, 0.3, dict(dual_lr=0.2)),
@@ -133,8 +133,8 @@ CASES = {
         ("nonneg-weight", 300, 0.3, dict(dual_lr=0.3, penalty=1.0)),
         ("affine-weight+bias", 300, 0.3, dict(dual_lr=0.3, penalty=1.0)),
         ("l1-weight-rows", 300, 0.3, dict(dual_lr=0.3, penalty=1.0)),
-        ("l1-weight-rows", 800, 0.1, dict(dual_lr=0.05)),  # the plain form (no augmentation)
-        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05)),
+        ("l1-weight-rows", 800, 0.1, dict(dual_lr=0.05, penalty=0.0)),  # the plain form (no augmentation)
+        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05, penalty=0.0)),
         ("l1-output", 800, 0.3, dict(dual_lr=0.3, penalty=1.0)),
         # per-sample squared slacks on an elementwise constraint converge slowly and oscillate
         # (violation 1.5e-4 / 7e-7 / 3e-3 and gap 5e-3 / 2.4e-3 / 7e-4 at 600 / 800 / 1000 steps)
