@@ -5,6 +5,7 @@ The bottom layer of the toolkit; :mod:`strategies` enforces these sets during tr
 """
 
 from constrain._affine import AffineFactor, project_affine
+from constrain._metric import l1_ball_metric_threshold, project_affine_metric, project_l1_ball_metric, project_metric
 from constrain._orthant import project_nonnegative
 from constrain._simplex import l1_ball_threshold, project_l1_ball, project_simplex
 from constrain.reference import ReferenceSolverError, reference_projection
@@ -21,13 +22,17 @@ __all__ = [
     "ParameterTarget",
     "ReferenceSolverError",
     "Simplex",
+    "l1_ball_metric_threshold",
     "l1_ball_threshold",
     "on_output",
     "on_parameter",
     "output_rows",
     "parameter_rows",
     "project_affine",
+    "project_affine_metric",
     "project_l1_ball",
+    "project_l1_ball_metric",
+    "project_metric",
     "project_nonnegative",
     "project_simplex",
     "reference_projection",

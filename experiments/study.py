@@ -101,7 +101,7 @@ _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 
 #: Every strategy of the default suite with its options, chosen once for all problems:
 #:
-#: - quadratic penalty: weight 10 growing x1.005 per step up to 1e6 (the violation of its
+#: - quadratic penalty: weight 10 growing x1.005 every step (``tolerance=None``) up to 1e6 (the violation of its
 #:   minimizer falls like 1/weight); exact penalty: weight 100, above the largest optimal
 #:   multiplier of any problem here (about 15, per sample, on lin-output-l1), where the L1
 #:   penalty becomes exact; barriers: weight shrinking x0.995 per step (the barrier's bias falls
@@ -109,6 +109,8 @@ _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 #: - Lagrangian family: one dual step 0.1 for all three (augmented: penalty 10, no growth), so
 #:   that the three differ only in their formulation; one multiplier per training sample on outputs.
 #:   Larger dual steps diverge on the affine problem, smaller ones are slow on the output problems.
+#:   ``lagrangian (nupi)``: the same multipliers stepped by the nuPI controller (integral gain 0.1,
+#:   proportional gain 3), which damps the cycling of plain descent-ascent on the weight problems.
 #: - L1 regularization: strength 0.3, about the largest optimal multiplier of the weight-row L1
 #:   constraints (cvxpy's duals, 0.30): the penalized and the constrained problems nearly coincide
 #:   there. Their shrink steps use the optimizer's current learning rate.
@@ -121,18 +123,26 @@ _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 ENTRIES: tuple[Entry, ...] = (
     Entry(BASELINE_LABEL, None),
     # ---- penalty / barrier
-    Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6}),
-    Entry("exact-penalty", "exact-penalty", {"weight": 100.0}),
+    Entry("quadratic-penalty", "quadratic-penalty",
+          {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6, "tolerance": None}),
+    Entry("exact-penalty", "exact-penalty", {"weight": 100.0, "growth": 1.0}),
     Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
     Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8},
           default=False),
-    Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "t": 5.0, "t_growth": 1.005}),
+    Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "growth": 1.0, "t": 5.0, "t_growth": 1.005}),
     # ---- Lagrangian
     Entry("lagrangian", "lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
     Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "dual_lr": 0.1, **_PER_SAMPLE}),
     Entry("slack-lagrangian", "slack-lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
+    Entry("slack-lagrangian (plain)", "slack-lagrangian", {"dual_lr": 0.1, "penalty": 0.0, **_PER_SAMPLE},
+          note="naive: no augmentation, cycles at inactive constraints"),
+    Entry("lagrangian (nupi)", "lagrangian",
+          {"dual_lr": 0.1, "dual_optimizer": "nupi", "dual_kp": 30.0, **_PER_SAMPLE},
+          kinds=("weight-nonneg", "weight-affine", "weight-l1")),
     # ---- projected
     Entry("projected", "projected", {}),
+    Entry("projected (euclidean)", "projected", {"metric": "euclidean"}, kinds=("weight-affine", "weight-l1"),
+          note="naive: Euclidean projection after Adam's step"),
     Entry("projected (update)", "projected", {"mode": "gradient"}, kinds=("weight-affine",)),
     Entry("projected (tau const)", "projected", {"jacobian": "threshold-constant"}, kinds=("output-l1",)),
     # ---- reparameterization
@@ -713,6 +723,7 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
                 f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
                 f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
             )
+        lines += _family_best(problem, [r for r in rows if r.problem == problem_name])
         skipped = [s for s in plan.skipped if s.problem == problem_name]
         if skipped:
             by_family: dict[str, list[Skipped]] = {}
@@ -730,6 +741,36 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
             lines.append(f"- {p}: {', '.join(winners) if winners else 'none'}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _best_key(row: Row, convex: bool) -> tuple:
+    """Order rows of one family: meets the target, then feasible, then smallest |gap| (objective if no F*)."""
+    violation = row.worst_violation if row.worst_violation is not None else math.inf
+    if convex:
+        gap = row.worst_gap if row.worst_gap is not None else math.inf
+        return (not row.reaches_target, violation > VIOLATION_OK, gap, violation)
+    return (violation > FEASIBLE, row.objective if row.objective is not None else math.inf, violation)
+
+
+def _family_best(problem: Problem, rows: Sequence[Row]) -> list[str]:
+    """The best entry of each family on one problem (gap, violation, steps to feasibility, time)."""
+    families: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.entry.strategy is not None and row.runs and len(row.failed) < row.runs:
+            families.setdefault(row.entry.family, []).append(row)
+    if not families:
+        return []
+    lines = ["", "Best entry of each family (worst seed for gap and violation):", "",
+             "| family | best entry | gap | train viol max | steps to viol <= "
+             f"{FEASIBLE:g} | time/step |", "|---|---|---:|---:|---:|---:|"]
+    for family, group in families.items():
+        best = min(group, key=lambda r: _best_key(r, problem.convex))
+        gap = _gap(best.worst_gap if best.gap is None or best.worst_gap is None else math.copysign(best.worst_gap, best.gap))
+        name = f"**{best.entry.label}**" if best.reaches_target and problem.convex else best.entry.label
+        lines.append(f"| {family} | {name} | {gap if problem.f_star is not None else '-'} | "
+                     f"{_violation(best.worst_violation)} | {_steps(best.steps_to_feasible, best.runs > 0)} | "
+                     f"{_num(best.relative_time, 3)} |")
+    return lines
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -58,9 +58,10 @@ from torch import Tensor, nn
 from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
+from strategies._dual import DualOptimizer, dual_factory
 from strategies._registry import register
 
-Multipliers = Literal["shared", "per-sample"]
+Multipliers = Literal["shared", "mean", "per-sample"]
 _KINDS = ("inequality", "equality", "slack")
 
 
@@ -81,12 +82,22 @@ class LagrangianStrategy(Strategy):
     family = "lagrangian"
 
     def __init__(
-        self, *, dual_lr: float = 0.01, multipliers: Multipliers = "shared", num_samples: int | None = None
+        self,
+        *,
+        dual_lr: float = 1.0,
+        multipliers: Multipliers = "shared",
+        num_samples: int | None = None,
+        dual_optimizer: DualOptimizer | None = None,
+        dual_kp: float = 4.0,
     ) -> None:
         super().__init__()
         self.dual_lr = _positive(dual_lr, "dual_lr")
-        if multipliers not in ("shared", "per-sample"):
-            raise ValueError(f"multipliers must be 'shared' or 'per-sample', got {multipliers!r}.")
+        if multipliers not in ("shared", "mean", "per-sample"):
+            raise ValueError(f"multipliers must be 'shared', 'mean' or 'per-sample', got {multipliers!r}.")
+        self.dual_kp = _positive(dual_kp, "dual_kp")
+        self.dual_optimizer = dual_optimizer
+        self._dual_factory, self._dual_follows_lr = dual_factory(dual_optimizer, self.dual_lr, self.dual_kp)
+        self._dual_opts: dict[str, torch.optim.Optimizer] = {}
         self.multiplier_mode: str = multipliers
         if num_samples is not None and (
             isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0
@@ -109,6 +120,10 @@ class LagrangianStrategy(Strategy):
     #: is computed on the mean over every rank's batch (a differentiable all-reduce per loss), which makes
     #: the gradient the one of a single process on the global batch.
     linear_terms: ClassVar[bool] = True
+    #: Whether ``multipliers="shared"`` also shares the multipliers of parameter targets across their rows, on
+    #: the mean violation (an exact penalty whose weight is the multiplier). The augmented Lagrangian keeps the
+    #: exact per-entry form there: its quadratic term damps the dual dynamics that make that form cycle.
+    shared_parameters: ClassVar[bool] = True
 
     def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:
         """Elementwise multiplier term for constraint values ``c`` and multipliers ``lam``."""
@@ -128,8 +143,12 @@ class LagrangianStrategy(Strategy):
 
     # ----------------------------------------------------------------- public helpers
     def mode(self, target: Target) -> str:
-        """'parameter', 'shared' or 'per-sample': how ``target``'s multipliers are laid out."""
-        return "parameter" if isinstance(target, ParameterTarget) else self.multiplier_mode
+        """How ``target``'s multipliers are laid out: 'shared', 'mean' or 'per-sample' for outputs;
+        'parameter-shared' (``multipliers="shared"``: one per constraint entry shared by the parameter's rows,
+        on their mean violation) or 'parameter' (one per entry of every row, the exact form) for parameters."""
+        if isinstance(target, ParameterTarget):
+            return "parameter-shared" if self.multiplier_mode == "shared" and self.shared_parameters else "parameter"
+        return self.multiplier_mode
 
     def multipliers(self) -> dict[str, Tensor]:
         """The current multipliers (detached clones), keyed ``'<target label> [<kind>]'``."""
@@ -198,12 +217,15 @@ class LagrangianStrategy(Strategy):
             mode = self.mode(target)
             ids = self._sample_ids(target, sample_ids, rows.shape[0], rows.device) if mode == "per-sample" else None
             g, h = constraint_values(target, rows)
-            if mode == "shared":  # one multiplier per entry, on the batch mean
+            if mode in ("shared", "parameter-shared"):  # one multiplier per entry, on the mean violation: every row
+                g = None if g is None else g.clamp_min(0).mean(0)
+                h = None if h is None else h.abs().mean(0)
+            elif mode == "mean":  # one multiplier per entry, on the batch mean of the values: on average
                 g = None if g is None else g.mean(0)
                 h = None if h is None else h.mean(0)
-                if not self.linear_terms and _distributed.active():  # the mean over every rank's batch
-                    g = None if g is None else _distributed.global_mean(g)
-                    h = None if h is None else _distributed.global_mean(h)
+            if mode in ("shared", "mean") and not self.linear_terms and _distributed.active():  # every rank's batch
+                g = None if g is None else _distributed.global_mean(g)
+                h = None if h is None else _distributed.global_mean(h)
             for kind, c in self._constraints(index, target, g, h, ids):
                 if c is None or c.numel() == 0:
                     continue
@@ -275,6 +297,10 @@ class LagrangianStrategy(Strategy):
         self._check_records(records, eta)  # validate everything before touching any multiplier
         if _distributed.active():
             records = self._combine_ranks(records)
+        if self._dual_factory is not None:
+            self._optimizer_step(records, eta)
+            self._after_dual_step()
+            return
         for key, recs in records.items():
             lam = self._lam[key]
             clip = key.endswith(":inequality")
@@ -291,6 +317,44 @@ class LagrangianStrategy(Strategy):
                     lam[ids] = lam[ids].clamp_min(0)
         self._after_dual_step()
 
+    def _optimizer_step(self, records: dict[str, list[tuple[Tensor, Tensor | None]]], eta: float) -> None:
+        """The dual step through ``dual_optimizer``: ``lam.grad = -c`` (ascent as descent), ``step()``, clip.
+        Per-sample tables get the batch's rows (the others a zero gradient)."""
+        for key, recs in records.items():
+            lam = self._lam[key]
+            opt = self._dual_opts.get(key)
+            if opt is None or opt.param_groups[0]["params"][0] is not lam:
+                opt = self._dual_opts[key] = self._new_dual_optimizer(lam, opt)
+            if self._dual_follows_lr:
+                for group in opt.param_groups:
+                    group["lr"] = eta
+            if recs[0][1] is None:
+                c = recs[0][0] if len(recs) == 1 else torch.stack([r[0] for r in recs]).mean(0)
+                lam.grad = c.to(lam).neg()
+            else:
+                ids = torch.cat([r[1] for r in recs]).to(lam.device)  # type: ignore[misc]
+                lam.grad = torch.zeros_like(lam).index_add_(0, ids, torch.cat([r[0] for r in recs]).to(lam), alpha=-1)
+            opt.step()
+            lam.grad = None
+            if key.endswith(":inequality"):
+                lam.clamp_min_(0)
+            if not bool(torch.isfinite(lam).all()):
+                raise FloatingPointError(
+                    f"strategy {self.name!r}: the dual optimizer made the multipliers of "
+                    f"{self.targets[int(key.split(':')[0])].label} non-finite at step {self.steps}; lower dual_lr."
+                )
+
+    def _new_dual_optimizer(self, lam: Tensor, old: torch.optim.Optimizer | None) -> torch.optim.Optimizer:
+        """The optimizer of one multiplier tensor (keeping ``old``'s state when the tensor was moved or
+        reloaded: same shape, new object)."""
+        assert self._dual_factory is not None
+        opt = self._dual_factory([lam])
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"dual_optimizer must build a torch.optim.Optimizer, got {type(opt).__name__}.")
+        if old is not None:
+            opt.load_state_dict(old.state_dict())
+        return opt
+
     def _combine_ranks(
         self, records: dict[str, list[tuple[Tensor, Tensor | None]]]
     ) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
@@ -303,9 +367,9 @@ class LagrangianStrategy(Strategy):
         Keys are visited in sorted order of the multiplier table, the same on every rank (created by the
         first loss); a rank that recorded nothing for a key contributes no defect.
         """
-        combined = {k: v for k, v in records.items() if self.mode(self.targets[int(k.split(":")[0])]) == "parameter"}
-        keys = sorted(k for k in self._lam if self.mode(self.targets[int(k.split(":")[0])]) != "parameter")
-        shared = [k for k in keys if self.mode(self.targets[int(k.split(":")[0])]) == "shared"]
+        combined = {k: v for k, v in records.items() if self.mode(self.targets[int(k.split(":")[0])]).startswith("parameter")}
+        keys = sorted(k for k in self._lam if not self.mode(self.targets[int(k.split(":")[0])]).startswith("parameter"))
+        shared = [k for k in keys if self.mode(self.targets[int(k.split(":")[0])]) in ("shared", "mean")]
         means, weights = [], []
         for key in shared:
             recs = records.get(key)
@@ -335,13 +399,20 @@ class LagrangianStrategy(Strategy):
 
     # ----------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
-        return {"multipliers": {k: v.detach().clone() for k, v in self._lam.items()}}
+        state: dict[str, Any] = {"multipliers": {k: v.detach().clone() for k, v in self._lam.items()}}
+        if self._dual_opts:
+            state["dual_optimizer"] = {k: _clone_state(o.state_dict()) for k, o in self._dual_opts.items()}
+        return state
 
     def _load_state(self, state: dict[str, Any]) -> None:
         state = dict(state)
         if "multipliers" not in state:
             raise KeyError(f"strategy {self.name!r}: state has no 'multipliers'; it comes from another strategy.")
         lam = state.pop("multipliers")
+        dual = state.pop("dual_optimizer", {})
+        if dual and self._dual_factory is None:
+            raise KeyError(f"strategy {self.name!r}: the state holds dual optimizer states but this strategy has no "
+                           f"dual_optimizer; build it with the same dual_optimizer before load_state_dict.")
         if not isinstance(lam, dict):
             raise TypeError(f"strategy {self.name!r}: state['multipliers'] must be a dict of tensors, got {type(lam).__name__}.")
         for key, value in lam.items():
@@ -362,10 +433,28 @@ class LagrangianStrategy(Strategy):
         self._load_extra(state)
         self._lam = {k: v.detach().clone() for k, v in lam.items()}
         self._records = {}
+        self._dual_opts = {}
+        for key, opt_state in dual.items():
+            if key not in self._lam:
+                raise KeyError(f"strategy {self.name!r}: dual optimizer state {key!r} has no multiplier in the state.")
+            opt = self._new_dual_optimizer(self._lam[key], None)
+            opt.load_state_dict(_clone_state(opt_state))
+            self._dual_opts[key] = opt
 
     def _load_extra(self, state: dict[str, Any]) -> None:
         if state:
             raise KeyError(f"strategy {self.name!r} has no state entries {sorted(state)}.")
+
+
+def _clone_state(state: Any) -> Any:
+    """A deep copy of an optimizer state_dict (tensors cloned), so that saved and live states never alias."""
+    if isinstance(state, Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _clone_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_clone_state(v) for v in state]
+    return state
 
 
 @register("lagrangian")
@@ -393,18 +482,22 @@ class AugmentedLagrangian(LagrangianStrategy):
 
     summary = "PHR augmented Lagrangian: multipliers plus quadratic penalty rho; dual step rho, rho may grow"
     linear_terms = False
+    shared_parameters = False
 
     def __init__(
         self,
         *,
-        penalty: float = 1.0,
-        dual_lr: float | None = None,
+        penalty: float = 10.0,
+        dual_lr: float | None = 0.1,
         multipliers: Multipliers = "shared",
         num_samples: int | None = None,
         penalty_growth: float = 1.0,
+        dual_optimizer: DualOptimizer | None = None,
+        dual_kp: float = 4.0,
     ) -> None:
         self.penalty = _positive(penalty, "penalty")
-        super().__init__(dual_lr=1.0 if dual_lr is None else dual_lr, multipliers=multipliers, num_samples=num_samples)
+        super().__init__(dual_lr=self.penalty if dual_lr is None else dual_lr, multipliers=multipliers,
+                         num_samples=num_samples, dual_optimizer=dual_optimizer, dual_kp=dual_kp)
         self.dual_lr_option = dual_lr
         self.penalty_growth = _positive(penalty_growth, "penalty_growth")
 
@@ -467,7 +560,7 @@ class SlackLagrangian(LagrangianStrategy):
     form). Without it the saddle is degenerate at an inactive constraint (the Lagrangian's
     curvature in :math:`s` is :math:`2\nu = 0` there) and :math:`(s^2, \nu)` cycle like a
     predator-prey system under gradient descent-ascent, damped only through the objective;
-    :math:`\rho > 0` (e.g. 1) removes the cycle.
+    :math:`\rho > 0` removes the cycle, so the default is :math:`\rho = 1` (the penalized form).
 
     ``output_width``: the number of outputs per sample, so that the slacks of output constraints
     are created by :meth:`attach` rather than on the first batch. Needed under
@@ -484,13 +577,16 @@ class SlackLagrangian(LagrangianStrategy):
     def __init__(
         self,
         *,
-        dual_lr: float = 0.01,
+        dual_lr: float = 1.0,
         multipliers: Multipliers = "shared",
         num_samples: int | None = None,
-        penalty: float = 0.0,
+        penalty: float = 1.0,
         output_width: int | None = None,
+        dual_optimizer: DualOptimizer | None = None,
+        dual_kp: float = 4.0,
     ) -> None:
-        super().__init__(dual_lr=dual_lr, multipliers=multipliers, num_samples=num_samples)
+        super().__init__(dual_lr=dual_lr, multipliers=multipliers, num_samples=num_samples,
+                         dual_optimizer=dual_optimizer, dual_kp=dual_kp)
         if not math.isfinite(penalty) or penalty < 0:
             raise ValueError(f"penalty must be >= 0 and finite, got {penalty}.")
         if output_width is not None and (

@@ -9,6 +9,14 @@ extended log barrier (Kervadec et al. 2019) continues :math:`-\frac1t\log(-z)` l
 
 Aggregation: output constraints are averaged over the batch (as the objective is), parameter
 constraints are summed over their rows.
+
+Schedule: after each step the weight is multiplied by ``growth`` (bounded by ``weight_limit``).
+With ``growth > 1`` it grows only while the constraint is violated: while the largest violation
+of the last step's values, relative to the largest magnitude of the constrained values, exceeds
+``tolerance`` (``tolerance=None``: every step). So a penalty picked by name with its defaults
+(weight 1, growth 1.02, tolerance 1e-3, limit 1e8) raises its weight until the constraint holds
+to about 1e-3 of the scale of what it constrains, and then stops. ``growth < 1`` (annealing a
+barrier) applies every step.
 """
 
 from __future__ import annotations
@@ -53,23 +61,46 @@ def _positive_entries(name: str, state: dict[str, Any], keys: tuple[str, ...]) -
     return out
 
 
+def _relative_violation(rows: Tensor, g: Tensor | None, h: Tensor | None) -> Tensor:
+    r""":math:`\max(\max g^+, \max |h|) / \max |x|`: the largest violation relative to the largest
+    magnitude of the constrained values ``rows`` (detached; a zero-dimensional tensor)."""
+    parts = [c.detach().clamp_min(0).amax() if kind == "g" else c.detach().abs().amax()
+             for kind, c in (("g", g), ("h", h)) if c is not None and c.numel()]
+    if not parts:
+        return rows.new_zeros(())
+    worst = parts[0] if len(parts) == 1 else torch.maximum(parts[0], parts[1])
+    return worst / rows.abs().amax().clamp_min(torch.finfo(rows.dtype).tiny)
+
+
 def _aggregate(target: Target, per_row: Tensor) -> Tensor:
     """Mean over samples for output constraints, sum over rows for parameter constraints."""
     return per_row.mean() if isinstance(target, OutputTarget) else per_row.sum()
 
 
 class PenaltyStrategy(Strategy):
-    r"""Shared machinery: weight :math:`\mu`, multiplied by ``growth`` after every step (bounded by
-    ``weight_limit`` in the direction of growth)."""
+    r"""Shared machinery: weight :math:`\mu`, multiplied by ``growth`` after a step (bounded by
+    ``weight_limit`` in the direction of growth); growth waits for a violation above ``tolerance``
+    (see the module doc). ``growth=None`` takes the class default :attr:`default_growth`."""
 
     family = "penalty"
     barrier = False
+    #: The growth factor when ``growth`` is not given: exterior penalties grow until feasible, barriers keep theirs.
+    default_growth = 1.02
 
-    def __init__(self, *, weight: float = 1.0, growth: float = 1.0, weight_limit: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        growth: float | None = None,
+        weight_limit: float | None = 1e8,
+        tolerance: float | None = 1e-3,
+    ) -> None:
         super().__init__()
         self.weight = _check_positive(weight, "weight")
-        self.growth = _check_positive(growth, "growth")
+        self.growth = _check_positive(self.default_growth if growth is None else growth, "growth")
         self.weight_limit = None if weight_limit is None else _check_positive(weight_limit, "weight_limit")
+        self.tolerance = None if tolerance is None else _check_positive(tolerance, "tolerance")
+        self._violation: Tensor | None = None  # the largest relative violation recorded by the last loss
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
@@ -94,8 +125,13 @@ class PenaltyStrategy(Strategy):
 
     def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor:
         total: Tensor | float = 0.0
+        watch = self.growth > 1 and self.tolerance is not None and torch.is_grad_enabled()
+        worst: list[Tensor] = []
         for target in self.targets:
-            g, h = constraint_values(target, target_rows(target, model, outputs))
+            rows = target_rows(target, model, outputs)
+            g, h = constraint_values(target, rows)
+            if watch:
+                worst.append(_relative_violation(rows.detach(), g, h))
             per_row: Tensor | float = 0.0
             if g is not None:
                 if self.barrier:
@@ -104,6 +140,8 @@ class PenaltyStrategy(Strategy):
             if h is not None:
                 per_row = per_row + self.equality_term(h).sum(-1)
             total = total + _aggregate(target, per_row)  # type: ignore[arg-type]
+        if watch:
+            self._violation = worst[0] if len(worst) == 1 else torch.stack([w.to(worst[0]) for w in worst]).amax()
         return self.weight * total  # type: ignore[return-value]
 
     def _check_interior(self, target: Target, g: Tensor, at_attach: bool = False) -> None:
@@ -151,6 +189,11 @@ class PenaltyStrategy(Strategy):
             self._stay_inside()
 
     def _grow(self) -> None:
+        if self.growth > 1 and self.tolerance is not None:  # grow only while the last step violated the constraints
+            violation, self._violation = self._violation, None
+            violated = violation is not None and float(violation) > self.tolerance
+            if not violated if not _distributed.active() else _distributed.all_true(not violated):
+                return  # feasible to the tolerance (on every rank): keep the weight
         self.weight *= self.growth
         if self.weight_limit is not None:
             self.weight = min(self.weight, self.weight_limit) if self.growth >= 1 else max(self.weight, self.weight_limit)
@@ -246,6 +289,7 @@ class LogBarrier(PenaltyStrategy):
 
     summary = "log barrier -mu*log(-g); strictly feasible start required, steps kept inside"
     barrier = True
+    default_growth = 1.0
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return -torch.log(-g)
@@ -260,6 +304,7 @@ class ReciprocalBarrier(PenaltyStrategy):
 
     summary = "reciprocal barrier mu/(-g); strictly feasible start required, steps kept inside"
     barrier = True
+    default_growth = 1.0
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return 1.0 / (-g)
@@ -277,12 +322,13 @@ class ExtendedLogBarrier(PenaltyStrategy):
         self,
         *,
         weight: float = 1.0,
-        growth: float = 1.0,
-        weight_limit: float | None = None,
+        growth: float | None = None,
+        weight_limit: float | None = 1e8,
+        tolerance: float | None = 1e-3,
         t: float = 5.0,
         t_growth: float = 1.0,
     ) -> None:
-        super().__init__(weight=weight, growth=growth, weight_limit=weight_limit)
+        super().__init__(weight=weight, growth=growth, weight_limit=weight_limit, tolerance=tolerance)
         self.t = _check_positive(t, "t")
         self.t_growth = _check_positive(t_growth, "t_growth")
 

@@ -7,6 +7,18 @@ projected onto the null space of :math:`A` before the optimizer step,
 Adam rescales coordinates, so the weights are projected after the step as well, and the two
 variants follow different trajectories.
 
+The metric (``metric="optimizer"``, the default): Adam, AdamW, RMSprop and Adagrad step
+:math:`w - \eta D^{-1} m` with a diagonal :math:`D` (Adam: :math:`\sqrt{\hat v} + \epsilon`), and a
+Euclidean projection after such a step moves the fixed point away from the constrained optimum
+(projected gradient descent needs the projection in the step's own metric). So the weights are
+projected in :math:`\|\cdot\|_D` (``constrain.project_metric``: the weighted soft threshold for
+the L1 ball, :math:`z - D^{-1}A^\top(A D^{-1} A^\top)^{-1}(A z - c)` for ``A w = c``; the orthant
+is separable, so nothing changes there), with :math:`D` read from the optimizer's state after its
+step. The strategy finds the optimizer by itself: a global ``optimizer.step`` post-hook (installed
+by ``attach``, removed by :meth:`Projected.detach`) remembers the optimizer that stepped the
+constrained parameters, so the four calls stay the same. Any other optimizer (SGD, or one that
+does not hold these parameters), and ``metric="euclidean"``, project in the Euclidean metric.
+
 Outputs: a projection layer :math:`y = P_C(f(x))` appended to the model as a forward hook. Its
 backward is the exact Jacobian (``jacobian="exact"``) or, for the L1 ball, the shortcut that treats
 the soft-threshold :math:`\tau` as a constant (``jacobian="threshold-constant"``: the Jacobian
@@ -16,13 +28,17 @@ recommends in place of differentiable sorting.
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from constrain import Affine, L1Ball, OutputTarget, ParameterTarget, l1_ball_threshold
+from constrain import (
+    Affine, L1Ball, OutputTarget, ParameterTarget, l1_ball_threshold, parameter_rows, project_metric,
+)
 from strategies._base import Strategy, Target, install_output_map
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
@@ -50,18 +66,26 @@ class Projected(Strategy):
     """Project parameters after each step; append a projection layer for outputs."""
 
     family = "projected"
-    summary = "Euclidean projection: weights after each step, a projection layer on outputs"
+    summary = "projection: weights after each step (in the optimizer's metric), a projection layer on outputs"
 
     def __init__(
         self,
         *,
         mode: Literal["weights", "gradient"] = "weights",
         jacobian: Literal["exact", "threshold-constant"] = "exact",
+        metric: Literal["optimizer", "euclidean"] = "optimizer",
     ) -> None:
         super().__init__()
+        for option, value, allowed in (("mode", mode, ("weights", "gradient")),
+                                       ("jacobian", jacobian, ("exact", "threshold-constant")),
+                                       ("metric", metric, ("optimizer", "euclidean"))):
+            if value not in allowed:
+                raise ValueError(f"projected: {option} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
         self.mode = mode
         self.jacobian = jacobian
+        self.metric = metric
         self._handles: list = []
+        self._optimizer: weakref.ref | None = None  # the optimizer that steps the constrained parameters
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
@@ -89,7 +113,41 @@ class Projected(Strategy):
                         f"Affine set; {target.label} has {target.set!r}. Use mode='weights'."
                     )
                 self._handles.extend(_project_gradients(model, target))
+        if self.metric == "optimizer" and any(_metric_applies(t) for t in self.targets):
+            watched = {id(p) for t in self.targets if isinstance(t, ParameterTarget) for p in t.tensors(model)}
+            self._handles.append(register_optimizer_step_post_hook(self._remember(watched)))
         self._project_parameters()  # start feasible
+
+    def _remember(self, watched: set[int]):
+        """The global step post-hook: remember the optimizer whose groups hold a constrained parameter."""
+
+        def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            known = self._optimizer() if self._optimizer is not None else None
+            if known is optimizer:
+                return
+            if any(id(p) in watched for group in optimizer.param_groups for p in group["params"]):
+                self._optimizer = weakref.ref(optimizer)
+
+        return hook
+
+    def current_metric(self, target: ParameterTarget) -> Tensor | None:
+        r"""The diagonal :math:`D` of the remembered optimizer for ``target``'s rows (the layout of
+        ``target.gather``), or None: Euclidean (no diagonal optimizer seen, ``metric="euclidean"``, or a set
+        the metric does not change)."""
+        if self.metric != "optimizer" or self._optimizer is None or not _metric_applies(target):
+            return None
+        optimizer = self._optimizer()
+        if optimizer is None:
+            return None
+        parts = []
+        for param in target.tensors(self._require_model()):
+            d = optimizer_diagonal(optimizer, param)
+            if d is None:
+                return None
+            parts.append(d)
+        if target.set.acts_on_flat_vector:
+            return torch.cat([d.reshape(-1) for d in parts]).unsqueeze(0)
+        return parameter_rows(parts[0])
 
     def _output_map(self, target: OutputTarget):
         if self.jacobian == "threshold-constant":
@@ -116,7 +174,8 @@ class Projected(Strategy):
             if isinstance(target, ParameterTarget):
                 rows = target.gather(model)
                 self._check_finite_parameters(target, rows)
-                projected = target.set.project(rows)
+                d = self.current_metric(target)
+                projected = target.set.project(rows) if d is None else project_metric(target.set, rows, d.to(rows))
                 for param, value in zip(target.tensors(model), target.split(projected, model)):
                     param.copy_(value)
 
@@ -125,6 +184,46 @@ class Projected(Strategy):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def _metric_applies(target: Target) -> bool:
+    """Whether the projection of ``target`` depends on the metric: parameter targets on an L1 ball or an
+    affine set (the orthant is separable; other sets keep the Euclidean projection)."""
+    return isinstance(target, ParameterTarget) and isinstance(target.set, (L1Ball, Affine))
+
+
+@torch.no_grad()
+def optimizer_diagonal(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor | None:
+    r"""The diagonal :math:`D` by which ``optimizer`` divided its last step of ``param``, or None.
+
+    Adam / AdamW: :math:`\sqrt{v / (1 - \beta_2^t)} + \epsilon` (``max_exp_avg_sq`` with amsgrad);
+    RMSprop: :math:`\sqrt{s} + \epsilon` (centered: :math:`\sqrt{s - \bar g^2} + \epsilon`);
+    Adagrad: :math:`\sqrt{G} + \epsilon`. None for any other optimizer, or before its first step.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return None
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
+    if group is None:
+        return None
+    eps = float(group.get("eps", 0.0))
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        v = state.get("max_exp_avg_sq") if group.get("amsgrad") else state.get("exp_avg_sq")
+        if v is None or "step" not in state:
+            return None
+        correction = 1.0 - group["betas"][1] ** float(state["step"])
+        return v.div(correction).sqrt_().add_(eps)
+    if isinstance(optimizer, torch.optim.RMSprop):
+        s = state.get("square_avg")
+        if s is None:
+            return None
+        if group.get("centered"):
+            s = s - state["grad_avg"].square()
+        return s.sqrt().add_(eps)
+    if isinstance(optimizer, torch.optim.Adagrad):
+        s = state.get("sum")
+        return None if s is None else s.sqrt().add_(eps)
+    return None
 
 
 def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:

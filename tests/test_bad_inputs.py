@@ -158,7 +158,7 @@ CASES: dict[str, Case] = {
     "get: name not a string": Case(lambda: strategies.get(3), TypeError, r"strategy name must be a string"),
     "get: unknown option": Case(lambda: strategies.get("lagrangian", dual_rl=0.1), TypeError, r"no option 'dual_rl'\. Did you mean 'dual_lr'.*options are"),
     "get: option of a wrong type": Case(lambda: strategies.get("lagrangian", dual_lr="0.1"), TypeError, r"option 'dual_lr'.*must be float"),
-    "get: option not in a Literal": Case(lambda: strategies.get("lagrangian", multipliers="each"), TypeError, r"option 'multipliers'.*one of 'shared', 'per-sample'"),
+    "get: option not in a Literal": Case(lambda: strategies.get("lagrangian", multipliers="each"), TypeError, r"option 'multipliers'.*one of 'shared', 'mean', 'per-sample'"),
     "get: on_nonfinite unknown": Case(lambda: strategies.get("projected", on_nonfinite="ignore"), TypeError, r"option 'on_nonfinite'.*'raise', 'skip'"),
     "get: negative step": Case(lambda: strategies.get("lagrangian", dual_lr=-1.0), ValueError, r"dual_lr must be positive"),
     "get: NaN option": Case(lambda: strategies.get("quadratic-penalty", weight=math.nan), ValueError, r"weight must be positive and finite"),

@@ -33,8 +33,20 @@ def _run_files(tmp_path: Path) -> dict[Path, float]:
 
 
 def _table_rows(markdown: str) -> list[str]:
+    """The rows of the per-strategy tables (the per-family summaries have 6 columns, not 10)."""
     return [line for line in markdown.splitlines()
-            if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("|---")]
+            if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("|---")
+            and line.count("|") == 11]
+
+
+def test_each_problem_summarizes_the_best_entry_of_each_family(tmp_path: Path, main) -> None:
+    assert main(_args(tmp_path, "--quick", "--steps", "30", "--problems", "lin-weight-affine",
+                      "--strategies", "projected,lagrangian,quadratic-penalty")) == 0
+    table = (tmp_path / "figures" / "study.md").read_text()
+    assert "Best entry of each family" in table
+    best = [line for line in table.splitlines() if line.startswith("| ") and line.count("|") == 7
+            and not line.startswith("| family")]
+    assert sorted(line.split("|")[1].strip() for line in best) == ["lagrangian", "penalty", "projected"]
 
 
 # ---------------------------------------------------------------------- end to end

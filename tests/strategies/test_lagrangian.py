@@ -90,6 +90,8 @@ def _train(name: str, cell: str, steps: int, lr: float, check_signs: bool = Fals
     target, _, per_sample = _cell(cell)
     if per_sample:
         options.update(multipliers="per-sample", num_samples=N)
+    else:  # the exact form: one multiplier per entry (parameters), on the batch mean (outputs)
+        options.setdefault("multipliers", "mean")
     torch.manual_seed(0)
     strategy = strategies.get(name, **options)
     model = strategy.attach(nn.Linear(D, M).double(), [target])
@@ -116,14 +118,14 @@ def _train(name: str, cell: str, steps: int, lr: float, check_signs: bool = Fals
 CASES = {
     "lagrangian": [
         ("nonneg-weight", 400, 0.2, dict(dual_lr=0.05)),
-        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05)),
+        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05, penalty=0.0)),
         ("l1-weight-rows", 400, 0.2, dict(dual_lr=0.05)),
         ("nonneg-output", 450, 0.1, dict(dual_lr=1.0)),
         ("l1-output", 400, 0.3, dict(dual_lr=0.2)),
         ("nonneg-output-mean", 300, 0.2, dict(dual_lr=0.1)),
     ],
     "augmented-lagrangian": [
-        (cell, 300, 0.3, dict(penalty=1.0))
+        (cell, 300, 0.3, dict(penalty=1.0, dual_lr=None))  # dual step = penalty (the method of multipliers)
         for cell in ["nonneg-weight", "affine-weight+bias", "l1-weight-rows"]
         + ["nonneg-output", "l1-output", "nonneg-output-mean"]
     ],
@@ -131,8 +133,8 @@ CASES = {
         ("nonneg-weight", 300, 0.3, dict(dual_lr=0.3, penalty=1.0)),
         ("affine-weight+bias", 300, 0.3, dict(dual_lr=0.3, penalty=1.0)),
         ("l1-weight-rows", 300, 0.3, dict(dual_lr=0.3, penalty=1.0)),
-        ("l1-weight-rows", 800, 0.1, dict(dual_lr=0.05)),  # the plain form (no augmentation)
-        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05)),
+        ("l1-weight-rows", 800, 0.1, dict(dual_lr=0.05, penalty=0.0)),  # the plain form (no augmentation)
+        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05, penalty=0.0)),
         ("l1-output", 800, 0.3, dict(dual_lr=0.3, penalty=1.0)),
         # per-sample squared slacks on an elementwise constraint converge slowly and oscillate
         # (violation 1.5e-4 / 7e-7 / 3e-3 and gap 5e-3 / 2.4e-3 / 7e-4 at 600 / 800 / 1000 steps)
@@ -171,7 +173,7 @@ def _linear(weight: list[list[float]]) -> nn.Linear:
 
 @pytest.mark.parametrize("name", ["lagrangian", "augmented-lagrangian"])
 def test_dual_step_ascends_on_violation_and_stays_nonnegative(name: str) -> None:
-    options = {"dual_lr": 0.5} if name == "lagrangian" else {"penalty": 2.0}
+    options = {"dual_lr": 0.5, "multipliers": "mean"} if name == "lagrangian" else {"penalty": 2.0, "dual_lr": None}
     strategy = strategies.get(name, **options)
     model = strategy.attach(_linear([[1.0, -2.0], [-0.5, 3.0]]), on_parameter("weight", NonNegative()))
     strategy.loss(torch.zeros((), dtype=torch.float64))
@@ -190,7 +192,7 @@ def test_dual_step_ascends_on_violation_and_stays_nonnegative(name: str) -> None
 
 
 def test_equality_multipliers_are_not_clipped() -> None:
-    strategy = strategies.get("lagrangian", dual_lr=0.1)
+    strategy = strategies.get("lagrangian", dual_lr=0.1, multipliers="mean")
     strategy.attach(_linear([[1.0, 2.0]]), on_parameter("weight", Affine([[1.0, 1.0]], [5.0])))
     strategy.loss(torch.zeros((), dtype=torch.float64))
     strategy.after_step()
@@ -209,13 +211,24 @@ def test_per_sample_multipliers_move_only_the_batch_rows() -> None:
     assert torch.allclose(lam.squeeze(1), torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0, 0.0]))
 
 
-def test_shared_output_multiplier_acts_on_the_batch_mean() -> None:
-    strategy = strategies.get("lagrangian", dual_lr=1.0)
+def test_mean_output_multiplier_acts_on_the_batch_mean() -> None:
+    strategy = strategies.get("lagrangian", dual_lr=1.0, multipliers="mean")
     strategy.attach(nn.Identity(), on_output(L1Ball(1.0)))
     outputs = torch.tensor([[3.0], [0.0]], requires_grad=True)  # mean of g: (2 + -1) / 2
     strategy.loss(torch.zeros(()), outputs).backward()
     strategy.after_step()
     assert torch.allclose(next(iter(strategy.multipliers().values())), torch.tensor([0.5]))
+
+
+def test_shared_output_multiplier_acts_on_the_mean_violation() -> None:
+    """The default: one multiplier on the batch mean of g+, so a sample inside cannot offset one outside."""
+    strategy = strategies.get("lagrangian", dual_lr=1.0)
+    strategy.attach(nn.Identity(), on_output(L1Ball(1.0)))
+    outputs = torch.tensor([[3.0], [0.0]], requires_grad=True)  # g = (2, -1): mean of g+ is 1, mean of g is 0.5
+    strategy.loss(torch.zeros(()), outputs).backward()
+    strategy.after_step()
+    assert torch.allclose(next(iter(strategy.multipliers().values())), torch.tensor([1.0]))
+    assert torch.allclose(outputs.grad, torch.zeros(2, 1))  # multiplier 0 at the first loss: no term yet
 
 
 def test_validation_losses_record_nothing() -> None:
@@ -230,7 +243,7 @@ def test_validation_losses_record_nothing() -> None:
 def test_simplex_outputs_through_the_same_g_and_h() -> None:
     X = _data()[0]
     target = torch.softmax(X @ torch.tensor([[1.0, -1.0, 0.5], [0.2, 0.3, -0.7], [-1.0, 0.5, 0.5]]).double().T, -1)
-    strategy = strategies.get("augmented-lagrangian", penalty=1.0, multipliers="per-sample", num_samples=N)
+    strategy = strategies.get("augmented-lagrangian", penalty=1.0, dual_lr=None, multipliers="per-sample", num_samples=N)
     torch.manual_seed(0)
     model = strategy.attach(nn.Linear(D, 3).double(), on_output(Simplex(1.0)))
     opt = torch.optim.SGD(model.parameters(), lr=0.3)

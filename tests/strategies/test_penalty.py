@@ -20,7 +20,7 @@ BARRIERS = ["log-barrier", "reciprocal-barrier"]
 def test_violation_shrinks_as_weight_grows(problem, name, cell):
     violations = []
     for weight in (0.3, 3.0, 30.0):
-        s = strategies.get(name, weight=weight)
+        s = strategies.get(name, weight=weight, growth=1.0)  # a fixed weight
         model = problem.train(s, problem.model(), CELLS[cell](), steps=300)
         violations.append(problem.violations(s, model, problem.X))
     assert violations[0] > 1e-3, f"the unconstrained optimum should violate {cell}: {violations}"

@@ -107,3 +107,63 @@ def test_parametrized_weight_is_refused(problem):
     torch.nn.utils.parametrize.register_parametrization(model.lin, "weight", torch.nn.Identity())
     with pytest.raises(ValueError, match="parametrized"):
         strategies.get("projected").attach(model, [on_parameter("lin.weight", NonNegative())])
+
+
+def _linear_optimum(problem, constraint) -> float:
+    """cvxpy's optimum of the mean squared error of lin (weight W, bias b) under ``constraint`` on W."""
+    import cvxpy as cp
+    import numpy as np
+
+    X, Y = problem.X.numpy(), problem.Y.numpy()
+    W, b = cp.Variable((3, 5)), cp.Variable(3)
+    Z = X @ W.T + np.ones((X.shape[0], 1)) @ cp.reshape(b, (1, 3), order="C")
+    if isinstance(constraint, Affine):
+        cons = constraint.cvxpy_constraint(cp.reshape(W, (15,), order="C"))
+    else:
+        cons = [c for j in range(3) for c in constraint.cvxpy_constraint(W[j, :])]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(Z - Y) / Y.size), cons)
+    prob.solve(solver=cp.CLARABEL)
+    return float(prob.value)
+
+
+@pytest.mark.parametrize("cell", ["affine-weight", "l1-weight"])
+def test_projection_in_adams_metric_reaches_the_constrained_optimum(problem, cell):
+    """Projecting Adam's step in ||.||_D (the default) converges to cvxpy's optimum; the Euclidean projection
+    after the same steps stalls at another point (its fixed points move with Adam's scaling)."""
+    gaps = {}
+    for metric in ("optimizer", "euclidean"):
+        s = strategies.get("projected", metric=metric)
+        model = problem.train(s, problem.model(), CELLS[cell](), steps=1500, lr=0.05)
+        with torch.no_grad():
+            value = float(torch.nn.functional.mse_loss(model(problem.X), problem.Y))
+        best = _linear_optimum(problem, CELLS[cell]()[0].set)
+        gaps[metric] = (value - best) / best
+        assert problem.violations(s, model, problem.X) <= 1e-9
+    assert abs(gaps["optimizer"]) <= 1e-5, gaps
+    assert gaps["euclidean"] > 10 * abs(gaps["optimizer"]), gaps
+
+
+def test_metric_follows_the_optimizer(problem):
+    """The strategy finds the optimizer by itself: Adam's diagonal after its step; SGD keeps the Euclidean metric."""
+    from strategies._projected import optimizer_diagonal
+
+    for make, diagonal in ((lambda p: torch.optim.Adam(p, lr=0.01), True), (lambda p: torch.optim.SGD(p, lr=0.01), False)):
+        s = strategies.get("projected")
+        model = s.attach(problem.model(), CELLS["l1-weight"]())
+        opt = make(model.parameters())
+        loss = torch.nn.functional.mse_loss(model(problem.X), problem.Y)
+        loss.backward()
+        opt.step()
+        d = s.current_metric(s.targets[0])
+        assert (d is not None) == diagonal
+        if diagonal:
+            state = opt.state[model.lin.weight]
+            expected = (state["exp_avg_sq"] / (1 - 0.999 ** float(state["step"]))).sqrt() + 1e-8
+            assert torch.allclose(d, expected) and torch.equal(optimizer_diagonal(opt, model.lin.weight), d)
+        s.detach()
+
+
+def test_bad_projected_options_are_value_errors():
+    for option in ({"mode": "grad"}, {"metric": "adam"}):
+        with pytest.raises((ValueError, TypeError), match=next(iter(option))):
+            strategies.get("projected", **option)
