@@ -20,7 +20,9 @@ active set :math:`S` solve :math:`K_{SS} \lambda_S = r_S`, :math:`\lambda_{\bar 
 :math:`K \odot s s^\top + \operatorname{diag}(1 - s) + \delta \operatorname{diag}(s)` with iterative
 refinement against :math:`\delta = 0`, which gives the minimum-norm multiplier when redundant active
 constraints make :math:`K_{SS}` singular (:math:`y` does not depend on that choice). Rows that do not
-settle are warm-started again by accelerated projected gradient on the dual and retried. Every row
+settle (redundant or degenerate constraints make the plain iterations cycle) are solved again by
+Goldfarb and Idnani's dual method, which adds one constraint at a time and keeps the active rows
+linearly independent (finite, never cycles), then certified by an exact solve on its active set. Every row
 ends with a certificate: :math:`g \le \text{tol}` (primal feasibility), :math:`\lambda \ge -\text{tol}`
 (dual feasibility), complementarity and stationarity hold by construction. A row that cannot be
 certified raises: ``ValueError`` naming the sample when its polytope is empty (checked with an LP),
@@ -33,8 +35,6 @@ certified raises: ``ValueError`` naming the sample when its polytope is empty (c
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -49,8 +49,6 @@ _REFINE = 4
 _CERT_TOL = 1e-9
 #: Active-set iterations before a row is warm-started again by projected gradient.
 _MAX_ACTIVE_SET = 40
-#: Projected-gradient iterations of each successive warm start.
-_WARM_ROUNDS = (200, 2000, 20000)
 #: A constraint row whose direction lies in the row space of A (|P g_i| below this) is constant on the affine set.
 _CONSTANT_ROW = 1e-10
 
@@ -157,48 +155,94 @@ def _masked_solve(K: Tensor, rhs: Tensor, mask: Tensor) -> Tensor:
     return lam.squeeze(-1) * s
 
 
-def _row_tolerance(r: Tensor, lam: Tensor, p: Tensor, h: Tensor) -> Tensor:
-    """The certificate tolerance of each row: relative to the row's scale (and its multipliers)."""
+def _row_tolerance(r: Tensor, y: Tensor, p: Tensor, h: Tensor) -> Tensor:
+    """The certificate tolerance of each row, relative to the row's scale (its points and right-hand sides)."""
     scale = torch.maximum(p.abs().amax(-1), h.abs().amax(-1))
     scale = torch.maximum(scale, r.abs().amax(-1))
-    scale = torch.maximum(scale, lam.abs().amax(-1))
+    scale = torch.maximum(scale, y.abs().amax(-1))
     return _CERT_TOL * torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def _active_set(K: Tensor, r: Tensor, active: Tensor, tol: Tensor, free: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Primal-dual active-set iterations from ``active`` (B, m); returns ``(lam, active, certified)``."""
+def _active_set(
+    K: Tensor, r: Tensor, active: Tensor, tol: Tensor, free: Tensor, rho: float = 0.0, center: Tensor | None = None,
+    iterations: int = _MAX_ACTIVE_SET,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Primal-dual active-set iterations from ``active`` (B, m) on
+    :math:`\min_{\lambda \ge 0} \tfrac12 \lambda^\top (K + \rho I) \lambda - (r + \rho c)^\top \lambda`
+    (:math:`\rho = 0`: the dual itself). Returns ``(lam, active, settled)``: a row is settled when its set
+    repeats and its active constraints hold with equality (a consistent active system)."""
     B = r.shape[0]
+    Kr = K + rho * torch.eye(K.shape[0], dtype=K.dtype, device=K.device) if rho else K
+    rhs = r + rho * center if rho else r
     lam = r.new_zeros(r.shape)
-    certified = torch.zeros(B, dtype=torch.bool, device=r.device)
+    settled = torch.zeros(B, dtype=torch.bool, device=r.device)
     todo = torch.arange(B, device=r.device)
     active = active & free
-    for _ in range(_MAX_ACTIVE_SET):
+    for _ in range(iterations):
         if todo.numel() == 0:
             break
-        rr, act, t = r[todo], active[todo], tol[todo, None]
-        lam_t = _masked_solve(K, rr, act)
-        g = rr - lam_t @ K
+        rr, act, t = rhs[todo], active[todo], tol[todo, None]
+        lam_t = _masked_solve(Kr, rr, act)
+        g = rr - lam_t @ Kr
         new = ((act & (lam_t > -t)) | (~act & (g > t))) & free[todo]
-        same = (new == act).all(-1)
+        same = (new == act).all(-1) & (g.abs() <= t).logical_or(~act).all(-1)
         lam[todo] = lam_t
         active[todo] = new
-        done = todo[same]
-        certified[done] = True
+        settled[todo[same]] = True
         todo = todo[~same]
-    return lam, active, certified
+    return lam, active, settled
 
 
-def _warm_start(K: Tensor, r: Tensor, lam: Tensor, step: float, iterations: int, free: Tensor) -> Tensor:
-    r"""Accelerated projected gradient (FISTA) on :math:`\min_{\lambda \ge 0} \tfrac12 \lambda^\top K \lambda - r^\top \lambda`."""
-    fmask = free.to(r.dtype)
-    lam = lam.clamp_min(0) * fmask
-    mom, t = lam.clone(), 1.0
-    for _ in range(iterations):
-        new = (mom - step * (mom @ K - r)).clamp_min(0) * fmask
-        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        mom = new + ((t - 1.0) / t_next) * (new - lam)
-        lam, t = new, t_next
-    return lam
+def _dual_active_set(K: Tensor, r: Tensor, tol: Tensor, free: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Goldfarb-Idnani's dual method, batched: from :math:`y = p` (no constraint active), add one violated
+    constraint :math:`q` at a time, with partial steps that drop the active constraint whose multiplier
+    reaches 0 first, keeping the active rows linearly independent (so :math:`K_{SS}` is non-singular and
+    :math:`\lambda \ge 0` throughout). Finite; slower than the plain iterations (one factorization per added
+    constraint), so it serves the rows they leave unsettled. Returns ``(lam, active, settled)``; a row
+    with no step left while a constraint is violated is infeasible (not settled)."""
+    B, m = r.shape
+    lam = r.new_zeros(B, m)
+    active = torch.zeros(B, m, dtype=torch.bool, device=r.device)
+    pending = torch.full((B,), -1, dtype=torch.long, device=r.device)
+    settled = torch.zeros(B, dtype=torch.bool, device=r.device)
+    failed = torch.zeros(B, dtype=torch.bool, device=r.device)
+    rows = torch.arange(B, device=r.device)
+    diag = K.diagonal()
+    for _ in range(4 * m + 20):
+        g = r - lam @ K
+        violation = torch.where(active | ~free, torch.full_like(g, -torch.inf), g)
+        worst, q_new = violation.max(-1)
+        pending = torch.where(pending >= 0, pending, torch.where(worst > tol, q_new, torch.full_like(q_new, -1)))
+        settled = (pending < 0) & ~failed
+        todo = rows[(pending >= 0) & ~failed]
+        if todo.numel() == 0:
+            break
+        q = pending[todo]
+        act, lam_t, g_t = active[todo], lam[todo], g[todo]
+        kq = K[q]  # (T, m): K[q, :]
+        direction = _masked_solve(K, kq, act)  # K_SS^{-1} K_Sq on S
+        curvature = diag[q] - (kq * direction).sum(-1)  # |P_S w_q|^2
+        dependent = curvature <= 1e-9 * diag[q]  # |sin| of the angle to the active span below ~3e-5
+        gq = g_t.gather(1, q[:, None]).squeeze(1)
+        full = torch.where(dependent, torch.full_like(gq, torch.inf), gq / curvature.clamp_min(1e-300))
+        ratio = torch.where(act & (direction > 1e-14), lam_t / direction.clamp_min(1e-300), torch.full_like(lam_t, torch.inf))
+        partial, j = ratio.min(-1)
+        step = torch.minimum(full, partial)
+        stuck = ~torch.isfinite(step)
+        failed[todo[stuck]] = True
+        step = torch.where(stuck, torch.zeros_like(step), step)
+        lam_t = lam_t - step[:, None] * direction  # direction is 0 off S: the pending q keeps its multiplier
+        lam_t = lam_t.scatter_add(1, q[:, None], step[:, None])
+        add = (full <= partial) & ~stuck
+        drop = ~add & ~stuck
+        act = act.clone()
+        act[add, q[add]] = True
+        act[drop, j[drop]] = False
+        lam_t[drop, j[drop]] = 0.0
+        lam[todo], active[todo] = lam_t.clamp_min(0) * (act | (torch.arange(m, device=r.device) == q[:, None])), act
+        done = todo[add]
+        pending[done] = -1
+    return lam, active, settled & ~failed
 
 
 def solve(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -217,23 +261,25 @@ def solve(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | Non
     hn = h / m["gnorm"]
     r = p @ m["Gn"].T - hn
     free = ~m["constant"].expand_as(r)
-    tol = _row_tolerance(r, r.new_zeros(r.shape), p, hn)
-    lam, active, certified = _active_set(K, r, r > tol[:, None], tol, free)
-    for iterations in _WARM_ROUNDS:
-        if bool(certified.all()):
-            break
-        rows = (~certified).nonzero().reshape(-1)
-        warm = _warm_start(K, r[rows], lam[rows], factor.step, iterations, free[rows])
-        g = r[rows] - warm @ K
-        start = (warm > 0) | (g > tol[rows, None])
-        lam_r, act_r, cert_r = _active_set(K, r[rows], start, tol[rows], free[rows])
-        lam[rows], active[rows], certified[rows] = lam_r, act_r, cert_r
-    g = r - lam @ K
-    tol = _row_tolerance(r, lam, p, hn)
-    ok = certified & (g <= tol[:, None]).all(-1) & (lam >= -tol[:, None]).all(-1)
+    tol = _row_tolerance(r, p, p, hn)
+    lam, active, settled = _active_set(K, r, r > tol[:, None], tol, free)
+    if not bool(settled.all()):
+        rows = (~settled).nonzero().reshape(-1)
+        _, start, ok_r = _dual_active_set(K, r[rows], tol[rows], free[rows])
+        # the exact solve on the independent active set it found (and its certificate, below)
+        lam_r, act_r, ok_e = _active_set(K, r[rows], start, tol[rows], free[rows], iterations=3)
+        lam[rows], active[rows], settled[rows] = lam_r, act_r, ok_r & ok_e
+    y = p - lam @ W
+    g = y @ m["Gn"].T - hn  # the certificate is checked on y itself, in distance units
+    tol = _row_tolerance(r, y, p, hn)
+    dual_tol = torch.maximum(tol, _CERT_TOL * lam.abs().amax(-1))
+    ok = settled & (g <= tol[:, None]).all(-1) & (lam >= -dual_tol[:, None]).all(-1)
+    if b is not None:
+        ok &= torch.linalg.vector_norm(y @ m["A"].T - b, dim=-1) <= _CERT_TOL * 1e3 * (
+            torch.linalg.vector_norm(b, dim=-1) + float(torch.linalg.matrix_norm(m["A"], 2)) * torch.linalg.vector_norm(y, dim=-1)
+        )
     if not bool(ok.all()):
         _refuse(factor, x, b, h, int((~ok).nonzero()[0]), float((g - tol[:, None]).amax(-1)[~ok][0]))
-    y = p - lam @ W
     return y, lam, active
 
 

@@ -77,7 +77,7 @@ class _Side:
         if self.fn is None:
             return self
         out = _Side.__new__(_Side)
-        out.name, out.size, out.fn = self.name, self.size, None
+        out.name, out.size, out.fn = f"{self.name}(inputs)", self.size, None
         out.value = self._checked(self.fn(*inputs), f"{self.name}(inputs)")
         if out.value.dim() == 1:
             out.value = out.value.unsqueeze(0)
@@ -227,6 +227,54 @@ class Polyhedron(ConstraintSet):
         b = None if b is None else b.expand(B, -1)
         h = None if h is None else h.expand(B, -1)
         return project_polyhedron_rows(self._factor, rows, b, h).reshape(x.shape)
+
+    def complete(self, x: Tensor) -> Tensor:
+        r"""Null-space completion :math:`P x + A^+ b` of each row (:math:`P = I - A^+ A`): the point of
+        :math:`\{A y = b\}` nearest to ``x``, written with plain differentiable matrix products; ``x`` itself
+        without equalities. The inequalities are not enforced."""
+        rows = _rows_of(x, self.size, repr(self))
+        if self.A is None:
+            return x
+        b, _ = self._sides(rows)
+        V, E = self._factor.V.to(rows), self._factor.E.to(rows)
+        return (rows - (rows @ V.T) @ V + b @ E.T).reshape(x.shape)
+
+    def chebyshev_center(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Per row of ``x`` (only its row count, device and dtype are used): the centre :math:`c` and radius
+        :math:`t` of the largest ball inside :math:`\{G y \le h\}` within :math:`\{A y = b\}`, from the LP
+        :math:`\max t` s.t. :math:`A c = b`, :math:`G_i c + t \|G_i\| \le h_i`, :math:`t \le 1 + \max|h|`
+        (scipy's HiGHS, on the CPU; one LP per distinct row). Raises ``ValueError`` naming the sample whose
+        polytope has no interior."""
+        from scipy.optimize import linprog
+
+        if self.G is None:
+            raise ValueError(f"{self!r} has no inequalities: every point of A y = b is a centre; use complete(x).")
+        rows = _rows_of(x, self.size, repr(self))
+        b, h = self._sides(rows.detach().double())
+        n, B = self.size, rows.shape[0]
+        G = self.G.cpu().numpy()
+        norms = np.linalg.norm(G, axis=1)
+        A = None if self.A is None else np.hstack([self.A.cpu().numpy(), np.zeros((self.A.shape[0], 1))])
+        hs = h.detach().cpu().numpy()
+        bs = None if b is None else b.detach().cpu().numpy()
+        distinct = 1 if hs.shape[0] == 1 and (bs is None or bs.shape[0] == 1) else B
+        centers, radii = np.zeros((distinct, n)), np.zeros(distinct)
+        for i in range(distinct):
+            hi = hs[min(i, hs.shape[0] - 1)]
+            result = linprog(
+                c=np.r_[np.zeros(n), -1.0], A_ub=np.hstack([G, norms[:, None]]), b_ub=hi,
+                A_eq=A, b_eq=None if bs is None else bs[min(i, bs.shape[0] - 1)],
+                bounds=[(None, None)] * n + [(None, 1.0 + float(np.abs(hi).max()))], method="highs",
+            )
+            if result.status != 0 or -result.fun <= 0:
+                raise ValueError(
+                    f"{self!r} has no interior for sample {i} (Chebyshev radius "
+                    f"{'undefined: the LP is ' + result.message if result.status else f'{-result.fun:.3g}'}); "
+                    f"a ray map needs a strictly feasible point. Use 'projected' instead."
+                )
+            centers[i], radii[i] = result.x[:n], -result.fun
+        c = torch.as_tensor(centers, dtype=x.dtype, device=x.device).expand(B, n)
+        return c, torch.as_tensor(radii, dtype=x.dtype, device=x.device).expand(B)
 
     def inequality(self, x: Tensor) -> Tensor | None:
         if self.G is None:
