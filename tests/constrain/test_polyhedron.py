@@ -271,3 +271,13 @@ def test_cvxpy_constraint_needs_one_polytope():
     with pytest.raises(ValueError, match="one polytope per row"):
         P.cvxpy_constraint(None)
     assert np.isclose(len(Polyhedron(G=torch.eye(2), h=torch.ones(2)).cvxpy_constraint(__import__("cvxpy").Variable(2))), 1)
+
+
+def test_validate_rows_pass_at_small_n():
+    """The `constrain validate` instances of polyhedra and boxes (every kind) agree with cvxpy."""
+    from experiments.validate import check_instance, instances
+
+    for set_name in ("polyhedron", "box"):
+        for instance in instances(set_name, 5):
+            for outcome in check_instance(instance):
+                assert outcome.passed, outcome

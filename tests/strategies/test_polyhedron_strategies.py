@@ -98,7 +98,7 @@ def test_barrier_from_a_strictly_feasible_start_and_refusal_with_equalities():
     _, strategy, first, train, _ = _train("log-barrier", _inequalities(), start_inside=True, batch=64, weight=0.01)
     assert first == 0.0 and train == 0.0
     data = strategy._last_inputs[0]  # the training batch of the last step
-    assert float(_inequalities().bind(data).inequality(strategy.model(data)).max()) < 0
+    assert float(_inequalities().bind(data).inequality(strategy.model(data)).detach().max()) < 0
     with pytest.raises(UnsupportedConstraint, match="equality constraint has none"):
         strategies.get("log-barrier").attach(torch.nn.Linear(N_IN, N_OUT), [on_output(_mixed())])
 
