@@ -48,7 +48,7 @@ class _Side:
             return
         self.value = self._checked(as_real_tensor(value, name), f"{name}")
 
-    def _checked(self, t: Tensor, what: str, rows: int | None = None) -> Tensor:
+    def _checked(self, t: Tensor, what: str, rows: int | None = None, finite: bool = True) -> Tensor:
         if not isinstance(t, Tensor):
             raise TypeError(f"{what} must return a tensor of shape (batch, {self.size or 'm'}), got {type(t).__name__}.")
         if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
@@ -61,7 +61,8 @@ class _Side:
             if rows is not None:
                 want = f"({rows}, {self.size if self.size is not None else 'n'})"
             raise ValueError(f"{what} has shape {tuple(t.shape)}; expected {want} (one entry per constraint row).")
-        check_finite(t.detach().sum(-1) if t.numel() else t.detach(), what)
+        if finite:
+            check_finite(t.detach().sum(-1) if t.numel() else t.detach(), what)
         return t
 
     @property
@@ -78,13 +79,16 @@ class _Side:
             return self
         out = _Side.__new__(_Side)
         out.name, out.size, out.fn = f"{self.name}(inputs)", self.size, None
-        out.value = self._checked(self.fn(*inputs), f"{self.name}(inputs)")
+        # non-finite values are let through here (a NaN input gives NaN constraint values, which the strategies
+        # report as a non-finite step); project() refuses them
+        out.value = self._checked(self.fn(*inputs), f"{self.name}(inputs)", finite=False)
         if out.value.dim() == 1:
             out.value = out.value.unsqueeze(0)
         return out
 
-    def rows(self, x: Tensor, rows: int) -> Tensor | float:
-        """The value for ``rows`` rows on ``x``'s device and dtype: ``(rows, m)`` or ``(1, m)`` (or a float)."""
+    def rows(self, x: Tensor, rows: int, finite: bool = False) -> Tensor | float:
+        """The value for ``rows`` rows on ``x``'s device and dtype: ``(rows, m)`` or ``(1, m)`` (or a float);
+        ``finite``: refuse NaN or Inf (projections; constraint values let them through)."""
         if self.fn is not None:
             raise ValueError(
                 f"{self.name} is a callable of the model's input: bind the set first, set.bind(inputs) (a strategy "
@@ -93,6 +97,8 @@ class _Side:
         if isinstance(self.value, float):
             return self.value
         v = self.value.to(device=x.device, dtype=x.dtype)  # type: ignore[union-attr]
+        if finite:
+            check_finite(v.detach().sum(-1) if v.numel() else v.detach(), self.name)
         if v.dim() == 2 and v.shape[0] != rows:
             raise ValueError(
                 f"{self.name} has one row per sample, shape {tuple(v.shape)}, but the input has {rows} rows; "
@@ -214,15 +220,15 @@ class Polyhedron(ConstraintSet):
             return self
         return self._with(self, None if self._b is None else self._b.bound(inputs), None if self._h is None else self._h.bound(inputs))
 
-    def _sides(self, rows: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def _sides(self, rows: Tensor, finite: bool = False) -> tuple[Tensor | None, Tensor | None]:
         B = rows.shape[0]
-        b = None if self._b is None else self._b.rows(rows, B)
-        h = None if self._h is None else self._h.rows(rows, B)
+        b = None if self._b is None else self._b.rows(rows, B, finite)
+        h = None if self._h is None else self._h.rows(rows, B, finite)
         return b, h  # type: ignore[return-value]
 
     def project(self, x: Tensor) -> Tensor:
         rows = _rows_of(x, self.size, repr(self))
-        b, h = self._sides(rows)
+        b, h = self._sides(rows, finite=True)
         B = rows.shape[0]
         b = None if b is None else b.expand(B, -1)
         h = None if h is None else h.expand(B, -1)
@@ -390,16 +396,16 @@ class Box(ConstraintSet):
         new._check_order()
         return new
 
-    def _bounds(self, x: Tensor) -> tuple[Tensor, Tensor | float | None, Tensor | float | None]:
+    def _bounds(self, x: Tensor, finite: bool = False) -> tuple[Tensor, Tensor | float | None, Tensor | float | None]:
         n = self.size if self.size is not None else (x.shape[-1] if x.dim() else 0)
         rows = _rows_of(x, n, repr(self))
         B = rows.shape[0]
-        lo = None if self._lower is None else self._lower.rows(rows, B)
-        up = None if self._upper is None else self._upper.rows(rows, B)
+        lo = None if self._lower is None else self._lower.rows(rows, B, finite)
+        up = None if self._upper is None else self._upper.rows(rows, B, finite)
         return rows, lo, up
 
     def project(self, x: Tensor) -> Tensor:
-        rows, lo, up = self._bounds(x)
+        rows, lo, up = self._bounds(x, finite=True)
         if rows.numel():
             check_finite(rows.sum(-1))
         y = rows

@@ -72,7 +72,7 @@ def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
         )
     if s.A is not None:
         defect = s.equality(y0).detach().abs().amax(-1)
-        scale = 1e-6 * (1 + y0.detach().abs().amax(-1))
+        scale = 1e3 * torch.finfo(y0.dtype).eps * (1 + y0.detach().abs().amax(-1))
         if bool((defect > scale).any()):
             i = int((defect > scale).nonzero()[0])
             raise ValueError(f"the interior point of sample {i} does not satisfy A y = b (defect {float(defect[i]):.3g}).")
@@ -176,6 +176,8 @@ class GaugeReparameterization(_OutputPolytopeStrategy):
         capture: dict[str, Any] = {}
 
         def gauge(rows: Tensor, bound: ConstraintSet = target.set) -> Tensor:
+            if rows.dtype in (torch.float16, torch.bfloat16):  # mapped in float32, returned in their dtype
+                return gauge(rows.float(), bound).to(rows.dtype)
             if isinstance(bound, Box):
                 return box_map(bound, rows)
             y0 = _interior(bound, interior, rows, capture.get("inputs", ()), cache)  # type: ignore[arg-type]

@@ -247,8 +247,10 @@ def test_non_finite_values_are_refused():
         Polyhedron(G=torch.eye(2), h=torch.tensor([1.0, float("inf")]))
     with pytest.raises(ValueError, match="x contains NaN"):
         Polyhedron(G=torch.eye(2), h=torch.ones(2)).project(torch.tensor([[float("nan"), 0.0]]))
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        Polyhedron(G=torch.eye(2), h=lambda x: x).bind(torch.tensor([[float("nan"), 0.0]]))
+    bound = Polyhedron(G=torch.eye(2), h=lambda x: x).bind(torch.tensor([[float("nan"), 0.0]]))
+    assert bool(bound.inequality(torch.zeros(1, 2)).isnan().any())  # values flow (strategies report the step)
+    with pytest.raises(ValueError, match=r"h\(inputs\) contains NaN or Inf"):
+        bound.project(torch.zeros(1, 2))
     with pytest.raises(ValueError, match="lower must be finite"):
         Box(lower=float("-inf"))
 
@@ -272,12 +274,3 @@ def test_cvxpy_constraint_needs_one_polytope():
         P.cvxpy_constraint(None)
     assert np.isclose(len(Polyhedron(G=torch.eye(2), h=torch.ones(2)).cvxpy_constraint(__import__("cvxpy").Variable(2))), 1)
 
-
-def test_validate_rows_pass_at_small_n():
-    """The `constrain validate` instances of polyhedra and boxes (every kind) agree with cvxpy."""
-    from experiments.validate import check_instance, instances
-
-    for set_name in ("polyhedron", "box"):
-        for instance in instances(set_name, 5):
-            for outcome in check_instance(instance):
-                assert outcome.passed, outcome
