@@ -73,9 +73,11 @@ class PolyhedronFactor:
             self.V = Vh.contiguous()  # (k, n)
             self.E = (Vh.T / S) @ U.T  # (n, m_e): A^+
             self.A = A
+            self.A_norm = float(S.max()) if rank else 0.0  # the spectral norm of A
             P = eye - self.V.T @ self.V
         else:
             self.V = self.E = self.A = None
+            self.A_norm = 0.0
             P = eye
         if G is not None and G.shape[0]:
             norms = torch.linalg.vector_norm(G, dim=1)
@@ -123,7 +125,7 @@ class PolyhedronFactor:
         m = self.on(b.device)
         y0 = b @ m["E"].T
         residual = torch.linalg.vector_norm(y0 @ m["A"].T - b, dim=-1)
-        scale = torch.linalg.vector_norm(b, dim=-1) + float(torch.linalg.matrix_norm(m["A"], 2)) * torch.linalg.vector_norm(y0, dim=-1)
+        scale = torch.linalg.vector_norm(b, dim=-1) + self.A_norm * torch.linalg.vector_norm(y0, dim=-1)
         bad = residual > 1e-9 * scale
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
@@ -276,7 +278,7 @@ def solve(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | Non
     ok = settled & (g <= tol[:, None]).all(-1) & (lam >= -dual_tol[:, None]).all(-1)
     if b is not None:
         ok &= torch.linalg.vector_norm(y @ m["A"].T - b, dim=-1) <= _CERT_TOL * 1e3 * (
-            torch.linalg.vector_norm(b, dim=-1) + float(torch.linalg.matrix_norm(m["A"], 2)) * torch.linalg.vector_norm(y, dim=-1)
+            torch.linalg.vector_norm(b, dim=-1) + factor.A_norm * torch.linalg.vector_norm(y, dim=-1)
         )
     if not bool(ok.all()):
         _refuse(factor, x, b, h, int((~ok).nonzero()[0]), float((g - tol[:, None]).amax(-1)[~ok][0]))
