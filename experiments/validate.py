@@ -408,8 +408,15 @@ def _poly_inequalities(rng, n, rows):
     return 3 * _gaussian(rng, n, rows), P
 
 
+def _poly_zeros(rng, n, rows):
+    me, mi = _sizes(n)
+    P, _ = _polytope(rng, n, rows, me, mi)
+    return np.zeros((rows, n)), P
+
+
 POLYHEDRON_KINDS: dict[str, Generator] = {
     "random": _poly_random,
+    "zeros": _poly_zeros,
     "per_sample": _poly_per_sample,
     "redundant": _poly_redundant,
     "vertices": _poly_vertices,
@@ -428,7 +435,8 @@ BOX_KINDS: dict[str, Generator] = {
     "random": lambda rng, n, rows: (2 * _gaussian(rng, n, rows), Box(*(b[0] for b in _box_bounds(rng, n, 1)))),
     "per_sample": lambda rng, n, rows: (2 * _gaussian(rng, n, rows), Box(*_box_bounds(rng, n, rows))),
     "lower_only": lambda rng, n, rows: (2 * _gaussian(rng, n, rows), Box(lower=_box_bounds(rng, n, rows)[0])),
-    "inside": lambda rng, n, rows: (np.zeros((rows, n)), Box(-1.0, 1.0)),
+    "inside": lambda rng, n, rows: (0.5 * _gaussian(rng, n, rows).clip(-1, 1), Box(-1.0, 1.0)),
+    "zeros": lambda rng, n, rows: (np.zeros((rows, n)), Box(*(b[0] + 0.5 for b in _box_bounds(rng, n, 1)))),
 }
 
 
