@@ -104,7 +104,7 @@ MORE_CASES: dict[str, Case] = {
     # right-hand sides computed from each rank's own inputs
     "reparam-completion": Case("reparam-completion", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1]))]),
     "reparam-gauge": Case("reparam-gauge", {}, lambda: [on_output(Polyhedron(G=torch.eye(2), h=lambda x: x[:, :2].abs() + 1))]),
-    "projected-polyhedron": Case("projected", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1],
+    "projected-polyhedron": Case("projected", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1].abs(),
                                                                                 G=-torch.eye(2), h=lambda x: x[:, 1:].abs()))]),
 }
 
