@@ -92,8 +92,9 @@ def constraint_values(target: Target, rows: Tensor) -> tuple[Tensor | None, Tens
 
 
 # ----------------------------------------------------------------- the model's input of a forward
-#: Recent forwards of models whose output constraints read the input: (weak reference to the output, inputs).
-_FORWARDS: list[tuple[weakref.ref, tuple]] = []
+#: Recent forwards of models whose output constraints read the input:
+#: (weak reference to the output, the inputs, the output's leading size, whether grad was enabled).
+_FORWARDS: list[tuple[weakref.ref, tuple, int, bool]] = []
 #: How many recent forwards are remembered (the loss is computed right after its forward).
 _REMEMBERED = 8
 
@@ -109,21 +110,28 @@ def capture_inputs(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
 
     def record(module: nn.Module, inputs: tuple, outputs: Any) -> None:
         if isinstance(outputs, Tensor):
-            kept = [(ref, args) for ref, args in _FORWARDS[-(_REMEMBERED - 1) :] if ref() is not None]
-            _FORWARDS[:] = kept + [(weakref.ref(_root(outputs)), inputs)]
+            kept = _FORWARDS[-(_REMEMBERED - 1) :]  # entries whose output is gone still serve derived tensors
+            size = outputs.shape[0] if outputs.dim() else 1
+            _FORWARDS[:] = kept + [(weakref.ref(_root(outputs)), inputs, size, torch.is_grad_enabled())]
 
     return model.register_forward_hook(record)
 
 
 def inputs_of(outputs: Tensor) -> tuple | None:
-    """The model's positional inputs of the forward that produced ``outputs`` (or the tensor ``outputs``
-    is a view of); when ``outputs`` was computed from the model's output by something other than a view,
-    the most recent recorded forward. None if no forward was recorded."""
+    """The model's positional inputs of the forward that produced ``outputs`` (or the tensor ``outputs`` is a
+    view of). When ``outputs`` is another tensor computed from the model's output (DistributedDataParallel with
+    ``find_unused_parameters`` returns such a copy): the most recent forward with the same batch size and the
+    same grad mode (a validation forward under ``torch.no_grad()`` in between does not count for training
+    outputs). None if there is none."""
     root = _root(outputs)
-    for ref, inputs in reversed(_FORWARDS):
+    for ref, inputs, _, _ in reversed(_FORWARDS):
         if ref() is root:
             return inputs
-    return _FORWARDS[-1][1] if _FORWARDS else None
+    size = outputs.shape[0] if outputs.dim() else 1
+    for _, inputs, batch, grad in reversed(_FORWARDS):
+        if batch == size and grad == outputs.requires_grad:
+            return inputs
+    return None
 
 
 def bound_set(target: Target, rows: Tensor) -> "ConstraintSet":
@@ -135,9 +143,9 @@ def bound_set(target: Target, rows: Tensor) -> "ConstraintSet":
     inputs = inputs_of(rows) if isinstance(target, OutputTarget) else None
     if inputs is None:
         raise ValueError(
-            f"{target.label} has a right-hand side computed from the model's input, but no forward of an attached "
-            f"model was recorded: attach the strategy first (model = strategy.attach(model, constraints)) and pass "
-            f"the outputs of model(x)."
+            f"{target.label} has a right-hand side computed from the model's input, but no recorded forward of an "
+            f"attached model produced these outputs (batch of {rows.shape[0]}): attach the strategy first "
+            f"(model = strategy.attach(model, constraints)) and pass the outputs of model(x), or a view of them."
         )
     return constraint_set.bind(*inputs)
 

@@ -144,6 +144,11 @@ def test_penalty_on_the_outputs_of_a_view_uses_the_right_inputs():
     loss = strategy.loss(torch.zeros(()), out1.view(4, N_OUT))
     expected = _equalities().bind(x1).equality(out1).square().sum(-1).mean()
     torch.testing.assert_close(loss, expected)
+    # a copy (as DistributedDataParallel may return): the latest training forward of that batch size
+    out3 = model(x1) * 1.0
+    with torch.no_grad():
+        model(torch.rand(4, N_IN))
+    torch.testing.assert_close(strategy.loss(torch.zeros(()), out3), expected)
 
 
 def test_callable_right_hand_side_on_a_parameter_is_refused():
