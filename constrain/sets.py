@@ -146,6 +146,15 @@ class ConstraintSet(abc.ABC):
         :meth:`exact_projection` where the set has one, else cvxpy (``method="cvxpy"``: always cvxpy)."""
         return reference.reference_projection(self, x, method)
 
+    @property
+    def needs_inputs(self) -> bool:
+        """True when a parameter of the set is a callable of the model's input (see :meth:`bind`)."""
+        return False
+
+    def bind(self, *inputs: Any) -> "ConstraintSet":
+        """The set with every callable parameter evaluated on the model's ``inputs`` (self if none)."""
+        return self
+
 
 class _RadiusSet(ConstraintSet):
     """A set with a radius ``r``: a positive float, or a tensor with one radius per row."""

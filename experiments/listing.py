@@ -7,15 +7,25 @@ import inspect
 import json
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+import torch
 
-#: The five constraints users asked about, as targets on a layer called ``layer``.
+from constrain import Affine, Box, L1Ball, NonNegative, Polyhedron, on_output, on_parameter
+
+#: The constraints of the support matrix, as targets on a layer called ``layer`` (outputs: 2 values per sample).
 CONSTRAINTS = {
     "L1 ball on outputs": on_output(L1Ball(1.0)),
     "outputs >= 0": on_output(NonNegative()),
     "weights >= 0": on_parameter("layer.weight", NonNegative()),
     "A vec(W) = c on weights": on_parameter("layer.weight", Affine.tie((2, 2), [[(0, 0), (1, 1)]])),
     "L1 ball on weight rows": on_parameter("layer.weight", L1Ball(1.0)),
+    # general linear constraints on outputs (2 values per sample) with right-hand sides computed from the
+    # input x (3 features); roomy, so that every strategy can start strictly inside
+    "A y = b(x), G y <= h(x) on outputs": on_output(
+        Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1], G=torch.eye(2), h=lambda x: x[:, 1:].abs() + 1)
+    ),
+    "G y <= h(x) on outputs": on_output(Polyhedron(G=torch.eye(2), h=lambda x: x[:, :2].abs() + 1)),
+    "A y = b(x) on outputs": on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1])),
+    "l(x) <= y <= u(x) on outputs": on_output(Box(lower=lambda x: -1 - x[:, :2].abs(), upper=lambda x: 1 + x[:, :2].abs())),
 }
 
 

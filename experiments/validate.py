@@ -44,13 +44,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from constrain import Affine, ConstraintSet, L1Ball, NonNegative, ReferenceSolverError, Simplex
+from constrain import Affine, Box, ConstraintSet, L1Ball, NonNegative, Polyhedron, ReferenceSolverError, Simplex
 
 #: Set names accepted by ``--sets``, in table order. The offset sets are rows ``randn + c`` with
 #: ``|c|`` up to 1e8 onto the L1 ball and the simplex, errors relative to the radius; the metric sets
 #: are projections in a diagonal metric ``||.||_D`` (see :func:`check_metric`).
-SET_NAMES = ("l1ball", "simplex", "nonnegative", "affine", "tie", "l1ball-offset", "simplex-offset",
-             "l1ball-metric", "affine-metric")
+SET_NAMES = ("l1ball", "simplex", "nonnegative", "affine", "tie", "polyhedron", "box", "l1ball-offset",
+             "simplex-offset", "l1ball-metric", "affine-metric")
 OFFSET_SETS = ("l1ball-offset", "simplex-offset")
 #: Sizes of the default run; ``--max-n`` drops the larger ones.
 DEFAULT_SIZES = (1, 2, 5, 64, 1000, 100_000)
@@ -385,6 +385,110 @@ def _offset_kinds(name: str) -> dict[str, Generator]:
     return table
 
 
+# --------------------------------------------------------------------------------------------
+# polyhedra {y : A y = b, G y <= h} and boxes, with per-row right-hand sides (issue 10)
+
+#: Largest n of the polyhedron and box instances (the projection factorizes n x n matrices).
+POLYHEDRON_MAX_N = 1000
+
+
+def _polytope(rng: np.random.Generator, n: int, rows: int, me: int, mi: int, per_row: bool = True, slack: float = 1.0):
+    """A random polyhedron around feasible points ``y0`` (so that every row's polytope is non-empty):
+    ``b = A y0``, ``h = G y0 + slack * u``, one right-hand side per row (``per_row``) or one for all."""
+    A = _f32(rng.standard_normal((me, n))) if me else None
+    G = _f32(rng.standard_normal((mi, n))) if mi else None
+    y0 = rng.standard_normal((rows if per_row else 1, n))
+    b = None if A is None else _f32(y0 @ A.T)
+    h = None if G is None else _f32(y0 @ G.T + slack * rng.random((y0.shape[0], mi)))
+    if not per_row:
+        b, h = (None if b is None else b[0]), (None if h is None else h[0])
+    return Polyhedron(A, b, G, h), y0
+
+
+def _sizes(n: int) -> tuple[int, int]:
+    """Equalities and inequalities of an instance in dimension n: about n/4 and n/2 (at most 200)."""
+    return (min(max(n // 4, 1), n - 1) if n > 1 else 0), min(n // 2 + 1, 200)
+
+
+def _poly_random(rng, n, rows):
+    me, mi = _sizes(n)
+    P, _ = _polytope(rng, n, rows, me, mi, per_row=False)
+    return 3 * _gaussian(rng, n, rows), P
+
+
+def _poly_per_sample(rng, n, rows):
+    me, mi = _sizes(n)
+    P, _ = _polytope(rng, n, rows, me, mi)
+    return 3 * _gaussian(rng, n, rows), P
+
+
+def _poly_redundant(rng, n, rows):
+    """Every row of G twice (once scaled by 2), plus implied rows (G_i y <= h_i + 1)."""
+    me, mi = _sizes(n)
+    P, y0 = _polytope(rng, n, rows, me, mi)
+    G, h = P.G.numpy(), P.h.numpy()
+    P2 = Polyhedron(P.A, P.b, np.vstack([G, 2 * G, G]), np.hstack([h, 2 * h, h + 1]))
+    return 3 * _gaussian(rng, n, rows), P2
+
+
+def _poly_vertices(rng, n, rows):
+    """A cube |y_i| <= 1 cut by random halfspaces; far points land on vertices and edges."""
+    cube = np.vstack([np.eye(n), -np.eye(n)])
+    extra = _f32(rng.standard_normal((min(n, 50), n)))
+    G = np.vstack([cube, extra])
+    h = np.hstack([np.ones(2 * n), np.abs(extra).sum(1) * 0.5 + 0.5])
+    return 10 * _gaussian(rng, n, rows), Polyhedron(G=G, h=_f32(h))
+
+
+def _poly_inside(rng, n, rows):
+    me, mi = _sizes(n)
+    P, y0 = _polytope(rng, n, rows, me, mi)
+    return y0, P
+
+
+def _poly_equalities(rng, n, rows):
+    me = max(_sizes(n)[0], 1)
+    P, _ = _polytope(rng, n, rows, me, 0)
+    return 3 * _gaussian(rng, n, rows), P
+
+
+def _poly_inequalities(rng, n, rows):
+    P, _ = _polytope(rng, n, rows, 0, _sizes(n)[1])
+    return 3 * _gaussian(rng, n, rows), P
+
+
+def _poly_zeros(rng, n, rows):
+    me, mi = _sizes(n)
+    P, _ = _polytope(rng, n, rows, me, mi)
+    return np.zeros((rows, n)), P
+
+
+POLYHEDRON_KINDS: dict[str, Generator] = {
+    "random": _poly_random,
+    "zeros": _poly_zeros,
+    "per_sample": _poly_per_sample,
+    "redundant": _poly_redundant,
+    "vertices": _poly_vertices,
+    "inside": _poly_inside,
+    "equalities": _poly_equalities,
+    "inequalities": _poly_inequalities,
+}
+
+
+def _box_bounds(rng, n, rows):
+    lower = -_f32(rng.random((rows, n)))
+    return lower, lower + _f32(rng.random((rows, n)))
+
+
+BOX_KINDS: dict[str, Generator] = {
+    "random": lambda rng, n, rows: (2 * _gaussian(rng, n, rows), Box(*(b[0] for b in _box_bounds(rng, n, 1)))),
+    "per_sample": lambda rng, n, rows: (2 * _gaussian(rng, n, rows), Box(*_box_bounds(rng, n, rows))),
+    "lower_only": lambda rng, n, rows: (2 * _gaussian(rng, n, rows), Box(lower=_box_bounds(rng, n, rows)[0])),
+    "inside": lambda rng, n, rows: (0.5 * _gaussian(rng, n, rows).clip(-1, 1), Box(-1.0, 1.0)),
+    "zeros": lambda rng, n, rows: (np.zeros((rows, n)), Box(*(b[0] + 0.5 for b in _box_bounds(rng, n, 1)))),
+}
+
+
 def kinds(set_name: str) -> dict[str, Generator]:
     """The instance kinds of ``set_name``: kind name -> generator ``(rng, n, rows) -> (x, set)``."""
     if set_name in ("l1ball", "simplex"):
@@ -392,7 +496,8 @@ def kinds(set_name: str) -> dict[str, Generator]:
     if set_name in OFFSET_SETS:
         return _offset_kinds(set_name)
     try:
-        return {"nonnegative": NONNEGATIVE_KINDS, "affine": AFFINE_KINDS, "tie": TIE_KINDS}[set_name]
+        return {"nonnegative": NONNEGATIVE_KINDS, "affine": AFFINE_KINDS, "tie": TIE_KINDS,
+                "polyhedron": POLYHEDRON_KINDS, "box": BOX_KINDS}[set_name]
     except KeyError:
         raise ValueError(f"unknown set {set_name!r}; choose from {', '.join(SET_NAMES)}.") from None
 
@@ -400,6 +505,8 @@ def kinds(set_name: str) -> dict[str, Generator]:
 def _selected_kinds(set_name: str, n: int, only: Sequence[str] | None = None) -> list[str]:
     """The kinds :func:`instances` builds for ``set_name`` at size ``n`` (see there)."""
     if set_name in ("tie", *OFFSET_SETS) and n < 2:
+        return []
+    if set_name in ("polyhedron", "box") and n > POLYHEDRON_MAX_N:
         return []
     every_kind = n < LARGE_N or set_name in OFFSET_SETS
     return [k for k in kinds(set_name) if (only is None or k in only) and (every_kind or k in LARGE_KINDS)]

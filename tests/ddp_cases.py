@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+from constrain import Affine, L1Ball, NonNegative, Polyhedron, on_output, on_parameter
 
 GLOBAL_BATCH = 16
 STEPS = 6
@@ -105,6 +105,11 @@ MORE_CASES: dict[str, Case] = {
     "reparam-l1-weight-norm": Case("reparam-l1-weight-norm", {}, lambda: [on_parameter("layer.weight", L1Ball(0.3))]),
     "reparam-radial": Case("reparam-radial", {}, lambda: [on_output(L1Ball(0.5))]),
     "reparam-sigmoid-simplex": Case("reparam-sigmoid-simplex", {}, lambda: [on_output(L1Ball(0.5))]),
+    # right-hand sides computed from each rank's own inputs
+    "reparam-completion": Case("reparam-completion", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1]))]),
+    "reparam-gauge": Case("reparam-gauge", {}, lambda: [on_output(Polyhedron(G=torch.eye(2), h=lambda x: x[:, :2].abs() + 1))]),
+    "projected-polyhedron": Case("projected", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1].abs(),
+                                                                                G=-torch.eye(2), h=lambda x: x[:, 1:].abs()))]),
 }
 
 ALL_CASES = {**CASES, **MORE_CASES}
