@@ -7,6 +7,7 @@ The bottom layer of the toolkit; :mod:`strategies` enforces these sets during tr
 from constrain._affine import AffineFactor, project_affine
 from constrain._orthant import project_nonnegative
 from constrain._simplex import l1_ball_threshold, project_l1_ball, project_simplex
+from constrain._polyhedron_sets import Box, Polyhedron
 from constrain.reference import ReferenceSolverError, reference_projection
 from constrain.sets import Affine, ConstraintSet, L1Ball, NonNegative, Simplex
 from constrain.targets import OutputTarget, ParameterTarget, on_output, on_parameter, output_rows, parameter_rows
@@ -14,11 +15,13 @@ from constrain.targets import OutputTarget, ParameterTarget, on_output, on_param
 __all__ = [
     "Affine",
     "AffineFactor",
+    "Box",
     "ConstraintSet",
     "L1Ball",
     "NonNegative",
     "OutputTarget",
     "ParameterTarget",
+    "Polyhedron",
     "ReferenceSolverError",
     "Simplex",
     "l1_ball_threshold",

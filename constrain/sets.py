@@ -80,6 +80,15 @@ class ConstraintSet(abc.ABC):
         """cvxpy's projection of every row of ``x`` (float64): the ground truth for :meth:`project`."""
         return reference.reference_projection(self, x)
 
+    @property
+    def needs_inputs(self) -> bool:
+        """True when a parameter of the set is a callable of the model's input (see :meth:`bind`)."""
+        return False
+
+    def bind(self, *inputs: Any) -> "ConstraintSet":
+        """The set with every callable parameter evaluated on the model's ``inputs`` (self if none)."""
+        return self
+
 
 class _RadiusSet(ConstraintSet):
     """A set with a radius ``r``: a positive float, or a tensor with one radius per row."""

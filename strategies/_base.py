@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal, Union
 
 import torch
 from torch import Tensor, nn
 
-from constrain import OutputTarget, ParameterTarget, output_rows
+from constrain import ConstraintSet, OutputTarget, ParameterTarget, output_rows
 from strategies import _distributed
 
 Target = Union[OutputTarget, ParameterTarget]
@@ -86,7 +87,59 @@ def target_rows(target: Target, model: nn.Module, outputs: Tensor | None) -> Ten
 
 def constraint_values(target: Target, rows: Tensor) -> tuple[Tensor | None, Tensor | None]:
     r"""``(g, h)`` of the target's set on ``rows``: :math:`g \le 0` and :math:`h = 0`, each ``(rows, k)``."""
-    return target.set.inequality(rows), target.set.equality(rows)
+    constraint_set = bound_set(target, rows)
+    return constraint_set.inequality(rows), constraint_set.equality(rows)
+
+
+# ----------------------------------------------------------------- the model's input of a forward
+#: Recent forwards of models whose output constraints read the input: (weak reference to the output, inputs).
+_FORWARDS: list[tuple[weakref.ref, tuple]] = []
+#: How many recent forwards are remembered (the loss is computed right after its forward).
+_REMEMBERED = 8
+
+
+def _root(t: Tensor) -> Tensor:
+    """The tensor a view was taken of (itself if it is not a view)."""
+    return t._base if t._base is not None else t
+
+
+def capture_inputs(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Record, for every forward of ``model``, which inputs produced which output (a forward hook; register
+    it after any output map, so that it sees the final outputs). :func:`bound_set` reads it."""
+
+    def record(module: nn.Module, inputs: tuple, outputs: Any) -> None:
+        if isinstance(outputs, Tensor):
+            kept = [(ref, args) for ref, args in _FORWARDS[-(_REMEMBERED - 1) :] if ref() is not None]
+            _FORWARDS[:] = kept + [(weakref.ref(_root(outputs)), inputs)]
+
+    return model.register_forward_hook(record)
+
+
+def inputs_of(outputs: Tensor) -> tuple | None:
+    """The model's positional inputs of the forward that produced ``outputs`` (or the tensor ``outputs``
+    is a view of); when ``outputs`` was computed from the model's output by something other than a view,
+    the most recent recorded forward. None if no forward was recorded."""
+    root = _root(outputs)
+    for ref, inputs in reversed(_FORWARDS):
+        if ref() is root:
+            return inputs
+    return _FORWARDS[-1][1] if _FORWARDS else None
+
+
+def bound_set(target: Target, rows: Tensor) -> "ConstraintSet":
+    """The target's set with its callable right-hand sides evaluated on the model's input of the forward
+    that produced ``rows`` (the set itself when it has none)."""
+    constraint_set = target.set
+    if not constraint_set.needs_inputs:
+        return constraint_set
+    inputs = inputs_of(rows) if isinstance(target, OutputTarget) else None
+    if inputs is None:
+        raise ValueError(
+            f"{target.label} has a right-hand side computed from the model's input, but no forward of an attached "
+            f"model was recorded: attach the strategy first (model = strategy.attach(model, constraints)) and pass "
+            f"the outputs of model(x)."
+        )
+    return constraint_set.bind(*inputs)
 
 
 def all_finite(value: Tensor) -> bool:
@@ -97,12 +150,18 @@ def all_finite(value: Tensor) -> bool:
     return bool(torch.isfinite(value.detach()).all())
 
 
-def install_output_map(model: nn.Module, row_map: Callable[[Tensor], Tensor]) -> torch.utils.hooks.RemovableHandle:
+def install_output_map(
+    model: nn.Module, row_map: Callable[..., Tensor], constraint_set: ConstraintSet | None = None
+) -> torch.utils.hooks.RemovableHandle:
     """Append ``row_map`` to ``model`` as a forward hook: ``model(x)`` returns ``row_map`` applied to
     its output rows (``output_rows``), reshaped back. The model object, its parameter names and its
-    state_dict stay the same, and the map holds on every input, seen or unseen."""
+    state_dict stay the same, and the map holds on every input, seen or unseen. When ``constraint_set``
+    reads the model's input (a right-hand side ``f(x)``), the map is called as ``row_map(rows, bound)``
+    with the set bound to this forward's input."""
 
     def hook(module: nn.Module, inputs: Any, outputs: Tensor) -> Tensor:
+        if constraint_set is not None and constraint_set.needs_inputs:
+            return row_map(output_rows(outputs), constraint_set.bind(*inputs)).reshape(outputs.shape)
         return row_map(output_rows(outputs)).reshape(outputs.shape)
 
     return model.register_forward_hook(hook)
@@ -176,11 +235,18 @@ class Strategy:
         for target in targets:
             if isinstance(target, ParameterTarget):
                 target.validate(model)
+                if target.set.needs_inputs:
+                    raise ValueError(
+                        f"{target.label}: a right-hand side computed from the model's input applies to outputs only; "
+                        f"give the parameter constraint constant right-hand sides."
+                    )
             reason = self.unsupported_reason(target)
             if reason is not None:
                 raise UnsupportedConstraint(f"strategy {self.name!r} cannot enforce {target.label}: {reason}")
         self.model, self.targets = model, targets
         self._attach()
+        if any(isinstance(t, OutputTarget) and t.set.needs_inputs for t in targets):
+            capture_inputs(model)  # after the output maps of _attach: it records the final outputs
         return model
 
     def loss(self, objective: Tensor, outputs: Tensor | None = None, sample_ids: Tensor | None = None) -> Tensor:
@@ -239,7 +305,7 @@ class Strategy:
             if isinstance(target, OutputTarget) and outputs is None:
                 continue
             rows = target_rows(target, model, outputs)
-            value = float(target.set.violation(rows).max()) if rows.numel() else 0.0
+            value = float(bound_set(target, rows).violation(rows).max()) if rows.numel() else 0.0
             if not math.isfinite(value):
                 what = "outputs" if isinstance(target, OutputTarget) else "values"
                 raise FloatingPointError(

@@ -65,15 +65,15 @@ def sigmoid_simplex(z: Tensor, radius: float = 1.0) -> Tensor:
     return torch.sign(u) * p[..., :-1]
 
 
-def guard_nonfinite(strategy: Any, label: str, row_map: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+def guard_nonfinite(strategy: Any, label: str, row_map: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """``row_map`` as the output layer of ``strategy`` for the constraint ``label``: when the map refuses
     rows holding NaN or Inf (the projection kernels check at no extra cost), raise ``FloatingPointError``
     naming the step and the constraint, or, with ``on_nonfinite="skip"``, pass the rows through so
     that the loss sees them and the step is skipped. Finite rows cost nothing more."""
 
-    def guarded(rows: Tensor) -> Tensor:
+    def guarded(rows: Tensor, *bound: Any) -> Tensor:
         try:
-            return row_map(rows)
+            return row_map(rows, *bound)
         except ValueError:
             if bool(torch.isfinite(rows).all()):
                 raise

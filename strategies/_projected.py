@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from constrain import Affine, L1Ball, OutputTarget, ParameterTarget, l1_ball_threshold
+from constrain import Affine, ConstraintSet, L1Ball, OutputTarget, ParameterTarget, l1_ball_threshold
 from strategies._base import Strategy, Target, install_output_map
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
@@ -73,7 +73,7 @@ class Projected(Strategy):
         model = self._require_model()
         for target in self.targets:
             if isinstance(target, OutputTarget):
-                self._handles.append(install_output_map(model, self._output_map(target)))
+                self._handles.append(install_output_map(model, self._output_map(target), target.set))
                 continue
             for name in target.names:
                 module, _, attr = name.rpartition(".")
@@ -100,7 +100,8 @@ class Projected(Strategy):
                 )
             project = _l1_ball_threshold_constant(target.set.radius)
         else:
-            project = target.set.project
+            def project(rows: Tensor, bound: ConstraintSet = target.set) -> Tensor:  # bound: set of this forward
+                return bound.project(rows)
         return guard_nonfinite(self, target.label, project)
 
     def _after_step(self) -> None:

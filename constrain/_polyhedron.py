@@ -1,0 +1,304 @@
+r"""Exact, batched, differentiable Euclidean projection onto polyhedra
+:math:`\{y : A y = b,\ G y \le h\}`, one polytope per row when the right-hand sides are per row.
+
+**Equalities.** With the SVD :math:`A = U \Sigma V^\top` (rank :math:`k`, :math:`V` (k, n) orthonormal
+rows), :math:`E = A^+ = V^\top \Sigma^{-1} U^\top` and :math:`P = I - V^\top V`, the projection onto
+:math:`\{A y = b\}` is :math:`p = P x + E b`. A row whose :math:`b` is not in the range of :math:`A`
+has no feasible point and is refused by index.
+
+**Inequalities.** With the rows of :math:`G` normalised to unit length (:math:`\hat G`,
+:math:`\hat h`), :math:`W = \hat G P` and :math:`K = W W^\top` (both fixed, computed once), the
+projection is :math:`y = p - W^\top \lambda` where :math:`\lambda \ge 0` solves the dual, a
+bound-constrained QP :math:`\min_{\lambda \ge 0} \tfrac12 \lambda^\top K \lambda - r^\top \lambda`
+with :math:`r = \hat G p - \hat h` (the constraint values at :math:`p`). Constraint values at
+:math:`y` are :math:`g = r - K\lambda` (distances, since the rows are unit).
+
+**Solver.** A batched primal-dual active-set (semismooth Newton) method on the dual: for the
+active set :math:`S` solve :math:`K_{SS} \lambda_S = r_S`, :math:`\lambda_{\bar S} = 0`; then keep
+:math:`i \in S` with :math:`\lambda_i \ge 0` and add :math:`i \notin S` with :math:`g_i > 0`, until
+:math:`S` repeats. Each solve is one batched Cholesky factorization of the masked matrix
+:math:`K \odot s s^\top + \operatorname{diag}(1 - s) + \delta \operatorname{diag}(s)` with iterative
+refinement against :math:`\delta = 0`, which gives the minimum-norm multiplier when redundant active
+constraints make :math:`K_{SS}` singular (:math:`y` does not depend on that choice). Rows that do not
+settle are warm-started again by accelerated projected gradient on the dual and retried. Every row
+ends with a certificate: :math:`g \le \text{tol}` (primal feasibility), :math:`\lambda \ge -\text{tol}`
+(dual feasibility), complementarity and stationarity hold by construction. A row that cannot be
+certified raises: ``ValueError`` naming the sample when its polytope is empty (checked with an LP),
+``RuntimeError`` otherwise. Arithmetic is float64 whatever the input dtype.
+
+**Backward.** On the final active set :math:`y` is the projection onto the affine set
+:math:`\{A y = b, G_S y = h_S\}`, so with :math:`w = K_{SS}^+ W_S v` for the incoming gradient
+:math:`v`: :math:`\partial_x = P v - W^\top w`, :math:`\partial_b = E^\top (v - \hat G^\top w)`,
+:math:`\partial_{\hat h} = w` (exact implicit differentiation of the KKT system; no unrolling).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from constrain._checks import check_finite
+
+#: Relative regularization of the masked Cholesky factorizations (removed by iterative refinement).
+_DELTA = 1e-10
+#: Iterative refinement steps of a masked solve.
+_REFINE = 4
+#: Relative certificate tolerance (float64 arithmetic): constraint values and multipliers.
+_CERT_TOL = 1e-9
+#: Active-set iterations before a row is warm-started again by projected gradient.
+_MAX_ACTIVE_SET = 40
+#: Projected-gradient iterations of each successive warm start.
+_WARM_ROUNDS = (200, 2000, 20000)
+#: A constraint row whose direction lies in the row space of A (|P g_i| below this) is constant on the affine set.
+_CONSTANT_ROW = 1e-10
+
+
+class PolyhedronFactor:
+    r"""The fixed part of :math:`\{A y = b, G y \le h\}` (float64 on the device of ``A``/``G``).
+
+    ``A`` (m_e, n) or None, ``G`` (m_i, n) or None, ``n`` the dimension. Holds :math:`V`, :math:`E`,
+    the row norms of :math:`G`, :math:`\hat G`, :math:`W = \hat G P`, :math:`K = W W^\top` and the step
+    :math:`1 / \|K\|` of the warm start; copies on other devices and dtypes are cached.
+    """
+
+    def __init__(self, A: Tensor | None, G: Tensor | None, n: int) -> None:
+        self.n = n
+        device = (A if A is not None else G).device  # type: ignore[union-attr]
+        eye = torch.eye(n, dtype=torch.float64, device=device)
+        if A is not None and A.shape[0]:
+            U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+            rtol = max(A.shape) * torch.finfo(torch.float64).eps * 1e3
+            rank = int((S > rtol * S.max()).sum()) if float(S.max()) > 0 else 0
+            U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
+            self.V = Vh.contiguous()  # (k, n)
+            self.E = (Vh.T / S) @ U.T  # (n, m_e): A^+
+            self.A = A
+            P = eye - self.V.T @ self.V
+        else:
+            self.V = self.E = self.A = None
+            P = eye
+        if G is not None and G.shape[0]:
+            norms = torch.linalg.vector_norm(G, dim=1)
+            if bool((norms == 0).any()):
+                i = int((norms == 0).nonzero()[0])
+                raise ValueError(f"G has a zero row (row {i}): 0 <= h[{i}] constrains nothing; remove the row.")
+            self.gnorm = norms
+            self.Gn = G / norms[:, None]
+            self.W = self.Gn @ P  # (m_i, n)
+            self.K = self.W @ self.W.T
+            self.constant = torch.linalg.vector_norm(self.W, dim=1) <= _CONSTANT_ROW  # rows fixed by A y = b
+            largest = float(torch.linalg.eigvalsh(self.K).max()) if self.K.numel() else 0.0
+            self.step = 1.0 / largest if largest > 0 else 1.0
+        else:
+            self.gnorm = self.Gn = self.W = self.K = self.constant = None
+            self.step = 1.0
+        self._cache: dict = {}
+
+    @property
+    def has_equalities(self) -> bool:
+        return self.A is not None
+
+    @property
+    def has_inequalities(self) -> bool:
+        return self.K is not None
+
+    def on(self, device: torch.device) -> dict[str, Tensor | None]:
+        """The float64 matrices on ``device`` (cached)."""
+        if device not in self._cache:
+            names = ("V", "E", "A", "gnorm", "Gn", "W", "K", "constant")
+            self._cache[device] = {k: (None if getattr(self, k) is None else getattr(self, k).to(device)) for k in names}
+        return self._cache[device]
+
+    # ------------------------------------------------------------------ forward pieces
+    def affine_part(self, x: Tensor, b: Tensor | None) -> Tensor:
+        r""":math:`p = P x + E b` for rows ``x`` (B, n) and ``b`` (B, m_e) (float64)."""
+        m = self.on(x.device)
+        if m["V"] is None:
+            return x
+        p = x - (x @ m["V"].T) @ m["V"]
+        return p + b @ m["E"].T
+
+    def check_consistent(self, b: Tensor) -> None:
+        """Raise ``ValueError`` naming the first row whose ``A y = b`` has no solution."""
+        m = self.on(b.device)
+        y0 = b @ m["E"].T
+        residual = torch.linalg.vector_norm(y0 @ m["A"].T - b, dim=-1)
+        scale = torch.linalg.vector_norm(b, dim=-1) + float(torch.linalg.matrix_norm(m["A"], 2)) * torch.linalg.vector_norm(y0, dim=-1)
+        bad = residual > 1e-9 * scale
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"Polyhedron is empty for sample {i}: A y = b[{i}] has no solution (b[{i}] is not in the range of A; "
+                f"least-squares residual {float(residual[i]):.3g}). Fix that row of b or the rows of A."
+            )
+
+
+def _masked_solve(K: Tensor, rhs: Tensor, mask: Tensor) -> Tensor:
+    r"""Per row: :math:`\lambda_S = K_{SS}^+ r_S` (minimum norm on a consistent singular system), 0 off S."""
+    s = mask.to(K.dtype)
+    M = K * (s[:, :, None] * s[:, None, :])
+    scale = float(K.diagonal().max()) if K.numel() else 1.0
+    delta = _DELTA * max(scale, 1e-300)
+    Md = M + torch.diag_embed(1.0 - s + delta * s)
+    L, info = torch.linalg.cholesky_ex(Md)
+    if bool(info.any()):  # rounding made a block indefinite: more regularization for those rows
+        bad = info.nonzero().reshape(-1)
+        L[bad] = torch.linalg.cholesky(M[bad] + torch.diag_embed(1.0 - s[bad] + 1e3 * delta * s[bad]))
+    b = (rhs * s).unsqueeze(-1)
+    lam = torch.cholesky_solve(b, L)
+    M0 = M + torch.diag_embed(1.0 - s)
+    for step in range(_REFINE):
+        residual = b - M0 @ lam
+        if step and float(residual.abs().amax()) <= 1e-15 * float(b.abs().amax()):
+            break
+        lam = lam + torch.cholesky_solve(residual, L)
+    return lam.squeeze(-1) * s
+
+
+def _row_tolerance(r: Tensor, lam: Tensor, p: Tensor, h: Tensor) -> Tensor:
+    """The certificate tolerance of each row: relative to the row's scale (and its multipliers)."""
+    scale = torch.maximum(p.abs().amax(-1), h.abs().amax(-1))
+    scale = torch.maximum(scale, r.abs().amax(-1))
+    scale = torch.maximum(scale, lam.abs().amax(-1))
+    return _CERT_TOL * torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _active_set(K: Tensor, r: Tensor, active: Tensor, tol: Tensor, free: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Primal-dual active-set iterations from ``active`` (B, m); returns ``(lam, active, certified)``."""
+    B = r.shape[0]
+    lam = r.new_zeros(r.shape)
+    certified = torch.zeros(B, dtype=torch.bool, device=r.device)
+    todo = torch.arange(B, device=r.device)
+    active = active & free
+    for _ in range(_MAX_ACTIVE_SET):
+        if todo.numel() == 0:
+            break
+        rr, act, t = r[todo], active[todo], tol[todo, None]
+        lam_t = _masked_solve(K, rr, act)
+        g = rr - lam_t @ K
+        new = ((act & (lam_t > -t)) | (~act & (g > t))) & free[todo]
+        same = (new == act).all(-1)
+        lam[todo] = lam_t
+        active[todo] = new
+        done = todo[same]
+        certified[done] = True
+        todo = todo[~same]
+    return lam, active, certified
+
+
+def _warm_start(K: Tensor, r: Tensor, lam: Tensor, step: float, iterations: int, free: Tensor) -> Tensor:
+    r"""Accelerated projected gradient (FISTA) on :math:`\min_{\lambda \ge 0} \tfrac12 \lambda^\top K \lambda - r^\top \lambda`."""
+    fmask = free.to(r.dtype)
+    lam = lam.clamp_min(0) * fmask
+    mom, t = lam.clone(), 1.0
+    for _ in range(iterations):
+        new = (mom - step * (mom @ K - r)).clamp_min(0) * fmask
+        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        mom = new + ((t - 1.0) / t_next) * (new - lam)
+        lam, t = new, t_next
+    return lam
+
+
+def solve(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    r"""Project rows ``x`` (B, n) float64; ``b`` (B, m_e), ``h`` (B, m_i) float64 (unnormalised).
+
+    Returns ``(y, lam, active)``: the projection, the multipliers of the normalised inequalities and
+    the final active set (None without inequalities). Raises on rows that cannot be certified.
+    """
+    if b is not None:
+        factor.check_consistent(b)
+    p = factor.affine_part(x, b)
+    if not factor.has_inequalities:
+        return p, None, None
+    m = factor.on(x.device)
+    K, W = m["K"], m["W"]
+    hn = h / m["gnorm"]
+    r = p @ m["Gn"].T - hn
+    free = ~m["constant"].expand_as(r)
+    tol = _row_tolerance(r, r.new_zeros(r.shape), p, hn)
+    lam, active, certified = _active_set(K, r, r > tol[:, None], tol, free)
+    for iterations in _WARM_ROUNDS:
+        if bool(certified.all()):
+            break
+        rows = (~certified).nonzero().reshape(-1)
+        warm = _warm_start(K, r[rows], lam[rows], factor.step, iterations, free[rows])
+        g = r[rows] - warm @ K
+        start = (warm > 0) | (g > tol[rows, None])
+        lam_r, act_r, cert_r = _active_set(K, r[rows], start, tol[rows], free[rows])
+        lam[rows], active[rows], certified[rows] = lam_r, act_r, cert_r
+    g = r - lam @ K
+    tol = _row_tolerance(r, lam, p, hn)
+    ok = certified & (g <= tol[:, None]).all(-1) & (lam >= -tol[:, None]).all(-1)
+    if not bool(ok.all()):
+        _refuse(factor, x, b, h, int((~ok).nonzero()[0]), float((g - tol[:, None]).amax(-1)[~ok][0]))
+    y = p - lam @ W
+    return y, lam, active
+
+
+def _refuse(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor, i: int, gap: float) -> None:
+    """Raise for row ``i``: empty polytope (an LP says so) or no certificate."""
+    from scipy.optimize import linprog
+
+    A = None if factor.A is None else factor.A.cpu().numpy()
+    G = (factor.Gn * factor.gnorm[:, None]).cpu().numpy()
+    bi = None if b is None else b[i].cpu().numpy()
+    result = linprog(
+        c=[0.0] * factor.n, A_ub=G, b_ub=h[i].cpu().numpy(), A_eq=A, b_eq=bi, bounds=[(None, None)] * factor.n,
+        method="highs",
+    )
+    if result.status == 2:
+        raise ValueError(
+            f"Polyhedron is empty for sample {i}: no y satisfies "
+            f"{'A y = b[' + str(i) + '], ' if A is not None else ''}G y <= h[{i}] (the LP is infeasible). "
+            f"Check that row of the right-hand sides."
+        )
+    raise RuntimeError(
+        f"the polyhedron projection of sample {i} could not be certified optimal (largest constraint value above "
+        f"tolerance {gap:.3g}); the constraints are likely too ill-conditioned (nearly parallel rows of G). "
+        f"Rescale or remove nearly dependent rows of G."
+    )
+
+
+class _Projection(torch.autograd.Function):
+    """The projection with the exact KKT backward on the active set (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, b: Tensor | None, h: Tensor | None, factor: PolyhedronFactor):  # type: ignore[override]
+        y, lam, active = solve(factor, x, b, h)
+        ctx.factor = factor
+        ctx.save_for_backward(active if active is not None else torch.empty(0))
+        ctx.has_active = active is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, v: Tensor):  # type: ignore[override]
+        factor: PolyhedronFactor = ctx.factor
+        m = factor.on(v.device)
+        (active,) = ctx.saved_tensors
+        dp = v
+        dh = None
+        if ctx.has_active:
+            z = v @ m["W"].T  # W_S v for every constraint; the solve masks it to S
+            w = _masked_solve(m["K"], z, active)
+            dp = v - w @ m["Gn"]
+            dh = w / m["gnorm"]
+        dx = dp if m["V"] is None else dp - (dp @ m["V"].T) @ m["V"]
+        db = None if m["E"] is None else dp @ m["E"]
+        return dx, db, dh, None
+
+
+def project_polyhedron_rows(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | None) -> Tensor:
+    """Project rows ``x`` (B, n) with right-hand sides ``b`` (B, m_e) / ``h`` (B, m_i) in float64 and return
+    the result in ``x``'s dtype; differentiable in ``x``, ``b`` and ``h``."""
+    check_finite(x.sum(-1) if x.numel() else x)
+    work = torch.float64
+    xd = x.to(work)
+    bd = None if b is None else b.to(device=x.device, dtype=work)
+    hd = None if h is None else h.to(device=x.device, dtype=work)
+    if x.shape[0] == 0:
+        return x.clone()
+    y = _Projection.apply(xd, bd, hd, factor)
+    return y.to(x.dtype)
