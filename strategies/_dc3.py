@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from constrain import OutputTarget
+from constrain import OutputTarget, Polyhedron
 from strategies._base import Strategy, Target
 from strategies._registry import register
 
@@ -46,46 +46,18 @@ MAX_CONDITION = 1e10
 
 
 # ====================================================================== right-hand sides
-def linear_parts(constraint_set: Any) -> tuple[Tensor | None, Any, Tensor | None, Any]:
-    """``(A, b, G, h)`` of a polyhedron-like set (attributes ``A``, ``b``, ``G``, ``h``; None where
-    absent). ``b`` and ``h`` are returned as given: a tensor ``(m,)`` or ``(batch, m)``, or a callable."""
-    parts = tuple(getattr(constraint_set, name, None) for name in ("A", "b", "G", "h"))
-    return parts  # type: ignore[return-value]
+def linear_parts(constraint_set: Polyhedron) -> tuple[Tensor | None, Any, Tensor | None, Any]:
+    """``(A, b, G, h)`` of a polyhedron (None where absent); ``b`` and ``h`` as the set holds them."""
+    return constraint_set.A, constraint_set.b, constraint_set.G, constraint_set.h
 
 
-def is_linear_set(constraint_set: Any) -> bool:
-    """Whether ``constraint_set`` describes ``{y : A y = b, G y <= h}`` on output rows."""
-    return (not getattr(constraint_set, "acts_on_flat_vector", False)
-            and any(isinstance(getattr(constraint_set, name, None), Tensor) for name in ("A", "G")))
-
-
-def resolve_rhs(value: Any, inputs: Any, rows: Tensor, width: int, name: str) -> Tensor:
-    """A right-hand side as a ``(batch, width)`` or ``(width,)`` tensor in ``rows``' dtype and device.
-
-    ``value``: a tensor ``(width,)``, a tensor ``(batch, width)`` (one row per sample), or a callable
-    ``f(inputs) -> (batch, width)`` evaluated on the model's input of this forward.
-    """
-    batch = rows.shape[0]
-    if callable(value) and not isinstance(value, Tensor):
-        if inputs is None:
-            raise ValueError(f"the right-hand side {name} is a callable of the model's input, but no input was "
-                             f"captured: compute the outputs with model(x) after strategy.attach(model, ...).")
-        value = value(inputs)
-        if not isinstance(value, Tensor):
-            raise TypeError(f"the callable right-hand side {name} must return a tensor of shape ({batch}, {width}), "
-                            f"got {type(value).__name__}.")
-        if tuple(value.shape) != (batch, width):
-            raise ValueError(f"the callable right-hand side {name} returned shape {tuple(value.shape)}; expected "
-                             f"({batch}, {width}): one row of {width} values per sample of the batch.")
-    if not isinstance(value, Tensor):
-        raise TypeError(f"the right-hand side {name} must be a tensor or a callable, got {type(value).__name__}.")
-    if value.shape[-1:] != (width,) or value.dim() > 2 or (value.dim() == 2 and value.shape[0] != batch):
-        raise ValueError(f"the right-hand side {name} has shape {tuple(value.shape)}; expected ({width},) or "
-                         f"({batch}, {width}) for a batch of {batch} rows.")
-    value = value.to(device=rows.device, dtype=rows.dtype)
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"the right-hand side {name} contains NaN or Inf; every bound must be finite.")
-    return value
+def rhs_rows(value: Tensor, rows: Tensor, name: str) -> Tensor:
+    """A bound right-hand side, ``(m,)`` or ``(batch, m)`` (checked by the set), in ``rows``' dtype and
+    device; a per-sample side must have one row per output row."""
+    if value.dim() == 2 and value.shape[0] not in (1, rows.shape[0]):
+        raise ValueError(f"the right-hand side {name} has {value.shape[0]} rows but the outputs have {rows.shape[0]}; "
+                         f"give one row of {name} per sample (or a callable of the model's input).")
+    return value.to(device=rows.device, dtype=rows.dtype)
 
 
 def check_matrix(M: Any, name: str, n: int | None = None) -> Tensor:
@@ -166,7 +138,7 @@ def dc3_correct(z: Tensor, G: Tensor, h: Tensor, steps: int, lr: float, momentum
     taken = 0
     for _ in range(steps):
         residual = (z @ G.T - h).clamp_min(0)
-        if tol is not None and float(residual.amax()) <= tol:
+        if tol is not None and float(residual.detach().amax()) <= tol:
             break
         velocity = lr * 2.0 * (residual @ G) + momentum * velocity
         z = z - velocity
@@ -207,7 +179,7 @@ class _LinearOutputStrategy(Strategy):
     def unsupported_reason(cls, target: Target) -> str | None:
         if not isinstance(target, OutputTarget):
             return f"{cls.name} is an output layer; it does not constrain parameters."
-        if not is_linear_set(target.set):
+        if not isinstance(target.set, Polyhedron):
             return (f"{cls.name} needs linear constraints on the outputs, a Polyhedron(A=..., b=..., G=..., h=...); "
                     f"got {target.set!r}.")
         return None
@@ -229,10 +201,12 @@ class _LinearOutputStrategy(Strategy):
         if rows.shape[-1] != self._n:
             raise ValueError(f"{self.name}: the model's outputs have {rows.shape[-1]} entries per row but the "
                              f"polyhedron has {self._n} variables.")
-        A, b, G, h = linear_parts(self.targets[0].set)
-        x = inputs[0] if inputs else None
-        b_t = resolve_rhs(b, x, rows, A.shape[0], "b") if A is not None else None
-        h_t = resolve_rhs(h, x, rows, G.shape[0], "h") if G is not None else None
+        constraint_set = self.targets[0].set
+        if constraint_set.needs_inputs:
+            constraint_set = constraint_set.bind(*inputs)  # evaluates and checks the callable sides
+        A, b, G, h = linear_parts(constraint_set)
+        b_t = rhs_rows(b, rows, "b") if A is not None else None
+        h_t = rhs_rows(h, rows, "h") if G is not None else None
         y = self._map(rows, b_t, h_t)
         self._last = {"b": b_t, "h": h_t}
         return y.reshape(outputs.shape)
