@@ -236,7 +236,7 @@ class Budget:
 #: ``--paper``: DC3's published budget (1000 epochs of 42 batches at lr 1e-4, constant).
 BUDGETS: dict[str, Budget] = {
     "quick": Budget("quick", steps=60, lr=1e-3, lr_final_fraction=0.1, evaluations=4),
-    "default": Budget("default", steps=4000, lr=1e-3, lr_final_fraction=0.01),
+    "default": Budget("default", steps=2000, lr=1e-3, lr_final_fraction=0.01),
     "paper": Budget("paper", steps=1000 * 42, lr=1e-4, evaluations=50),
 }
 
