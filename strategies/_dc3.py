@@ -228,7 +228,9 @@ class _LinearOutputStrategy(Strategy):
 class DC3(_LinearOutputStrategy):
     """DC3: complete the equalities, correct the inequalities by gradient steps, soft loss on both."""
 
-    family = "dc3"
+    #: The completion is a reparameterization of the equalities (an output map that holds on every input);
+    #: the correction steps and the soft loss handle the inequalities approximately.
+    family = "reparameterization"
     summary = "DC3: equality completion + unrolled gradient correction + soft penalty (Donti et al. 2021)"
 
     def __init__(self, *, steps: int = 10, lr: float = 1e-7, momentum: float = 0.5, weight: float = 10.0,

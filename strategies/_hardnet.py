@@ -65,7 +65,7 @@ def hardnet_affine(f: Tensor, pinv: Tensor, A: Tensor | None, b: Tensor | None, 
 class HardNetAff(_LinearOutputStrategy):
     """HardNet-Aff: an output layer that lands exactly on ``{A y = b, G y <= h}`` when ``[A; G]`` has full row rank."""
 
-    family = "hardnet"
+    family = "reparameterization"  # an output map onto the set, like reparam-radial
     summary = "HardNet-Aff: closed-form affine correction onto A y = b, G y <= h ([A; G] of full row rank)"
 
     def __init__(self) -> None:

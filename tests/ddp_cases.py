@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+from constrain import Affine, L1Ball, NonNegative, Polyhedron, on_output, on_parameter
 
 GLOBAL_BATCH = 16
 STEPS = 6
@@ -52,6 +52,11 @@ class Case:
 
 _TIE = lambda: Affine.tie((2, 4), [[(0, 0), (1, 1)], [(0, 3), (1, 2)]])  # noqa: E731
 _TIE_ACROSS = lambda: Affine(torch.cat([torch.eye(2), -torch.eye(2)], 1).repeat(1, 5)[:, :10], torch.zeros(2))  # noqa: E731
+
+def _FIRST_INPUT(x: Tensor) -> Tensor:
+    """Right-hand side from the input (module level, so that spawned workers can unpickle it)."""
+    return x[:, :1]
+
 
 #: The checks of the default run: shared and per-sample multipliers, projections, a reparameterization, a penalty.
 CASES: dict[str, Case] = {
@@ -101,6 +106,8 @@ MORE_CASES: dict[str, Case] = {
     "reparam-l1-weight-norm": Case("reparam-l1-weight-norm", {}, lambda: [on_parameter("layer.weight", L1Ball(0.3))]),
     "reparam-radial": Case("reparam-radial", {}, lambda: [on_output(L1Ball(0.5))]),
     "reparam-sigmoid-simplex": Case("reparam-sigmoid-simplex", {}, lambda: [on_output(L1Ball(0.5))]),
+    **{name: Case(name, {}, lambda: [on_output(Polyhedron(A=[[1.0, 1.0]], b=_FIRST_INPUT, G=[[1.0, -1.0]], h=[0.5]))])
+       for name in ("dc3", "hardnet-aff")},
 }
 
 ALL_CASES = {**CASES, **MORE_CASES}
