@@ -412,8 +412,16 @@ def _add_strategies(subparsers: argparse._SubParsersAction) -> argparse.Argument
     return add_strategies(subparsers)
 
 
+def _add_polytope(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``constrain bench polytope``: the polytope projection layer against qpth and cvxpylayers."""
+    from experiments.bench_polytope import add_parser as add_polytope
+
+    return add_polytope(subparsers)
+
+
 #: One function per ``constrain bench`` subcommand; each adds its parser and sets ``func``.
-BENCHMARKS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [_add_projections, _add_strategies]
+BENCHMARKS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [
+    _add_projections, _add_strategies, _add_polytope]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

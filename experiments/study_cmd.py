@@ -46,6 +46,7 @@ SUITES: dict[str, Suite] = {
 STUDY_MODULES: dict[str, str] = {
     "psilon": "experiments.psilon_study",
     "l1": "experiments.l1_study",
+    "dc3": "experiments.dc3_study",
 }
 
 QUICK_SEEDS = 1

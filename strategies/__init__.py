@@ -19,6 +19,8 @@ from strategies import _lagrangian  # noqa: E402,F401  isort: skip
 from strategies import _l1reg  # noqa: E402,F401  isort: skip
 from strategies import _reparam  # noqa: E402,F401  isort: skip
 from strategies import _output_polytope  # noqa: E402,F401  isort: skip
+from strategies import _dc3  # noqa: E402,F401  isort: skip
+from strategies import _hardnet  # noqa: E402,F401  isort: skip
 # Parametrization modules, reusable on their own (e.g. L1WeightNorm in PSiLON layers).
 from strategies._reparam import (  # noqa: E402  isort: skip
     AffineLatent, ExpNonNegative, L1WeightNorm, NullSpace, NullSpaceSlice, RadialL1, SoftplusNonNegative,

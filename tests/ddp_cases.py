@@ -53,6 +53,11 @@ class Case:
 _TIE = lambda: Affine.tie((2, 4), [[(0, 0), (1, 1)], [(0, 3), (1, 2)]])  # noqa: E731
 _TIE_ACROSS = lambda: Affine(torch.cat([torch.eye(2), -torch.eye(2)], 1).repeat(1, 5)[:, :10], torch.zeros(2))  # noqa: E731
 
+def _FIRST_INPUT(x: Tensor) -> Tensor:
+    """Right-hand side from the input (module level, so that spawned workers can unpickle it)."""
+    return x[:, :1]
+
+
 #: The checks of the default run: at least one strategy of every family (shared and per-sample multipliers,
 #: projections, a reparameterization, penalties and a barrier, an L1 implementation), and every kind of collective.
 CASES: dict[str, Case] = {
@@ -110,6 +115,8 @@ MORE_CASES: dict[str, Case] = {
     "reparam-gauge": Case("reparam-gauge", {}, lambda: [on_output(Polyhedron(G=torch.eye(2), h=lambda x: x[:, :2].abs() + 1))]),
     "projected-polyhedron": Case("projected", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1].abs(),
                                                                                 G=-torch.eye(2), h=lambda x: x[:, 1:].abs()))]),
+    **{name: Case(name, {}, lambda: [on_output(Polyhedron(A=[[1.0, 1.0]], b=_FIRST_INPUT, G=[[1.0, -1.0]], h=[0.5]))])
+       for name in ("dc3", "hardnet-aff")},
 }
 
 ALL_CASES = {**CASES, **MORE_CASES}

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import strategies
+from constrain import Polyhedron, on_output
 from experiments.listing import CONSTRAINTS, support_matrix
 
 N, BATCH, STEPS, RESUME_AT = 16, 8, 8, 4
@@ -34,6 +35,9 @@ OPTIONS = {
 }
 
 CELLS = [(name, label) for name, row in support_matrix().items() for label, reason in row.items() if reason is None]
+#: Strategies that act on output polyhedra only (none of the listing's constraints), on one of their own.
+POLYHEDRON = {"output polyhedron": on_output(Polyhedron(A=[[1.0, 1.0]], b=lambda x: x[:, :1], G=[[1.0, -1.0]], h=[0.5]))}
+CELLS += [(name, label) for name in ("dc3", "hardnet-aff") for label in POLYHEDRON if (name, label) not in CELLS]
 
 
 class Net(nn.Module):
@@ -59,7 +63,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 def _build(name: str, label: str, seed: int):
     torch.manual_seed(seed)
     strategy = strategies.get(name, **OPTIONS.get(name, {}))
-    model = strategy.attach(Net(), [CONSTRAINTS[label]])
+    model = strategy.attach(Net(), [{**CONSTRAINTS, **POLYHEDRON}[label]])
     return model, strategy, torch.optim.Adam(model.parameters(), lr=0.05)
 
 
