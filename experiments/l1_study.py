@@ -24,7 +24,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 from experiments import datasets as ds
+from experiments._paths import figures_dir, prepare_output_dir
+from experiments._runner import run_tasks
 from experiments import psilon as ps
 from experiments.psilon_study import Split, make_split, objective
 
@@ -157,10 +158,6 @@ def run_one(cfg: Config, dataset: str, method: str, seed: int) -> dict[str, Any]
     }
 
 
-def _one(args: tuple[Config, str, str, int]) -> dict[str, Any]:
-    return run_one(*args)
-
-
 def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     """Every (data set, method, seed); in ``cfg.jobs`` processes when above 1."""
     for name in cfg.datasets:
@@ -172,21 +169,8 @@ def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     jobs = [(cfg, d, m, s) for d in cfg.datasets for m in cfg.methods for s in range(cfg.seeds)]
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), desc="l1 study", disable=not progress, file=sys.stderr)
-    rows: list[dict[str, Any]] = []
-    if cfg.jobs <= 1:
-        for job in jobs:
-            rows.append(_one(job))
-            bar.update()
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(_one, jobs):
-                rows.append(row)
-                bar.update()
-    bar.close()
-    return rows
+    with tqdm(total=len(jobs), desc="l1 study", disable=not progress, file=sys.stderr) as bar:
+        return run_tasks(run_one, jobs, cfg.jobs, on_result=lambda i, row: bar.update())
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -290,9 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="SGD steps (default 3000)")
     parser.add_argument("--seeds", type=int, help="seeds (default 3)")
     parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
-    parser.add_argument("--figures", type=Path, default=Path("figures"), metavar="DIR",
-                        help="folder for l1.md and the l1_*.png figures (default figures/)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="also write every result as JSON to DIR/l1.json")
+    parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
+                        help="folder for l1.md and the l1_*.png figures (default: figures/ for the full run; OUT/figures "
+                             "for --quick or any other option that changes the results)")
+    parser.add_argument("--out", type=Path, default=Path("results/l1"), metavar="DIR",
+                        help="every result as JSON in DIR/l1.json (default results/l1/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -312,22 +298,21 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; write ``l1.md`` and the figures into ``args.figures``."""
+    """Run the study; write ``l1.md`` and the figures (see ``--figures``) and ``l1.json`` into ``--out``."""
     cfg = config_from(args)
+    documented = replace(cfg, jobs=0) == replace(Config(), jobs=0)  # the run whose figures the README shows
+    json_dir = prepare_output_dir(args.out, "--out")
+    out = prepare_output_dir(figures_dir(args.figures, json_dir, documented), "--figures")
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     text = table(summarize(rows), cfg)
     elapsed = time.perf_counter() - start
     cpu = sum(r["cpu"] for r in rows)
-    out: Path = args.figures
-    out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["constrain study l1"] + (["--quick"] if args.quick else []))
     (out / "l1.md").write_text(f"# L1 regularization, five ways\n\n`{command}`: {elapsed:.0f} s wall with {cfg.jobs} "
                                f"worker process(es), {cpu:.0f} s CPU time in the runs (one torch thread each).\n\n"
                                + text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "l1.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, default=float))
+    (json_dir / "l1.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, default=float))
     paths = figures(rows, cfg, out)
     print(text)
     print(f"wrote {out / 'l1.md'}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s wall, {cpu:.0f} s CPU)")

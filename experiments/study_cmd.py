@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments._paths import figures_dir, prepare_output_dir
 from experiments.problems import CONVEX_PROBLEMS, MLP_PROBLEMS, PROBLEMS
 
 
@@ -100,8 +101,10 @@ def common_options(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                        help="short runs and one seed (under a minute); used by the tests")
     group.add_argument("--out", type=Path, default=default(Path("results/study")), metavar="DIR",
                        help="results folder, one JSON file per run (default results/study)")
-    group.add_argument("--figures", type=Path, default=default(Path("figures")), metavar="DIR",
-                       help="where the PNG figures and the markdown table go (default figures/)")
+    group.add_argument("--figures", type=Path, default=default(None), metavar="DIR",
+                       help="where the PNG figures and the markdown table go (default: figures/ for the full run "
+                            "of a suite; OUT/figures for --quick or any run with --problems, --strategies, "
+                            "--seeds or --steps, so that it never overwrites the full run's figures)")
     group.add_argument("--no-figures", action="store_true", default=default(False),
                        help="write neither figures nor the markdown file (the table is still printed)")
     resume = group.add_mutually_exclusive_group()  # inside the group, so --help lists them with it
@@ -150,18 +153,23 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     seeds = args.seeds if args.seeds is not None else list(range(QUICK_SEEDS if quick else suite.seeds))
     workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
+    documented = not quick and args.problems is None and args.strategies is None and args.seeds is None \
+        and args.steps is None
+    out = prepare_output_dir(args.out, "--out")
+    figures = None if args.no_figures else prepare_output_dir(figures_dir(args.figures, out, documented), "--figures")
+    args.interrupt_note = f"finished runs are kept in {out}/ and the same command resumes from them"
     prefix = "study" if suite.name == "default" else f"study-{suite.name}"
     command = "constrain study" + ("" if suite.name == "default" else f" {suite.name}") + (" --quick" if quick else "")
     tic = time.perf_counter()
     result = run_study(
         args.problems or list(suite.problems),
         seeds=seeds, steps=args.steps, quick=quick, strategy_filter=args.strategies,
-        out=args.out, figures=None if args.no_figures else args.figures, prefix=prefix,
+        out=out, figures=figures, prefix=prefix,
         resume=args.resume, retry_failed=args.retry_failed, workers=workers, progress=not args.no_progress,
         title=f"Study: {suite.name} suite" + (" (quick)" if quick else ""), command=command,
     )
     print(result.table)
     ran = len(result.plan.specs)
     print(f"{ran} runs ({len(result.plan.skipped)} cells not applicable) in {time.perf_counter() - tic:.1f} s; "
-          f"results in {args.out}" + ("" if args.no_figures else f"; table and figures in {args.figures}/"))
+          f"results in {out}/" + ("" if figures is None else f"; table and figures in {figures}/"))
     return 0

@@ -239,7 +239,7 @@ class Strategy:
             if isinstance(target, OutputTarget) and outputs is None:
                 continue
             rows = target_rows(target, model, outputs)
-            value = float(target.set.violation(rows).max()) if rows.numel() else 0.0
+            value = float(target.set.violation(rows).max()) + 0.0 if rows.numel() else 0.0  # + 0.0: -0.0 -> 0.0
             if not math.isfinite(value):
                 what = "outputs" if isinstance(target, OutputTarget) else "values"
                 raise FloatingPointError(
