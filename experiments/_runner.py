@@ -136,22 +136,32 @@ class WorkerPool:
                 conn.send((task[0], fn, task[1]))
                 busy[conn] = task[0]
 
-        for _, conn in self._workers:
-            feed(conn)
         by_conn = {conn: process for process, conn in self._workers}
+
+        def died(conn: Connection) -> WorkerError:
+            process = by_conn[conn]
+            process.join(1)
+            return WorkerError(f"a worker process ({process.pid}) died (exit code {process.exitcode}) while running "
+                               f"task {busy.get(conn)}; its error, if any, is printed above.")
+
+        for _, conn in self._workers:
+            try:
+                feed(conn)
+            except OSError:  # the worker is gone already (it failed while starting)
+                raise died(conn) from None
         while busy:
             for conn in wait(list(busy)):
                 try:
                     index, ok, value = conn.recv()  # type: ignore[union-attr]
-                except EOFError:
-                    process = by_conn[conn]  # type: ignore[index]
-                    process.join(1)
-                    raise WorkerError(f"worker process {process.pid} died (exit code {process.exitcode}) "
-                                      f"while running task {busy[conn]}: {tasks[busy[conn]]!r}") from None
+                except (EOFError, OSError):
+                    raise died(conn) from None  # type: ignore[arg-type]
                 del busy[conn]  # type: ignore[arg-type]
                 if not ok:
                     raise WorkerError(value)
-                feed(conn)  # type: ignore[arg-type]
+                try:
+                    feed(conn)  # type: ignore[arg-type]
+                except OSError:
+                    raise died(conn) from None  # type: ignore[arg-type]
                 yield index, value
 
     def close(self) -> None:
