@@ -369,7 +369,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Benchmarks. Each subcommand times its contenders interleaved on the same inputs and reports "
         "medians and ratios; absolute times depend on the machine. Without BENCHMARK: a short run of both.",
     )
-    benches = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=False)
+    benches = parser.add_subparsers(dest="bench_command", metavar="[BENCHMARK]", required=False)
     for add in BENCHMARKS:
         add(benches)
     parser.set_defaults(func=short_default(parser))

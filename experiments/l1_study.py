@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from experiments import datasets as ds
+from experiments._args import positive_int
 from experiments._paths import figures_dir, prepare_output_dir
 from experiments._runner import run_tasks
 from experiments import psilon as ps
@@ -267,13 +268,15 @@ def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study l1``."""
     parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, one seed, 300 steps")
-    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), help="data sets (default: all bundled)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="methods (default: none + the five)")
-    parser.add_argument("--strength", type=float, help="lambda (default 1e-3)")
-    parser.add_argument("--lr", type=float, help="SGD step size, also the strategies' lr (default 0.05)")
-    parser.add_argument("--steps", type=int, help="SGD steps (default 3000)")
-    parser.add_argument("--seeds", type=int, help="seeds (default 3)")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
+    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), metavar="NAME",
+                        help=f"data sets (default: all bundled: {', '.join(ds.BUNDLED)})")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="NAME",
+                        help=f"methods (default: all: {', '.join(METHODS)})")
+    parser.add_argument("--strength", type=float, metavar="LAMBDA", help="lambda (default 1e-3)")
+    parser.add_argument("--lr", type=float, metavar="ETA", help="SGD step size, also the strategies' lr (default 0.05)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="SGD steps (default 3000)")
+    parser.add_argument("--seeds", type=positive_int, metavar="N", help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default 2)")
     parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
                         help="folder for l1.md and the l1_*.png figures (default: figures/ for the full run; OUT/figures "
                              "for --quick or any other option that changes the results)")

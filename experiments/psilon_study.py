@@ -38,6 +38,7 @@ from torch import Tensor
 
 from experiments import datasets as ds
 from experiments import psilon as ps
+from experiments._args import positive_int
 from experiments._paths import figures_dir, prepare_output_dir
 from experiments._runner import run_tasks
 
@@ -416,13 +417,15 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study psilon``."""
     parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, 3 folds, short training")
-    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), help="data sets (default: all bundled)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="models (default: all)")
-    parser.add_argument("--folds", type=int, help="cross-validation folds (>= 3; default 5)")
-    parser.add_argument("--steps", type=int, help="Adam steps per training (default 300)")
-    parser.add_argument("--hidden", type=int, help="hidden width (default 64)")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
-    parser.add_argument("--seed", type=int, help="seed of the folds and the initializations (default 0)")
+    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), metavar="NAME",
+                        help=f"data sets (default: all bundled: {', '.join(ds.BUNDLED)})")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), metavar="NAME",
+                        help=f"models (default: all: {', '.join(MODELS)})")
+    parser.add_argument("--folds", type=positive_int, metavar="K", help="cross-validation folds (>= 3; default 5)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="Adam steps per training (default 300)")
+    parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default 64)")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default 2)")
+    parser.add_argument("--seed", type=int, metavar="S", help="seed of the folds and the initializations (default 0)")
     parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
                         help="folder for psilon.md and the psilon_*.png figures (default: figures/ for the full run; OUT/figures "
                              "for --quick or any other option that changes the results)")
