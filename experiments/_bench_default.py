@@ -1,4 +1,4 @@
-"""``constrain bench`` with no benchmark named: both benchmarks, short (about 25 s of CPU on 2 cores).
+"""``constrain bench`` with no benchmark named: both benchmarks, short (about 16 s of CPU).
 
 The sizes are cut down (the ratios are noisier than the full runs'); the output says how to run
 each benchmark in full.

@@ -33,7 +33,8 @@ import torch
 
 from experiments import datasets as ds
 from experiments._args import positive_int
-from experiments._paths import figures_dir, prepare_output_dir
+from experiments._study_cli import add_run_options, output_dirs
+from experiments._study_cli import config_from as config_from_args
 from experiments._runner import run_tasks
 from experiments import psilon as ps
 from experiments.psilon_study import Split, make_split, objective
@@ -276,36 +277,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, metavar="ETA", help="SGD step size, also the strategies' lr (default 0.05)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="SGD steps (default 3000)")
     parser.add_argument("--seeds", type=positive_int, metavar="N", help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default 2)")
-    parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
-                        help="folder for l1.md and the l1_*.png figures (default: figures/ for the full run; OUT/figures "
-                             "for --quick or any other option that changes the results)")
-    parser.add_argument("--out", type=Path, default=Path("results/l1"), metavar="DIR",
-                        help="every result as JSON in DIR/l1.json (default results/l1/)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser, "l1", "l1.md and the l1_*.png figures")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    cfg = quick_config() if args.quick else Config()
-    updates = {
-        key: value
-        for key, value in (
-            ("datasets", tuple(args.datasets) if args.datasets else None),
-            ("methods", tuple(args.methods) if args.methods else None),
-            ("strength", args.strength), ("lr", args.lr), ("steps", args.steps), ("seeds", args.seeds),
-            ("jobs", args.workers),
-        )
-        if value is not None
-    }
-    return replace(cfg, **updates)
+    return config_from_args(args, Config(), quick_config(),
+                            ("datasets", "methods", "strength", "lr", "steps", "seeds"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; write ``l1.md`` and the figures (see ``--figures``) and ``l1.json`` into ``--out``."""
     cfg = config_from(args)
-    documented = replace(cfg, jobs=0) == replace(Config(), jobs=0)  # the run whose figures the README shows
-    json_dir = prepare_output_dir(args.out, "--out")
-    out = prepare_output_dir(figures_dir(args.figures, json_dir, documented), "--figures")
+    json_dir, out = output_dirs(args, cfg, Config())  # checked before any work
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     text = table(summarize(rows), cfg)

@@ -39,7 +39,8 @@ from torch import Tensor
 from experiments import datasets as ds
 from experiments import psilon as ps
 from experiments._args import positive_int
-from experiments._paths import figures_dir, prepare_output_dir
+from experiments._study_cli import add_run_options, output_dirs
+from experiments._study_cli import config_from as config_from_args
 from experiments._runner import run_tasks
 
 #: Regularization grids (lambda) per model; 0 means no regularization.
@@ -424,37 +425,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=positive_int, metavar="K", help="cross-validation folds (>= 3; default 5)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="Adam steps per training (default 300)")
     parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default 64)")
-    parser.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, metavar="S", help="seed of the folds and the initializations (default 0)")
-    parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
-                        help="folder for psilon.md and the psilon_*.png figures (default: figures/ for the full run; OUT/figures "
-                             "for --quick or any other option that changes the results)")
-    parser.add_argument("--out", type=Path, default=Path("results/psilon"), metavar="DIR",
-                        help="every result as JSON in DIR/psilon.json (default results/psilon/)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser, "psilon", "psilon.md and the psilon_*.png figures")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    cfg = quick_config() if args.quick else Config()
-    updates = {
-        key: value
-        for key, value in (
-            ("datasets", tuple(args.datasets) if args.datasets else None),
-            ("models", tuple(args.models) if args.models else None),
-            ("folds", args.folds), ("steps", args.steps), ("hidden", args.hidden), ("jobs", args.workers),
-            ("seed", args.seed),
-        )
-        if value is not None
-    }
-    return replace(cfg, **updates)
+    return config_from_args(args, Config(), quick_config(),
+                            ("datasets", "models", "folds", "steps", "hidden", "seed"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; write ``psilon.md`` and the figures (see ``--figures``) and ``psilon.json`` into ``--out``."""
     cfg = config_from(args)
-    documented = replace(cfg, jobs=0) == replace(Config(), jobs=0)  # the run whose figures the README shows
-    json_dir = prepare_output_dir(args.out, "--out")
-    out = prepare_output_dir(figures_dir(args.figures, json_dir, documented), "--figures")
+    json_dir, out = output_dirs(args, cfg, Config())  # checked before any work
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     summary = summarize(rows)

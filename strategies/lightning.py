@@ -91,7 +91,7 @@ class ConstraintCallback(pl.Callback):
                 raise RuntimeError(f"strategy {self.strategy.name!r} replaced the module on attach; "
                                    f"the callback needs strategies that constrain the module in place.")
         elif self.strategy.model is not target:
-            raise RuntimeError(f"this ConstraintCallback's strategy is attached to another module; build one "
+            raise RuntimeError("this ConstraintCallback's strategy is attached to another module; build one "
                                f"callback (and strategy) per LightningModule.")
         if stage == "fit":
             if not pl_module.automatic_optimization:
