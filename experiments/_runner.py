@@ -76,7 +76,8 @@ def handle_interrupts() -> Iterator[None]:
 
 
 class WorkerError(RuntimeError):
-    """A task raised in a worker process; the message holds the worker's traceback."""
+    """A worker process died, or a task's exception could not be sent back; also the ``__cause__`` of
+    a task's exception re-raised here, with the worker's traceback as its message."""
 
 
 def _serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
@@ -95,7 +96,11 @@ def _serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
         try:
             conn.send((index, True, fn(*args)))
         except Exception as error:  # noqa: BLE001 - sent to the main process, which re-raises it
-            conn.send((index, False, f"{type(error).__name__}: {error}\n\nin the worker:\n{traceback.format_exc()}"))
+            text = traceback.format_exc()
+            try:
+                conn.send((index, False, (error, text)))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: its text only
+                conn.send((index, False, (None, text)))
 
 
 class WorkerPool:
@@ -126,7 +131,8 @@ class WorkerPool:
                 signal.signal(signal.SIGINT, previous)
 
     def imap_unordered(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
-        """Yield ``(i, fn(*tasks[i]))`` as tasks finish; a task's exception is raised as :class:`WorkerError`."""
+        """Yield ``(i, fn(*tasks[i]))`` as tasks finish. A task's exception is raised here (its cause: a
+        :class:`WorkerError` with the worker's traceback); a worker that dies raises :class:`WorkerError`."""
         pending = iter(enumerate(tasks))
         busy: dict[Connection, int] = {}
 
@@ -157,7 +163,9 @@ class WorkerPool:
                     raise died(conn) from None  # type: ignore[arg-type]
                 del busy[conn]  # type: ignore[arg-type]
                 if not ok:
-                    raise WorkerError(value)
+                    error, text = value
+                    # the task's own exception (an OSError stays an OSError), caused by the worker's traceback
+                    raise (error or WorkerError(text.strip().splitlines()[-1])) from WorkerError(f"in the worker:\n{text}")
                 try:
                     feed(conn)  # type: ignore[arg-type]
                 except OSError:
