@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +19,18 @@ from experiments._args import positive_int
 from experiments._paths import figures_dir, prepare_output_dir
 
 C = TypeVar("C")
+
+
+def add_selection_options(parser: argparse.ArgumentParser, quick: str, **choices: Sequence[str]) -> None:
+    """``--quick`` (``quick``: what the smoke run is), ``--datasets`` (the bundled data sets) and one
+    ``--<name> NAME ...`` option per keyword (e.g. ``methods=METHODS``), each defaulting to all."""
+    from experiments.datasets import BUNDLED
+
+    parser.add_argument("--quick", action="store_true", help=f"small smoke run: {quick}")
+    for name, names in {"datasets": tuple(BUNDLED), **choices}.items():
+        what = "data sets" if name == "datasets" else name
+        parser.add_argument(f"--{name}", nargs="+", choices=list(names), metavar="NAME",
+                            help=f"{what} (default: all: {', '.join(names)})")
 
 
 def add_run_options(parser: argparse.ArgumentParser, name: str, files: str, workers: int = 2) -> None:

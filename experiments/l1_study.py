@@ -33,7 +33,7 @@ import torch
 
 from experiments import datasets as ds
 from experiments._args import positive_int
-from experiments._study_cli import add_run_options, output_dirs
+from experiments._study_cli import add_run_options, add_selection_options, output_dirs
 from experiments._study_cli import config_from as config_from_args
 from experiments._runner import run_tasks
 from experiments import psilon as ps
@@ -268,11 +268,7 @@ def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study l1``."""
-    parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, one seed, 300 steps")
-    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), metavar="NAME",
-                        help=f"data sets (default: all bundled: {', '.join(ds.BUNDLED)})")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="NAME",
-                        help=f"methods (default: all: {', '.join(METHODS)})")
+    add_selection_options(parser, "iris + diabetes, one seed, 300 steps", methods=METHODS)
     parser.add_argument("--strength", type=float, metavar="LAMBDA", help="lambda (default 1e-3)")
     parser.add_argument("--lr", type=float, metavar="ETA", help="SGD step size, also the strategies' lr (default 0.05)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="SGD steps (default 3000)")

@@ -39,7 +39,7 @@ from torch import Tensor
 from experiments import datasets as ds
 from experiments import psilon as ps
 from experiments._args import positive_int
-from experiments._study_cli import add_run_options, output_dirs
+from experiments._study_cli import add_run_options, add_selection_options, output_dirs
 from experiments._study_cli import config_from as config_from_args
 from experiments._runner import run_tasks
 
@@ -417,11 +417,7 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study psilon``."""
-    parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, 3 folds, short training")
-    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), metavar="NAME",
-                        help=f"data sets (default: all bundled: {', '.join(ds.BUNDLED)})")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), metavar="NAME",
-                        help=f"models (default: all: {', '.join(MODELS)})")
+    add_selection_options(parser, "iris + diabetes, 3 folds, short training", models=MODELS)
     parser.add_argument("--folds", type=positive_int, metavar="K", help="cross-validation folds (>= 3; default 5)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="Adam steps per training (default 300)")
     parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default 64)")
