@@ -76,7 +76,7 @@ class ConstraintCallback(pl.Callback):
     # ------------------------------------------------------------------ attach
     def _target_module(self, pl_module: pl.LightningModule) -> nn.Module:
         target: nn.Module = pl_module
-        for part in (self.module or "").split(".") if self.module else []:
+        for part in self.module.split(".") if self.module else ():
             if not isinstance(getattr(target, part, None), nn.Module):
                 raise ValueError(f"ConstraintCallback(module={self.module!r}): {type(target).__name__} has no "
                                  f"submodule {part!r}; give the attribute path of the module to constrain.")
@@ -92,7 +92,7 @@ class ConstraintCallback(pl.Callback):
                                    f"the callback needs strategies that constrain the module in place.")
         elif self.strategy.model is not target:
             raise RuntimeError("this ConstraintCallback's strategy is attached to another module; build one "
-                               f"callback (and strategy) per LightningModule.")
+                               "callback (and strategy) per LightningModule.")
         if stage == "fit":
             if not pl_module.automatic_optimization:
                 raise ValueError("ConstraintCallback needs automatic optimization; with "
