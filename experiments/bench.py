@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from experiments._bench_default import short_default
+
 #: Sizes and batches of the default ``bench projections`` run: about 2^20 values per tensor.
 DEFAULT_SIZES = (16, 1000, 100_000)
 DEFAULT_VALUES = 1 << 20
@@ -430,9 +432,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "bench",
         help="benchmarks: timings reported as ratios measured in one run",
         description="Benchmarks. Each subcommand times its contenders interleaved on the same inputs and reports "
-        "medians and ratios; absolute times depend on the machine.",
+        "medians and ratios; absolute times depend on the machine. Without BENCHMARK: a short run of both.",
     )
-    benches = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    benches = parser.add_subparsers(dest="bench_command", metavar="[BENCHMARK]", required=False)
     for add in BENCHMARKS:
         add(benches)
+    parser.set_defaults(func=short_default(parser))
     return parser

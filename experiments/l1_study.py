@@ -24,7 +24,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,10 @@ import numpy as np
 import torch
 
 from experiments import datasets as ds
+from experiments._args import positive_int
+from experiments._study_cli import add_run_options, add_selection_options, output_dirs
+from experiments._study_cli import config_from as config_from_args
+from experiments._runner import run_tasks
 from experiments import psilon as ps
 from experiments.psilon_study import Split, make_split, objective
 
@@ -157,10 +160,6 @@ def run_one(cfg: Config, dataset: str, method: str, seed: int) -> dict[str, Any]
     }
 
 
-def _one(args: tuple[Config, str, str, int]) -> dict[str, Any]:
-    return run_one(*args)
-
-
 def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     """Every (data set, method, seed); in ``cfg.jobs`` processes when above 1."""
     for name in cfg.datasets:
@@ -172,21 +171,8 @@ def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     jobs = [(cfg, d, m, s) for d in cfg.datasets for m in cfg.methods for s in range(cfg.seeds)]
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), desc="l1 study", disable=not progress, file=sys.stderr)
-    rows: list[dict[str, Any]] = []
-    if cfg.jobs <= 1:
-        for job in jobs:
-            rows.append(_one(job))
-            bar.update()
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(_one, jobs):
-                rows.append(row)
-                bar.update()
-    bar.close()
-    return rows
+    with tqdm(total=len(jobs), desc="l1 study", disable=not progress, file=sys.stderr) as bar:
+        return run_tasks(run_one, jobs, cfg.jobs, on_result=lambda i, row: bar.update())
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -282,52 +268,33 @@ def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study l1``."""
-    parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, one seed, 300 steps")
-    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), help="data sets (default: all bundled)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="methods (default: none + the five)")
-    parser.add_argument("--strength", type=float, help="lambda (default 1e-3)")
-    parser.add_argument("--lr", type=float, help="SGD step size, also the strategies' lr (default 0.05)")
-    parser.add_argument("--steps", type=int, help="SGD steps (default 3000)")
-    parser.add_argument("--seeds", type=int, help="seeds (default 3)")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
-    parser.add_argument("--figures", type=Path, default=Path("figures"), metavar="DIR",
-                        help="folder for l1.md and the l1_*.png figures (default figures/)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="also write every result as JSON to DIR/l1.json")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_selection_options(parser, "iris + diabetes, one seed, 300 steps", methods=METHODS)
+    parser.add_argument("--strength", type=float, metavar="LAMBDA", help="lambda (default 1e-3)")
+    parser.add_argument("--lr", type=float, metavar="ETA", help="SGD step size, also the strategies' lr (default 0.05)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="SGD steps (default 3000)")
+    parser.add_argument("--seeds", type=positive_int, metavar="N", help="seeds 0..N-1 (default 3)")
+    add_run_options(parser, "l1", "l1.md and the l1_*.png figures")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    cfg = quick_config() if args.quick else Config()
-    updates = {
-        key: value
-        for key, value in (
-            ("datasets", tuple(args.datasets) if args.datasets else None),
-            ("methods", tuple(args.methods) if args.methods else None),
-            ("strength", args.strength), ("lr", args.lr), ("steps", args.steps), ("seeds", args.seeds),
-            ("jobs", args.workers),
-        )
-        if value is not None
-    }
-    return replace(cfg, **updates)
+    return config_from_args(args, Config(), quick_config(),
+                            ("datasets", "methods", "strength", "lr", "steps", "seeds"))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; write ``l1.md`` and the figures into ``args.figures``."""
+    """Run the study; write ``l1.md`` and the figures (see ``--figures``) and ``l1.json`` into ``--out``."""
     cfg = config_from(args)
+    json_dir, out = output_dirs(args, cfg, Config())  # checked before any work
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     text = table(summarize(rows), cfg)
     elapsed = time.perf_counter() - start
     cpu = sum(r["cpu"] for r in rows)
-    out: Path = args.figures
-    out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["constrain study l1"] + (["--quick"] if args.quick else []))
     (out / "l1.md").write_text(f"# L1 regularization, five ways\n\n`{command}`: {elapsed:.0f} s wall with {cfg.jobs} "
                                f"worker process(es), {cpu:.0f} s CPU time in the runs (one torch thread each).\n\n"
                                + text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "l1.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, default=float))
+    (json_dir / "l1.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, default=float))
     paths = figures(rows, cfg, out)
     print(text)
     print(f"wrote {out / 'l1.md'}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s wall, {cpu:.0f} s CPU)")

@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("list", help="strategies, constraints and which strategy supports which")
+    parser = subparsers.add_parser(
+        "list", help="strategies, constraints and which strategy supports which",
+        description="Every registered strategy with its family and options, the five constraints, and the "
+                    "support matrix: which strategy can enforce which constraint (--reasons: why not).")
     parser.add_argument("--json", action="store_true", help="print the support matrix as JSON")
     parser.add_argument("--reasons", action="store_true", help="say why each refused cell is refused")
     parser.set_defaults(func=run)

@@ -27,7 +27,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,10 @@ from torch import Tensor
 
 from experiments import datasets as ds
 from experiments import psilon as ps
+from experiments._args import positive_int
+from experiments._study_cli import add_run_options, add_selection_options, output_dirs
+from experiments._study_cli import config_from as config_from_args
+from experiments._runner import run_tasks
 
 #: Regularization grids (lambda) per model; 0 means no regularization.
 DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
@@ -243,10 +246,6 @@ def run_cell(cfg: Config, dataset: str, fold: int, kind: str) -> dict[str, Any]:
     return row
 
 
-def _cell(args: tuple[Config, str, int, str]) -> dict[str, Any]:
-    return run_cell(*args)
-
-
 def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     """Every (data set, fold, model) cell; in ``cfg.jobs`` processes when above 1."""
     unknown = [m for m in cfg.models if m not in MODELS]
@@ -260,20 +259,8 @@ def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     cells.sort(key=lambda c: (c[1] != "digits", c[3] in ("mlp", "rf")))
     from tqdm import tqdm
 
-    bar = tqdm(total=len(cells), desc="psilon study", disable=not progress, file=sys.stderr)
-    rows: list[dict[str, Any]] = []
-    if cfg.jobs <= 1:
-        for cell in cells:
-            rows.append(_cell(cell))
-            bar.update()
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(_cell, cells):
-                rows.append(row)
-                bar.update()
-    bar.close()
+    with tqdm(total=len(cells), desc="psilon study", disable=not progress, file=sys.stderr) as bar:
+        rows = run_tasks(run_cell, cells, cfg.jobs, on_result=lambda i, row: bar.update())
     order = {(d, m): i for i, (d, m) in enumerate((d, m) for d in cfg.datasets for m in cfg.models)}
     return sorted(rows, key=lambda r: (order[(r["dataset"], r["model"])], r["fold"]))
 
@@ -430,43 +417,26 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study psilon``."""
-    parser.add_argument("--quick", action="store_true", help="small smoke run: iris + diabetes, 3 folds, short training")
-    parser.add_argument("--datasets", nargs="+", choices=list(ds.BUNDLED), help="data sets (default: all bundled)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="models (default: all)")
-    parser.add_argument("--folds", type=int, help="cross-validation folds (>= 3; default 5)")
-    parser.add_argument("--steps", type=int, help="Adam steps per training (default 300)")
-    parser.add_argument("--hidden", type=int, help="hidden width (default 64)")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2)")
-    parser.add_argument("--seed", type=int, help="seed of the folds and the initializations (default 0)")
-    parser.add_argument("--figures", type=Path, default=Path("figures"), metavar="DIR",
-                        help="folder for psilon.md and the psilon_*.png figures (default figures/)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="also write every result as JSON to DIR/psilon.json")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_selection_options(parser, "iris + diabetes, 3 folds, short training", models=MODELS)
+    parser.add_argument("--folds", type=positive_int, metavar="K", help="cross-validation folds (>= 3; default 5)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="Adam steps per training (default 300)")
+    parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default 64)")
+    parser.add_argument("--seed", type=int, metavar="S", help="seed of the folds and the initializations (default 0)")
+    add_run_options(parser, "psilon", "psilon.md and the psilon_*.png figures")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    cfg = quick_config() if args.quick else Config()
-    updates = {
-        key: value
-        for key, value in (
-            ("datasets", tuple(args.datasets) if args.datasets else None),
-            ("models", tuple(args.models) if args.models else None),
-            ("folds", args.folds), ("steps", args.steps), ("hidden", args.hidden), ("jobs", args.workers),
-            ("seed", args.seed),
-        )
-        if value is not None
-    }
-    return replace(cfg, **updates)
+    return config_from_args(args, Config(), quick_config(),
+                            ("datasets", "models", "folds", "steps", "hidden", "seed"))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; write ``psilon.md`` and the figures into ``args.figures``."""
+    """Run the study; write ``psilon.md`` and the figures (see ``--figures``) and ``psilon.json`` into ``--out``."""
     cfg = config_from(args)
+    json_dir, out = output_dirs(args, cfg, Config())  # checked before any work
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     summary = summarize(rows)
-    out: Path = args.figures
-    out.mkdir(parents=True, exist_ok=True)
     text = table(summary, cfg)
     elapsed = time.perf_counter() - start
     cpu = sum(r["cpu"] for r in rows)
@@ -474,9 +444,7 @@ def run(args: argparse.Namespace) -> int:
     header = (f"# PSiLON Net study\n\n`{command}`: {elapsed:.0f} s wall with {cfg.jobs} worker process(es), "
               f"{cpu:.0f} s CPU time in the cells (one torch thread each).\n\n")
     (out / "psilon.md").write_text(header + text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "psilon.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, indent=1, default=float))
+    (json_dir / "psilon.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, indent=1, default=float))
     paths = figures(summary, rows, cfg, out)
     print(text)
     print(f"wrote {out / 'psilon.md'}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s wall, {cpu:.0f} s CPU)")

@@ -26,6 +26,7 @@ evaluation at logged steps and the first :data:`WARMUP_STEPS` steps), as CPU tim
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
 import hashlib
 import json
@@ -288,9 +289,11 @@ def plan_study(
         known = {w for entries in suite.values() for e in entries for w in (e.label, e.strategy, e.family)}
         missing = [w for w in strategy_filter if w not in known]
         if missing:
+            close = [m for w in missing for m in difflib.get_close_matches(w, sorted(known - {None}), n=1, cutoff=0.6)]
             raise KeyError(
-                f"no strategy entry matches {', '.join(missing)}; labels: "
-                f"{', '.join(sorted({e.label for es in suite.values() for e in es}))}."
+                f"no strategy entry matches {', '.join(missing)}."
+                + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
+                + f" Labels: {', '.join(sorted({e.label for es in suite.values() for e in es}))}."
             )
     specs: list[RunSpec] = []
     skipped: list[Skipped] = []
@@ -539,26 +542,19 @@ def execute(
 
 def _execute_pool(todo: list[RunSpec], out: Path, f_stars: dict[str, float | None], workers: int,
                   records: dict[str, dict[str, Any]], bar: Any) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from experiments._runner import run_tasks
 
     # Longest runs first (MLP problems), so the two workers finish together.
     order = sorted(todo, key=lambda s: -get_problem(s.problem).X_train.shape[0] * s.steps * (2 if s.problem.startswith("mlp") else 1))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
-    try:
-        pending = {pool.submit(run_spec, spec, out, f_stars[spec.problem]): spec for spec in order}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                spec = pending.pop(future)
-                records[spec.key] = future.result()
-                bar.set_postfix_str(f"{spec.problem} / {spec.entry.label}", refresh=False)
-                bar.update()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+
+    def finished(index: int, record: dict[str, Any]) -> None:
+        spec = order[index]
+        records[spec.key] = record
+        bar.set_postfix_str(f"{spec.problem} / {spec.entry.label}", refresh=False)
+        bar.update()
+
+    run_tasks(run_spec, [(spec, out, f_stars[spec.problem]) for spec in order], workers,
+              initializer=_init_worker, on_result=finished)
 
 
 # ====================================================================== summaries

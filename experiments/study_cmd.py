@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments._args import csv_list, positive_int
+from experiments._paths import figures_dir, prepare_output_dir
 from experiments.problems import CONVEX_PROBLEMS, MLP_PROBLEMS, PROBLEMS
 
 
@@ -52,14 +55,10 @@ STUDY_MODULES: dict[str, str] = {
 QUICK_SEEDS = 1
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def parse_seeds(text: str) -> list[int]:
     """``"3"`` -> seeds 0, 1, 2; ``"0,5,7"`` -> those seeds."""
     try:
-        parts = [int(p) for p in _csv(text)]
+        parts = [int(p) for p in csv_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds takes a count (3) or a list (0,5,7), got {text!r}") from None
     if not parts or any(p < 0 for p in parts):
@@ -71,38 +70,36 @@ def parse_seeds(text: str) -> list[int]:
     return parts
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def common_options(suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The options every study shares, as a parent parser. ``suppress_defaults``: leave options
-    that are not given out of the namespace (for suite subparsers, so that options given before
-    the suite name are kept)."""
-    default = (lambda value: argparse.SUPPRESS) if suppress_defaults else (lambda value: value)
+    """The options every study shares, as a parent parser (see :func:`add_common_options`)."""
     parser = argparse.ArgumentParser(add_help=False)
+    add_common_options(parser, suppress_defaults)
+    return parser
+
+
+def add_common_options(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """Add the options every study shares to ``parser``. ``suppress_defaults``: leave options that
+    are not given out of the namespace (for suite subparsers, so that options given before the
+    suite name are kept)."""
+    default = (lambda value: argparse.SUPPRESS) if suppress_defaults else (lambda value: value)
     group = parser.add_argument_group("study options")
-    group.add_argument("--problems", type=_csv, default=default(None), metavar="P,...",
+    group.add_argument("--problems", type=csv_list, default=default(None), metavar="P,...",
                        help=f"problems to run (default: the suite's); known: {', '.join(PROBLEMS)}")
-    group.add_argument("--strategies", type=_csv, default=default(None), metavar="S,...",
+    group.add_argument("--strategies", type=csv_list, default=default(None), metavar="S,...",
                        help="keep entries whose label, strategy name or family is listed (the unconstrained "
                             "baseline is always run)")
     group.add_argument("--seeds", type=parse_seeds, default=default(None), metavar="N|S,...",
                        help="a count N (seeds 0..N-1) or a list of seeds (default 3, 1 with --quick)")
-    group.add_argument("--steps", type=_positive_int, default=default(None), metavar="N",
+    group.add_argument("--steps", type=positive_int, default=default(None), metavar="N",
                        help="optimizer steps per run (default: each problem's budget)")
     group.add_argument("--quick", action="store_true", default=default(False),
-                       help="short runs and one seed (under a minute); used by the tests")
+                       help="a smoke run: short runs and one seed (under a minute)")
     group.add_argument("--out", type=Path, default=default(Path("results/study")), metavar="DIR",
                        help="results folder, one JSON file per run (default results/study)")
-    group.add_argument("--figures", type=Path, default=default(Path("figures")), metavar="DIR",
-                       help="where the PNG figures and the markdown table go (default figures/)")
+    group.add_argument("--figures", type=Path, default=default(None), metavar="DIR",
+                       help="where the PNG figures and the markdown table go (default: figures/ for the full run "
+                            "of a suite; OUT/figures for --quick or any run with --problems, --strategies, "
+                            "--seeds or --steps, so that it never overwrites the full run's figures)")
     group.add_argument("--no-figures", action="store_true", default=default(False),
                        help="write neither figures nor the markdown file (the table is still printed)")
     resume = group.add_mutually_exclusive_group()  # inside the group, so --help lists them with it
@@ -112,35 +109,42 @@ def common_options(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                         help="redo every run, overwriting its file")
     group.add_argument("--retry-failed", action="store_true", default=default(False),
                        help="when resuming, redo runs stored as failed")
-    group.add_argument("--workers", type=_positive_int, default=default(None), metavar="N",
+    group.add_argument("--workers", type=positive_int, default=default(None), metavar="N",
                        help="worker processes (default: min(2, CPU count))")
     group.add_argument("--no-progress", action="store_true", default=default(False), help="no progress bar")
-    return parser
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``study`` and its named suites to the ``constrain`` command line."""
     parser = subparsers.add_parser(
-        "study", parents=[common_options()],
+        "study",
         help="run strategies side by side on problems with known optima; figures and a results table",
         description="Run every applicable strategy on the same problems (same data, start, optimizer and step "
                     "budget), store each run in its own file (resumable), and write figures and a markdown "
                     "table. Without a SUITE name: the default suite. Options may come before or after SUITE.",
     )
+    add_common_options(parser)
     parser.set_defaults(func=run, suite=None)
     named = parser.add_subparsers(dest="suite", metavar="[SUITE]", required=False,
-                                  title="suites (optional; default: the default suite)")
-    common = common_options(suppress_defaults=True)
+                                  title="suites and studies (optional; default: the default suite)")
     for suite in SUITES.values():
-        sub = named.add_parser(suite.name, parents=[common], help=suite.help, description=suite.help)
+        sub = named.add_parser(suite.name, help=suite.help, description=f"The {suite.name} suite: {suite.help}.")
+        add_common_options(sub, suppress_defaults=True)
         sub.set_defaults(func=run)
     for name, module_name in STUDY_MODULES.items():
         module = importlib.import_module(module_name)
-        summary = (module.__doc__ or name).strip().splitlines()[0]
-        sub = named.add_parser(name, help=summary, description=module.__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        summary = _summary(module.__doc__ or name)
+        sub = named.add_parser(name, help=summary, description=(
+            f"{summary}. The protocol: the README and `python -m pydoc {module_name}`. Options go after "
+            f"the name: constrain study {name} --quick."))
         module.add_arguments(sub)
         sub.set_defaults(func=module.run)
+
+
+def _summary(doc: str) -> str:
+    """A module docstring's first line as plain text, without its ``(``constrain ...``)`` note."""
+    first = doc.strip().splitlines()[0]
+    return re.sub(r"\s*\(``[^`]*``\)", "", first).replace("``", "").rstrip(".")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,18 +155,23 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     seeds = args.seeds if args.seeds is not None else list(range(QUICK_SEEDS if quick else suite.seeds))
     workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
+    documented = not quick and args.problems is None and args.strategies is None and args.seeds is None \
+        and args.steps is None
+    out = prepare_output_dir(args.out, "--out")
+    figures = None if args.no_figures else prepare_output_dir(figures_dir(args.figures, out, documented), "--figures")
+    args.interrupt_note = f"finished runs are kept in {out}/ and the same command resumes from them"
     prefix = "study" if suite.name == "default" else f"study-{suite.name}"
     command = "constrain study" + ("" if suite.name == "default" else f" {suite.name}") + (" --quick" if quick else "")
     tic = time.perf_counter()
     result = run_study(
         args.problems or list(suite.problems),
         seeds=seeds, steps=args.steps, quick=quick, strategy_filter=args.strategies,
-        out=args.out, figures=None if args.no_figures else args.figures, prefix=prefix,
+        out=out, figures=figures, prefix=prefix,
         resume=args.resume, retry_failed=args.retry_failed, workers=workers, progress=not args.no_progress,
         title=f"Study: {suite.name} suite" + (" (quick)" if quick else ""), command=command,
     )
     print(result.table)
     ran = len(result.plan.specs)
     print(f"{ran} runs ({len(result.plan.skipped)} cells not applicable) in {time.perf_counter() - tic:.1f} s; "
-          f"results in {args.out}" + ("" if args.no_figures else f"; table and figures in {args.figures}/"))
+          f"results in {out}/" + ("" if figures is None else f"; table and figures in {figures}/"))
     return 0

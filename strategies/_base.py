@@ -315,7 +315,7 @@ class Strategy:
             if isinstance(target, OutputTarget) and outputs is None:
                 continue
             rows = target_rows(target, model, outputs)
-            value = float(bound_set(target, rows).violation(rows).max()) if rows.numel() else 0.0
+            value = float(bound_set(target, rows).violation(rows).max()) + 0.0 if rows.numel() else 0.0  # + 0.0: -0.0 -> 0.0
             if not math.isfinite(value):
                 what = "outputs" if isinstance(target, OutputTarget) else "values"
                 raise FloatingPointError(

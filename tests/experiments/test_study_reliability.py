@@ -137,3 +137,179 @@ def test_constrain_study_quick_twice_gives_identical_result_files(tmp_path) -> N
     a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
     assert a.keys() == b.keys() and a == b
     assert _table(first_stdout) == _table(second_stdout)
+
+
+# ====================================================================== interrupts (real signals)
+#: Seconds from the signal to the exit that the CLI promises (it takes well under one here).
+STOP_WITHIN = 2.0
+#: A reduced study with runs long enough to interrupt in the middle.
+INTERRUPTIBLE = ["--problems", "lin-output-l1", "--steps", "300"]
+
+
+def _group(pgid: int) -> list[tuple[int, int, str]]:
+    """``(pid, parent pid, state)`` of every process in process group ``pgid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:
+            found.append((int(stat.parent.name), int(fields[1]), fields[0]))
+    return found
+
+
+def _running(pgid: int) -> list[int]:
+    """Processes of the group that still run (zombies have exited; only their parent may reap them)."""
+    return [pid for pid, _, state in _group(pgid) if state != "Z"]
+
+
+def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(argv, cwd=cwd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until(process: subprocess.Popen, ready, what: str, limit: float = 600) -> None:
+    deadline = time.monotonic() + limit
+    while not ready():
+        assert process.poll() is None, f"the command ended before {what}: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {limit} s"
+        time.sleep(0.02)
+
+
+def _workers_started(process: subprocess.Popen, count: int = 2):
+    return lambda: sum(1 for _, parent, _ in _group(process.pid) if parent == process.pid) >= count
+
+
+def _stop(process: subprocess.Popen, signum: int, whole_group: bool = True) -> tuple[float, str]:
+    """Send ``signum`` (to the whole group, as a terminal does, or to the main process only); returns the
+    seconds until the process exited and its stderr. Kills the group if it did not exit."""
+    (os.killpg if whole_group else os.kill)(process.pid, signum)
+    tic = time.monotonic()
+    try:
+        process.wait(timeout=60)
+    finally:
+        seconds = time.monotonic() - tic
+        if process.returncode is None or _running(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    err = process.stderr.read()
+    process.stderr.close()
+    return seconds, err
+
+
+def _assert_one_line(err: str, status: int, returncode: int, seconds: float, pgid: int) -> None:
+    assert returncode == status, err[-3000:]
+    assert seconds < STOP_WITHIN, f"exited {seconds:.2f} s after the signal"
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert "interrupted" in err
+    _assert_group_ended(pgid)
+
+
+def _assert_group_ended(pgid: int, grace: float = 1.0) -> None:
+    """Nothing of the group runs on: allow ``grace`` seconds for multiprocessing's resource tracker,
+    which exits when it sees the main process's end of its pipe close (a worker left running would
+    still run: it has a whole run to finish)."""
+    deadline = time.monotonic() + grace
+    while _running(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = {pid: _cmdline(pid) for pid in _running(pgid)}
+    assert not left, f"still running after the exit: {left}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "?"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+def test_ctrl_c_stops_the_workers_at_once_and_resume_keeps_every_finished_run(tmp_path) -> None:
+    out = tmp_path / "interrupted"
+    process = _start(_command(out, *INTERRUPTIBLE, workers=2), tmp_path)
+    _wait_until(process, lambda: len(list(out.rglob("*.json"))) >= 2, "two finished runs")
+    seconds, err = _stop(process, signal.SIGINT)
+    _assert_one_line(err, 130, process.returncode, seconds, process.pid)
+    assert f"finished runs are kept in {out}" in err
+
+    finished = {path: path.read_bytes() for path in out.rglob("*.json")}
+    assert finished and all(read_run(path) is not None for path in finished)  # whole records only
+    stdout = _run(out, *INTERRUPTIBLE, workers=2)  # the same command resumes
+    for path, data in finished.items():
+        assert path.read_bytes() == data, f"{path} was redone"
+    total = int(stdout.split(" runs (")[0].rsplit("\n", 1)[-1])
+    assert len(list(out.rglob("*.json"))) == total > len(finished)
+    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+def test_ctrl_c_while_the_workers_start_prints_no_worker_traceback(tmp_path) -> None:
+    """The first seconds of ``constrain study --quick``: the workers are still importing torch."""
+    process = _start(_command(tmp_path / "out", workers=2), tmp_path)
+    _wait_until(process, _workers_started(process), "worker processes")
+    seconds, err = _stop(process, signal.SIGINT)
+    _assert_one_line(err, 130, process.returncode, seconds, process.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+def test_sigterm_to_the_main_process_alone_stops_the_workers_too(tmp_path) -> None:
+    out = tmp_path / "out"
+    process = _start(_command(out, *INTERRUPTIBLE, workers=2), tmp_path)
+    _wait_until(process, lambda: len(list(out.rglob("*.json"))) >= 1, "a finished run")
+    seconds, err = _stop(process, signal.SIGTERM, whole_group=False)  # `kill PID`: the workers get nothing
+    _assert_one_line(err, 128 + signal.SIGTERM, process.returncode, seconds, process.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+@pytest.mark.parametrize("argv", [
+    ["study", "l1", "--datasets", "iris", "wine", "--steps", "2000", "--seeds", "2"],
+    ["study", "psilon", "--datasets", "iris", "wine", "--models", "mlp", "psilon", "--folds", "3"],
+], ids=["l1", "psilon"])
+def test_ctrl_c_stops_the_other_studies_worker_pools(tmp_path, argv) -> None:
+    head = _command(tmp_path, workers=2)[:-len(_command(tmp_path, workers=2)) + 1]  # the console script
+    process = _start([*head, *argv, "--workers", "2", "--no-progress", "--out", str(tmp_path / "out")], tmp_path)
+    _wait_until(process, _workers_started(process), "worker processes")
+    time.sleep(1.0)  # into the runs
+    seconds, err = _stop(process, signal.SIGINT)
+    _assert_one_line(err, 130, process.returncode, seconds, process.pid)
+    assert not (tmp_path / "figures").exists()
+
+
+SLOW_CLEANUP = """
+import sys, time
+from experiments._runner import WorkerPool, handle_interrupts
+
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+if __name__ == "__main__":
+    with handle_interrupts():
+        pool = WorkerPool(2)
+        try:
+            for _ in pool.imap_unordered(spin, [(60,), (60,)]):
+                pass
+        except KeyboardInterrupt:
+            print("first", flush=True)
+            time.sleep(60)  # a cleanup that hangs, as concurrent.futures did at exit
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+def test_a_second_ctrl_c_exits_at_once_even_when_cleanup_hangs(tmp_path) -> None:
+    script = tmp_path / "slow_cleanup.py"
+    script.write_text(SLOW_CLEANUP)
+    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=_env(), start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until(process, _workers_started(process), "worker processes")
+    os.kill(process.pid, signal.SIGINT)  # the main process only: the workers stay busy
+    assert process.stdout.readline() == "first\n"
+    running = _running(process.pid)  # the main process, in its hanging cleanup, and its busy workers
+    assert process.pid in running and _workers_started(process)()
+    seconds, err = _stop(process, signal.SIGINT, whole_group=False)
+    process.stdout.close()
+    assert process.returncode == 130 and seconds < STOP_WITHIN and "Traceback" not in err, err
+    _assert_group_ended(process.pid)  # the workers were killed before the exit
