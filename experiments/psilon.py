@@ -352,7 +352,7 @@ def path_norm_explicit(net: Net, improved: bool = True) -> Tensor:
 
 def lipschitz_bound(net: Net) -> float:
     r"""The tightest 1-path-norm bound we have on :math:`\mathrm{Lip}_{\infty\to 1}(f)`: the improved
-    explicit value (for a PSiLON net it is at most :func:`path_norm_bound`)."""
+    explicit value (for a PSiLON net equal to :func:`path_norm_bound`, up to rounding)."""
     with torch.no_grad():
         return float(path_norm_explicit(net, improved=True))
 
@@ -567,17 +567,19 @@ __all__ = [
     "Kind",
     "Net",
     "PSiLONWeightNorm",
-    "Spec",
     "PruneReport",
+    "Spec",
     "build",
     "count_parameters",
     "crelu",
+    "exact_zero_fraction",
     "flops",
     "input_jacobians",
     "layer_length",
     "lipschitz_bound",
     "live_masks",
     "materialize",
+    "near_sparsity",
     "near_zero_fraction",
     "near_zero_mask",
     "norm_inf_to_1",
@@ -586,11 +588,9 @@ __all__ = [
     "prune",
     "prune_report",
     "regularizer",
-    "set_sparsify",
-    "near_sparsity",
-    "exact_zero_fraction",
-    "weight_norm_module",
     "sample_points",
     "sampled_lipschitz",
+    "set_sparsify",
     "standard_penalty",
+    "weight_norm_module",
 ]

@@ -418,7 +418,7 @@ def planned_steps(cfg: Config) -> dict[str, int]:
     for name in cfg.datasets:
         data = ds.load(name)
         for fold in cfg.folds_run():
-            train, val, test = _split_parts(data, cfg, fold)
+            train, val, _ = _split_parts(data, cfg, fold)
             per_epoch = {part: math.ceil(part / min(cfg.recipe.batch_size, part)) for part in (len(train), len(train) + len(val))}
             for model in cfg.models:
                 if model == "rf":
@@ -565,9 +565,11 @@ def table(summary: list[dict[str, Any]], cfg: Config) -> str:
     grids = {tuple(cfg.grids[m]) for m in cfg.models if m in cfg.grids and len(cfg.grids[m]) > 1}
     notes = [
         "",
-        f"{_folds_text(cfg)}; λ chosen per fold by the validation loss from "
-        f"{' / '.join(str([f'{v:g}' for v in g]).replace(chr(39), '') for g in grids) or 'no grid'}. "
-        f"Recipe ({cfg.protocol} protocol): {_recipe_text(cfg.recipe)}. "
+        f"{_folds_text(cfg)}; "
+        + (f"λ chosen per fold by the validation loss from "
+           f"{' / '.join(str([f'{v:g}' for v in g]).replace(chr(39), '') for g in grids)}. " if grids
+           else "λ fixed (no selection). ")
+        + f"Recipe ({cfg.protocol} protocol): {_recipe_text(cfg.recipe)}. "
         f"Near sparsity: the paper's entropy measure 1 − e^H/d per unit (0: uniform weights, 1: all zero). "
         f"Pruning sets |w_ij| ≤ {cfg.prune_tol:g}·‖w_i‖₁ to 0. FLOPs: 2 × live multiply-adds per sample. "
         f"Path-norm bound: the improved explicit 1-path-norm (for PSiLON also the product-of-lengths form; for "
@@ -625,7 +627,7 @@ def matched(rows: list[dict[str, Any]], a: str = "psilon", b: str = "l1-mlp") ->
             continue
         up = row["task"] == "classification"
 
-        def reaches(point: dict[str, Any], level: float) -> bool:
+        def reaches(point: dict[str, Any], level: float, up: bool = up) -> bool:
             return point["test_metric"] >= level if up else point["test_metric"] <= level
 
         pick = max if up else min

@@ -6,10 +6,8 @@ import itertools
 from dataclasses import replace
 
 import numpy as np
-
 import pytest
 import torch
-from torch.nn.utils import parametrize
 
 import strategies
 from experiments import psilon as ps
@@ -360,7 +358,7 @@ def test_paper_recipe_schedule_loss_mix_and_sparsification_on_a_tiny_run() -> No
     assert ps.exact_zero_fraction(net) > 0.2
     # the loss is 0.5 * loss + 0.5 * lambda * reg, reg the product-form path norm
     out = net(split.X)
-    loss, data_term, penalty = psilon_study.training_loss(net, "psilon", out, split.y, data.task, lam, 0.5)
+    loss, _, penalty = psilon_study.training_loss(net, "psilon", out, split.y, data.task, lam, 0.5)
     expected = 0.5 * torch.nn.functional.cross_entropy(out, split.y) + 0.5 * lam * ps.path_norm_bound(net)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(penalty, lam * ps.path_norm_bound(net))
