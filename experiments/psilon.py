@@ -12,9 +12,22 @@ ReLU :math:`\mathrm{CReLU}(z) = [\max(z, 0);\ \min(z, 0)]` (note :math:`z = \max
 
 PSiLON Net puts L1 weight normalization on every layer, row by row (one row = one output unit):
 :math:`w_j = g\, v_j / \|v_j\|_1`, so :math:`\|w_j\|_1 = |g|`, with one length :math:`g` shared by
-the whole layer for the hidden layers and one length per output on the last layer. The
-normalization is the toolkit's parametrization ``strategies.L1WeightNorm`` (free length,
-``radius=None``). Residual blocks start with :math:`g = 0`, hence as the identity.
+the whole layer for the hidden layers and one length per output on the last layer. A layer that
+reads a CReLU (a residual block, the residual head) has two halves :math:`[W^+_j\ W^-_j]` normalized
+together by the row norm of :math:`\tilde w_j = \max(|w^+_j|, |w^-_j|)` (entrywise), as the authors
+do: :math:`w^\pm_j = g\, v^\pm_j / \|\tilde v_j\|_1`, so :math:`\|\tilde w_j\|_1 = |g|`. The
+normalization is :class:`PSiLONWeightNorm`, the toolkit's ``strategies.L1WeightNorm`` (free
+length) extended to the two halves, to the L2 norm (the "standard" net and the L2 ablations) and to
+the gradual projection towards sparsity (below). Initialization as in the official code:
+orthogonal :math:`V` (both halves equal, :math:`V^- = V^+`), :math:`g = 1`, bias 0; residual
+blocks start with :math:`g = 0`, hence as the identity.
+
+Gradual projection towards sparsity (``sparsify`` = :math:`\alpha \in [0, 1]`): the weight becomes
+:math:`(1 - \alpha) W + \alpha\, g\, \mathrm{sign}(v) \max(|v| - \tau, 0)` with :math:`\tau` the
+threshold that projects :math:`\tilde v_j` onto the unit simplex (the same :math:`\tau` for both
+halves). The two terms have the same signs and rows of L1 norm :math:`|g|` (in :math:`\tilde w`), so
+the blend keeps :math:`\|\tilde w_j\|_1 = |g|` and the product form of the path norm stays exact;
+at :math:`\alpha = 1` the weights have exact zeros.
 
 1-path-norm. For weights :math:`W_1, \dots, W_L` of a ReLU network,
 :math:`\mathrm{P}_1 = \mathbf 1^\top |W_L| \cdots |W_1| \mathbf 1` (the sum over input-output paths
@@ -35,13 +48,13 @@ With shared lengths the rows of :math:`|W_l|` sum to :math:`|g_l|`, so ones prop
 :math:`\mathrm{P}_1 = \prod_{l<L} |g_l| \cdot \sum_i |g_{L,i}|` exactly (the *product form*). In a
 residual block the Jacobian's entries are :math:`\delta_{ij} + W^\pm_{ij}`, one of the two per input
 :math:`j` (the sign of :math:`z_j` decides), so only the paths through
-:math:`I + \tilde W_l`, :math:`\tilde W_l = \max(|W^+_l|, |W^-_l|)`, are needed (the paper's *improved*
-bound), and :math:`\mathbf 1^\top \tilde W_L \prod_l (I + \tilde W_l) |W_1| \mathbf 1 \le
-|g_1| \prod_l (1 + |g_l|) \sum_i |g_{L,i}|`. Here ``[W+ W-]`` is normalized jointly (the toolkit's
-row normalization of a ``(h, 2h)`` weight), so :math:`\|\tilde w_j\|_1 \le |g|` and the product is
-an upper bound of the explicit value; the paper normalizes :math:`\tilde W` itself, where they are
-equal. The original (not improved) path norm counts both CReLU halves:
-:math:`|I + W^+| + |I + W^-|` per block, product form :math:`\prod (2 + |g_l|)`.
+:math:`I + \tilde W_l` are needed (the paper's *improved* bound):
+:math:`\mathbf 1^\top \tilde W_L \prod_l (I + \tilde W_l) |W_1| \mathbf 1 =
+|g_1| \prod_l (1 + |g_l|) \sum_i |g_{L,i}|`, equal to the explicit value because :math:`\tilde W`
+itself is normalized. The original (not improved) path norm counts both CReLU halves,
+:math:`|I + W^+| + |I + W^-|` per block and :math:`|W^+_L| + |W^-_L|` at the head; its rows sum to
+at most :math:`2 + 2|g_l|` (and :math:`2|g_{L,i}|`), whence the product bound
+:math:`|g_1| \prod (2 + 2|g_l|) \cdot 2\sum_i |g_{L,i}|`.
 """
 
 from __future__ import annotations
@@ -54,9 +67,47 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-#: The model kinds of the study.
-Kind = Literal["mlp", "standard", "l1-mlp", "psilon", "psilon-res"]
-KINDS: tuple[str, ...] = ("mlp", "standard", "l1-mlp", "psilon", "psilon-res")
+from constrain import project_simplex
+from strategies import L1WeightNorm
+
+#: The model kinds: the tabular study's (``mlp`` .. ``psilon-res``) and the deep residual ablation's.
+Kind = Literal[
+    "mlp", "standard", "l1-mlp", "psilon", "psilon-res", "standard-res", "l1-ib", "l1-ob", "l2-ib", "l2-ob"
+]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a kind is built and regularized.
+
+    ``norm``: None (plain ``nn.Linear``) or the normalization's p (1 or 2); ``shared``: one length
+    per hidden layer (PSiLON) or one per unit; ``reg``: ``"path"`` (the product form, PSiLON),
+    ``"path-explicit"`` (the explicit improved path norm), ``"path-original"`` (the explicit path
+    norm counting both CReLU halves), ``"l2"`` (sum of squared weights), ``"l1"`` (the L1 penalty,
+    applied by the training loop's proximal step) or None.
+    """
+
+    residual: bool
+    norm: int | None
+    shared: bool
+    reg: str | None
+
+
+SPECS: dict[str, Spec] = {
+    "mlp": Spec(False, None, False, None),
+    "standard": Spec(False, 2, False, "l2"),
+    "l1-mlp": Spec(False, None, False, "l1"),
+    "psilon": Spec(False, 1, True, "path"),
+    "psilon-res": Spec(True, 1, True, "path"),
+    # the deep ablation of the paper (residual nets): L1 or L2 normalization, lengths per unit,
+    # improved (IB) or original (OB) explicit path norm; "standard-res" is the L2 baseline
+    "standard-res": Spec(True, 2, False, "l2"),
+    "l1-ib": Spec(True, 1, False, "path-explicit"),
+    "l1-ob": Spec(True, 1, False, "path-original"),
+    "l2-ib": Spec(True, 2, False, "path-explicit"),
+    "l2-ob": Spec(True, 2, False, "path-original"),
+}
+KINDS: tuple[str, ...] = tuple(SPECS)
 
 
 def crelu(z: Tensor) -> Tensor:
@@ -100,76 +151,153 @@ class Net(nn.Module):
         return [layer.weight for layer in self.layers]
 
 
-# --------------------------------------------------------------------------- L1 weight normalization
+# --------------------------------------------------------------------------- weight normalization
 
 
-def _l1_weight_norm(layer: nn.Linear, shared: bool, length: float) -> None:
-    r"""Register the toolkit's L1 weight normalization :math:`w_j = g v_j / \|v_j\|_1` on ``layer.weight``
-    (free length, one for the layer if ``shared``, else one per row) and set the length(s) to ``length``."""
-    from strategies import L1WeightNorm  # the toolkit's parametrization (strategies/_reparam.py)
+class PSiLONWeightNorm(L1WeightNorm):
+    r"""PSiLON's weight normalization of one layer, row by row (free length, ``radius=None``).
 
-    norm = L1WeightNorm(layer.weight, radius=None, shared_length=shared)
+    ``halves=1``: :math:`w_j = g\, v_j / \|v_j\|_p` (with ``p=1`` exactly ``L1WeightNorm``).
+    ``halves=2`` (a layer reading a CReLU, weight ``[V^+ V^-]``): both halves are divided by
+    :math:`\|\tilde v_j\|_p`, :math:`\tilde v_j = \max(|v^+_j|, |v^-_j|)`, so :math:`\|\tilde w_j\|_p = |g|`.
+    ``sparsify`` (:math:`\alpha`, a plain attribute the training loop sets): blend with
+    :math:`g\,\mathrm{sign}(v)\max(|v| - \tau, 0)`, :math:`\tau` the unit-simplex threshold of
+    :math:`\tilde v_j` (shared by the halves); 0 skips the projection.
+    """
+
+    def __init__(self, weight: Tensor, *, halves: int = 1, p: int = 1, shared_length: bool = False,
+                 eps: float = 1e-6) -> None:
+        if halves not in (1, 2) or p not in (1, 2):
+            raise ValueError(f"halves and p must be 1 or 2, got halves={halves}, p={p}.")
+        if weight.dim() != 2 or weight.shape[1] % halves:
+            raise ValueError(f"weight must be 2-d with a column count divisible by halves={halves}, "
+                             f"got shape {tuple(weight.shape)}.")
+        super().__init__(weight, radius=None, shared_length=shared_length, eps=eps)
+        self.halves, self.p = halves, p
+        self.sparsify = 0.0
+
+    def tilde(self, v: Tensor) -> Tensor:
+        r""":math:`\tilde v = \max(|v^+|, |v^-|)` (``halves=2``) or :math:`|v|`, shape ``(rows, cols / halves)``."""
+        if self.halves == 1:
+            return v.abs()
+        h = v.shape[1] // 2
+        return torch.maximum(v[:, :h].abs(), v[:, h:].abs())
+
+    def _tile(self, t: Tensor) -> Tensor:
+        return t if self.halves == 1 else torch.cat([t, t], dim=1)
+
+    def row_norm(self, v: Tensor) -> Tensor:
+        r""":math:`\|\tilde v_j\|_p`, shape ``(rows, 1)``, guarded below by ``eps``."""
+        t = self.tilde(v)
+        norm = t.sum(1, keepdim=True) if self.p == 1 else t.square().sum(1, keepdim=True).sqrt()
+        return norm.clamp_min(self.eps)
+
+    def direction(self, v: Tensor) -> Tensor:
+        """The weight for unit length (:math:`g = 1`): what the layer computes, up to its length."""
+        d = v / self.row_norm(v)
+        alpha = float(self.sparsify)
+        if alpha <= 0.0:
+            return d
+        if alpha > 1.0:
+            raise ValueError(f"sparsify must be in [0, 1], got {alpha}.")
+        t = self.tilde(v)
+        # relu(|v| - tau) = relu(|v| - t + P(t)): exact on and off the support, differentiable
+        kept = F.relu(v.abs() - self._tile(t - project_simplex(t, 1.0, dim=1)))
+        return (1.0 - alpha) * d + alpha * torch.sign(v) * kept
+
+    def forward(self, v: Tensor) -> Tensor:
+        return self.length * self.direction(v)
+
+    @torch.no_grad()
+    def right_inverse(self, w: Tensor) -> Tensor:
+        norms = self.row_norm(w)
+        self.raw_length.copy_(norms.mean(0, keepdim=True) if self.shared_length else norms)
+        return w
+
+
+def _normalize(layer: nn.Linear, *, halves: int, p: int, shared: bool, length: float) -> None:
+    """Register :class:`PSiLONWeightNorm` on ``layer.weight`` and set the length(s) to ``length``."""
+    norm = PSiLONWeightNorm(layer.weight, halves=halves, p=p, shared_length=shared)
     parametrize.register_parametrization(layer, "weight", norm)
     with torch.no_grad():
         norm.raw_length.fill_(length)  # with radius=None the raw length is g itself
 
 
-def _l1_norm_module(layer: nn.Module) -> nn.Module | None:
-    """The ``L1WeightNorm`` parametrization of ``layer.weight``, or None."""
-    from strategies import L1WeightNorm
-
+def weight_norm_module(layer: nn.Module) -> PSiLONWeightNorm | None:
+    """The :class:`PSiLONWeightNorm` of ``layer.weight``, or None."""
     if not parametrize.is_parametrized(layer, "weight"):
         return None
-    return next((m for m in layer.parametrizations["weight"] if isinstance(m, L1WeightNorm)), None)
+    return next((m for m in layer.parametrizations["weight"] if isinstance(m, PSiLONWeightNorm)), None)
 
 
 def layer_length(layer: nn.Module) -> Tensor:
-    r"""The length :math:`g` of an L1-weight-normalized layer, shape ``(1, 1)`` if shared, else
-    ``(rows, 1)``; raises ``TypeError`` if ``layer.weight`` is not L1-weight-normalized."""
-    norm = _l1_norm_module(layer)
+    r"""The length :math:`g` of a weight-normalized layer, shape ``(1, 1)`` if shared, else
+    ``(rows, 1)``; raises ``TypeError`` if ``layer.weight`` is not weight-normalized."""
+    norm = weight_norm_module(layer)
     if norm is None:
-        raise TypeError(f"{type(layer).__name__}.weight is not parametrized with strategies.L1WeightNorm.")
+        raise TypeError(f"{type(layer).__name__}.weight is not parametrized with PSiLONWeightNorm.")
     return norm.length
 
 
-def _is_l1_normalized(layer: nn.Module) -> bool:
-    return _l1_norm_module(layer) is not None
+def set_sparsify(net: nn.Module, alpha: float) -> None:
+    r"""Set the blend :math:`\alpha` towards the sparse projection on every L1-normalized layer."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    for module in net.modules():
+        if isinstance(module, PSiLONWeightNorm) and module.p == 1:
+            module.sparsify = float(alpha)
 
 
 # --------------------------------------------------------------------------- models
 
 
 def build(kind: Kind, in_features: int, out_features: int, hidden: int = 64, hidden_layers: int = 1) -> Net:
-    """A fresh model of ``kind`` (seed torch before calling for reproducibility).
+    """A fresh model of ``kind`` (seed torch before calling for reproducibility); see :data:`SPECS`.
 
-    - ``mlp``, ``l1-mlp``: plain ReLU MLP (the L1 penalty is the training loop's business).
-    - ``standard``: L2 weight normalization per row (``torch.nn.utils.parametrizations.weight_norm``).
-    - ``psilon``: L1 weight normalization, shared length per hidden layer, per-output length last.
-    - ``psilon-res``: the same with CReLU residual blocks whose length starts at 0 (identity blocks).
-
-    PSiLON biases start at 0; lengths at 1 (0 in residual blocks).
+    ``mlp``, ``l1-mlp``: plain ``nn.Linear`` layers with torch's default initialization (the L1
+    penalty is the training loop's business). Normalized kinds, as the official code builds them:
+    orthogonal :math:`V` (CReLU layers: :math:`V^- = V^+`), bias 0, length 1, residual blocks
+    length 0 (identity blocks).
     """
-    if kind not in KINDS:
+    if kind not in SPECS:
         raise KeyError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}.")
-    net = Net(in_features, hidden, out_features, hidden_layers, residual=kind == "psilon-res")
-    if kind == "standard":
-        for layer in net.layers:
-            nn.utils.parametrizations.weight_norm(layer, dim=0)
-    elif kind in ("psilon", "psilon-res"):
-        last = len(net.layers) - 1
-        for i, layer in enumerate(net.layers):
-            block = net.residual and 0 < i < last
-            _l1_weight_norm(layer, shared=i < last, length=0.0 if block else 1.0)
-            nn.init.zeros_(layer.bias)  # as in the paper; a block with g = 0 and b = 0 is the identity
+    spec = SPECS[kind]
+    net = Net(in_features, hidden, out_features, hidden_layers, residual=spec.residual)
+    if spec.norm is None:
+        return net
+    last = len(net.layers) - 1
+    for i, layer in enumerate(net.layers):
+        halves = 2 if spec.residual and i > 0 else 1
+        with torch.no_grad():
+            v = layer.weight[:, : layer.weight.shape[1] // halves]
+            nn.init.orthogonal_(v)
+            if halves == 2:
+                layer.weight[:, v.shape[1]:] = v  # V- = V+
+            nn.init.zeros_(layer.bias)
+        block = spec.residual and 0 < i < last
+        _normalize(layer, halves=halves, p=spec.norm, shared=spec.shared and i < last, length=0.0 if block else 1.0)
     return net
 
 
 def standard_penalty(net: Net) -> Tensor:
-    r""":math:`\sum_l \sum_j g_{lj}^2 = \sum_l \|W_l\|_F^2` for the L2-weight-normalized standard net."""
-    total = net.layers[0].weight.new_zeros(())
-    for layer in net.layers:
-        total = total + layer.parametrizations["weight"].original0.pow(2).sum()
-    return total
+    r""":math:`\sum_l \|W_l\|_F^2` (both CReLU halves), i.e. :math:`\sum_{l,j} g_{lj}^2` for a one-half
+    L2-normalized layer: the "standard" net's regularizer."""
+    return sum((w.square().sum() for w in net.weights()), net.layers[0].bias.new_zeros(()))
+
+
+def regularizer(net: Net, kind: str) -> Tensor | None:
+    """The penalty :math:`R` of ``kind`` (the loss adds :math:`\\lambda R`), or None (no penalty, or
+    the L1 penalty that the training loop applies by a proximal step)."""
+    reg = SPECS[kind].reg
+    if reg == "path":
+        return path_norm_bound(net)
+    if reg == "path-explicit":
+        return path_norm_explicit(net)
+    if reg == "path-original":
+        return path_norm_explicit(net, improved=False)
+    if reg == "l2":
+        return standard_penalty(net)
+    return None
 
 
 # --------------------------------------------------------------------------- path norms
@@ -179,16 +307,20 @@ def path_norm_bound(net: Net, improved: bool = True) -> Tensor:
     r"""The 1-path-norm of a PSiLON net in product-of-lengths form (differentiable; the regularizer).
 
     Plain: :math:`\prod_{l<L} |g_l| \sum_i |g_{L,i}|` (equal to the explicit 1-path-norm).
-    Residual: :math:`|g_1| \prod_{\text{blocks}} (1 + |g_l|) \sum_i |g_{L,i}|` (improved) or
-    :math:`|g_1| \prod (2 + |g_l|) \sum_i |g_{L,i}|` (original), upper bounds of the explicit values.
+    Residual, improved: :math:`|g_1| \prod_{\text{blocks}} (1 + |g_l|) \sum_i |g_{L,i}|` (equal to the
+    explicit value); original: :math:`|g_1| \prod (2 + 2|g_l|) \cdot 2 \sum_i |g_{L,i}|` (an upper bound).
+    Needs every layer L1-normalized with shared hidden lengths.
     """
-    if not all(_is_l1_normalized(layer) for layer in net.layers):
-        raise TypeError("path_norm_bound needs a PSiLON net (every layer L1-weight-normalized); use path_norm_explicit.")
+    norms = [weight_norm_module(layer) for layer in net.layers]
+    if any(n is None or n.p != 1 for n in norms) or not all(n.shared_length for n in norms[:-1]):  # type: ignore[union-attr]
+        raise TypeError("path_norm_bound needs a PSiLON net (every layer L1-normalized, shared hidden lengths); "
+                        "use path_norm_explicit.")
     lengths = [layer_length(layer).abs() for layer in net.layers]
     value = lengths[0].sum()
     for g in lengths[1:-1]:
-        value = value * ((1.0 if improved else 2.0) + g.sum() if net.residual else g.sum())
-    return value * lengths[-1].sum()
+        value = value * ((1.0 + g.sum() if improved else 2.0 + 2.0 * g.sum()) if net.residual else g.sum())
+    head = lengths[-1].sum()
+    return value * (2.0 * head if net.residual and not improved else head)
 
 
 def _split(w: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
@@ -220,7 +352,7 @@ def path_norm_explicit(net: Net, improved: bool = True) -> Tensor:
 
 def lipschitz_bound(net: Net) -> float:
     r"""The tightest 1-path-norm bound we have on :math:`\mathrm{Lip}_{\infty\to 1}(f)`: the improved
-    explicit value (for a PSiLON net it is at most :func:`path_norm_bound`)."""
+    explicit value (for a PSiLON net equal to :func:`path_norm_bound`, up to rounding)."""
     with torch.no_grad():
         return float(path_norm_explicit(net, improved=True))
 
@@ -315,6 +447,44 @@ def near_zero_fraction(net: Net, tol: float) -> float:
         return sum(int(near_zero_mask(w, tol).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 
+def _half_rows(net: Net) -> list[Tensor]:
+    """Every layer's effective weight as rows of one input block: a layer reading a CReLU gives
+    its ``W+`` rows and its ``W-`` rows separately (the official count); a normalized layer its
+    direction :math:`W / g`."""
+    out = []
+    with torch.no_grad():
+        for i, layer in enumerate(net.layers):
+            norm = weight_norm_module(layer)  # normalized: its direction (defined even at g = 0)
+            w = layer.weight if norm is None else norm.direction(layer.parametrizations["weight"].original)
+            w = w.detach()
+            out.extend(w.chunk(2, dim=1) if net.residual and i > 0 else [w])
+    return out
+
+
+def near_sparsity(net: Net) -> float:
+    r"""The paper's entropy-based near sparsity: for each unit's weight row :math:`w` of length
+    :math:`d` (each CReLU half separately), :math:`p = |w| / \|w\|_1`,
+    :math:`H = -\sum_i p_i \log p_i` and :math:`1 - e^{H} / d` (:math:`e^H` is the effective number
+    of non-zero entries: 0 for a uniform row, :math:`1 - 1/d` for a single non-zero, 1 for a zero
+    row); the mean over all rows of all layers. Scale-free: measured on each normalized layer's
+    direction (the official code reads :math:`V`, the same thing unless ``sparsify`` > 0)."""
+    values = []
+    for w in _half_rows(net):
+        total = w.abs().sum(1, keepdim=True)
+        prob = w.abs() / total.clamp_min(torch.finfo(w.dtype).tiny)
+        entropy = -torch.special.xlogy(prob, prob).sum(1)
+        ns = 1.0 - entropy.exp() / w.shape[1]
+        values.append(torch.where(total[:, 0] > 0, ns, torch.ones_like(ns)))
+    return float(torch.cat(values).mean())
+
+
+def exact_zero_fraction(net: Net) -> float:
+    """Fraction of all weights (biases excluded) that are exactly 0."""
+    with torch.no_grad():
+        ws = net.weights()
+        return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+
 def prune(net: Net, tol: float) -> Net:
     """A materialized copy whose near-zero weights (:func:`near_zero_mask`) are set to exactly 0."""
     plain = materialize(net)
@@ -393,18 +563,23 @@ def count_parameters(net: nn.Module) -> int:
 
 __all__ = [
     "KINDS",
+    "SPECS",
     "Kind",
     "Net",
+    "PSiLONWeightNorm",
     "PruneReport",
+    "Spec",
     "build",
     "count_parameters",
     "crelu",
+    "exact_zero_fraction",
     "flops",
     "input_jacobians",
     "layer_length",
     "lipschitz_bound",
     "live_masks",
     "materialize",
+    "near_sparsity",
     "near_zero_fraction",
     "near_zero_mask",
     "norm_inf_to_1",
@@ -412,7 +587,10 @@ __all__ = [
     "path_norm_explicit",
     "prune",
     "prune_report",
+    "regularizer",
     "sample_points",
     "sampled_lipschitz",
+    "set_sparsify",
     "standard_penalty",
+    "weight_norm_module",
 ]

@@ -2,21 +2,34 @@ r"""PSiLON Net against its baselines on the bundled data sets (``constrain study
 
 Protocol (per data set): ``k``-fold cross-validation. For outer fold ``i`` the test fold is ``i``,
 the validation fold ``i + 1 (mod k)``, the rest trains. Each regularization strength of the model's
-grid is trained on the training folds and scored on the validation fold (accuracy, or RMSE; ties
-broken by the validation loss); the chosen strength is retrained on training + validation folds
-and evaluated once on the test fold. Features are standardized with the statistics of the data
-the model is trained on; regression targets too (RMSE is reported in the original units).
+grid is trained on the training folds and scored on the validation fold by its loss
+(cross-entropy, or MSE; as the official code selects); the chosen strength is retrained on
+training + validation folds and evaluated once on the test fold. Features are standardized with
+the statistics of the data the model is trained on; regression targets too (RMSE is reported in
+the original units). The grid models are also scored on the test fold (never used to select):
+they trace each model's metric-sparsity-bound curve for the matched comparison.
+
+Training recipe of the official code (adityaxbiswas/PSiLON-Net): loss
+:math:`(1 - a)\,\ell + a\,\lambda R` with :math:`a = 0.5`, Adam with a one-cycle learning rate
+(stepped once per epoch: from 1e-4 up to ``lr`` over the first 20% of the epochs, then cosine
+down to :math:`10^{-7} / \mathrm{lr}`, 5e-5 at lr 2e-3), shuffled mini-batches, and for
+the L1-normalized models the gradual projection towards sparsity (:func:`sparsify_alpha`).
+``--protocol paper`` is the official budget (width 500, 1000 epochs, batch 400, lr 2e-3, the
+13-value lambda grid); the default protocol is a cheaper budget of the same recipe.
 
 Models (``experiments.psilon``): ``mlp`` (plain ReLU MLP, no regularization), ``standard`` (L2
 weight normalization with :math:`\lambda \sum g^2`), ``l1-mlp`` (MLP with L1 regularization by the
-toolkit's ``l1-proximal`` strategy), ``psilon`` (L1 weight normalization + :math:`\lambda` 1-path-norm
-in product form), ``psilon-res`` (CReLU residual blocks + :math:`\lambda` improved bound), and
-``rf`` (scikit-learn's random forest). Full-batch Adam, the same steps and learning rate for all.
+toolkit's ``l1-proximal`` strategy, threshold :math:`\eta_t a \lambda` at the current learning rate),
+``psilon`` (L1 weight normalization + :math:`\lambda` 1-path-norm in product form), ``psilon-res``
+(CReLU residual blocks + :math:`\lambda` improved bound), and ``rf`` (scikit-learn's random forest).
+The deep residual ablation (digits) trains the paper's residual variants with 9 CReLU blocks
+(10 hidden layers) at the official fixed strengths.
 
 Reported per model: test metric, metric after pruning the near-zero weights
-(:math:`|w_{ij}| \le \mathrm{tol}\,\|w_i\|_1`, set to 0), the fraction of such weights, FLOPs per
-sample before/after pruning (live multiply-adds), the 1-path-norm Lipschitz bound and the largest
-sampled :math:`\|J(x)\|_{\infty\to1}`, both in standardized-input / model-output units.
+(:math:`|w_{ij}| \le \mathrm{tol}\,\|w_i\|_1`, set to 0), the entropy-based near sparsity
+(:func:`experiments.psilon.near_sparsity`) and the exact zeros, FLOPs per sample before/after
+pruning (live multiply-adds), the 1-path-norm Lipschitz bound and the largest sampled
+:math:`\|J(x)\|_{\infty\to1}`, both in standardized-input / model-output units.
 """
 
 from __future__ import annotations
@@ -40,45 +53,102 @@ from experiments import datasets as ds
 from experiments import psilon as ps
 from experiments._args import positive_int
 from experiments._study_cli import add_run_options, add_selection_options, output_dirs
-from experiments._study_cli import config_from as config_from_args
 from experiments._runner import run_tasks
 
-#: Regularization grids (lambda) per model; 0 means no regularization.
-DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
-    "mlp": (0.0,),
-    "standard": (1e-4, 1e-3, 1e-2, 1e-1),
-    "l1-mlp": (1e-3, 1e-2, 1e-1, 1.0),
-    "psilon": (1e-4, 1e-3, 1e-2, 1e-1),
-    "psilon-res": (1e-4, 1e-3, 1e-2, 1e-1),
-    "rf": (0.0,),
-}
+#: The official code's lambda grid (13 values from 5e-5 to 0.5).
+PAPER_GRID: tuple[float, ...] = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 1e-1, 2.5e-1, 5e-1)
+#: The default protocol's grid: every fourth value of the official one (5e-5, 1e-3, 2.5e-2, 0.5).
+DEFAULT_GRID: tuple[float, ...] = PAPER_GRID[::4]
+REGULARIZED: tuple[str, ...] = ("standard", "l1-mlp", "psilon", "psilon-res")
+
+
+def _grids(grid: tuple[float, ...]) -> dict[str, tuple[float, ...]]:
+    return {"mlp": (0.0,), "rf": (0.0,), **{m: grid for m in REGULARIZED}}
+
+
+#: Regularization grids (lambda) per model of the default protocol; 0 means no regularization.
+DEFAULT_GRIDS: dict[str, tuple[float, ...]] = _grids(DEFAULT_GRID)
 MODELS: tuple[str, ...] = ("mlp", "standard", "l1-mlp", "psilon", "psilon-res", "rf")
+#: The deep residual ablation's variants and the official code's fixed strengths for them.
+DEEP_LAMBDAS: dict[str, float] = {
+    "psilon-res": 2.5e-4, "l1-ib": 2.5e-4, "l2-ib": 2.5e-4, "l1-ob": 1e-4, "l2-ob": 1e-4, "standard-res": 2.5e-2,
+}
+DEEP_MODELS: tuple[str, ...] = tuple(DEEP_LAMBDAS)
+DEEP_DATASET = "digits"
+PROTOCOLS: tuple[str, ...] = ("default", "paper")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    r"""How one network is trained: size, epochs, mini-batch, peak learning rate of the one-cycle
+    schedule, the loss mix :math:`a` of :math:`(1 - a)\ell + a\lambda R`, and the sparsification
+    ramp ``(start, end)`` as fractions of the optimizer steps (None: off)."""
+
+    hidden: int
+    hidden_layers: int
+    epochs: int
+    batch_size: int
+    lr: float
+    loss_mix: float = 0.5
+    sparsify: tuple[float, float] | None = (0.5, 0.8)
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.hidden_layers < 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"need hidden, epochs, batch_size >= 1 and hidden_layers >= 0, got {self}.")
+        if not 1e-4 < self.lr < 1.0:
+            raise ValueError(f"lr must be in (1e-4, 1): the one-cycle schedule starts at 1e-4, got {self.lr}.")
+        if not 0.0 <= self.loss_mix < 1.0:
+            raise ValueError(f"loss_mix must be in [0, 1), got {self.loss_mix}.")
+        if self.sparsify is not None and not 0.0 <= self.sparsify[0] < self.sparsify[1] <= 1.0:
+            raise ValueError(f"sparsify must be (start, end) with 0 <= start < end <= 1, got {self.sparsify}.")
+
+
+#: The official tabular recipe: 4 linear layers of width 500, 1000 epochs, batch 400, lr 2e-3.
+PAPER_RECIPE = Recipe(hidden=500, hidden_layers=2, epochs=1000, batch_size=400, lr=2e-3)
+#: The official deep ablation: 10 hidden layers (9 CReLU blocks) of width 500, 400 epochs, batch
+#: 200, lr 2e-2, no sparsification (the official scripts never switch it on).
+PAPER_DEEP = Recipe(hidden=500, hidden_layers=9, epochs=400, batch_size=200, lr=2e-2, sparsify=None)
+#: The default budget of the same recipe (about 1/40 of the paper's optimizer steps on the small
+#: sets): width 64, 60 epochs, a 10-fold higher peak lr (the deep ablation's official 2e-2).
+DEFAULT_RECIPE = Recipe(hidden=64, hidden_layers=2, epochs=60, batch_size=400, lr=2e-2)
+DEFAULT_DEEP = Recipe(hidden=64, hidden_layers=9, epochs=20, batch_size=200, lr=2e-2, sparsify=None)
 
 
 @dataclass(frozen=True)
 class Config:
     """Everything a run depends on."""
 
+    protocol: str = "default"
     datasets: tuple[str, ...] = tuple(ds.BUNDLED)
     models: tuple[str, ...] = MODELS
     folds: int = 5
-    hidden: int = 64
-    hidden_layers: int = 2
-    steps: int = 300
-    lr: float = 1e-2
+    run_folds: tuple[int, ...] | None = None
+    recipe: Recipe = DEFAULT_RECIPE
     grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_GRIDS))
+    deep_models: tuple[str, ...] = DEEP_MODELS
+    deep: Recipe = DEFAULT_DEEP
     prune_tol: float = 1e-3
     lipschitz_samples: int = 2048
     forest_trees: int = 200
     seed: int = 0
     jobs: int = 2
 
+    def folds_run(self) -> tuple[int, ...]:
+        """The outer folds this run evaluates (all of them unless ``run_folds``)."""
+        return tuple(range(self.folds)) if self.run_folds is None else self.run_folds
+
+
+def paper_config(**overrides: Any) -> Config:
+    """The official code's budget on the bundled data (see the module docstring)."""
+    return replace(Config(protocol="paper", recipe=PAPER_RECIPE, grids=_grids(PAPER_GRID), deep=PAPER_DEEP), **overrides)
+
 
 def quick_config(**overrides: Any) -> Config:
     """A small end-to-end run (tests, smoke checks): two data sets, 3 folds, small nets, short training."""
     grids = {m: g[:1] if m in ("mlp", "rf") else g[1:3] for m, g in DEFAULT_GRIDS.items()}
     base = Config(
-        datasets=("iris", "diabetes"), folds=3, hidden=16, hidden_layers=1, steps=60, grids=grids,
+        datasets=("iris", "diabetes"), folds=3, recipe=Recipe(16, 1, 30, 400, 1e-2), grids=grids,
+        deep_models=("psilon-res", "l1-ob"), deep=Recipe(8, 3, 10, 200, 1e-2, sparsify=None),
         lipschitz_samples=256, forest_trees=20, jobs=1,
     )
     return replace(base, **overrides)
@@ -127,43 +197,100 @@ def objective(out: Tensor, y: Tensor, task: str) -> Tensor:
     return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y)
 
 
-def regularizer(net: ps.Net, kind: str) -> Tensor | None:
-    """The model's penalty term R (multiplied by lambda in the loss), or None."""
-    if kind == "standard":
-        return ps.standard_penalty(net)
-    if kind == "psilon":
-        return ps.path_norm_bound(net)
-    if kind == "psilon-res":
-        return ps.path_norm_bound(net, improved=True)
-    return None
+def one_cycle(opt: torch.optim.Optimizer, lr: float, epochs: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The official schedule, stepped once per epoch: from 1e-4 up to ``lr`` over the first 20% of
+    the epochs (``div_factor = lr / 1e-4``), then cosine down to ``1e-4 / (div_factor / 10)``."""
+    factor = lr / 1e-4
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs, pct_start=0.2, div_factor=factor, final_div_factor=factor / 10
+    )
 
 
-def fit(kind: str, split: Split, task: str, lam: float, cfg: Config, seed: int) -> ps.Net:
-    """Train a fresh ``kind`` net for ``cfg.steps`` full-batch Adam steps on ``split.X``."""
+def sparsify_alpha(step: int, total: int, ramp: tuple[float, float] | None) -> float:
+    r"""The blend :math:`\alpha` towards the sparse projection at optimizer step ``step`` of ``total``:
+    0 before ``ramp[0] * total``, rising linearly to 1 at ``ramp[1] * total``, then held at 1 (the
+    official layer ramps over a given number of steps; when to start is ours: the scripts never
+    switch it on)."""
+    if ramp is None:
+        return 0.0
+    start, end = ramp
+    return min(max((step / total - start) / (end - start), 0.0), 1.0)
+
+
+@dataclass
+class Trace:
+    """What :func:`fit` saw: optimizer steps, the learning rate per epoch, alpha per step (first
+    batch of each epoch), the data term and the penalty term of the last step."""
+
+    steps: int = 0
+    lrs: list[float] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    last_loss: float = math.nan
+    last_penalty: float = math.nan
+
+
+def training_loss(net: ps.Net, kind: str, out: Tensor, y: Tensor, task: str, lam: float,
+                  mix: float) -> tuple[Tensor, Tensor, Tensor]:
+    r"""(loss, data term, penalty) with loss :math:`(1 - a)\,\ell + a\,\lambda R` (the official mix,
+    :math:`a` = ``mix``); the L1 penalty of ``l1-mlp`` is not in it (a proximal step applies it)."""
+    data_term = objective(out, y, task)
+    reg = ps.regularizer(net, kind) if lam > 0 else None
+    penalty = lam * reg if reg is not None else data_term.new_zeros(())
+    return (1 - mix) * data_term + mix * penalty, data_term, penalty
+
+
+def fit(kind: str, split: Split, task: str, lam: float, recipe: Recipe, seed: int,
+        trace: Trace | None = None) -> ps.Net:
+    """Train a fresh ``kind`` net with ``recipe`` on ``split.X`` (see the module docstring)."""
     import strategies
     from constrain import L1Ball, on_parameter
 
     torch.manual_seed(seed)
     k = int(split.y.max()) + 1 if task == "classification" else 1
-    net = ps.build(kind, split.X.shape[1], k, cfg.hidden, cfg.hidden_layers)  # type: ignore[arg-type]
+    net = ps.build(kind, split.X.shape[1], k, recipe.hidden, recipe.hidden_layers)  # type: ignore[arg-type]
+    mix = recipe.loss_mix
+    spec = ps.SPECS[kind]
     strategy = None
-    if kind == "l1-mlp" and lam > 0:
-        strategy = strategies.get("l1-proximal", strength=lam, lr=cfg.lr)
+    if spec.reg == "l1" and lam > 0:
+        strategy = strategies.get("l1-proximal", strength=mix * lam, lr=recipe.lr)
         strategy.attach(net, [on_parameter(f"layers.{i}.weight", L1Ball(1.0)) for i in range(len(net.layers))])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    for _ in range(cfg.steps):
-        out = net(split.X)
-        loss = objective(out, split.y, task)
-        reg = regularizer(net, kind)
-        if reg is not None and lam > 0:
-            loss = loss + lam * reg
-        if strategy is not None:
-            loss = strategy.loss(loss, out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if strategy is not None:
-            strategy.after_step()
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+    schedule = one_cycle(opt, recipe.lr, recipe.epochs)
+    n = len(split.X)
+    size = min(recipe.batch_size, n)
+    batches = math.ceil(n / size)
+    total = recipe.epochs * batches
+    ramp = recipe.sparsify if spec.norm == 1 else None
+    gen = torch.Generator().manual_seed(seed)
+    trace = trace if trace is not None else Trace()
+    step = 0
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=gen) if batches > 1 else None
+        lr = opt.param_groups[0]["lr"]
+        trace.lrs.append(lr)
+        for b in range(batches):
+            idx = order[b * size : (b + 1) * size] if order is not None else slice(None)
+            alpha = sparsify_alpha(step, total, ramp)
+            if ramp is not None:
+                ps.set_sparsify(net, alpha)
+            if b == 0:
+                trace.alphas.append(alpha)
+            out = net(split.X[idx])
+            loss, data_term, penalty = training_loss(net, kind, out, split.y[idx], task, lam, mix)
+            if strategy is not None:
+                loss = strategy.loss(loss, out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if strategy is not None:
+                strategy.lr = lr  # the proximal threshold follows the schedule
+                strategy.after_step()
+            step += 1
+        schedule.step()
+    if ramp is not None:
+        ps.set_sparsify(net, sparsify_alpha(total, total, ramp))
+    trace.steps += step
+    trace.last_loss, trace.last_penalty = float(data_term.detach()), float(penalty.detach())
     return net
 
 
@@ -178,9 +305,10 @@ def score(net: torch.nn.Module, split: Split, task: str) -> tuple[float, float]:
 
 
 def better(a: tuple[float, float], b: tuple[float, float], task: str) -> bool:
-    """Is validation result ``a`` better than ``b`` (metric first, then loss)?"""
-    ka = (-a[0] if task == "classification" else a[0], a[1])
-    kb = (-b[0] if task == "classification" else b[0], b[1])
+    """Is validation result ``(metric, loss)`` ``a`` better than ``b``? The loss decides, as in the
+    official code (accuracy on a small fold is too coarse); the metric breaks ties."""
+    ka = (a[1], -a[0] if task == "classification" else a[0])
+    kb = (b[1], -b[0] if task == "classification" else b[0])
     return ka < kb
 
 
@@ -196,73 +324,153 @@ def forest(data: ds.Dataset, split: Split, cfg: Config, seed: int) -> float:
     return float(np.sqrt(np.mean((pred - split.y_eval.numpy()) ** 2)) * split.y_std)
 
 
+def _structure(net: ps.Net) -> dict[str, float]:
+    """Near sparsity, exact zeros and the improved path-norm bound of a trained net."""
+    return {"near_sparsity": ps.near_sparsity(net), "exact_zero": ps.exact_zero_fraction(net),
+            "bound": ps.lipschitz_bound(net)}
+
+
+def _split_parts(data: ds.Dataset, cfg: Config, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) indices of outer fold ``fold``."""
+    parts = fold_indices(data, cfg.folds, cfg.seed)
+    val_fold = (fold + 1) % cfg.folds
+    train = np.concatenate([p for i, p in enumerate(parts) if i not in (fold, val_fold)])
+    return train, parts[val_fold], parts[fold]
+
+
+def _final_report(net: ps.Net, kind: str, final: Split, task: str, cfg: Config, seed: int) -> dict[str, Any]:
+    """Everything the tables report about a trained net on its test fold."""
+    report = ps.prune_report(net, cfg.prune_tol)
+    plain = ps.materialize(net)
+    metric, loss = score(net, final, task)
+    with torch.no_grad():
+        product = float(ps.path_norm_bound(net)) if ps.SPECS[kind].reg == "path" else float("nan")
+        original = float(ps.path_norm_explicit(plain, improved=False))
+    return dict(
+        metric=metric, test_loss=loss,
+        metric_pruned=score(report.pruned, final, task)[0],
+        near_zero=ps.near_zero_fraction(net, cfg.prune_tol),
+        **_structure(net),
+        flops_dense=report.flops_dense, flops_pruned=report.flops_pruned,
+        bound_product=product, bound_original=original,
+        sampled=ps.sampled_lipschitz(plain, final.X, cfg.lipschitz_samples, seed),
+    )
+
+
 def run_cell(cfg: Config, dataset: str, fold: int, kind: str) -> dict[str, Any]:
-    """Select lambda on the validation fold, retrain, evaluate on the test fold; one result row."""
+    """Select lambda on the validation fold, retrain, evaluate on the test fold; one result row.
+
+    ``row["grid"]``: every candidate's validation (metric, loss) and, trained on the training folds
+    only, its test metric and structure (the curves of the matched comparison)."""
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
     data = ds.load(dataset)
-    parts = fold_indices(data, cfg.folds, cfg.seed)
-    test, val = parts[fold], parts[(fold + 1) % cfg.folds]
-    train = np.concatenate([p for i, p in enumerate(parts) if i not in (fold, (fold + 1) % cfg.folds)])
+    train, val, test = _split_parts(data, cfg, fold)
     final = make_split(data, np.concatenate([train, val]), test)
     row: dict[str, Any] = {"dataset": dataset, "task": data.task, "fold": fold, "model": kind}
     seed = cfg.seed * 1000 + fold
     if kind == "rf":
         row.update(metric=forest(data, final, cfg, seed), lam=0.0, seconds=time.perf_counter() - start,
-                   cpu=time.process_time() - cpu)
+                   cpu=time.process_time() - cpu, steps=0)
         return row
     grid = cfg.grids[kind]
     lam = grid[0]
+    trace = Trace()
+    row["grid"] = []
     if len(grid) > 1:
         select = make_split(data, train, val)
+        held_out = make_split(data, train, test)  # same training statistics, scored on the test fold
         best: tuple[float, float] | None = None
         for candidate in grid:
-            result = score(fit(kind, select, data.task, candidate, cfg, seed), select, data.task)
+            net = fit(kind, select, data.task, candidate, cfg.recipe, seed, trace)
+            result = score(net, select, data.task)
+            row["grid"].append({"lam": candidate, "val_metric": result[0], "val_loss": result[1],
+                                "test_metric": score(net, held_out, data.task)[0], **_structure(net)})
             if best is None or better(result, best, data.task):
                 best, lam = result, candidate
-    net = fit(kind, final, data.task, lam, cfg, seed)
-    metric, _ = score(net, final, data.task)
-    report = ps.prune_report(net, cfg.prune_tol)
-    plain = ps.materialize(net)
-    with torch.no_grad():
-        weights = plain.weights()
-        exact = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-        bound_product = float(ps.path_norm_bound(net)) if kind.startswith("psilon") else float("nan")
-    row.update(
-        lam=lam,
-        metric=metric,
-        metric_pruned=score(report.pruned, final, data.task)[0],
-        near_zero=ps.near_zero_fraction(net, cfg.prune_tol),
-        exact_zero=exact,
-        flops_dense=report.flops_dense,
-        flops_pruned=report.flops_pruned,
-        bound=ps.lipschitz_bound(net),
-        bound_product=bound_product,
-        bound_original=float(ps.path_norm_explicit(plain, improved=False).detach()),
-        sampled=ps.sampled_lipschitz(plain, final.X, cfg.lipschitz_samples, seed),
-        seconds=time.perf_counter() - start,
-        cpu=time.process_time() - cpu,
-    )
+    net = fit(kind, final, data.task, lam, cfg.recipe, seed, trace)
+    row.update(lam=lam, **_final_report(net, kind, final, data.task, cfg, seed), steps=trace.steps,
+               seconds=time.perf_counter() - start, cpu=time.process_time() - cpu)
     return row
 
 
+def run_deep_cell(cfg: Config, fold: int, kind: str) -> dict[str, Any]:
+    """The deep residual ablation: ``kind`` at its official fixed strength, trained on the training
+    + validation folds of digits and evaluated on the test fold."""
+    torch.set_num_threads(1)
+    start, cpu = time.perf_counter(), time.process_time()
+    data = ds.load(DEEP_DATASET)
+    train, val, test = _split_parts(data, cfg, fold)
+    final = make_split(data, np.concatenate([train, val]), test)
+    seed = cfg.seed * 1000 + fold
+    trace = Trace()
+    lam = DEEP_LAMBDAS[kind]
+    net = fit(kind, final, data.task, lam, cfg.deep, seed, trace)
+    row: dict[str, Any] = {"dataset": DEEP_DATASET, "task": data.task, "fold": fold, "model": kind, "deep": True,
+                           "lam": lam}
+    row.update(**_final_report(net, kind, final, data.task, cfg, seed), steps=trace.steps,
+               seconds=time.perf_counter() - start, cpu=time.process_time() - cpu)
+    return row
+
+
+def planned_steps(cfg: Config) -> dict[str, int]:
+    """Optimizer steps a run of ``cfg`` takes, per model (deep variants as ``deep:NAME``): with the
+    measured seconds per step this sizes a run before it starts (e.g. the full paper protocol)."""
+    steps: dict[str, int] = {}
+    for name in cfg.datasets:
+        data = ds.load(name)
+        for fold in cfg.folds_run():
+            train, val, _ = _split_parts(data, cfg, fold)
+            per_epoch = {part: math.ceil(part / min(cfg.recipe.batch_size, part)) for part in (len(train), len(train) + len(val))}
+            for model in cfg.models:
+                if model == "rf":
+                    continue
+                grid = len(cfg.grids[model])
+                select = grid * per_epoch[len(train)] if grid > 1 else 0
+                steps[model] = steps.get(model, 0) + cfg.recipe.epochs * (select + per_epoch[len(train) + len(val)])
+    if cfg.deep_models:
+        data = ds.load(DEEP_DATASET)
+        for fold in cfg.folds_run():
+            train, val, _ = _split_parts(data, cfg, fold)
+            n = len(train) + len(val)
+            for model in cfg.deep_models:
+                key = "deep:" + model
+                steps[key] = steps.get(key, 0) + cfg.deep.epochs * math.ceil(n / min(cfg.deep.batch_size, n))
+    return steps
+
+
+def _cell(cfg: Config, dataset: str, fold: int, kind: str) -> dict[str, Any]:
+    """One task of :func:`run_study`: a cell, or a deep-ablation cell (``kind`` is ``deep:NAME``)."""
+    if kind.startswith("deep:"):
+        return run_deep_cell(cfg, fold, kind[len("deep:"):])
+    return run_cell(cfg, dataset, fold, kind)
+
+
 def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
-    """Every (data set, fold, model) cell; in ``cfg.jobs`` processes when above 1."""
-    unknown = [m for m in cfg.models if m not in MODELS]
+    """Every (data set, fold, model) cell and the deep ablation's (fold, variant) cells; in
+    ``cfg.jobs`` processes when above 1."""
+    unknown = [m for m in cfg.models if m not in MODELS] + [m for m in cfg.deep_models if m not in DEEP_MODELS]
     if unknown:
-        raise KeyError(f"unknown model(s) {', '.join(unknown)}; models: {', '.join(MODELS)}.")
+        raise KeyError(f"unknown model(s) {', '.join(unknown)}; models: {', '.join(MODELS)}; "
+                       f"deep ablation: {', '.join(DEEP_MODELS)}.")
     for name in cfg.datasets:
         if name not in ds.BUNDLED:
             raise KeyError(f"unknown data set {name!r}; bundled data sets: {', '.join(ds.BUNDLED)}.")
-    cells = [(cfg, d, f, m) for d in cfg.datasets for f in range(cfg.folds) for m in cfg.models]
+    bad = [f for f in cfg.folds_run() if not 0 <= f < cfg.folds]
+    if bad:
+        raise ValueError(f"run_folds must lie in 0..{cfg.folds - 1}, got {bad}.")
+    folds = cfg.folds_run()
+    cells = [(cfg, d, f, m) for d in cfg.datasets for f in folds for m in cfg.models]
+    cells += [(cfg, DEEP_DATASET, f, "deep:" + m) for f in folds for m in cfg.deep_models]
     # the slowest cells first, so two workers finish together
-    cells.sort(key=lambda c: (c[1] != "digits", c[3] in ("mlp", "rf")))
+    cells.sort(key=lambda c: (not c[3].startswith("deep:"), c[1] != "digits", c[3] in ("mlp", "rf")))
     from tqdm import tqdm
 
     with tqdm(total=len(cells), desc="psilon study", disable=not progress, file=sys.stderr) as bar:
-        rows = run_tasks(run_cell, cells, cfg.jobs, on_result=lambda i, row: bar.update())
+        rows = run_tasks(_cell, cells, cfg.jobs, on_result=lambda i, row: bar.update())
     order = {(d, m): i for i, (d, m) in enumerate((d, m) for d in cfg.datasets for m in cfg.models)}
-    return sorted(rows, key=lambda r: (order[(r["dataset"], r["model"])], r["fold"]))
+    order.update({("deep", m): len(order) + i for i, m in enumerate(cfg.deep_models)})
+    return sorted(rows, key=lambda r: (order[("deep" if r.get("deep") else r["dataset"], r["model"])], r["fold"]))
 
 
 # --------------------------------------------------------------------------- summary, table, figures
@@ -274,15 +482,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (data set, model): means and standard deviations over the folds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """One entry per (data set, model) and per deep-ablation variant: means and standard deviations
+    over the folds (``entry["deep"]`` marks the ablation)."""
+    groups: dict[tuple[bool, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["model"]), []).append(row)
+        groups.setdefault((bool(row.get("deep")), row["dataset"], row["model"]), []).append(row)
     out = []
-    for (dataset, model), rs in groups.items():
-        entry: dict[str, Any] = {"dataset": dataset, "model": model, "task": rs[0]["task"], "folds": len(rs)}
-        for key in ("metric", "metric_pruned", "near_zero", "exact_zero", "flops_dense", "flops_pruned", "bound",
-                    "bound_product", "bound_original", "sampled", "seconds"):
+    for (deep, dataset, model), rs in groups.items():
+        entry: dict[str, Any] = {"dataset": dataset, "model": model, "task": rs[0]["task"], "folds": len(rs),
+                                 "deep": deep}
+        for key in ("metric", "test_loss", "metric_pruned", "near_zero", "near_sparsity", "exact_zero", "flops_dense",
+                    "flops_pruned", "bound", "bound_product", "bound_original", "sampled", "seconds"):
             if key in rs[0]:
                 entry[key] = _mean_std([r[key] for r in rs])
         if "bound" in rs[0]:
@@ -304,17 +514,32 @@ def _fmt(pair: tuple[float, float] | None, digits: int = 3, pct: bool = False) -
     return f"{m:.{digits}g} ± {s:.2g}"
 
 
+def _recipe_text(r: Recipe) -> str:
+    sparsify = (f"sparsification ramp over {r.sparsify[0]:.0%}–{r.sparsify[1]:.0%} of the steps (L1-normalized "
+                f"models)" if r.sparsify else "no sparsification")
+    return (f"width {r.hidden}, {r.hidden_layers} hidden layers (or blocks), {r.epochs} epochs of batch "
+            f"{r.batch_size}, Adam with one-cycle lr (peak {r.lr:g}), loss (1−{r.loss_mix:g})·ℓ + {r.loss_mix:g}·λR, "
+            f"{sparsify}")
+
+
+def _folds_text(cfg: Config) -> str:
+    run = cfg.folds_run()
+    if len(run) == cfg.folds:
+        return f"{cfg.folds}-fold cross-validation (mean ± std over the test folds)"
+    return f"outer fold(s) {', '.join(map(str, run))} of {cfg.folds}-fold cross-validation only (a subset)"
+
+
 def table(summary: list[dict[str, Any]], cfg: Config) -> str:
-    """The markdown table of the study."""
+    """The markdown table of the tabular study."""
     lines = [
-        "| data set | model | test metric | after pruning | near-zero weights | FLOPs dense → pruned | "
+        "| data set | model | test metric | after pruning | near sparsity | exact zeros | FLOPs dense → pruned | "
         "path-norm bound | sampled Lip. | bound ≥ sampled | λ (mode) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in summary:
+    for e in (e for e in summary if not e["deep"]):
         metric_name = "acc" if e["task"] == "classification" else "RMSE"
         if e["model"] == "rf":
-            lines.append(f"| {e['dataset']} | rf | {metric_name} {_fmt(e['metric'])} | - | - | - | - | - | - | - |")
+            lines.append(f"| {e['dataset']} | rf | {metric_name} {_fmt(e['metric'])} | - | - | - | - | - | - | - | - |")
             continue
         flops = f"{e['flops_dense'][0]:.0f} → {e['flops_pruned'][0]:.0f}"
         bound = _fmt(e["bound"])
@@ -324,25 +549,116 @@ def table(summary: list[dict[str, Any]], cfg: Config) -> str:
             bound += f" (product {_fmt(e['bound_product'])})"
         lines.append(
             f"| {e['dataset']} | {e['model']} | {metric_name} {_fmt(e['metric'])} | {_fmt(e['metric_pruned'])} | "
-            f"{_fmt(e['near_zero'], pct=True)} | {flops} | {bound} | {_fmt(e['sampled'])} | "
-            f"{e['holds']}/{e['folds']} | {e['lam']:g} |"
+            f"{_fmt(e['near_sparsity'], pct=True)} | {_fmt(e['exact_zero'], pct=True)} | {flops} | {bound} | "
+            f"{_fmt(e['sampled'])} | {e['holds']}/{e['folds']} | {e['lam']:g} |"
         )
+    grids = {tuple(cfg.grids[m]) for m in cfg.models if m in cfg.grids and len(cfg.grids[m]) > 1}
     notes = [
         "",
-        f"{cfg.folds}-fold cross-validation (mean ± std over test folds); λ chosen per fold on a validation fold "
-        f"from the grids {', '.join(f'{m}: {list(cfg.grids[m])}' for m in cfg.models if m in cfg.grids and len(cfg.grids[m]) > 1)}. "
-        f"Nets: {cfg.hidden_layers} hidden layers (residual blocks for psilon-res) of width {cfg.hidden}, "
-        f"{cfg.steps} full-batch Adam steps, lr {cfg.lr}. Near-zero: |w_ij| ≤ {cfg.prune_tol:g}·‖w_i‖₁; pruning sets "
-        f"them to 0. FLOPs: 2 × live multiply-adds per sample. Path-norm bound: the improved explicit 1-path-norm "
-        f"(for PSiLON also the product-of-lengths form; for psilon-res also the path norm that counts both CReLU "
-        f"halves, i.e. without the improvement), an upper bound of the L∞→L1 Lipschitz constant in "
-        f"standardized-input / model-output units; sampled: max ‖J(x)‖_∞→1 over {cfg.lipschitz_samples} points.",
+        f"{_folds_text(cfg)}; "
+        + (f"λ chosen per fold by the validation loss from "
+           f"{' / '.join(str([f'{v:g}' for v in g]).replace(chr(39), '') for g in grids)}. " if grids
+           else "λ fixed (no selection). ")
+        + f"Recipe ({cfg.protocol} protocol): {_recipe_text(cfg.recipe)}. "
+        f"Near sparsity: the paper's entropy measure 1 − e^H/d per unit (0: uniform weights, 1: all zero). "
+        f"Pruning sets |w_ij| ≤ {cfg.prune_tol:g}·‖w_i‖₁ to 0. FLOPs: 2 × live multiply-adds per sample. "
+        f"Path-norm bound: the improved explicit 1-path-norm (for PSiLON also the product-of-lengths form; for "
+        f"psilon-res also the path norm that counts both CReLU halves), an upper bound of the L∞→L1 Lipschitz "
+        f"constant in standardized-input / model-output units; sampled: max ‖J(x)‖_∞→1 over "
+        f"{cfg.lipschitz_samples} points.",
     ]
     return "\n".join(lines + notes) + "\n"
 
 
-def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
-    """psilon_metric.png, psilon_lipschitz.png, psilon_pruning.png into ``out``."""
+_DEEP_TEXT = {
+    "psilon-res": "L1, shared lengths, improved bound (PSiLON)",
+    "l1-ib": "L1, improved bound",
+    "l2-ib": "L2, improved bound",
+    "l1-ob": "L1, original bound",
+    "l2-ob": "L2, original bound",
+    "standard-res": "L2, weight decay (standard)",
+}
+
+
+def deep_table(summary: list[dict[str, Any]], cfg: Config) -> str:
+    """The deep residual ablation's table (empty string if it did not run)."""
+    entries = [e for e in summary if e["deep"]]
+    if not entries:
+        return ""
+    lines = [
+        "| variant | normalization, regularizer | λ | test acc | test cross-entropy | near sparsity | "
+        "improved bound | original bound | sampled Lip. | bound ≥ sampled |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['model']} | {_DEEP_TEXT[e['model']]} | {e['lam']:g} | {_fmt(e['metric'])} | {_fmt(e['test_loss'])} | "
+            f"{_fmt(e['near_sparsity'], pct=True)} | {_fmt(e['bound'])} | {_fmt(e['bound_original'])} | "
+            f"{_fmt(e['sampled'])} | {e['holds']}/{e['folds']} |"
+        )
+    lines += ["", f"Deep residual ablation on {DEEP_DATASET}: {_folds_text(cfg)}, each variant at the official "
+              f"code's fixed λ (tuned by the authors on Fashion-MNIST; not re-tuned here), trained on the training + "
+              f"validation folds. Recipe: {_recipe_text(cfg.deep)}; lengths per unit except PSiLON's shared ones."]
+    return "\n".join(lines) + "\n"
+
+
+def matched(rows: list[dict[str, Any]], a: str = "psilon", b: str = "l1-mlp") -> list[dict[str, Any]]:
+    """The paper's central claim at matched test metric, per data set and fold.
+
+    Each model's grid models (trained on the training folds, scored on the test fold) give points
+    (metric, structure). The level both reach is the weaker model's best grid metric; each model is
+    then represented by its most strongly regularized grid model that reaches that level, and the
+    two are compared on near sparsity, exact zeros and the path-norm bound."""
+    by_cell = {(r["dataset"], r["fold"], r["model"]): r for r in rows if not r.get("deep") and r.get("grid")}
+    out = []
+    for (dataset, fold, model), row in by_cell.items():
+        other = by_cell.get((dataset, fold, b))
+        if model != a or other is None:
+            continue
+        up = row["task"] == "classification"
+
+        def reaches(point: dict[str, Any], level: float, up: bool = up) -> bool:
+            return point["test_metric"] >= level if up else point["test_metric"] <= level
+
+        pick = max if up else min
+        level = (min if up else max)(pick(p["test_metric"] for p in row["grid"]),
+                                     pick(p["test_metric"] for p in other["grid"]))
+        chosen = [max((p for p in r["grid"] if reaches(p, level)), key=lambda p: p["lam"]) for r in (row, other)]
+        out.append({"dataset": dataset, "fold": fold, "task": row["task"], "level": level,
+                    **{f"{key}_{side}": c[key] for side, c in zip("ab", chosen)
+                       for key in ("lam", "test_metric", "near_sparsity", "exact_zero", "bound")}})
+    return out
+
+
+def matched_table(pairs: list[dict[str, Any]], a: str = "psilon", b: str = "l1-mlp") -> str:
+    """Per data set: the matched comparison, means over folds; the bound ratio is a geometric mean."""
+    if not pairs:
+        return ""
+    lines = [
+        f"| data set | matched test metric | near sparsity {a} / {b} | exact zeros {a} / {b} | "
+        f"path-norm bound {a} / {b} | bound ratio {b} ÷ {a} | folds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset in dict.fromkeys(p["dataset"] for p in pairs):
+        ps_ = [p for p in pairs if p["dataset"] == dataset]
+        mean = {k: float(np.mean([p[k] for p in ps_])) for k in ps_[0] if k not in ("dataset", "task", "fold")}
+        ratio = float(np.exp(np.mean([np.log(p["bound_b"] / p["bound_a"]) for p in ps_])))
+        metric = "acc" if ps_[0]["task"] == "classification" else "RMSE"
+        lines.append(
+            f"| {dataset} | {metric} {mean['level']:.3g} | {100 * mean['near_sparsity_a']:.1f}% / "
+            f"{100 * mean['near_sparsity_b']:.1f}% | {100 * mean['exact_zero_a']:.1f}% / {100 * mean['exact_zero_b']:.1f}% | "
+            f"{mean['bound_a']:.3g} / {mean['bound_b']:.3g} | {ratio:.3g}× | {len(ps_)} |"
+        )
+    lines += ["", f"Matched test metric: per fold, the level is the weaker model's best test metric over its λ grid "
+              f"(grid models trained on the training folds only); each model is represented by its most strongly "
+              f"regularized grid model that reaches the level. Means over folds; the bound ratio is the geometric "
+              f"mean of the per-fold ratios (> 1: {a} has the smaller bound)."]
+    return "\n".join(lines) + "\n"
+
+
+def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path,
+            prefix: str = "psilon") -> list[Path]:
+    """PREFIX_metric.png, PREFIX_lipschitz.png, PREFIX_pruning.png, PREFIX_matched.png into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,6 +666,8 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
 
     paths: list[Path] = []
     colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    summary = [e for e in summary if not e["deep"]]
+    rows = [r for r in rows if not r.get("deep")]
     datasets = [d for d in cfg.datasets if any(e["dataset"] == d for e in summary)]
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
@@ -369,7 +687,7 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
         ax.tick_params(axis="x", rotation=60, labelsize=7)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / "psilon_metric.png")
+    paths.append(out / f"{prefix}_metric.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
@@ -386,7 +704,7 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / "psilon_lipschitz.png")
+    paths.append(out / f"{prefix}_lipschitz.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
@@ -406,9 +724,27 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / "psilon_pruning.png")
+    paths.append(out / f"{prefix}_pruning.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+
+    curves = [r for r in rows if r.get("grid") and r["model"] in ("psilon", "l1-mlp", "psilon-res")]
+    if curves:
+        fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
+        for ax, d in zip(axes[0], datasets):
+            for model in ("l1-mlp", "psilon", "psilon-res"):
+                points = [p for r in curves if r["dataset"] == d and r["model"] == model for p in r["grid"]]
+                ax.scatter([100 * p["exact_zero"] for p in points], [p["test_metric"] for p in points], s=10,
+                           color=colors[model], label=model, alpha=0.7)
+            task = next(r["task"] for r in curves if r["dataset"] == d)
+            ax.set_title(f"{d} ({'accuracy ↑' if task == 'classification' else 'RMSE ↓'})", fontsize=9)
+            ax.set_xlabel("exact zeros (%)", fontsize=8)
+        axes[0][0].set_ylabel("test metric of the grid models", fontsize=8)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / f"{prefix}_matched.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     return paths
 
 
@@ -418,36 +754,96 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study psilon``."""
     add_selection_options(parser, "iris + diabetes, 3 folds, short training", models=MODELS)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="default",
+                        help="'paper': the official code's budget (width 500, 1000 epochs, 13 lambdas; hours of CPU); "
+                             "'default': a cheaper budget of the same recipe")
     parser.add_argument("--folds", type=positive_int, metavar="K", help="cross-validation folds (>= 3; default 5)")
-    parser.add_argument("--steps", type=positive_int, metavar="N", help="Adam steps per training (default 300)")
-    parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default 64)")
+    parser.add_argument("--run-folds", type=int, nargs="+", metavar="I", help="evaluate only these outer folds (a subset)")
+    parser.add_argument("--lambdas", type=float, nargs="+", metavar="L", help="the lambda grid of every regularized model")
+    parser.add_argument("--epochs", "--steps", dest="epochs", type=positive_int, metavar="N",
+                        help="training epochs (default: the protocol's)")
+    parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default: the protocol's)")
+    parser.add_argument("--no-sparsify", action="store_true", help="no gradual projection towards sparsity")
+    parser.add_argument("--no-deep", action="store_true", help="skip the deep residual ablation on digits")
     parser.add_argument("--seed", type=int, metavar="S", help="seed of the folds and the initializations (default 0)")
-    add_run_options(parser, "psilon", "psilon.md and the psilon_*.png figures")
+    add_run_options(parser, "psilon", "psilon.md (psilon_paper.md) and the psilon_*.png figures")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    return config_from_args(args, Config(), quick_config(),
-                            ("datasets", "models", "folds", "steps", "hidden", "seed"))
+    if args.quick:
+        cfg = quick_config()
+    else:
+        cfg = paper_config() if args.protocol == "paper" else Config()
+    recipe = cfg.recipe
+    if args.epochs is not None or args.hidden is not None or args.no_sparsify:
+        recipe = replace(recipe, epochs=args.epochs or recipe.epochs, hidden=args.hidden or recipe.hidden,
+                         sparsify=None if args.no_sparsify else recipe.sparsify)
+    grids = cfg.grids
+    if args.lambdas:
+        if any(not (math.isfinite(v) and v > 0) for v in args.lambdas):
+            raise ValueError(f"--lambdas must be positive and finite, got {args.lambdas}.")
+        grids = {**grids, **{m: tuple(args.lambdas) for m in REGULARIZED}}
+    updates = {
+        key: value
+        for key, value in (
+            ("datasets", tuple(args.datasets) if args.datasets else None),
+            ("models", tuple(args.models) if args.models else None),
+            ("folds", args.folds), ("run_folds", tuple(args.run_folds) if args.run_folds else None),
+            ("jobs", args.workers), ("seed", args.seed), ("deep_models", () if args.no_deep else None),
+        )
+        if value is not None
+    }
+    return replace(cfg, recipe=recipe, grids=grids, **updates)
+
+
+def output_prefix(cfg: Config) -> str:
+    """File name stem of the run's table and figures: ``psilon`` or ``psilon_paper``."""
+    return "psilon" if cfg.protocol == "default" else f"psilon_{cfg.protocol}"
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces ``args`` (the options that change the result)."""
+    parts = ["constrain study psilon"] + (["--quick"] if args.quick else [])
+    if args.protocol != "default":
+        parts.append(f"--protocol {args.protocol}")
+    for flag, value in (("--datasets", args.datasets), ("--models", args.models), ("--run-folds", args.run_folds),
+                        ("--lambdas", args.lambdas)):
+        if value:
+            parts.append(f"{flag} {' '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
+    for flag, value in (("--folds", args.folds), ("--epochs", args.epochs), ("--hidden", args.hidden),
+                        ("--seed", args.seed)):
+        if value is not None:
+            parts.append(f"{flag} {value}")
+    parts += [flag for flag, on in (("--no-sparsify", args.no_sparsify), ("--no-deep", args.no_deep)) if on]
+    return " ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; write ``psilon.md`` and the figures (see ``--figures``) and ``psilon.json`` into ``--out``."""
+    """Run the study; write ``psilon.md`` (``psilon_paper.md``) and the figures (see ``--figures``) and the JSON into ``--out``."""
     cfg = config_from(args)
-    json_dir, out = output_dirs(args, cfg, Config())  # checked before any work
+    prefix = output_prefix(cfg)
+    documented = paper_config() if cfg.protocol == "paper" else Config()
+    json_dir, out = output_dirs(args, cfg, documented)  # checked before any work
     start = time.perf_counter()
     rows = run_study(cfg, progress=not args.no_progress)
     summary = summarize(rows)
+    pairs = matched(rows)
     text = table(summary, cfg)
+    extra = [("At matched test metric: PSiLON against the L1-regularized MLP", matched_table(pairs)),
+             ("Deep residual ablation", deep_table(summary, cfg))]
+    text += "".join(f"\n## {title}\n\n{body}" for title, body in extra if body)
     elapsed = time.perf_counter() - start
     cpu = sum(r["cpu"] for r in rows)
-    command = " ".join(["constrain study psilon"] + (["--quick"] if args.quick else []))
-    header = (f"# PSiLON Net study\n\n`{command}`: {elapsed:.0f} s wall with {cfg.jobs} worker process(es), "
-              f"{cpu:.0f} s CPU time in the cells (one torch thread each).\n\n")
-    (out / "psilon.md").write_text(header + text)
-    (json_dir / "psilon.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, indent=1, default=float))
-    paths = figures(summary, rows, cfg, out)
+    steps = sum(r["steps"] for r in rows)
+    header = (f"# PSiLON Net study ({cfg.protocol} protocol)\n\n`{_command(args)}`: {elapsed:.0f} s wall with "
+              f"{cfg.jobs} worker process(es), {cpu:.0f} s CPU time in the cells (one torch thread each), "
+              f"{steps} optimizer steps.\n\n")
+    (out / f"{prefix}.md").write_text(header + text)
+    (json_dir / f"{prefix}.json").write_text(
+        json.dumps({"config": asdict(cfg), "rows": rows, "matched": pairs}, indent=1, default=float))
+    paths = figures(summary, rows, cfg, out, prefix)
     print(text)
-    print(f"wrote {out / 'psilon.md'}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s wall, {cpu:.0f} s CPU)")
+    print(f"wrote {out / (prefix + '.md')}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s wall, {cpu:.0f} s CPU)")
     return 0
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
-from torch.nn.utils import parametrize
 
 import strategies
 from experiments import psilon as ps
@@ -33,19 +34,126 @@ def _brute_force_path_norm(weights: list[torch.Tensor]) -> float:
     return total
 
 
+def _official_crelu_weights(v: torch.Tensor, g: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official CReLUNormLinear normalization, written out on (in, out) matrices as the authors store
+    them: W_tilde = max(|W_pos|, |W_neg|), norm = column sums (p=1) or column L2 norms, g * W / norm."""
+    h = v.shape[1] // 2
+    w_pos, w_neg = v[:, :h].T, v[:, h:].T  # (in, out)
+    tilde = torch.maximum(w_pos.abs(), w_neg.abs())
+    norm = tilde.sum(0, keepdim=True) if p == 1 else tilde.pow(2).sum(0, keepdim=True).sqrt()
+    return (g.reshape(1, -1) * w_pos / norm).T, (g.reshape(1, -1) * w_neg / norm).T
+
+
+@pytest.mark.parametrize("kind", ["psilon-res", "l1-ib", "l2-ob", "standard-res"])
+def test_crelu_layers_normalize_as_the_official_code(kind: str) -> None:
+    torch.manual_seed(0)
+    net = ps.build(kind, 5, 3, hidden=8, hidden_layers=2)
+    _randomize_lengths(net, 1)
+    gen = torch.Generator().manual_seed(2)
+    for layer in net.layers[1:]:
+        original = layer.parametrizations["weight"].original
+        with torch.no_grad():
+            original.copy_(torch.randn(original.shape, generator=gen))  # halves differ now
+        g = ps.layer_length(layer).detach().expand(layer.weight.shape[0], 1)
+        pos, neg = _official_crelu_weights(original.detach(), g, ps.SPECS[kind].norm)
+        torch.testing.assert_close(layer.weight[:, :8], pos)
+        torch.testing.assert_close(layer.weight[:, 8:], neg)
+        tilde = torch.maximum(layer.weight[:, :8].abs(), layer.weight[:, 8:].abs())
+        size = tilde.sum(1) if ps.SPECS[kind].norm == 1 else tilde.square().sum(1).sqrt()
+        torch.testing.assert_close(size, g.abs().reshape(-1))  # ||w_tilde_j||_p = |g|
+
+
 @pytest.mark.parametrize("kind", ["psilon", "psilon-res"])
-def test_every_layer_uses_the_toolkit_l1_weight_norm(kind: str) -> None:
+def test_psilon_lengths_are_shared_in_hidden_layers_and_per_output_last(kind: str) -> None:
     torch.manual_seed(0)
     net = ps.build(kind, 5, 3, hidden=8, hidden_layers=2)
     _randomize_lengths(net, 1)
     for i, layer in enumerate(net.layers):
-        assert parametrize.is_parametrized(layer, "weight")
-        assert any(isinstance(m, strategies.L1WeightNorm) for m in layer.parametrizations["weight"])
-        g = ps.layer_length(layer)
+        norm = ps.weight_norm_module(layer)
+        assert isinstance(norm, strategies.L1WeightNorm) and norm.p == 1
         last = i == len(net.layers) - 1
-        assert g.numel() == (3 if last else 1)  # shared in hidden layers, one per output on the last
-        rows = layer.weight.abs().sum(1)
-        torch.testing.assert_close(rows, g.abs().reshape(-1).expand_as(rows))
+        assert ps.layer_length(layer).numel() == (3 if last else 1)
+    first = net.layers[0]  # a one-half layer: the toolkit's L1 weight normalization itself
+    reference = strategies.L1WeightNorm(first.weight, radius=None, shared_length=True)
+    with torch.no_grad():
+        reference.raw_length.copy_(ps.layer_length(first))
+        torch.testing.assert_close(first.weight, reference(first.parametrizations["weight"].original))
+
+
+@pytest.mark.parametrize("kind", ["psilon", "psilon-res", "standard", "l2-ib"])
+def test_official_initialization(kind: str) -> None:
+    torch.manual_seed(0)
+    hidden = 8
+    net = ps.build(kind, 5, 3, hidden=hidden, hidden_layers=2)
+    last = len(net.layers) - 1
+    for i, layer in enumerate(net.layers):
+        v = layer.parametrizations["weight"].original.detach()
+        if net.residual and i > 0:
+            assert torch.equal(v[:, :hidden], v[:, hidden:])  # W- starts equal to W+
+            v = v[:, :hidden]
+        # orthogonal: the smaller Gram matrix is the identity
+        gram = v @ v.T if v.shape[0] <= v.shape[1] else v.T @ v
+        torch.testing.assert_close(gram, torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
+        assert torch.equal(layer.bias.detach(), torch.zeros_like(layer.bias))
+        block = net.residual and 0 < i < last
+        assert torch.equal(ps.layer_length(layer).detach(), torch.full_like(ps.layer_length(layer), 0.0 if block else 1.0))
+    # two draws differ (a random orthogonal matrix, not a fixed one)
+    other = ps.build(kind, 5, 3, hidden=hidden, hidden_layers=2)
+    assert not torch.equal(other.layers[0].parametrizations["weight"].original, net.layers[0].parametrizations["weight"].original)
+
+
+def test_sparsification_blend_keeps_the_lengths_and_reaches_exact_zeros() -> None:
+    from constrain import project_simplex
+
+    torch.manual_seed(0)
+    net = ps.build("psilon-res", 6, 3, hidden=10, hidden_layers=2)
+    _randomize_lengths(net, 3)
+    gen = torch.Generator().manual_seed(4)
+    for layer in net.layers:
+        original = layer.parametrizations["weight"].original
+        with torch.no_grad():
+            original.copy_(3 * torch.randn(original.shape, generator=gen))  # rows of L1 norm >> 1: sparse projections
+    x = torch.randn(16, 6)
+    for alpha in (0.0, 0.3, 1.0):
+        ps.set_sparsify(net, alpha)
+        with torch.no_grad():
+            # the product form stays exact: every blend keeps ||w_tilde_j||_1 = |g|
+            assert float(ps.path_norm_bound(net)) == pytest.approx(float(ps.path_norm_explicit(net)), rel=1e-5)
+            assert ps.sampled_lipschitz(net, x, n=256) <= float(ps.path_norm_explicit(net)) * (1 + 1e-5)
+    # at alpha = 1 the official projection: tau from W_tilde by the sort formula, applied to both halves
+    layer = net.layers[1]
+    v = layer.parametrizations["weight"].original.detach()
+    tilde = torch.maximum(v[:, :10].abs(), v[:, 10:].abs())
+    u, _ = torch.sort(tilde, dim=1, descending=True)
+    cums = (u.cumsum(1) - 1) / torch.arange(1, 11)
+    tau = cums.gather(1, ((cums < u).sum(1, keepdim=True) - 1))
+    g = ps.layer_length(layer).detach()
+    expected = g * torch.sign(v) * torch.relu(v.abs() - tau)  # the same tau for both halves
+    torch.testing.assert_close(layer.weight.detach(), expected)
+    torch.testing.assert_close(torch.relu(tilde - tau), project_simplex(tilde, 1.0, dim=1))
+    assert ps.exact_zero_fraction(net) > 0.3
+    with pytest.raises(ValueError, match="alpha"):
+        ps.set_sparsify(net, 1.5)
+
+
+def test_near_sparsity_is_the_official_entropy_measure() -> None:
+    torch.manual_seed(0)
+    net = ps.build("psilon-res", 5, 3, hidden=8, hidden_layers=1)
+    _randomize_lengths(net, 5)
+    values = []
+    for i, layer in enumerate(net.layers):
+        v = layer.parametrizations["weight"].original.detach().T  # (in, out), the official layout
+        for half in ([v] if i == 0 else [v[:8], v[8:]]):
+            pv = half.abs() / half.abs().sum(0, keepdim=True)
+            entropy = (-torch.log(pv + 1e-8) * pv).sum(0)
+            values.append(1 - torch.exp(entropy) / half.shape[0])
+    assert ps.near_sparsity(net) == pytest.approx(float(torch.cat(values).mean()), abs=1e-5)
+    # the extremes: a row with one non-zero has 1 - 1/d; an all-zero row counts as 1
+    plain = ps.Net(4, 2, 1, hidden_layers=0)
+    with torch.no_grad():
+        plain.layers[0].weight.copy_(torch.tensor([[0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+        plain.layers[1].weight.copy_(torch.tensor([[1.0, 1.0]]))
+    assert ps.near_sparsity(plain) == pytest.approx(((1 - 1 / 4) + 1 + 0) / 3)
 
 
 def test_residual_blocks_start_as_the_identity() -> None:
@@ -91,12 +199,12 @@ def test_norm_inf_to_1_is_the_maximum_over_the_unit_cube() -> None:
     torch.testing.assert_close(ps.norm_inf_to_1(single), single.abs().sum((1, 2)))
 
 
-@pytest.mark.parametrize("kind", ["psilon", "psilon-res", "mlp", "standard"])
+@pytest.mark.parametrize("kind", ["psilon", "psilon-res", "mlp", "standard", "l1-ob", "l2-ib"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_product_bound_ge_explicit_ge_sampled_gradient_norm(kind: str, seed: int) -> None:
     torch.manual_seed(seed)
     net = ps.build(kind, 5, 3, hidden=8, hidden_layers=2)
-    if kind.startswith("psilon"):
+    if ps.SPECS[kind].norm is not None:
         _randomize_lengths(net, seed)
     X = torch.randn(64, 5)
     with torch.no_grad():
@@ -107,7 +215,7 @@ def test_product_bound_ge_explicit_ge_sampled_gradient_norm(kind: str, seed: int
     assert original >= explicit * (1 - 1e-6)  # the improved residual bound is never looser
     if kind.startswith("psilon"):
         product = float(ps.path_norm_bound(net).detach())
-        assert product >= explicit * (1 - 1e-6)
+        assert product == pytest.approx(explicit, rel=1e-5)  # W_tilde normalized: the product form is exact
         if kind == "psilon-res":
             assert float(ps.path_norm_bound(net, improved=False).detach()) >= original * (1 - 1e-6)
     # the sampled value is a real Lipschitz lower bound: a finite difference never exceeds the bound
@@ -118,8 +226,26 @@ def test_product_bound_ge_explicit_ge_sampled_gradient_norm(kind: str, seed: int
 
 
 def test_path_norm_bound_refuses_unnormalized_nets() -> None:
-    with pytest.raises(TypeError, match="PSiLON"):
-        ps.path_norm_bound(ps.build("mlp", 3, 2, hidden=4))
+    for kind in ("mlp", "standard", "l1-ib"):  # no normalization, L2, lengths per unit
+        with pytest.raises(TypeError, match="PSiLON"):
+            ps.path_norm_bound(ps.build(kind, 3, 2, hidden=4))
+
+
+@pytest.mark.parametrize("kind", ["psilon", "psilon-res", "l1-mlp", "l1-ib", "l2-ob", "standard-res"])
+def test_path_norm_bounds_the_sampled_lipschitz_constant_of_trained_nets(kind: str) -> None:
+    """Trained nets (a short run of the default recipe on iris) obey the bound too, sparsified ones included."""
+    from experiments import datasets as ds
+
+    data = ds.load("iris")
+    split = psilon_study.make_split(data, torch.arange(0, 150, 2).numpy(), torch.arange(1, 150, 2).numpy())
+    recipe = psilon_study.Recipe(hidden=12, hidden_layers=2, epochs=40, batch_size=32, lr=1e-2)
+    net = psilon_study.fit(kind, split, data.task, 1e-3, recipe, seed=0)
+    bound = ps.lipschitz_bound(net)
+    sampled = ps.sampled_lipschitz(ps.materialize(net), split.X, n=512)
+    assert bound >= sampled * (1 - 1e-5) > 0
+    if ps.SPECS[kind].reg == "path":
+        assert float(ps.path_norm_bound(net).detach()) == pytest.approx(bound, rel=1e-4)
+    assert psilon_study.score(net, split, data.task)[0] > 0.6  # it did learn (3 classes)
 
 
 def _set_weights(net: ps.Net, weights: list[torch.Tensor]) -> None:
@@ -178,7 +304,7 @@ def test_pruning_accounting_residual() -> None:
 def test_prune_zeroes_exactly_the_near_zero_weights_and_keeps_the_original(kind: str) -> None:
     torch.manual_seed(0)
     net = ps.build(kind, 5, 3, hidden=8, hidden_layers=1)
-    if kind.startswith("psilon"):
+    if ps.SPECS[kind].norm is not None:
         _randomize_lengths(net, 0)
     x = torch.randn(20, 5)
     with torch.no_grad():
@@ -195,21 +321,69 @@ def test_prune_zeroes_exactly_the_near_zero_weights_and_keeps_the_original(kind:
     assert report.flops_pruned <= report.flops_dense and 0 <= report.saved <= 1
 
 
-def test_quick_study_end_to_end(tmp_path) -> None:
-    status = psilon_study.main(["--quick", "--figures", str(tmp_path), "--no-progress"])
-    assert status == 0
-    text = (tmp_path / "psilon.md").read_text()
-    for model in psilon_study.MODELS:
-        assert f"| {model} |" in text
-    for name in ("psilon_metric.png", "psilon_lipschitz.png", "psilon_pruning.png"):
-        assert (tmp_path / name).stat().st_size > 1000
-    # the theory check holds in every cell: "k/k" in the bound >= sampled column
-    rows = [[c.strip() for c in line.split("|")] for line in text.splitlines() if line.startswith("| ")]
-    checked = [r for r in rows if r[2] not in ("model", "rf") and not r[2].startswith("-")]
-    assert len(checked) == 2 * 5  # two data sets, five networks
-    for cells in checked:
-        held, total = cells[9].split("/")
-        assert held == total, cells
+def test_paper_protocol_is_the_official_budget() -> None:
+    cfg = psilon_study.paper_config()
+    r = cfg.recipe
+    assert (r.hidden, r.hidden_layers + 2, r.epochs, r.batch_size, r.lr, r.loss_mix) == (500, 4, 1000, 400, 2e-3, 0.5)
+    grid = cfg.grids["psilon"]
+    assert len(grid) == 13 and grid[0] == 5e-5 and grid[-1] == 0.5 and list(grid) == sorted(grid)
+    assert all(cfg.grids[m] == grid for m in psilon_study.REGULARIZED)
+    deep = cfg.deep
+    assert (deep.hidden, deep.hidden_layers + 1, deep.epochs, deep.batch_size, deep.lr) == (500, 10, 400, 200, 2e-2)
+    # the default protocol: the same recipe on a smaller budget, its grid a subset of the official one
+    default = psilon_study.Config()
+    assert set(default.grids["psilon"]) < set(grid) and default.recipe.loss_mix == r.loss_mix
+    assert default.recipe.batch_size == r.batch_size and default.recipe.sparsify == r.sparsify
+
+
+def test_paper_recipe_schedule_loss_mix_and_sparsification_on_a_tiny_run() -> None:
+    from experiments import datasets as ds
+
+    data = ds.load("iris")
+    split = psilon_study.make_split(data, torch.arange(0, 150, 2).numpy(), torch.arange(1, 150, 2).numpy())
+    recipe = replace(psilon_study.PAPER_RECIPE, hidden=6, epochs=20, batch_size=30)  # 75 rows: 3 batches per epoch
+    trace = psilon_study.Trace()
+    lam = 0.01
+    net = psilon_study.fit("psilon", split, data.task, lam, recipe, seed=0, trace=trace)
+    assert trace.steps == 20 * 3
+    # one-cycle, stepped per epoch: starts at 1e-4, peaks at lr after 20% of the epochs, ends at 1e-7 / lr
+    assert trace.lrs[0] == pytest.approx(1e-4)
+    assert max(trace.lrs) == pytest.approx(2e-3) and int(np.argmax(trace.lrs)) == 0.2 * 20 - 1
+    assert trace.lrs[-1] == pytest.approx(1e-7 / 2e-3, rel=1e-6)
+    assert all(a >= b for a, b in zip(trace.lrs[3:], trace.lrs[4:]))
+    # sparsification: 0 before 50% of the steps, 1 from 80% on
+    steps = np.arange(0, 60, 3)  # alpha is traced at the first batch of every epoch
+    assert trace.alphas == [psilon_study.sparsify_alpha(int(t), 60, (0.5, 0.8)) for t in steps]
+    assert trace.alphas[9] == 0.0 and 0 < trace.alphas[12] < 1 and trace.alphas[-1] == 1.0
+    assert ps.exact_zero_fraction(net) > 0.2
+    # the loss is 0.5 * loss + 0.5 * lambda * reg, reg the product-form path norm
+    out = net(split.X)
+    loss, _, penalty = psilon_study.training_loss(net, "psilon", out, split.y, data.task, lam, 0.5)
+    expected = 0.5 * torch.nn.functional.cross_entropy(out, split.y) + 0.5 * lam * ps.path_norm_bound(net)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(penalty, lam * ps.path_norm_bound(net))
+    # the penalty term is differentiated: its gradient reaches the lengths
+    net.zero_grad()
+    (0.5 * penalty).backward()
+    assert float(net.layers[0].parametrizations["weight"][0].raw_length.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="lr"):
+        psilon_study.Recipe(hidden=4, hidden_layers=1, epochs=2, batch_size=8, lr=1e-5)
+
+
+def test_matched_comparison_picks_the_most_regularized_model_at_the_common_level() -> None:
+    def row(model: str, points: list[tuple[float, float, float]]) -> dict:
+        grid = [{"lam": lam, "test_metric": m, "near_sparsity": lam, "exact_zero": lam / 2, "bound": 1 / lam}
+                for lam, m, _ in points]
+        return {"dataset": "d", "fold": 0, "model": model, "task": "classification", "grid": grid}
+
+    rows = [row("psilon", [(0.1, 0.95, 0), (0.2, 0.93, 0), (0.4, 0.80, 0)]),
+            row("l1-mlp", [(0.1, 0.90, 0), (0.3, 0.92, 0), (0.5, 0.85, 0)])]
+    (pair,) = psilon_study.matched(rows)
+    assert pair["level"] == 0.92  # the weaker model's best
+    assert pair["lam_a"] == 0.2 and pair["lam_b"] == 0.3  # strongest lambda reaching 0.92
+    assert pair["bound_a"] == pytest.approx(5.0) and pair["bound_b"] == pytest.approx(1 / 0.3)
+    text = psilon_study.matched_table([pair])
+    assert "| d | acc 0.92 |" in text and "0.667×" in text
 
 
 @pytest.mark.parametrize("name, module", [("psilon", "experiments.psilon_study"), ("l1", "experiments.l1_study")])
