@@ -118,7 +118,7 @@ def _train(name: str, cell: str, steps: int, lr: float, check_signs: bool = Fals
 CASES = {
     "lagrangian": [
         ("nonneg-weight", 400, 0.2, dict(dual_lr=0.05)),
-        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05, penalty=0.0)),
+        ("affine-weight+bias", 400, 0.2, dict(dual_lr=0.05)),
         ("l1-weight-rows", 400, 0.2, dict(dual_lr=0.05)),
         ("nonneg-output", 450, 0.1, dict(dual_lr=1.0)),
         ("l1-output", 400, 0.3, dict(dual_lr=0.2)),
