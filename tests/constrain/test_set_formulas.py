@@ -113,3 +113,8 @@ def test_violation_of_a_user_defined_set():
     torch.testing.assert_close(_OnlyEqualities(0).violation(batch), torch.zeros(2, 3, dtype=torch.float64),
                                rtol=0, atol=0)
     torch.testing.assert_close(_OnlyEqualities(2).violation(batch), _t([[1.2, 2.0, 1.0]] * 2), rtol=0, atol=1e-15)
+
+
+def test_nonnegative_cvxpy_reference():
+    """The cvxpy form of the orthant: its reference projection is max(x, 0)."""
+    torch.testing.assert_close(NonNegative().reference_projection(X), X.clamp_min(0), rtol=0, atol=1e-9)
