@@ -291,9 +291,9 @@ def plan_study(
         if missing:
             close = [m for w in missing for m in difflib.get_close_matches(w, sorted(known - {None}), n=1, cutoff=0.6)]
             raise KeyError(
-                f"no strategy entry matches {', '.join(missing)}."
+                f"no strategy entry matches {', '.join(missing)}; labels: "
+                f"{', '.join(sorted({e.label for es in suite.values() for e in es}))}."
                 + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
-                + f" Labels: {', '.join(sorted({e.label for es in suite.values() for e in es}))}."
             )
     specs: list[RunSpec] = []
     skipped: list[Skipped] = []

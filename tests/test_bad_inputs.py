@@ -258,9 +258,9 @@ def _cli_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "zero seeds": (["study", "--seeds", "0"], r"--seeds 0 would run nothing"),
         "negative steps": (["study", "--steps", "-1"], r"--steps: expected a positive integer"),
         "--out is a file": ([*quick, "--no-figures", "--out", str(blocker / "out")],
-                            r"Not a directory .*a-file.*--out and --figures must be writable folders"),
+                            r"--out .*a-file.out: cannot write there \(Not a directory\)"),
         "--figures is a file": ([*quick, "--out", str(tmp / "out"), "--figures", str(blocker)],
-                                r"File exists .*a-file.*writable folders"),
+                                r"--figures .*a-file: cannot write there \(it is a file, not a folder\)"),
     }
 
 
