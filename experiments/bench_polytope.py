@@ -26,12 +26,14 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from experiments._paths import check_output_file
 
 #: The speed target of the issue: ours at least this many times faster than each contender.
 TARGET_SPEEDUP = 10.0
@@ -209,9 +211,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.scale > 0 or not args.eps > 0:
         raise ValueError(f"--scale and --eps must be positive, got {args.scale} and {args.eps}.")
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise ValueError(f"--json {args.json}: the folder {folder} does not exist.")
+        check_output_file(args.json, "--json")  # before any work (cli.main checks it too)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

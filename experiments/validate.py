@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,7 @@ import torch
 from torch import Tensor
 
 from constrain import Affine, Box, ConstraintSet, L1Ball, NonNegative, Polyhedron, ReferenceSolverError, Simplex
+from experiments._paths import check_output_file
 
 #: Set names accepted by ``--sets``, in table order. The offset sets are rows ``randn + c`` with
 #: ``|c|`` up to 1e8 onto the L1 ball and the simplex, errors relative to the radius; the metric sets
@@ -794,22 +794,6 @@ def _finite(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
 
 
-def check_writable(path: str, flag: str) -> None:
-    """Raise ``ValueError`` naming ``flag`` unless a file can be written at ``path`` (probed by opening it
-    for appending; a file that did not exist is removed again)."""
-    existed = os.path.exists(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path}: is a folder; give a file path such as {os.path.join(path, 'validate.json')}.")
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as error:
-        raise ValueError(f"{flag} {path}: cannot write there ({error.strerror or error}); "
-                         f"give a path in an existing, writable folder.") from None
-    if not existed:
-        os.remove(path)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the validation, print the table; 0 if every kernel passes, 1 if one fails.
 
@@ -819,7 +803,7 @@ def run(args: argparse.Namespace) -> int:
     if not sizes:
         raise ValueError(f"--max-n {args.max_n} leaves no size to check; the smallest is {min(DEFAULT_SIZES)}.")
     if args.json:
-        check_writable(args.json, "--json")
+        check_output_file(args.json, "--json")  # cli.main checks it too; run() may be called on its own
     start = time.perf_counter()
     threads = torch.get_num_threads()
     # Many small problems: one thread avoids OpenMP barrier stalls (seconds per SVD on a busy machine).
