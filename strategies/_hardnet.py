@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from strategies._dc3 import _LinearOutputStrategy, check_matrix
+from strategies._base import Target
+from strategies._dc3 import _LinearOutputStrategy, check_matrix, linear_parts
 from strategies._registry import register
 
 #: Smallest ratio of the smallest to the largest singular value of ``[A; G]`` accepted as full rank.
@@ -70,6 +71,18 @@ class HardNetAff(_LinearOutputStrategy):
 
     def __init__(self) -> None:
         super().__init__()
+
+    @classmethod
+    def unsupported_reason(cls, target: Target) -> str | None:
+        """Also refuses a polyhedron whose stacked ``[A; G]`` is not of full row rank (the reason says why)."""
+        reason = super().unsupported_reason(target)
+        if reason is None:
+            A, _, G, _ = linear_parts(target.set)
+            try:
+                stacked_pseudoinverse(A, G, int((A if A is not None else G).shape[-1]))  # type: ignore[union-attr]
+            except ValueError as error:
+                return str(error)
+        return reason
 
     def _prepare(self, A: Tensor | None, G: Tensor | None) -> None:
         self._pinv = stacked_pseudoinverse(A, G, self._n)
