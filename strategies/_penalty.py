@@ -77,6 +77,10 @@ def _aggregate(target: Target, per_row: Tensor) -> Tensor:
     return per_row.mean() if isinstance(target, OutputTarget) else per_row.sum()
 
 
+#: The cap on a growing penalty weight when ``weight_limit`` is not given.
+DEFAULT_WEIGHT_LIMIT = 1e8
+
+
 class PenaltyStrategy(Strategy):
     r"""Shared machinery: weight :math:`\mu`, multiplied by ``growth`` after a step (bounded by
     ``weight_limit`` in the direction of growth); growth waits for a violation above ``tolerance``
@@ -92,12 +96,14 @@ class PenaltyStrategy(Strategy):
         *,
         weight: float = 1.0,
         growth: float | None = None,
-        weight_limit: float | None = 1e8,
+        weight_limit: float | None = None,
         tolerance: float | None = 1e-3,
     ) -> None:
         super().__init__()
         self.weight = _check_positive(weight, "weight")
         self.growth = _check_positive(self.default_growth if growth is None else growth, "growth")
+        if weight_limit is None:  # the default caps a growing weight; a shrinking one has no floor
+            weight_limit = DEFAULT_WEIGHT_LIMIT if self.growth > 1 else None
         self.weight_limit = None if weight_limit is None else _check_positive(weight_limit, "weight_limit")
         self.tolerance = None if tolerance is None else _check_positive(tolerance, "tolerance")
         self._violation: Tensor | None = None  # the largest relative violation recorded by the last loss
@@ -323,7 +329,7 @@ class ExtendedLogBarrier(PenaltyStrategy):
         *,
         weight: float = 1.0,
         growth: float | None = None,
-        weight_limit: float | None = 1e8,
+        weight_limit: float | None = None,
         tolerance: float | None = 1e-3,
         t: float = 5.0,
         t_growth: float = 1.0,

@@ -200,7 +200,7 @@ def test_weight_limit_bounds_a_constant_weight_from_above():
 
 def test_extended_barrier_t_growth():
     """t_k = t_0 t_growth^k enters the formula (one inequality g = 1.5 - r past the seam)."""
-    strategy = strategies.get("extended-log-barrier", weight=1.0, t=1.0, t_growth=3.0)
+    strategy = strategies.get("extended-log-barrier", weight=1.0, growth=1.0, t=1.0, t_growth=3.0)
     strategy.attach(_Net(WEIGHT), [on_output(L1Ball(1.0))])
     out = torch.tensor([[1.0, -0.5, 1.0]], dtype=torch.float64)  # g = 1.5
     for t in (1.0, 3.0, 9.0):

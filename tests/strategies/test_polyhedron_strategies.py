@@ -73,7 +73,7 @@ def test_projection_layer_holds_everywhere(make):
     assert bool(make().bind(x).contains(y, 1e-5).all())  # the set of this input, evaluated independently
 
 
-@pytest.mark.parametrize("name,options", [("quadratic-penalty", {"weight": 20.0}), ("exact-penalty", {"weight": 2.0})])
+@pytest.mark.parametrize("name,options", [("quadratic-penalty", {"weight": 20.0}), ("exact-penalty", {"weight": 2.0, "growth": 1.0})])
 @pytest.mark.parametrize("make", [_mixed, _box])
 def test_penalties_reduce_the_violation(name, options, make):
     _, _, first, train, _ = _train(name, make(), **options)
