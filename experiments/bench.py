@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from experiments._args import positive_int
 from experiments._bench_default import short_default
 
 #: Sizes and batches of the default ``bench projections`` run: about 2^20 values per tensor.
@@ -83,13 +84,6 @@ def _name_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
         return names
 
     return parse
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +381,7 @@ def _add_projections(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--batch", type=_int_list, default=None,
                         help=f"rows per tensor: one value, or one per size (default: about {DEFAULT_VALUES} values "
                         "per tensor, i.e. 2^20 / n rows)")
-    parser.add_argument("--repeats", type=_positive_int, default=11, help="timed repeats per method (default: 11)")
+    parser.add_argument("--repeats", type=positive_int, default=11, help="timed repeats per method (default: 11)")
     parser.add_argument("--sets", type=_name_list(SET_NAMES), default=list(SET_NAMES),
                         help=f"comma-separated sets (default: {','.join(SET_NAMES)})")
     parser.add_argument("--dtypes", type=_name_list(tuple(DTYPES)), default=["float32"],

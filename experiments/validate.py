@@ -43,7 +43,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from constrain import Affine, Box, ConstraintSet, L1Ball, NonNegative, Polyhedron, ReferenceSolverError, Simplex
+from constrain import (
+    Affine,
+    Box,
+    ConstraintSet,
+    L1Ball,
+    NonNegative,
+    Polyhedron,
+    ReferenceSolverError,
+    Simplex,
+)
+from experiments._args import positive_int
 from experiments._paths import check_output_file
 
 #: Set names accepted by ``--sets``, in table order. The offset sets are rows ``randn + c`` with
@@ -753,16 +763,6 @@ def _set_list(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}.") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}.")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``constrain validate`` to the CLI."""
     parser = subparsers.add_parser(
@@ -776,10 +776,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--sets", type=_set_list, default=list(SET_NAMES),
                         help=f"comma-separated sets to check (default: {','.join(SET_NAMES)})")
-    parser.add_argument("--trials", type=_positive_int, default=1,
+    parser.add_argument("--trials", type=positive_int, default=1,
                         help="rounds of every instance kind per set and size (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--max-n", type=_positive_int, default=max(DEFAULT_SIZES),
+    parser.add_argument("--max-n", type=positive_int, default=max(DEFAULT_SIZES),
                         help=f"skip sizes above this (default: {max(DEFAULT_SIZES)}; sizes {DEFAULT_SIZES})")
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="also write every row as JSON to PATH (checked for writing before any work)")

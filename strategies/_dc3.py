@@ -207,11 +207,6 @@ class _LinearOutputStrategy(Strategy):
         A, b, G, h = linear_parts(constraint_set)
         b_t = rhs_rows(b, rows, "b") if A is not None else None
         h_t = rhs_rows(h, rows, "h") if G is not None else None
-        for name, side in (("b", b_t), ("h", h_t)):
-            if side is not None and not bool(torch.isfinite(side).all()):
-                sample = int((~torch.isfinite(side)).any(-1).nonzero()[0, 0])
-                raise ValueError(f"{self.name}: the right-hand side {name} of sample {sample} is NaN or Inf; "
-                                 f"an output layer cannot map onto it (check the inputs and the callable).")
         y = self._map(rows, b_t, h_t)
         self._last = {"b": b_t, "h": h_t}
         return y.reshape(outputs.shape)

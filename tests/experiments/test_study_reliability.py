@@ -178,8 +178,16 @@ def _wait_until(process: subprocess.Popen, ready, what: str, limit: float = 600)
         time.sleep(0.02)
 
 
+def _is_worker(pid: int) -> bool:
+    """A pool worker (a spawned ``spawn_main`` child), not multiprocessing's resource tracker."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _workers_started(process: subprocess.Popen, count: int = 2):
-    return lambda: sum(1 for _, parent, _ in _group(process.pid) if parent == process.pid) >= count
+    return lambda: sum(1 for pid, parent, _ in _group(process.pid) if parent == process.pid and _is_worker(pid)) >= count
 
 
 def _stop(process: subprocess.Popen, signum: int, whole_group: bool = True) -> tuple[float, str]:
@@ -289,6 +297,7 @@ def spin(seconds):
 if __name__ == "__main__":
     with handle_interrupts():
         pool = WorkerPool(2)
+        print("ready", flush=True)
         try:
             for _ in pool.imap_unordered(spin, [(60,), (60,)]):
                 pass
@@ -304,6 +313,7 @@ def test_a_second_ctrl_c_exits_at_once_even_when_cleanup_hangs(tmp_path) -> None
     script.write_text(SLOW_CLEANUP)
     process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=_env(), start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\n"  # the pool is up
     _wait_until(process, _workers_started(process), "worker processes")
     os.kill(process.pid, signal.SIGINT)  # the main process only: the workers stay busy
     assert process.stdout.readline() == "first\n"
