@@ -165,9 +165,15 @@ def _running(pgid: int) -> list[int]:
     return [pid for pid, _, state in _group(pgid) if state != "Z"]
 
 
+def _as_a_terminal_job() -> None:
+    """Start the child with Ctrl-C's default disposition, as a shell's foreground job has it: a test
+    run itself started in the background (``cmd &``) ignores SIGINT, and its children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=cwd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_job)
 
 
 def _wait_until(process: subprocess.Popen, ready, what: str, limit: float = 600) -> None:
@@ -312,7 +318,7 @@ def test_a_second_ctrl_c_exits_at_once_even_when_cleanup_hangs(tmp_path) -> None
     script = tmp_path / "slow_cleanup.py"
     script.write_text(SLOW_CLEANUP)
     process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=_env(), start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_job)
     assert process.stdout.readline() == "ready\n"  # the pool is up
     _wait_until(process, _workers_started(process), "worker processes")
     os.kill(process.pid, signal.SIGINT)  # the main process only: the workers stay busy
