@@ -49,8 +49,7 @@ def _as_matrix(A: object, c: object) -> tuple[Tensor, Tensor]:
     c = c.reshape(-1) if c.dim() == 0 else c
     if c.dim() != 1 or c.shape[0] != A.shape[0]:
         raise ValueError(
-            f"c must be a vector with one entry per row of A: A has shape {tuple(A.shape)}, "
-            f"c has shape {tuple(c.shape)}."
+            f"c must be a vector with one entry per row of A: A has shape {tuple(A.shape)}, c has shape {tuple(c.shape)}."
         )
     if A.is_complex() or c.is_complex():
         raise TypeError("A and c must be real.")
@@ -74,7 +73,7 @@ class AffineFactor:
         self._cache: dict = {}
 
     @classmethod
-    def of(cls, A: object, c: object, rtol: float | None = None) -> "AffineFactor":
+    def of(cls, A: object, c: object, rtol: float | None = None) -> AffineFactor:
         r"""Factorize :math:`A w = c`; raise ``ValueError`` if the system is inconsistent.
 
         ``rtol``: singular values below ``rtol * sigma_max`` count as zero
@@ -184,4 +183,3 @@ def check_dims(x: Tensor, n: int) -> None:
             f"x has shape {tuple(x.shape)} but A has {n} columns: the last dimension of x must be {n} "
             f"(for a weight matrix W, constrain vec(W) = W.reshape(-1))."
         )
-

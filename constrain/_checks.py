@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-Radius = Union[float, int, Tensor]
+Radius = float | int | Tensor
 
 #: dtypes the kernels upcast to float32 internally and cast back.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -20,13 +19,11 @@ def check_tensor(x: object, name: str = "x") -> Tensor:
     """Return ``x`` if it is a real floating-point tensor; raise a clear error otherwise."""
     if not isinstance(x, Tensor):
         raise TypeError(
-            f"{name} must be a torch.Tensor, got {type(x).__name__}; "
-            f"wrap it with torch.as_tensor({name}, dtype=torch.float32)."
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor({name}, dtype=torch.float32)."
         )
     if not x.is_floating_point():
         raise TypeError(
-            f"{name} has dtype {x.dtype}; projections need a floating-point tensor: "
-            f"pass {name}.float() or {name}.double()."
+            f"{name} has dtype {x.dtype}; projections need a floating-point tensor: pass {name}.float() or {name}.double()."
         )
     return x
 

@@ -398,7 +398,7 @@ def project_rows(x: np.ndarray, radius: np.ndarray, ball: bool, out: np.ndarray,
         pool = _pool(threads)
         jobs = [
             pool.submit(_project_rows, x[a:b], xi[a:b], radius[a:b], ball, out[a:b], taus[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         return sum(job.result() for job in jobs)
     return _project_long_rows(x, xi, radius, ball, out, taus, threads)
@@ -409,7 +409,7 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
     rows, n = x.shape
     parts = -(-threads // rows)
     starts = np.linspace(0, n, parts + 1).astype(np.int64)
-    segments = [(row, a, b) for row in range(rows) for a, b in zip(starts[:-1], starts[1:])]
+    segments = [(row, a, b) for row in range(rows) for a, b in zip(starts[:-1], starts[1:], strict=True)]
     pool = _pool(threads)
     jobs = [
         pool.submit(_filter_segment, x[row, a:b], xi[row, a:b], float(radius[row]), ball, out[row, a:b], False)
@@ -438,7 +438,7 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
         for row, a, b in segments
         if not bad[row]
     ]
-    for (row, _, _), job in zip([seg for seg in segments if not bad[seg[0]]], writes):
+    for (row, _, _), job in zip([seg for seg in segments if not bad[seg[0]]], writes, strict=True):
         if not job.result():
             bad[row] = True
     for row in range(rows):

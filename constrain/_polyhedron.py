@@ -166,7 +166,13 @@ def _row_tolerance(r: Tensor, y: Tensor, p: Tensor, h: Tensor) -> Tensor:
 
 
 def _active_set(
-    K: Tensor, r: Tensor, active: Tensor, tol: Tensor, free: Tensor, rho: float = 0.0, center: Tensor | None = None,
+    K: Tensor,
+    r: Tensor,
+    active: Tensor,
+    tol: Tensor,
+    free: Tensor,
+    rho: float = 0.0,
+    center: Tensor | None = None,
     iterations: int = _MAX_ACTIVE_SET,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Primal-dual active-set iterations from ``active`` (B, m) on
@@ -293,7 +299,12 @@ def _refuse(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor, i:
     G = (factor.Gn * factor.gnorm[:, None]).cpu().numpy()
     bi = None if b is None else b[i].cpu().numpy()
     result = linprog(
-        c=[0.0] * factor.n, A_ub=G, b_ub=h[i].cpu().numpy(), A_eq=A, b_eq=bi, bounds=[(None, None)] * factor.n,
+        c=[0.0] * factor.n,
+        A_ub=G,
+        b_ub=h[i].cpu().numpy(),
+        A_eq=A,
+        b_eq=bi,
+        bounds=[(None, None)] * factor.n,
         method="highs",
     )
     if result.status == 2:

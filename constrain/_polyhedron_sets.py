@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import numbers
 from collections.abc import Callable, Iterator
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from constrain._checks import check_finite, check_tensor
 from constrain._polyhedron import PolyhedronFactor, project_polyhedron_rows
 from constrain.sets import ConstraintSet
 
-RightHandSide = Union[Tensor, np.ndarray, list, float, Callable[..., Tensor], None]
+RightHandSide = Tensor | np.ndarray | list | float | Callable[..., Tensor] | None
 
 
 class _Side:
@@ -54,8 +54,11 @@ class _Side:
         if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"{what} must be a real tensor, got dtype {t.dtype}.")
         t = t if t.is_floating_point() else t.double()
-        if t.dim() == 0 or t.dim() > 2 or (self.size is not None and t.shape[-1] != self.size) or (
-            rows is not None and t.dim() == 2 and t.shape[0] != rows
+        if (
+            t.dim() == 0
+            or t.dim() > 2
+            or (self.size is not None and t.shape[-1] != self.size)
+            or (rows is not None and t.dim() == 2 and t.shape[0] != rows)
         ):
             want = f"({self.size},) or (batch, {self.size})" if self.size is not None else "(n,) or (batch, n)"
             if rows is not None:
@@ -73,7 +76,7 @@ class _Side:
     def per_row(self) -> bool:
         return isinstance(self.value, Tensor) and self.value.dim() == 2
 
-    def bound(self, inputs: tuple) -> "_Side":
+    def bound(self, inputs: tuple) -> _Side:
         """This side with a callable evaluated on ``inputs``."""
         if self.fn is None:
             return self
@@ -110,7 +113,7 @@ class _Side:
         """Row ``i`` of a per-row side (the constant otherwise)."""
         return self.value[i] if self.per_row else self.value  # type: ignore[index]
 
-    def scaled(self, t: float) -> "_Side":
+    def scaled(self, t: float) -> _Side:
         out = _Side.__new__(_Side)
         out.name, out.size = self.name, self.size
         if self.fn is not None:
@@ -131,7 +134,9 @@ class _Side:
 def _rows_of(x: Tensor, n: int, what: str) -> Tensor:
     x = check_tensor(x)
     if x.dim() == 0 or x.shape[-1] != n:
-        raise ValueError(f"x has shape {tuple(x.shape)} but {what} acts on vectors of length {n}: the last dimension of x must be {n}.")
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} but {what} acts on vectors of length {n}: the last dimension of x must be {n}."
+        )
     return x.reshape(-1, n)
 
 
@@ -178,13 +183,17 @@ class Polyhedron(ConstraintSet):
             G64 = G64.to(A64.device)
         self.A, self.G = A64, G64
         self._factor = PolyhedronFactor(A64, G64, n)
-        self._b = None if A64 is None else _Side(torch.zeros(A64.shape[0], dtype=torch.float64) if b is None else b, "b", A64.shape[0])
-        self._h = None if G64 is None else _Side(torch.zeros(G64.shape[0], dtype=torch.float64) if h is None else h, "h", G64.shape[0])
+        self._b = (
+            None if A64 is None else _Side(torch.zeros(A64.shape[0], dtype=torch.float64) if b is None else b, "b", A64.shape[0])
+        )
+        self._h = (
+            None if G64 is None else _Side(torch.zeros(G64.shape[0], dtype=torch.float64) if h is None else h, "h", G64.shape[0])
+        )
         self.has_equalities = A64 is not None
         self.has_inequalities = G64 is not None
 
     @classmethod
-    def _with(cls, like: "Polyhedron", b: _Side | None, h: _Side | None) -> "Polyhedron":
+    def _with(cls, like: Polyhedron, b: _Side | None, h: _Side | None) -> Polyhedron:
         new = cls.__new__(cls)
         new.__dict__.update(like.__dict__)
         new._b, new._h = b, h
@@ -215,10 +224,12 @@ class Polyhedron(ConstraintSet):
     def needs_inputs(self) -> bool:
         return any(s is not None and s.is_callable for s in (self._b, self._h))
 
-    def bind(self, *inputs: Any) -> "Polyhedron":
+    def bind(self, *inputs: Any) -> Polyhedron:
         if not self.needs_inputs:
             return self
-        return self._with(self, None if self._b is None else self._b.bound(inputs), None if self._h is None else self._h.bound(inputs))
+        return self._with(
+            self, None if self._b is None else self._b.bound(inputs), None if self._h is None else self._h.bound(inputs)
+        )
 
     def _sides(self, rows: Tensor, finite: bool = False) -> tuple[Tensor | None, Tensor | None]:
         B = rows.shape[0]
@@ -268,9 +279,13 @@ class Polyhedron(ConstraintSet):
         for i in range(distinct):
             hi = hs[min(i, hs.shape[0] - 1)]
             result = linprog(
-                c=np.r_[np.zeros(n), -1.0], A_ub=np.hstack([G, norms[:, None]]), b_ub=hi,
-                A_eq=A, b_eq=None if bs is None else bs[min(i, bs.shape[0] - 1)],
-                bounds=[(None, None)] * n + [(None, 1.0 + float(np.abs(hi).max()))], method="highs",
+                c=np.r_[np.zeros(n), -1.0],
+                A_ub=np.hstack([G, norms[:, None]]),
+                b_ub=hi,
+                A_eq=A,
+                b_eq=None if bs is None else bs[min(i, bs.shape[0] - 1)],
+                bounds=[(None, None)] * n + [(None, 1.0 + float(np.abs(hi).max()))],
+                method="highs",
             )
             if result.status != 0 or -result.fun <= 0:
                 raise ValueError(
@@ -306,7 +321,7 @@ class Polyhedron(ConstraintSet):
             out.append(self.G.cpu().numpy() @ var <= self._h.value.detach().cpu().double().numpy())  # type: ignore[union-attr]
         return out
 
-    def scaled(self, t: float) -> "Polyhedron":
+    def scaled(self, t: float) -> Polyhedron:
         return self._with(self, None if self._b is None else self._b.scaled(t), None if self._h is None else self._h.scaled(t))
 
     def row_sets(self, x: Tensor) -> Iterator[ConstraintSet]:
@@ -387,7 +402,7 @@ class Box(ConstraintSet):
             where = f"sample {bad[0]}, entry {bad[1]}" if diff.dim() == 2 else (f"entry {bad[0]}" if bad else "")
             raise ValueError(f"Box is empty at {where}: lower > upper there. Every lower bound must be <= its upper bound.")
 
-    def bind(self, *inputs: Any) -> "Box":
+    def bind(self, *inputs: Any) -> Box:
         if not self.needs_inputs:
             return self
         new = Box.__new__(Box)
@@ -435,7 +450,7 @@ class Box(ConstraintSet):
             out.append(var >= v if op == "lower" else var <= v)
         return out
 
-    def scaled(self, t: float) -> "Box":
+    def scaled(self, t: float) -> Box:
         new = Box.__new__(Box)
         new._lower = None if self._lower is None else self._lower.scaled(t)
         new._upper = None if self._upper is None else self._upper.scaled(t)

@@ -240,7 +240,8 @@ def _forward_numba(x: Tensor, radius: Tensor, ball: bool) -> Forward:
 
 
 def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
-    r"""``(d, top, total)`` per row, with ``a = |x|`` (ball) or ``x``: ``d = a - max(a)`` (a new tensor), ``top = max(a)``, ``total = sum(a)``.
+    r"""``(d, top, total)`` per row, with ``a = |x|`` (ball) or ``x``: ``d = a - max(a)`` (a new tensor),
+    ``top = max(a)``, ``total = sum(a)``.
 
     Raises on NaN or Inf (``total`` is finite iff every entry is). The threshold is
     shift-invariant, and ``a - top`` is exact on the support (Sterbenz), so thresholds computed
@@ -307,7 +308,8 @@ def _round_inside(y: Tensor, radius: Tensor, ball: bool) -> None:
 
 
 def _support(y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(s, |S|)``: ``sign(y)`` (1 on the simplex support; +-1 on the ball's; 0 elsewhere) and the support's size (at least 1)."""
+    """``(s, |S|)``: ``sign(y)`` (1 on the simplex support; +-1 on the ball's; 0 elsewhere) and the
+    support's size (at least 1)."""
     signs = torch.sign(y)
     return signs, signs.abs().sum(-1, keepdim=True).clamp_min(1)
 

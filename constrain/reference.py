@@ -44,7 +44,7 @@ class ReferenceSolverError(RuntimeError):
     """cvxpy could not solve a reference projection to optimality."""
 
 
-def solve_projection(constraint_set: "ConstraintSet", x: np.ndarray) -> np.ndarray:
+def solve_projection(constraint_set: ConstraintSet, x: np.ndarray) -> np.ndarray:
     """Solve one projection ``argmin ||y - x||^2, y in constraint_set`` for a 1-d ``x``."""
     import cvxpy as cp
 
@@ -244,11 +244,11 @@ def _exact_sum(x: np.ndarray) -> Fraction:
     high, low = np.zeros(levels.size, np.int64), np.zeros(levels.size, np.int64)
     np.add.at(high, where, mantissa >> 26)
     np.add.at(low, where, mantissa & ((1 << 26) - 1))
-    total = sum(((int(h) << 26) + int(lo)) << int(e - e0) for h, lo, e in zip(high, low, levels) if h or lo)
+    total = sum(((int(h) << 26) + int(lo)) << int(e - e0) for h, lo, e in zip(high, low, levels, strict=True) if h or lo)
     return Fraction(total) * Fraction(2) ** e0
 
 
-def reference_projection(constraint_set: "ConstraintSet", x: Tensor, method: str = "auto") -> Tensor:
+def reference_projection(constraint_set: ConstraintSet, x: Tensor, method: str = "auto") -> Tensor:
     """Project every row of ``x`` (shape ``(..., n)``); returns float64 on ``x``'s device.
 
     ``method``: ``"auto"`` uses the set's exact projection where it has one and cvxpy otherwise;
@@ -264,6 +264,7 @@ def reference_projection(constraint_set: "ConstraintSet", x: Tensor, method: str
     if exact is not None:
         return exact
     rows = x.detach().to("cpu", torch.float64).reshape(-1, x.shape[-1]).numpy()
-    solved = [solve_projection(row_set, row) for row_set, row in zip(constraint_set.row_sets(x), rows)]
+    # row_sets repeats one set forever when the parameters are shared: the rows decide the length
+    solved = [solve_projection(row_set, row) for row_set, row in zip(constraint_set.row_sets(x), rows, strict=False)]
     out = np.stack(solved) if solved else np.zeros_like(rows)
     return torch.from_numpy(out).reshape(x.shape).to(x.device)

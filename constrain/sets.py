@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from constrain import reference
 from constrain._affine import AffineFactor, as_real_tensor, check_dims
 from constrain._checks import Radius, check_finite, check_radius, check_tensor
 from constrain._orthant import project_nonnegative
 from constrain._simplex import project_l1_ball, project_simplex
-from constrain import reference
 
 
 class ConstraintSet(abc.ABC):
@@ -133,10 +133,10 @@ class ConstraintSet(abc.ABC):
         """The set as a list of cvxpy constraints on the 1-d cvxpy variable ``var``."""
 
     @abc.abstractmethod
-    def scaled(self, t: float) -> "ConstraintSet":
+    def scaled(self, t: float) -> ConstraintSet:
         r"""The set :math:`t C` for :math:`t > 0` (every set here is a cone or an affine set)."""
 
-    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
+    def row_sets(self, x: Tensor) -> Iterator[ConstraintSet]:
         """The set each row of ``x`` is projected onto (differs only with per-row parameters)."""
         return itertools.repeat(self)
 
@@ -151,7 +151,7 @@ class ConstraintSet(abc.ABC):
         """True when a parameter of the set is a callable of the model's input (see :meth:`bind`)."""
         return False
 
-    def bind(self, *inputs: Any) -> "ConstraintSet":
+    def bind(self, *inputs: Any) -> ConstraintSet:
         """The set with every callable parameter evaluated on the model's ``inputs`` (self if none)."""
         return self
 
@@ -174,7 +174,7 @@ class _RadiusSet(ConstraintSet):
         """The radius for each row of ``x``, shape ``x.shape[:-1] + (1,)``."""
         return check_radius(self.radius, x, x.shape[:-1])
 
-    def scaled(self, t: float) -> "_RadiusSet":
+    def scaled(self, t: float) -> _RadiusSet:
         return type(self)(self.radius * t)
 
     def own_scale(self, x: Tensor) -> Tensor:
@@ -189,7 +189,7 @@ class _RadiusSet(ConstraintSet):
             raise ValueError("x must have at least one dimension (the vector to project); got a 0-d tensor.")
         rows = x64.reshape(-1, x.shape[-1]).numpy()
         radii = self.radius_like(x64).reshape(-1).tolist()
-        out = [type(self)._exact_row(row, r) if row.size else row for row, r in zip(rows, radii)]
+        out = [type(self)._exact_row(row, r) if row.size else row for row, r in zip(rows, radii, strict=True)]
         return torch.from_numpy(np.stack(out) if out else rows).reshape(x.shape).to(x.device)
 
     def check_parameters(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -205,7 +205,7 @@ class _RadiusSet(ConstraintSet):
                         f"{tuple(shape)} has {rows[0]} row(s); give one radius per row (output unit) or a float."
                     ) from None
 
-    def row_sets(self, x: Tensor) -> Iterator["ConstraintSet"]:
+    def row_sets(self, x: Tensor) -> Iterator[ConstraintSet]:
         if not isinstance(self.radius, Tensor):
             return itertools.repeat(self)
         radii = self.radius_like(x.detach().double()).reshape(-1).tolist()
@@ -266,7 +266,7 @@ class NonNegative(ConstraintSet):
     def cvxpy_constraint(self, var: Any) -> list:
         return [var >= 0]
 
-    def scaled(self, t: float) -> "NonNegative":
+    def scaled(self, t: float) -> NonNegative:
         return self
 
     def exact_projection(self, x: Tensor) -> Tensor:
@@ -305,13 +305,13 @@ class Affine(ConstraintSet):
         self._shape = _check_shape(shape, self.factor.size) if shape is not None else None
 
     @classmethod
-    def _from_factor(cls, A: Tensor, c: Tensor, factor: AffineFactor, shape: tuple[int, ...] | None) -> "Affine":
+    def _from_factor(cls, A: Tensor, c: Tensor, factor: AffineFactor, shape: tuple[int, ...] | None) -> Affine:
         new = cls.__new__(cls)
         new.A, new.c, new.factor, new._shape = A, c, factor, shape
         return new
 
     @classmethod
-    def tie(cls, shape: Sequence[int] | int, groups: Iterable[Sequence[Sequence[int] | int]]) -> "Affine":
+    def tie(cls, shape: Sequence[int] | int, groups: Iterable[Sequence[Sequence[int] | int]]) -> Affine:
         """Tying constraint on a tensor of ``shape``: within each group, all listed entries are equal.
 
         ``shape`` is the parameter's shape in torch's layout: ``(out_features, in_features)`` for
@@ -329,7 +329,7 @@ class Affine(ConstraintSet):
             flat = []
             for index in group:
                 index = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
-                if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape)):
+                if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape, strict=True)):
                     raise ValueError(f"groups[{g}] has index {index}, which is not an index of shape {shape}.")
                 if int(np.ravel_multi_index(index, shape)) in flat:
                     raise ValueError(f"groups[{g}] lists index {index} twice; list each tied entry once.")
@@ -385,7 +385,7 @@ class Affine(ConstraintSet):
     def cvxpy_constraint(self, var: Any) -> list:
         return [self.A.cpu().numpy() @ var == self.c.cpu().numpy()]
 
-    def scaled(self, t: float) -> "Affine":
+    def scaled(self, t: float) -> Affine:
         factor = AffineFactor(self.factor.row_basis, self.factor.particular * t)
         return Affine._from_factor(self.A, self.c * t, factor, self._shape)
 

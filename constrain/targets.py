@@ -83,7 +83,7 @@ class ParameterTarget:
         """Inverse of :meth:`gather`: one tensor per name, each in its parameter's shape."""
         shapes = [v.shape for v in self.tensors(model)]
         sizes = [int(torch.Size(s).numel()) for s in shapes]
-        return [part.reshape(s) for part, s in zip(rows.reshape(-1).split(sizes), shapes)]
+        return [part.reshape(s) for part, s in zip(rows.reshape(-1).split(sizes), shapes, strict=True)]
 
 
 def parameter_rows(value: Tensor) -> Tensor:

@@ -22,8 +22,9 @@ def short_default(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
     def run(args: argparse.Namespace) -> int:
         status = 0
         for argv in SHORT_RUNS:
-            print(f"== constrain bench {' '.join(argv)}  (short default; `constrain bench {argv[0]}` runs it in full)",
-                  flush=True)
+            print(
+                f"== constrain bench {' '.join(argv)}  (short default; `constrain bench {argv[0]}` runs it in full)", flush=True
+            )
             sub = parser.parse_args(list(argv))
             status = max(status, int(sub.func(sub) or 0))
             print(flush=True)

@@ -147,8 +147,10 @@ class WorkerPool:
         def died(conn: Connection) -> WorkerError:
             process = by_conn[conn]
             process.join(1)
-            return WorkerError(f"a worker process ({process.pid}) died (exit code {process.exitcode}) while running "
-                               f"task {busy.get(conn)}; its error, if any, is printed above.")
+            return WorkerError(
+                f"a worker process ({process.pid}) died (exit code {process.exitcode}) while running "
+                f"task {busy.get(conn)}; its error, if any, is printed above."
+            )
 
         for _, conn in self._workers:
             try:
@@ -174,7 +176,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Tell every worker to finish and wait for them."""
-        for process, conn in self._workers:
+        for _, conn in self._workers:
             with contextlib.suppress(OSError):
                 conn.send(None)
         for process, conn in self._workers:
@@ -187,7 +189,7 @@ class WorkerPool:
         for process, _ in self._workers:
             with contextlib.suppress(Exception):
                 process.terminate()
-        for process, conn in self._workers:
+        for _process, conn in self._workers:
             process.join(1.0)
             if process.is_alive():
                 process.kill()

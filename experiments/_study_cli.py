@@ -29,19 +29,30 @@ def add_selection_options(parser: argparse.ArgumentParser, quick: str, **choices
     parser.add_argument("--quick", action="store_true", help=f"small smoke run: {quick}")
     for name, names in {"datasets": tuple(BUNDLED), **choices}.items():
         what = "data sets" if name == "datasets" else name
-        parser.add_argument(f"--{name}", nargs="+", choices=list(names), metavar="NAME",
-                            help=f"{what} (default: all: {', '.join(names)})")
+        parser.add_argument(
+            f"--{name}", nargs="+", choices=list(names), metavar="NAME", help=f"{what} (default: all: {', '.join(names)})"
+        )
 
 
 def add_run_options(parser: argparse.ArgumentParser, name: str, files: str, workers: int = 2) -> None:
     """``--workers``, ``--figures``, ``--out`` (default ``results/<name>``) and ``--no-progress``;
     ``files`` says what goes into the figures folder (e.g. ``"l1.md and the l1_*.png figures"``)."""
     parser.add_argument("--workers", type=positive_int, metavar="N", help=f"worker processes (default {workers})")
-    parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
-                        help=f"folder for {files} (default: figures/ for the full run; OUT/figures for --quick or "
-                             f"any other option that changes the results)")
-    parser.add_argument("--out", type=Path, default=Path("results") / name, metavar="DIR",
-                        help=f"every result as JSON in DIR/{name}.json (default results/{name}/)")
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder for {files} (default: figures/ for the full run; OUT/figures for --quick or "
+        f"any other option that changes the results)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results") / name,
+        metavar="DIR",
+        help=f"every result as JSON in DIR/{name}.json (default results/{name}/)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -167,7 +167,7 @@ def bench_projections(
         print("(loading the numba kernels; the very first run on a machine compiles them)", file=sys.stderr, flush=True)
     records = []
     generator = torch.Generator().manual_seed(seed)
-    for n, batch in zip(sizes, batches):
+    for n, batch in zip(sizes, batches, strict=True):
         for dtype_name in dtypes:
             x = torch.randn(batch, n, generator=generator, dtype=DTYPES[dtype_name]).to(device)
             buf = torch.empty_like(x)
@@ -297,7 +297,8 @@ def _environment_line(env: dict) -> str:
 
 
 def run_projections(args: argparse.Namespace) -> int:
-    """``constrain bench projections``: print the machine and the table, optionally write JSON; 1 if ``--check`` and a target misses."""
+    """``constrain bench projections``: print the machine and the table, optionally write JSON;
+    1 if ``--check`` and a target misses."""
     sizes = args.sizes
     if args.batch is None:
         batches = [max(1, round(DEFAULT_VALUES / n)) for n in sizes]
@@ -323,8 +324,16 @@ def run_projections(args: argparse.Namespace) -> int:
         for threads in args.threads:
             torch.set_num_threads(threads or threads_before)
             records += bench_projections(
-                args.sets, sizes, batches, args.dtypes, args.repeats, args.cvxpy_rows, args.seed, progress=True,
-                device=args.device, threads=torch.get_num_threads(),
+                args.sets,
+                sizes,
+                batches,
+                args.dtypes,
+                args.repeats,
+                args.cvxpy_rows,
+                args.seed,
+                progress=True,
+                device=args.device,
+                threads=torch.get_num_threads(),
             )
     finally:
         torch.set_num_threads(threads_before)
@@ -341,8 +350,12 @@ def run_projections(args: argparse.Namespace) -> int:
         f"torch/abs <= {TARGET_TORCH_ABS_RATIO:g}; smaller n: sort/ours >= {TARGET_SMALL_SORT_SPEEDUP:g}x; "
         f"cvxpy/ours >= {TARGET_CVXPY_SPEEDUP:g}x. ({seconds:.1f} s)"
     )
-    missed = [f"{rec['set']} n={rec['n']} threads={rec['threads']} {name}" for rec in records
-              for name, ok in rec["targets"].items() if not ok]
+    missed = [
+        f"{rec['set']} n={rec['n']} threads={rec['threads']} {name}"
+        for rec in records
+        for name, ok in rec["targets"].items()
+        if not ok
+    ]
     print(f"targets missed: {len(missed)}" + ("" if not missed else " (" + "; ".join(missed) + ")"))
     if args.json:
         payload = {
@@ -376,25 +389,46 @@ def _add_projections(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "one elementwise pass (torch.abs) and cvxpy (per row, small n), interleaved on the same tensor; "
         "prints ratios and the targets they meet.",
     )
-    parser.add_argument("--sizes", type=_int_list, default=list(DEFAULT_SIZES),
-                        help=f"comma-separated row lengths n (default: {','.join(map(str, DEFAULT_SIZES))})")
-    parser.add_argument("--batch", type=_int_list, default=None,
-                        help=f"rows per tensor: one value, or one per size (default: about {DEFAULT_VALUES} values "
-                        "per tensor, i.e. 2^20 / n rows)")
+    parser.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=list(DEFAULT_SIZES),
+        help=f"comma-separated row lengths n (default: {','.join(map(str, DEFAULT_SIZES))})",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_int_list,
+        default=None,
+        help=f"rows per tensor: one value, or one per size (default: about {DEFAULT_VALUES} values "
+        "per tensor, i.e. 2^20 / n rows)",
+    )
     parser.add_argument("--repeats", type=positive_int, default=11, help="timed repeats per method (default: 11)")
-    parser.add_argument("--sets", type=_name_list(SET_NAMES), default=list(SET_NAMES),
-                        help=f"comma-separated sets (default: {','.join(SET_NAMES)})")
-    parser.add_argument("--dtypes", type=_name_list(tuple(DTYPES)), default=["float32"],
-                        help="comma-separated dtypes (default: float32)")
-    parser.add_argument("--cvxpy-rows", type=int, default=3,
-                        help=f"rows solved with cvxpy per timing for n <= {CVXPY_MAX_N} (default: 3; 0 skips cvxpy)")
-    parser.add_argument("--threads", type=_count_list, default=[1, 0],
-                        help="comma-separated thread counts, each a full run (torch.set_num_threads; the numba kernels "
-                        "follow it); 0 is torch's default (default: 1,0)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit with status 1 when any target misses (default: report only)")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device of the tensors, e.g. cuda (default: cpu; numba runs on the CPU only)")
+    parser.add_argument(
+        "--sets",
+        type=_name_list(SET_NAMES),
+        default=list(SET_NAMES),
+        help=f"comma-separated sets (default: {','.join(SET_NAMES)})",
+    )
+    parser.add_argument(
+        "--dtypes", type=_name_list(tuple(DTYPES)), default=["float32"], help="comma-separated dtypes (default: float32)"
+    )
+    parser.add_argument(
+        "--cvxpy-rows",
+        type=int,
+        default=3,
+        help=f"rows solved with cvxpy per timing for n <= {CVXPY_MAX_N} (default: 3; 0 skips cvxpy)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_count_list,
+        default=[1, 0],
+        help="comma-separated thread counts, each a full run (torch.set_num_threads; the numba kernels "
+        "follow it); 0 is torch's default (default: 1,0)",
+    )
+    parser.add_argument("--check", action="store_true", help="exit with status 1 when any target misses (default: report only)")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the tensors, e.g. cuda (default: cpu; numba runs on the CPU only)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")
     parser.set_defaults(func=run_projections)
@@ -417,7 +451,10 @@ def _add_polytope(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 #: One function per ``constrain bench`` subcommand; each adds its parser and sets ``func``.
 BENCHMARKS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [
-    _add_projections, _add_strategies, _add_polytope]
+    _add_projections,
+    _add_strategies,
+    _add_polytope,
+]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

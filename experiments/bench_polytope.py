@@ -48,7 +48,9 @@ def _problem(batch: int, scale: float, seed: int, eq: int, ineq: int) -> dict[st
     g = torch.Generator().manual_seed(seed)
     n = family.variables
     return {
-        "A": torch.from_numpy(a["A"]), "G": torch.from_numpy(a["G"]), "h": torch.from_numpy(a["h"]),
+        "A": torch.from_numpy(a["A"]),
+        "G": torch.from_numpy(a["G"]),
+        "h": torch.from_numpy(a["h"]),
         "b": family.tensors("train")[:batch].clone(),
         "z": scale * torch.randn(batch, n, generator=g, dtype=torch.float64),
         "v": torch.randn(batch, n, generator=g, dtype=torch.float64),
@@ -84,8 +86,9 @@ def _cvxpylayers(P: dict[str, Any], eps: float) -> Callable[[Tensor, Tensor], Te
     y = cp.Variable(n)
     z = cp.Parameter(n)
     b = cp.Parameter(m)
-    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(y - z)),
-                         [P["A"].numpy() @ y == b, P["G"].numpy() @ y <= P["h"].numpy()])
+    problem = cp.Problem(
+        cp.Minimize(0.5 * cp.sum_squares(y - z)), [P["A"].numpy() @ y == b, P["G"].numpy() @ y <= P["h"].numpy()]
+    )
     layer = CvxpyLayer(problem, parameters=[z, b], variables=[y])
 
     def project(zz: Tensor, bb: Tensor) -> Tensor:
@@ -128,8 +131,9 @@ def reference(P: dict[str, Any], rows: int) -> np.ndarray:
     y = cp.Variable(n)
     z = cp.Parameter(n)
     b = cp.Parameter(P["A"].shape[0])
-    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(y - z)),
-                         [P["A"].numpy() @ y == b, P["G"].numpy() @ y <= P["h"].numpy()])
+    problem = cp.Problem(
+        cp.Minimize(0.5 * cp.sum_squares(y - z)), [P["A"].numpy() @ y == b, P["G"].numpy() @ y <= P["h"].numpy()]
+    )
     polish = {"polishing" if int(osqp.__version__.split(".")[0]) >= 1 else "polish": True}
     out = []
     for i in range(rows):
@@ -139,8 +143,16 @@ def reference(P: dict[str, Any], rows: int) -> np.ndarray:
     return np.array(out)
 
 
-def run_bench(batch: int = 200, repeats: int = 7, scale: float = 3.0, eps: float = 1e-10, check_rows: int = 20,
-              seed: int = 0, eq: int = 50, ineq: int = 50) -> dict[str, Any]:
+def run_bench(
+    batch: int = 200,
+    repeats: int = 7,
+    scale: float = 3.0,
+    eps: float = 1e-10,
+    check_rows: int = 20,
+    seed: int = 0,
+    eq: int = 50,
+    ineq: int = 50,
+) -> dict[str, Any]:
     """Time every contender; returns ``{"rows": [...], "missing": {...}, "environment": {...}}``."""
     P = _problem(batch, scale, seed, eq, ineq)
     found, missing = contenders(P, eps)
@@ -156,14 +168,33 @@ def run_bench(batch: int = 200, repeats: int = 7, scale: float = 3.0, eps: float
         }
     names = list(found)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(_step(found[name], P)[1])
     ours = statistics.median(times["ours"])
-    rows = [{"method": name, "median_s": statistics.median(times[name]), "ratio_to_ours": statistics.median(times[name]) / ours,
-             **accuracy[name]} for name in names]
-    return {"rows": rows, "missing": missing, "environment": environment(),
-            "settings": {"batch": batch, "n": P["z"].shape[1], "eq": eq, "ineq": ineq, "scale": scale, "eps": eps,
-                         "repeats": repeats, "check_rows": len(ref)}}
+    rows = [
+        {
+            "method": name,
+            "median_s": statistics.median(times[name]),
+            "ratio_to_ours": statistics.median(times[name]) / ours,
+            **accuracy[name],
+        }
+        for name in names
+    ]
+    return {
+        "rows": rows,
+        "missing": missing,
+        "environment": environment(),
+        "settings": {
+            "batch": batch,
+            "n": P["z"].shape[1],
+            "eq": eq,
+            "ineq": ineq,
+            "scale": scale,
+            "eps": eps,
+            "repeats": repeats,
+            "check_rows": len(ref),
+        },
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -173,9 +204,16 @@ def environment() -> dict[str, Any]:
             versions[module] = getattr(__import__(module), "__version__", "?")
         except ImportError:
             versions[module] = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
-            "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, **versions}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpus": os.cpu_count(),
+        "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **versions,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -191,14 +229,19 @@ def format_table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in result["rows"]:
-        lines.append(f"| {row['method']} | {row['median_s']:.4f} | {row['ratio_to_ours']:.1f}x | {row['error']:.1e} | "
-                     f"{row['violation']:.1e} |")
+        lines.append(
+            f"| {row['method']} | {row['median_s']:.4f} | {row['ratio_to_ours']:.1f}x | {row['error']:.1e} | "
+            f"{row['violation']:.1e} |"
+        )
     for name, why in result["missing"].items():
         lines.append(f"| {name} | - | - | - | {why} |")
     others = [r for r in result["rows"] if r["method"] != "ours"]
     if others:
-        verdict = ", ".join(f"{r['method']} {r['ratio_to_ours']:.1f}x ({'meets' if r['ratio_to_ours'] >= TARGET_SPEEDUP else 'misses'} "
-                            f"the {TARGET_SPEEDUP:g}x target)" for r in others)
+        verdict = ", ".join(
+            f"{r['method']} {r['ratio_to_ours']:.1f}x ({'meets' if r['ratio_to_ours'] >= TARGET_SPEEDUP else 'misses'} "
+            f"the {TARGET_SPEEDUP:g}x target)"
+            for r in others
+        )
         lines += ["", f"Ours is faster than {verdict}."]
     return "\n".join(lines) + "\n"
 
@@ -228,8 +271,10 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``polytope`` to ``constrain bench``'s subcommands."""
     parser = subparsers.add_parser(
-        "polytope", help="the polytope projection layer against qpth and cvxpylayers (forward + backward)",
-        description=__doc__.splitlines()[0].strip("`: ") + ". " + "See the module doc of experiments.bench_polytope.")
+        "polytope",
+        help="the polytope projection layer against qpth and cvxpylayers (forward + backward)",
+        description=__doc__.splitlines()[0].strip("`: ") + ". " + "See the module doc of experiments.bench_polytope.",
+    )
     parser.add_argument("--batch", type=int, default=200, help="rows per batch (default 200)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per method (default 7)")
     parser.add_argument("--scale", type=float, default=3.0, help="z ~ scale * N(0, 1) (default 3)")

@@ -136,8 +136,9 @@ CELLS: tuple[Cell, ...] = (
     Cell("penalty", "quadratic-penalty", "outputs >= 0", {"weight": 10.0}),
     Cell("penalty", "exact-penalty", "outputs >= 0", {"weight": 1.0}),
     Cell("penalty", "extended-log-barrier", "outputs >= 0", {"weight": 1.0, "t": 5.0}),
-    Cell("penalty", "log-barrier", "outputs >= 0", {"weight": 0.1}, note="outputs, re-checked after each step",
-         feasible_start=True),
+    Cell(
+        "penalty", "log-barrier", "outputs >= 0", {"weight": 0.1}, note="outputs, re-checked after each step", feasible_start=True
+    ),
     Cell("penalty", "log-barrier", "fc2.weight >= 0", {"weight": 1e-4}, note="weight", feasible_start=True),
     Cell("projected", "projected", "L1 ball on outputs", note="projection layer"),
     Cell("projected", "projected", "fc2.weight >= 0", note="weights"),
@@ -145,14 +146,21 @@ CELLS: tuple[Cell, ...] = (
     Cell("reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization"),
     Cell("reparameterization", "reparam-null-space", "tie 8 entries of fc2.weight", note="parametrization"),
     Cell("reparameterization", "reparam-l1-weight-norm", "L1 ball on fc2.weight rows", note="parametrization"),
-    Cell("reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization, fc2 applied twice",
-         model="fc2-twice"),
+    Cell(
+        "reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization, fc2 applied twice", model="fc2-twice"
+    ),
     Cell("reparameterization", "reparam-softplus", "outputs >= 0", note="output map"),
     Cell("reparameterization", "reparam-radial", "L1 ball on outputs", note="output map"),
     Cell("reparameterization", "reparam-sigmoid-simplex", "L1 ball on outputs", note="output map"),
     Cell("lagrangian", "lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR}, note="shared"),
-    Cell("lagrangian", "lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR, "multipliers": "per-sample"},
-         note="per-sample", limit=TARGET_PER_SAMPLE_RATIO),
+    Cell(
+        "lagrangian",
+        "lagrangian",
+        "outputs >= 0",
+        {"dual_lr": DUAL_LR, "multipliers": "per-sample"},
+        note="per-sample",
+        limit=TARGET_PER_SAMPLE_RATIO,
+    ),
     Cell("lagrangian", "lagrangian", "fc2.weight >= 0", {"dual_lr": DUAL_LR}, note="one per weight"),
     Cell("lagrangian", "augmented-lagrangian", "outputs >= 0", {"penalty": 1.0}, note="shared"),
     Cell("lagrangian", "slack-lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR, "penalty": 1.0}, note="shared"),
@@ -228,9 +236,7 @@ def _strategy_step(
     return step
 
 
-def _build_cell(
-    cell: Cell, base: nn.Module, x: Tensor, y: Tensor, width: int
-) -> tuple[Callable[[], None], strategies.Strategy]:
+def _build_cell(cell: Cell, base: nn.Module, x: Tensor, y: Tensor, width: int) -> tuple[Callable[[], None], strategies.Strategy]:
     model = copy.deepcopy(base)
     options = dict(cell.options)
     ids = None
@@ -305,8 +311,8 @@ def bench_overhead(
                 ref_times[i].append(_time_block(reference, steps, sync))
 
     records = []
-    for (cell, _, strategy), times, refs in zip(built, cell_times, ref_times):
-        ratios = [t / r for t, r in zip(times, refs)]
+    for (cell, _, strategy), times, refs in zip(built, cell_times, ref_times, strict=True):
+        ratios = [t / r for t, r in zip(times, refs, strict=True)]
         ratio = statistics.median(ratios)
         records.append(
             {
@@ -326,7 +332,7 @@ def bench_overhead(
                 "steps_taken": strategy.steps,
             }
         )
-    all_refs = [t for (cell, _, _), refs in zip(built, ref_times) if cell.model == "mlp" for t in refs]
+    all_refs = [t for (cell, _, _), refs in zip(built, ref_times, strict=True) if cell.model == "mlp" for t in refs]
     all_refs = all_refs or [t for refs in ref_times for t in refs]
     return {"reference_ms": statistics.median(all_refs) * 1e3, "cells": records}
 
@@ -515,11 +521,11 @@ def bench_cooper(
     }
     ours, plain = contenders["ours (lagrangian)"]["times"][1:], contenders["plain Adam"]["times"][1:]
     ours, plain = ours or contenders["ours (lagrangian)"]["times"], plain or contenders["plain Adam"]["times"]
-    record["ours_over_plain"] = statistics.median([a / b for a, b in zip(ours, plain)])
+    record["ours_over_plain"] = statistics.median([a / b for a, b in zip(ours, plain, strict=True)])
     if "Cooper" in contenders:
         theirs = contenders["Cooper"]["times"][1:] or contenders["Cooper"]["times"]
-        record["ours_over_cooper"] = statistics.median([a / b for a, b in zip(ours, theirs)])
-        record["cooper_over_plain"] = statistics.median([a / b for a, b in zip(theirs, plain)])
+        record["ours_over_cooper"] = statistics.median([a / b for a, b in zip(ours, theirs, strict=True)])
+        record["cooper_over_plain"] = statistics.median([a / b for a, b in zip(theirs, plain, strict=True)])
         record["target"] = TARGET_COOPER_RATIO
         record["met"] = record["ours_over_cooper"] <= TARGET_COOPER_RATIO
         a, c = results["ours (lagrangian)"], results["Cooper"]
@@ -581,11 +587,7 @@ def select_cells(patterns: Sequence[str] | None) -> list[Cell]:
     """The cells whose label, strategy, family or constraint contains one of ``patterns`` (all if None)."""
     if not patterns:
         return list(CELLS)
-    chosen = [
-        c
-        for c in CELLS
-        if any(p in c.label or p == c.family or p in c.constraint for p in patterns)
-    ]
+    chosen = [c for c in CELLS if any(p in c.label or p == c.family or p in c.constraint for p in patterns)]
     if not chosen:
         raise ValueError(f"no benchmark cell matches {', '.join(patterns)}; cells: {', '.join(c.label for c in CELLS)}")
     return chosen
@@ -693,25 +695,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "512-10, batch 256, Adam), interleaved; then the Lagrangian side by side with Cooper (MLP 10-64-64-1, "
         "batch 512) with the final violations.",
     )
-    parser.add_argument("--steps", type=_positive_int, default=3,
-                        help="training steps per timed block (default: 3)")
-    parser.add_argument("--rounds", type=_positive_int, default=15,
-                        help="interleaved rounds over the cells (default: 15)")
-    parser.add_argument("--width", type=_positive_int, default=DEFAULT_SIZES["width"],
-                        help=f"inputs and hidden width of the overhead MLP (default: {DEFAULT_SIZES['width']})")
-    parser.add_argument("--batch", type=_positive_int, default=DEFAULT_SIZES["batch"],
-                        help=f"batch of the overhead runs (default: {DEFAULT_SIZES['batch']})")
-    parser.add_argument("--only", nargs="+", metavar="PATTERN", default=None,
-                        help="only the cells whose strategy, family or constraint matches")
-    parser.add_argument("--cooper-steps", type=int, default=3000,
-                        help="training steps of the side-by-side runs (default: 3000; 0 skips the comparison)")
-    parser.add_argument("--cooper-block", type=_positive_int, default=50,
-                        help="steps per timed block in the side-by-side runs (default: 50)")
-    parser.add_argument("--no-cooper", action="store_true",
-                        help="leave Cooper out of the side-by-side runs (ours and plain Adam only)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for every contender; 0 keeps torch's setting (default: 1: the "
-                        "steadiest ratios on a shared machine)")
+    parser.add_argument("--steps", type=_positive_int, default=3, help="training steps per timed block (default: 3)")
+    parser.add_argument("--rounds", type=_positive_int, default=15, help="interleaved rounds over the cells (default: 15)")
+    parser.add_argument(
+        "--width",
+        type=_positive_int,
+        default=DEFAULT_SIZES["width"],
+        help=f"inputs and hidden width of the overhead MLP (default: {DEFAULT_SIZES['width']})",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=DEFAULT_SIZES["batch"],
+        help=f"batch of the overhead runs (default: {DEFAULT_SIZES['batch']})",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="PATTERN", default=None, help="only the cells whose strategy, family or constraint matches"
+    )
+    parser.add_argument(
+        "--cooper-steps",
+        type=int,
+        default=3000,
+        help="training steps of the side-by-side runs (default: 3000; 0 skips the comparison)",
+    )
+    parser.add_argument(
+        "--cooper-block", type=_positive_int, default=50, help="steps per timed block in the side-by-side runs (default: 50)"
+    )
+    parser.add_argument(
+        "--no-cooper", action="store_true", help="leave Cooper out of the side-by-side runs (ours and plain Adam only)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads for every contender; 0 keeps torch's setting (default: 1: the "
+        "steadiest ratios on a shared machine)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")

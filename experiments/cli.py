@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="constrain",
         description="Train networks under constraints and compare the ways of enforcing them.\n"
-                    "`constrain COMMAND --help` lists each command's options.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "`constrain COMMAND --help` lists each command's options.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:

@@ -69,15 +69,10 @@ def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 
 def as_tensors(*arrays: np.ndarray, dtype: torch.dtype = torch.float32) -> list[Tensor]:
     """Convert arrays to tensors: floating arrays to ``dtype``, integer arrays to int64."""
-    return [
-        torch.as_tensor(a, dtype=dtype) if np.issubdtype(a.dtype, np.floating) else torch.as_tensor(a)
-        for a in arrays
-    ]
+    return [torch.as_tensor(a, dtype=dtype) if np.issubdtype(a.dtype, np.floating) else torch.as_tensor(a) for a in arrays]
 
 
-def synthetic_regression(
-    n: int, d: int, k: int = 1, noise: float = 0.1, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_regression(n: int, d: int, k: int = 1, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``y = tanh(X W1) W2 + noise``: a smooth nonlinear target with ``k`` outputs, float64."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))

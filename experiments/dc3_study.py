@@ -35,7 +35,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -169,8 +169,10 @@ def test_optimum(family: QPFamily, cache: Path) -> dict[str, Any]:
     Y, obj, seconds = solve_instances(family, family.tensors("test").numpy())
     if np.isnan(obj).any():
         bad = int(np.flatnonzero(np.isnan(obj))[0])
-        raise ValueError(f"cvxpy found test instance {bad} of {family.name} infeasible; this variant has no optimum "
-                         f"for every instance (choose other --eq / --ineq).")
+        raise ValueError(
+            f"cvxpy found test instance {bad} of {family.name} infeasible; this variant has no optimum "
+            f"for every instance (choose other --eq / --ineq)."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, Y=Y, objective=obj, seconds=seconds)
@@ -189,8 +191,13 @@ def far_inputs(family: QPFamily, scale: float = 10.0) -> Tensor:
         return torch.from_numpy(X)
     from scipy.optimize import linprog
 
-    keep = [linprog(np.zeros(family.variables), A_ub=a["G"], b_ub=a["h"], A_eq=a["A"], b_eq=row,
-                    bounds=(None, None), method="highs").status == 0 for row in X]
+    keep = [
+        linprog(
+            np.zeros(family.variables), A_ub=a["G"], b_ub=a["h"], A_eq=a["A"], b_eq=row, bounds=(None, None), method="highs"
+        ).status
+        == 0
+        for row in X
+    ]
     return torch.from_numpy(X[np.array(keep, dtype=bool)].copy())
 
 
@@ -267,7 +274,7 @@ ENTRIES: tuple[Entry, ...] = (
 #: Registered strategies the study does not run, and why (listed under "Not run" in the table).
 NOT_RUN: dict[str, str] = {
     "reparam-gauge": "its default interior point, each sample's Chebyshev centre, costs one LP per sample and "
-                     "forward (about 30 min per run at this budget); the study has no interior option for it yet",
+    "forward (about 30 min per run at this budget); the study has no interior option for it yet",
 }
 
 #: DC3's published test results on the 100/50/50 family (means over its test set).
@@ -301,8 +308,9 @@ def entries(family: QPFamily, wanted: Sequence[str] | None = None) -> tuple[list
         known = {w for e in (*ENTRIES, *extra) for w in (e.label, e.strategy)}
         missing = [w for w in wanted if w not in known]
         if missing:
-            raise KeyError(f"no strategy entry matches {', '.join(missing)}; entries: "
-                           f"{', '.join(e.label for e in (*ENTRIES, *extra))}.")
+            raise KeyError(
+                f"no strategy entry matches {', '.join(missing)}; entries: {', '.join(e.label for e in (*ENTRIES, *extra))}."
+            )
     return run, skipped
 
 
@@ -320,8 +328,14 @@ class RunSpec:
     seed: int
 
     def identity(self) -> dict[str, Any]:
-        return {"format": FORMAT, "family": self.family.name, "strategy": self.entry.strategy,
-                "options": dict(self.entry.options), "budget": asdict(self.budget), "seed": self.seed}
+        return {
+            "format": FORMAT,
+            "family": self.family.name,
+            "strategy": self.entry.strategy,
+            "options": dict(self.entry.options),
+            "budget": asdict(self.budget),
+            "seed": self.seed,
+        }
 
     @property
     def key(self) -> str:
@@ -341,16 +355,29 @@ def _evaluate(model: nn.Module, family: QPFamily, X: Tensor, f_star: Tensor) -> 
     obj = family.objective(Y)
     eq, ineq = family.violations(Y, X)
     gap = (obj - f_star) / f_star.abs()
-    return {"objective": float(obj.mean()), "gap": float(gap.mean()), "eq_max": float(eq.max()),
-            "eq_mean": float(eq.mean()), "ineq_max": float(ineq.max()), "ineq_mean": float(ineq.mean())}
+    return {
+        "objective": float(obj.mean()),
+        "gap": float(gap.mean()),
+        "eq_max": float(eq.max()),
+        "eq_mean": float(eq.mean()),
+        "ineq_max": float(ineq.max()),
+        "ineq_mean": float(ineq.mean()),
+    }
 
 
 def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any]:
     """Train ``spec``'s strategy on the family; the record of its logged and final test metrics."""
     family, budget = spec.family, spec.budget
-    record: dict[str, Any] = {"label": spec.entry.label, "strategy": spec.entry.strategy,
-                              "options": dict(spec.entry.options), "note": spec.entry.note, "seed": spec.seed,
-                              "status": "done", "error": None, "log": []}
+    record: dict[str, Any] = {
+        "label": spec.entry.label,
+        "strategy": spec.entry.strategy,
+        "options": dict(spec.entry.options),
+        "note": spec.entry.note,
+        "seed": spec.seed,
+        "status": "done",
+        "error": None,
+        "log": [],
+    }
     torch.manual_seed(spec.seed)
     X_train, X_test = family.tensors("train"), family.tensors("test")
     f_star_t = torch.from_numpy(f_star)
@@ -369,7 +396,7 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
         for step in range(budget.steps):
             if position + budget.batch > order.numel():  # a new epoch (DC3 keeps the last short batch; we drop it)
                 order, position = torch.randperm(X_train.shape[0], generator=generator), 0
-            xb = X_train[order[position:position + budget.batch]]
+            xb = X_train[order[position : position + budget.batch]]
             position += budget.batch
             tic = time.perf_counter()
             for group in optimizer.param_groups:
@@ -382,8 +409,7 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
             strategy.after_step()
             train_time += time.perf_counter() - tic
             if step + 1 in at:
-                record["log"].append({"step": step + 1, "time": train_time,
-                                      **_evaluate(model, family, X_test, f_star_t)})
+                record["log"].append({"step": step + 1, "time": train_time, **_evaluate(model, family, X_test, f_star_t)})
         model.eval()
         record["final"] = _evaluate(model, family, X_test, f_star_t)
         timings = []
@@ -400,8 +426,12 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
             else:
                 record["far_max"] = None
     except Exception as error:  # a failing strategy is a result, recorded as such
-        record.update(status="failed", error=f"{type(error).__name__}: {error}".strip(), failed_at=step,
-                      traceback=traceback.format_exc(limit=6))
+        record.update(
+            status="failed",
+            error=f"{type(error).__name__}: {error}".strip(),
+            failed_at=step,
+            traceback=traceback.format_exc(limit=6),
+        )
     record["train_time"] = train_time
     return record
 
@@ -427,8 +457,16 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def execute(specs: Sequence[RunSpec], out: Path, f_star: np.ndarray, X_far: Tensor, *, resume: bool = True,
-            workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+def execute(
+    specs: Sequence[RunSpec],
+    out: Path,
+    f_star: np.ndarray,
+    X_far: Tensor,
+    *,
+    resume: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run every spec not already stored in ``out`` (one JSON file per run; an interrupted study
     keeps its finished runs); returns the records in the order of ``specs``."""
     records: dict[str, dict[str, Any]] = {}
@@ -441,8 +479,15 @@ def execute(specs: Sequence[RunSpec], out: Path, f_star: np.ndarray, X_far: Tens
             todo.append(spec)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), disable=not progress, desc="study dc3",
-               unit="run", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(specs),
+        initial=len(specs) - len(todo),
+        disable=not progress,
+        desc="study dc3",
+        unit="run",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         if workers <= 1 or len(todo) <= 1:
             threads = torch.get_num_threads()
@@ -455,8 +500,9 @@ def execute(specs: Sequence[RunSpec], out: Path, f_star: np.ndarray, X_far: Tens
             finally:
                 torch.set_num_threads(threads)
         else:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker)
+            pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+            )
             try:
                 pending = {pool.submit(_run_and_store, spec, out, f_star, X_far): spec for spec in todo}
                 while pending:
@@ -495,8 +541,17 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per label: medians over its seeds of the final test metrics (failed runs counted)."""
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
-        row = rows.setdefault(r["label"], {"label": r["label"], "strategy": r["strategy"], "options": r["options"],
-                                           "note": r.get("note", ""), "runs": [], "failed": []})
+        row = rows.setdefault(
+            r["label"],
+            {
+                "label": r["label"],
+                "strategy": r["strategy"],
+                "options": r["options"],
+                "note": r.get("note", ""),
+                "runs": [],
+                "failed": [],
+            },
+        )
         (row["runs"] if r["status"] == "done" else row["failed"]).append(r)
     for row in rows.values():
         done = row["runs"]
@@ -507,8 +562,16 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def markdown_table(family: QPFamily, budget: Budget, rows: Sequence[dict[str, Any]], optimum: dict[str, Any],
-                   seeds: Sequence[int], skipped: Sequence[tuple[str, str]], command: str, wall: float) -> str:
+def markdown_table(
+    family: QPFamily,
+    budget: Budget,
+    rows: Sequence[dict[str, Any]],
+    optimum: dict[str, Any],
+    seeds: Sequence[int],
+    skipped: Sequence[tuple[str, str]],
+    command: str,
+    wall: float,
+) -> str:
     """The results table with the published rows, as markdown."""
     f_star = float(np.mean(optimum["objective"]))
     n_test = int(len(optimum["objective"]))
@@ -518,7 +581,7 @@ def markdown_table(family: QPFamily, budget: Budget, rows: Sequence[dict[str, An
         f"`{command}`: budget `{budget.name}` ({budget.steps} Adam steps of batch {budget.batch}, lr {budget.lr:g}"
         + (f" decayed linearly to {budget.lr * budget.lr_final_fraction:g}" if budget.lr_final_fraction != 1 else "")
         + f"), seeds {', '.join(map(str, seeds))} (medians), {wall:.0f} s wall on {os.cpu_count()} CPU(s), "
-          f"torch {torch.__version__}. Test set: {n_test} instances.",
+        f"torch {torch.__version__}. Test set: {n_test} instances.",
         "",
         "| strategy | test objective | gap % | eq max | eq mean | ineq max | ineq mean | far max | train s | "
         "inference s | options |",
@@ -538,13 +601,16 @@ def markdown_table(family: QPFamily, budget: Budget, rows: Sequence[dict[str, An
         lines.append(
             f"| {row['label']} | {_fmt(row['objective'])} | {_fmt(gap, 2)} | {_fmt(row['eq_max'])} | "
             f"{_fmt(row['eq_mean'])} | {_fmt(row['ineq_max'])} | {_fmt(row['ineq_mean'])} | {_fmt(row['far_max'])} | "
-            f"{_fmt(row['train_time'], 1)} | {_fmt(row['inference'])} | {options} |")
+            f"{_fmt(row['train_time'], 1)} | {_fmt(row['inference'])} | {options} |"
+        )
     if (family.variables, family.eq, family.ineq, family.instances) == (100, 50, 50, 10000):
         for p in PUBLISHED:
             gap = None if p["objective"] is None else 100 * (p["objective"] - (-15.047)) / 15.047
-            lines.append(f"| *published: {p['label']}* | {_fmt(p['objective'])} | {_fmt(gap, 2)} | "
-                         f"{_fmt(p['eq_max'])} | - | {_fmt(p['ineq_max'])} | - | - | - | {_fmt(p.get('inference'))} | "
-                         f"DC3 paper, Table 1 (its machine) |")
+            lines.append(
+                f"| *published: {p['label']}* | {_fmt(p['objective'])} | {_fmt(gap, 2)} | "
+                f"{_fmt(p['eq_max'])} | - | {_fmt(p['ineq_max'])} | - | - | - | {_fmt(p.get('inference'))} | "
+                f"DC3 paper, Table 1 (its machine) |"
+            )
     lines += [
         "",
         "Gap: mean over test instances of `(f(y) - f*) / |f*|`. *eq/ineq max*: the largest violation over every test "
@@ -572,14 +638,21 @@ def figures(records: Sequence[dict[str, Any]], folder: Path, prefix: str) -> lis
             by.setdefault(r["label"], []).append(r)
     palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
     paths = []
-    for name, keys, ylabel in (("gap", ("gap",), "mean optimality gap (test), |f - f*| / |f*|"),
-                               ("violation", ("eq_max", "ineq_max"), "largest violation on the test set")):
+    for name, keys, ylabel in (
+        ("gap", ("gap",), "mean optimality gap (test), |f - f*| / |f*|"),
+        ("violation", ("eq_max", "ineq_max"), "largest violation on the test set"),
+    ):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for i, (label, runs) in enumerate(by.items()):
             steps = [e["step"] for e in runs[0]["log"]]
             values = np.median([[max(abs(e[k]) for k in keys) for e in r["log"]] for r in runs], axis=0)
-            ax.plot(np.maximum(steps, 1), np.maximum(values, FLOOR), label=label, color=palette[i % len(palette)],
-                    linestyle="-" if i < 10 else "--")
+            ax.plot(
+                np.maximum(steps, 1),
+                np.maximum(values, FLOOR),
+                label=label,
+                color=palette[i % len(palette)],
+                linestyle="-" if i < 10 else "--",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
@@ -597,23 +670,40 @@ def figures(records: Sequence[dict[str, Any]], folder: Path, prefix: str) -> lis
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study dc3``."""
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--quick", action="store_true",
-                        help="smoke run: 60 steps, one seed (under a minute once the optimum is cached); "
-                             "writes only under --out")
-    budget.add_argument("--paper", action="store_true",
-                        help="DC3's budget: 1000 epochs (42000 steps) at lr 1e-4 (hours on a CPU)")
+    budget.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 60 steps, one seed (under a minute once the optimum is cached); writes only under --out",
+    )
+    budget.add_argument(
+        "--paper", action="store_true", help="DC3's budget: 1000 epochs (42000 steps) at lr 1e-4 (hours on a CPU)"
+    )
     parser.add_argument("--eq", type=int, default=50, help="equality constraints (default 50)")
     parser.add_argument("--ineq", type=int, default=50, help="inequality constraints (default 50)")
     parser.add_argument("--instances", type=int, default=10000, help="instances in all (default 10000)")
-    parser.add_argument("--strategies", type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
-                        metavar="S,...", help="only these labels or strategy names")
+    parser.add_argument(
+        "--strategies",
+        type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+        metavar="S,...",
+        help="only these labels or strategy names",
+    )
     parser.add_argument("--steps", type=int, metavar="N", help="override the budget's step count")
     parser.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default 1)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default 2)")
-    parser.add_argument("--out", type=Path, default=Path("results/dc3"), metavar="DIR",
-                        help="run files and the cached optimum (default results/dc3)")
-    parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
-                        help="where dc3.md and the figures go (default figures/; with --quick: --out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/dc3"),
+        metavar="DIR",
+        help="run files and the cached optimum (default results/dc3)",
+    )
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where dc3.md and the figures go (default figures/; with --quick: --out)",
+    )
     parser.add_argument("--fresh", action="store_true", help="redo every run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -650,8 +740,9 @@ def run(args: argparse.Namespace) -> int:
     optimum = test_optimum(family, Path(args.out))
     X_far = far_inputs(family)
     specs = [RunSpec(family, e, budget, s) for e in run_entries for s in seeds]
-    records = execute(specs, Path(args.out), optimum["objective"], X_far, resume=not args.fresh, workers=workers,
-                      progress=not args.no_progress)
+    records = execute(
+        specs, Path(args.out), optimum["objective"], X_far, resume=not args.fresh, workers=workers, progress=not args.no_progress
+    )
     rows = summarize(records)
     command = "constrain study dc3" + (" --quick" if args.quick else " --paper" if args.paper else "")
     if (family.eq, family.ineq, family.instances) != (50, 50, 10000):

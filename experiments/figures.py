@@ -40,8 +40,14 @@ _FAMILY_STYLE = {
     "reparameterization": (":", None),
     "l1-regularization": ("-.", None),
 }
-_MARKERS = {"baseline": "o", "penalty": "s", "lagrangian": "^", "projected": "D", "reparameterization": "v",
-            "l1-regularization": "P"}
+_MARKERS = {
+    "baseline": "o",
+    "penalty": "s",
+    "lagrangian": "^",
+    "projected": "D",
+    "reparameterization": "v",
+    "l1-regularization": "P",
+}
 
 
 def save(fig: Any, path: Path) -> Path:
@@ -70,8 +76,11 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
     order = [e.label for e in all_entries()]
     order += [label for label in labels if label not in order]
     palette = [c for c in plt.get_cmap("tab20").colors] + list(plt.get_cmap("tab20b").colors)
-    return {label: "k" if label == "unconstrained" else palette[(i - 1) % len(palette)]
-            for i, label in enumerate(order) if label in labels}
+    return {
+        label: "k" if label == "unconstrained" else palette[(i - 1) % len(palette)]
+        for i, label in enumerate(order)
+        if label in labels
+    }
 
 
 def _runs_by_label(plan: Any, records: Mapping[str, dict], problem: str) -> dict[str, list[dict]]:
@@ -103,12 +112,14 @@ def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Pat
     labels = [e.label for e in plan.entries[problem] if e.label in by]
     colors = _colors([e.label for e in plan.entries[problem]])
     has_gap = p.f_star is not None
-    panels = [("gap", "|gap| = |F - F*| / |F*|" if has_gap else "objective F (train MSE)", has_gap),
-              ("train_max", "max violation, training inputs", False)]
+    panels = [
+        ("gap", "|gap| = |F - F*| / |F*|" if has_gap else "objective F (train MSE)", has_gap),
+        ("train_max", "max violation, training inputs", False),
+    ]
     if p.has_output_target:
         panels.append(("test_max", "max violation, held-out inputs", False))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 2.6, 4.2), dpi=DPI, squeeze=False)
-    for ax, (key, title, absolute) in zip(axes[0], panels):
+    for ax, (key, title, absolute) in zip(axes[0], panels, strict=True):
         column = key if key != "gap" or has_gap else "objective"
         for label in labels:
             runs = by[label]
@@ -128,8 +139,7 @@ def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Pat
         ax.set_title(title, fontsize=10)
         if key != "gap":
             ax.axhline(FLOOR, color="0.6", lw=0.8, ls=":")
-            ax.text(0.99, FLOOR, "0", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
-                    color="0.4")
+            ax.text(0.99, FLOOR, "0", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8, color="0.4")
         ax.grid(alpha=0.3, which="major")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center right", fontsize=8, frameon=False)
@@ -149,7 +159,7 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
     rows, cols = _grid(len(plan.problems))
     fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols + 2.4, 4.0 * rows), dpi=DPI, squeeze=False)
     legend: dict[str, Any] = {}
-    for ax, problem in zip(axes.flat, plan.problems):
+    for ax, problem in zip(axes.flat, plan.problems, strict=True):
         p = get_problem(problem)
         by = _runs_by_label(plan, records, problem)
         colors = _colors([e.label for e in plan.entries[problem]])
@@ -162,8 +172,17 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
             ys = np.clip(np.abs([r["log"][key][-1] for r in done]), FLOOR, None)
             marker = _MARKERS.get(done[0].get("family", ""), "o")
             ax.scatter(xs, ys, s=8, color=colors[entry.label], alpha=0.5, marker=marker)
-            legend[entry.label] = ax.scatter(np.median(xs), np.median(ys), s=50, color=colors[entry.label],
-                                             marker=marker, edgecolor="k", lw=0.5, label=entry.label, zorder=3)
+            legend[entry.label] = ax.scatter(
+                np.median(xs),
+                np.median(ys),
+                s=50,
+                color=colors[entry.label],
+                marker=marker,
+                edgecolor="k",
+                lw=0.5,
+                label=entry.label,
+                zorder=3,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_axis(ax.xaxis)
@@ -172,18 +191,22 @@ def plot_pareto(plan: Any, records: Mapping[str, dict], path: Path) -> Path:
         ax.set_ylabel("final |gap|" if key == "gap" else "final objective")
         ax.set_title(problem, fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(plan.problems):]:
+    for ax in list(axes.flat)[len(plan.problems) :]:
         ax.axis("off")
     from experiments.study import all_entries
 
     order = [e.label for e in all_entries()]
     labels = sorted(legend, key=lambda label: order.index(label) if label in order else len(order))
     fig.legend([legend[label] for label in labels], labels, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle("Objective against feasibility at the end of training, median over seeds (big) and each seed "
-                 "(small); lower left is better", fontsize=11)
+    fig.suptitle(
+        "Objective against feasibility at the end of training, median over seeds (big) and each seed "
+        "(small); lower left is better",
+        fontsize=11,
+    )
     width = 5.0 * cols + 2.4
-    fig.subplots_adjust(left=0.7 / width, right=1 - 2.6 / width, bottom=0.55 / (4.0 * rows),
-                        top=1 - 0.6 / (4.0 * rows), wspace=0.3, hspace=0.4)
+    fig.subplots_adjust(
+        left=0.7 / width, right=1 - 2.6 / width, bottom=0.55 / (4.0 * rows), top=1 - 0.6 / (4.0 * rows), wspace=0.3, hspace=0.4
+    )
     return save(fig, path)
 
 
@@ -191,9 +214,14 @@ def plot_time(plan: Any, rows: Sequence[Any], path: Path) -> Path:
     """Training time per step relative to the unconstrained run, one panel per problem."""
     n = len(plan.problems)
     rcount, cols = _grid(n)
-    fig, axes = plt.subplots(rcount, cols, figsize=(5.0 * cols, 0.9 + 0.28 * max(len(plan.entries[p]) for p in plan.problems) * rcount),
-                             dpi=DPI, squeeze=False)
-    for ax, problem in zip(axes.flat, plan.problems):
+    fig, axes = plt.subplots(
+        rcount,
+        cols,
+        figsize=(5.0 * cols, 0.9 + 0.28 * max(len(plan.entries[p]) for p in plan.problems) * rcount),
+        dpi=DPI,
+        squeeze=False,
+    )
+    for ax, problem in zip(axes.flat, plan.problems, strict=True):
         these = [r for r in rows if r.problem == problem and r.relative_time is not None]
         colors = _colors([e.label for e in plan.entries[problem]])
         labels = [r.entry.label for r in these]
@@ -210,8 +238,7 @@ def plot_time(plan: Any, rows: Sequence[Any], path: Path) -> Path:
         ax.axis("off")
     fig.suptitle("Cost of enforcing the constraint (median over seeds)", fontsize=11)
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.75,
-                        hspace=0.35)
+    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.75, hspace=0.35)
     return save(fig, path)
 
 

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from experiments import datasets as ds
+from experiments import psilon as ps
 from experiments._args import positive_int
+from experiments._runner import run_tasks
 from experiments._study_cli import add_run_options, add_selection_options, output_dirs
 from experiments._study_cli import config_from as config_from_args
-from experiments._runner import run_tasks
-from experiments import psilon as ps
 from experiments.psilon_study import Split, make_split, objective
 
 STRATEGIES: tuple[str, ...] = ("l1-subgradient", "l1-sign-step", "l1-proximal", "l1-truncated", "l1-cumulative")
@@ -149,8 +149,12 @@ def run_one(cfg: Config, dataset: str, method: str, seed: int) -> dict[str, Any]
     with torch.no_grad():
         magnitudes = torch.cat([w.abs().reshape(-1) for w in net.weights()])
     return {
-        "dataset": dataset, "task": data.task, "method": method, "seed": seed,
-        "exact_zero": exact, "below_small": small,
+        "dataset": dataset,
+        "task": data.task,
+        "method": method,
+        "seed": seed,
+        "exact_zero": exact,
+        "below_small": small,
         "objective": full_objective(net, split, data.task, cfg.strength),
         "metric": test_metric(net, split, data.task),
         "trace": trace,
@@ -220,10 +224,10 @@ def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))  # the colour cycle is longer
     paths: list[Path] = []
     fig, axes = plt.subplots(1, len(cfg.datasets), figsize=(3.3 * len(cfg.datasets), 3.3), squeeze=False, sharey=True)
-    for ax, dataset in zip(axes[0], cfg.datasets):
+    for ax, dataset in zip(axes[0], cfg.datasets, strict=True):
         for method in cfg.methods:
             rs = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
             if not rs:
@@ -250,8 +254,13 @@ def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
         for r in first:
             m = np.asarray(r["magnitudes"])
             zeros = float((m == 0).mean())
-            ax.hist(np.log10(m[m > 0]), bins=bins, histtype="step", color=colors[r["method"]],
-                    label=f"{r['method']} ({100 * zeros:.0f}% exactly 0)")
+            ax.hist(
+                np.log10(m[m > 0]),
+                bins=bins,
+                histtype="step",
+                color=colors[r["method"]],
+                label=f"{r['method']} ({100 * zeros:.0f}% exactly 0)",
+            )
         ax.axvline(math.log10(cfg.lr * cfg.strength), color="k", ls="--", lw=1, label="log10(ηλ)")
         ax.set(xlabel="log10 |w| (non-zero weights)", ylabel="count", title=f"{first[0]['dataset']}: weight magnitudes")
         ax.title.set_fontsize(9)
@@ -277,8 +286,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    return config_from_args(args, Config(), quick_config(),
-                            ("datasets", "methods", "strength", "lr", "steps", "seeds"))
+    return config_from_args(args, Config(), quick_config(), ("datasets", "methods", "strength", "lr", "steps", "seeds"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,9 +299,10 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     cpu = sum(r["cpu"] for r in rows)
     command = " ".join(["constrain study l1"] + (["--quick"] if args.quick else []))
-    (out / "l1.md").write_text(f"# L1 regularization, five ways\n\n`{command}`: {elapsed:.0f} s wall with {cfg.jobs} "
-                               f"worker process(es), {cpu:.0f} s CPU time in the runs (one torch thread each).\n\n"
-                               + text)
+    (out / "l1.md").write_text(
+        f"# L1 regularization, five ways\n\n`{command}`: {elapsed:.0f} s wall with {cfg.jobs} "
+        f"worker process(es), {cpu:.0f} s CPU time in the runs (one torch thread each).\n\n" + text
+    )
     (json_dir / "l1.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows}, default=float))
     paths = figures(rows, cfg, out)
     print(text)

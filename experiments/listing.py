@@ -6,9 +6,9 @@ import argparse
 import inspect
 import json
 
-import strategies
 import torch
 
+import strategies
 from constrain import Affine, Box, L1Ball, NonNegative, Polyhedron, on_output, on_parameter
 
 #: The constraints of the support matrix, as targets on a layer called ``layer`` (outputs: 2 values per sample).
@@ -56,7 +56,11 @@ def render(matrix: dict[str, dict[str, str | None]], reasons: bool = False) -> s
     lines += ["", "Constraints", ""]
     for i, (label, target) in enumerate(CONSTRAINTS.items(), 1):
         lines.append(f"  ({i}) {label}: {target.label.replace('layer.weight', 'W')}")
-    lines += ["", "Support matrix" + (" (no[k]: reason k below)" if reasons else " (constrain list --reasons says why a cell is refused)"), ""]
+    lines += [
+        "",
+        "Support matrix" + (" (no[k]: reason k below)" if reasons else " (constrain list --reasons says why a cell is refused)"),
+        "",
+    ]
     header = f"  {'strategy':<{width}}" + "".join(f"({i})".center(7) for i in range(1, len(CONSTRAINTS) + 1))
     lines.append(header)
     notes: dict[str, int] = {}
@@ -87,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "list", help="strategies, constraints and which strategy supports which",
+        "list",
+        help="strategies, constraints and which strategy supports which",
         description="Every registered strategy with its family and options, the five constraints, and the "
-                    "support matrix: which strategy can enforce which constraint (--reasons: why not).")
+        "support matrix: which strategy can enforce which constraint (--reasons: why not).",
+    )
     parser.add_argument("--json", action="store_true", help="print the support matrix as JSON")
     parser.add_argument("--reasons", action="store_true", help="say why each refused cell is refused")
     parser.set_defaults(func=run)

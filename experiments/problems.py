@@ -71,11 +71,11 @@ class Problem:
     #: Settings that identify the data and model (hashed into the run files' names).
     config: dict[str, Any] = field(default_factory=dict)
     #: The cvxpy ground truth, solved on first use (see :meth:`reference`).
-    _reference: "Reference | None" = field(default=None, repr=False)
-    _solve: Callable[[], "Reference"] | None = field(default=None, repr=False)
+    _reference: Reference | None = field(default=None, repr=False)
+    _solve: Callable[[], Reference] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ ground truth
-    def reference(self) -> "Reference | None":
+    def reference(self) -> Reference | None:
         """The cvxpy optimum (``None`` for nonconvex problems); solved once, kept in memory."""
         if self._reference is None and self._solve is not None:
             self._reference = self._solve()
@@ -136,8 +136,7 @@ class Problem:
         if self.has_output_target:
             out_test = model(self.X_test)
             test = torch.cat(
-                [t.set.violation(output_rows(out_test)).reshape(-1).double() for t in self.targets
-                 if isinstance(t, OutputTarget)]
+                [t.set.violation(output_rows(out_test)).reshape(-1).double() for t in self.targets if isinstance(t, OutputTarget)]
             )
             record["test_max"], record["test_mean"] = float(test.max()), float(test.mean())
         return record
@@ -190,8 +189,9 @@ def linear_reference(X: Tensor, Y: Tensor, targets: Sequence[Target]) -> Referen
                     constraints += target.set.cvxpy_constraint(Z[i, :])
             continue
         if target.set.acts_on_flat_vector:
-            flat = cp.hstack([cp.reshape(variables[name], (int(np.prod(variables[name].shape)),), order="C")
-                              for name in target.names])
+            flat = cp.hstack(
+                [cp.reshape(variables[name], (int(np.prod(variables[name].shape)),), order="C") for name in target.names]
+            )
             constraints += target.set.cvxpy_constraint(flat)
             continue
         (name,) = target.names
@@ -200,8 +200,10 @@ def linear_reference(X: Tensor, Y: Tensor, targets: Sequence[Target]) -> Referen
         for row in rows:
             constraints += target.set.cvxpy_constraint(row)
     problem = cp.Problem(cp.Minimize(cp.sum_squares(Z - Yn) / (n * k)), constraints)
-    for solver, options in ((cp.CLARABEL, CLARABEL_OPTIONS),
-                            (cp.OSQP, {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iter": 400_000, "polishing": True})):
+    for solver, options in (
+        (cp.CLARABEL, CLARABEL_OPTIONS),
+        (cp.OSQP, {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iter": 400_000, "polishing": True}),
+    ):
         try:
             problem.solve(solver=solver, **options)
         except cp.error.SolverError:
@@ -249,8 +251,9 @@ def _linear_model(d: int, k: int, seed: int, start: Callable[[nn.Linear], None])
 LINEAR_DATA = {"n_train": 200, "n_test": 100, "d": 8, "k": 3, "noise": 0.1, "seed": 0}
 
 
-def _linear_data(transform: Callable[[np.ndarray], np.ndarray] | None = None, scale: float = 1.0,
-                 bias: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _linear_data(
+    transform: Callable[[np.ndarray], np.ndarray] | None = None, scale: float = 1.0, bias: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Fixed synthetic data :math:`y = \mathrm{transform}(s\,W_0 x + b_0) + \epsilon`, float64."""
     cfg = LINEAR_DATA
     rng = np.random.default_rng(cfg["seed"])
@@ -267,15 +270,34 @@ def _linear_data(transform: Callable[[np.ndarray], np.ndarray] | None = None, sc
     return t[0][:m], t[1][:m], t[0][m:], t[1][m:]
 
 
-def _convex(name: str, kind: str, description: str, data: tuple[Tensor, Tensor, Tensor, Tensor],
-            targets: tuple[Target, ...], start: Callable[[nn.Linear], None], config: dict[str, Any],
-            lr: float = 0.02, lr_final: float = 1e-4, steps: int = 1500) -> Problem:
+def _convex(
+    name: str,
+    kind: str,
+    description: str,
+    data: tuple[Tensor, Tensor, Tensor, Tensor],
+    targets: tuple[Target, ...],
+    start: Callable[[nn.Linear], None],
+    config: dict[str, Any],
+    lr: float = 0.02,
+    lr_final: float = 1e-4,
+    steps: int = 1500,
+) -> Problem:
     X, Y, Xt, Yt = data
     d, k = X.shape[1], Y.shape[1]
     problem = Problem(
-        name=name, kind=kind, description=description, X_train=X, Y_train=Y, X_test=Xt, Y_test=Yt,
-        targets=targets, make_model=functools.partial(_linear_model, d, k, start=start),
-        lr=lr, lr_final=lr_final, steps=steps, convex=True,
+        name=name,
+        kind=kind,
+        description=description,
+        X_train=X,
+        Y_train=Y,
+        X_test=Xt,
+        Y_test=Yt,
+        targets=targets,
+        make_model=functools.partial(_linear_model, d, k, start=start),
+        lr=lr,
+        lr_final=lr_final,
+        steps=steps,
+        convex=True,
         config={"data": LINEAR_DATA, **config, "model": f"Linear({d},{k}) float64"},
     )
     problem._solve = lambda: linear_reference(X, Y, targets)
@@ -295,10 +317,13 @@ def linear_output_l1(radius: float = 1.5) -> Problem:
     data = _linear_data(scale=1.5)
     X_all = torch.cat([data[0], data[2]])
     return _convex(
-        "lin-output-l1", "output-l1",
+        "lin-output-l1",
+        "output-l1",
         f"linear regression, outputs in the L1 ball ||W x + b||_1 <= {radius} at every training point",
-        data, (on_output(L1Ball(radius)),),
-        start=lambda m: _scale_outputs_into_l1(m, X_all, radius), config={"radius": radius, "scale": 1.5},
+        data,
+        (on_output(L1Ball(radius)),),
+        start=lambda m: _scale_outputs_into_l1(m, X_all, radius),
+        config={"radius": radius, "scale": 1.5},
     )
 
 
@@ -314,10 +339,14 @@ def linear_output_nonneg() -> Problem:
     data = _linear_data(transform=lambda y: np.maximum(y, 0.0), bias=0.3)
     X_all = torch.cat([data[0], data[2]])
     return _convex(
-        "lin-output-nonneg", "output-nonneg",
+        "lin-output-nonneg",
+        "output-nonneg",
         "linear regression of a rectified target, outputs W x + b >= 0 at every training point",
-        data, (on_output(NonNegative()),), start=lambda m: _positive_outputs(m, X_all),
-        config={"transform": "relu", "bias": 0.3}, steps=2000,  # the exact penalty needs 2000 to reach 1e-4
+        data,
+        (on_output(NonNegative()),),
+        start=lambda m: _positive_outputs(m, X_all),
+        config={"transform": "relu", "bias": 0.3},
+        steps=2000,  # the exact penalty needs 2000 to reach 1e-4
     )
 
 
@@ -329,8 +358,13 @@ def _positive_weights(model: nn.Linear) -> None:
 def linear_weight_nonneg() -> Problem:
     r"""Non-negative least squares: :math:`\min F` s.t. :math:`W \ge 0` elementwise."""
     return _convex(
-        "lin-weight-nonneg", "weight-nonneg", "non-negative least squares, W >= 0 elementwise",
-        _linear_data(), (on_parameter("weight", NonNegative()),), start=_positive_weights, config={},
+        "lin-weight-nonneg",
+        "weight-nonneg",
+        "non-negative least squares, W >= 0 elementwise",
+        _linear_data(),
+        (on_parameter("weight", NonNegative()),),
+        start=_positive_weights,
+        config={},
     )
 
 
@@ -339,7 +373,7 @@ def tied_constraint(d: int = LINEAR_DATA["d"], k: int = LINEAR_DATA["k"]) -> Aff
     W[1,3] = W[2,4] = W[0,5] (:meth:`Affine.tie`), and the last row sums to 1."""
     tie = Affine.tie((k, d), [[(j, 0) for j in range(k)], [(0, 1), (1, 2)], [(1, 3), (2, 4), (0, 5)]])
     row_sum = np.zeros(k * d)
-    row_sum[(k - 1) * d:] = 1.0
+    row_sum[(k - 1) * d :] = 1.0
     A = np.vstack([tie.A.numpy(), row_sum])
     c = np.concatenate([tie.c.numpy(), [1.0]])
     return Affine(A, c)
@@ -348,9 +382,12 @@ def tied_constraint(d: int = LINEAR_DATA["d"], k: int = LINEAR_DATA["k"]) -> Aff
 def linear_weight_affine() -> Problem:
     r"""Tied weights and a sum constraint: :math:`A\,\mathrm{vec}(W) = c` (see :func:`tied_constraint`)."""
     return _convex(
-        "lin-weight-affine", "weight-affine",
+        "lin-weight-affine",
+        "weight-affine",
         "linear regression with tied weights and a row sum, A vec(W) = c (6 equations)",
-        _linear_data(), (on_parameter("weight", tied_constraint()),), start=lambda m: None,
+        _linear_data(),
+        (on_parameter("weight", tied_constraint()),),
+        start=lambda m: None,
         config={"A": "tie 3+2+3 entries, last row sums to 1"},
     )
 
@@ -364,18 +401,20 @@ def _weights_into_l1(model: nn.Linear, radius: float, fill: float = 0.5) -> None
 def linear_weight_l1(radius: float = 1.0) -> Problem:
     r"""Row-wise L1 ball on the weights: :math:`\|W_j\|_1 \le r` for every output row :math:`j`."""
     return _convex(
-        "lin-weight-l1", "weight-l1",
+        "lin-weight-l1",
+        "weight-l1",
         f"linear regression, every weight row in the L1 ball ||W_j||_1 <= {radius}",
-        _linear_data(scale=1.5), (on_parameter("weight", L1Ball(radius)),),
-        start=lambda m: _weights_into_l1(m, radius), config={"radius": radius, "scale": 1.5},
+        _linear_data(scale=1.5),
+        (on_parameter("weight", L1Ball(radius)),),
+        start=lambda m: _weights_into_l1(m, radius),
+        config={"radius": radius, "scale": 1.5},
     )
 
 
 # ---------------------------------------------------------------------- MLP problems
 def _mlp(d: int, k: int, hidden: int, seed: int, start: Callable[[nn.Sequential], None]) -> nn.Sequential:
     def build() -> nn.Sequential:
-        model = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                              nn.Linear(hidden, k))
+        model = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, k))
         with torch.no_grad():
             start(model)
         return model
@@ -412,14 +451,20 @@ def mlp_synthetic_l1(radius: float = 1.5, hidden: int = 16) -> Problem:
     Xtr_t, Ytr_t, Xte_t, Yte_t = datasets.as_tensors(Xtr, Ytr, Xte, Yte)
     X_all = torch.cat([Xtr_t, Xte_t])
     return Problem(
-        name="mlp-synthetic-l1", kind="output-l1",
+        name="mlp-synthetic-l1",
+        kind="output-l1",
         description=f"MLP 10-{hidden}-{hidden}-3 on synthetic data (400 train / 200 held out), "
-                    f"outputs in the L1 ball of radius {radius}",
-        X_train=Xtr_t, Y_train=Ytr_t, X_test=Xte_t, Y_test=Yte_t, targets=(on_output(L1Ball(radius)),),
+        f"outputs in the L1 ball of radius {radius}",
+        X_train=Xtr_t,
+        Y_train=Ytr_t,
+        X_test=Xte_t,
+        Y_test=Yte_t,
+        targets=(on_output(L1Ball(radius)),),
         make_model=functools.partial(_mlp, 10, 3, hidden, start=lambda m: _small_head(m, X_all, radius)),
-        lr=0.01, lr_final=0.1, steps=1000,
-        config={"data": "synthetic_regression(600, 10, 3, 0.1, 0)", "radius": radius, "hidden": hidden,
-                "dtype": "float32"},
+        lr=0.01,
+        lr_final=0.1,
+        steps=1000,
+        config={"data": "synthetic_regression(600, 10, 3, 0.1, 0)", "radius": radius, "hidden": hidden, "dtype": "float32"},
     )
 
 
@@ -435,12 +480,19 @@ def mlp_diabetes_nonneg(hidden: int = 16) -> Problem:
     Xtr_t, Ytr_t, Xte_t, Yte_t = datasets.as_tensors(Xtr, Ytr, Xte, Yte)
     X_all = torch.cat([Xtr_t, Xte_t])
     return Problem(
-        name="mlp-diabetes-nonneg", kind="output-nonneg",
+        name="mlp-diabetes-nonneg",
+        kind="output-nonneg",
         description=f"MLP 10-{hidden}-{hidden}-1 on scikit-learn's diabetes data (332 train / 110 held out), "
-                    f"predicted excess progression >= 0",
-        X_train=Xtr_t, Y_train=Ytr_t, X_test=Xte_t, Y_test=Yte_t, targets=(on_output(NonNegative()),),
+        f"predicted excess progression >= 0",
+        X_train=Xtr_t,
+        Y_train=Ytr_t,
+        X_test=Xte_t,
+        Y_test=Yte_t,
+        targets=(on_output(NonNegative()),),
         make_model=functools.partial(_mlp, 10, 1, hidden, start=lambda m: _positive_head(m, X_all)),
-        lr=0.01, lr_final=0.1, steps=1000,
+        lr=0.01,
+        lr_final=0.1,
+        steps=1000,
         config={"data": "load_diabetes, y - median", "hidden": hidden, "dtype": "float32"},
     )
 
@@ -460,7 +512,7 @@ CONVEX_PROBLEMS = ("lin-output-l1", "lin-output-nonneg", "lin-weight-nonneg", "l
 MLP_PROBLEMS = ("mlp-synthetic-l1", "mlp-diabetes-nonneg")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_problem(name: str) -> Problem:
     """The problem called ``name`` (built once per process; its cvxpy optimum is solved on first use)."""
     try:

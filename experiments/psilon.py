@@ -71,9 +71,7 @@ from constrain import project_simplex
 from strategies import L1WeightNorm
 
 #: The model kinds: the tabular study's (``mlp`` .. ``psilon-res``) and the deep residual ablation's.
-Kind = Literal[
-    "mlp", "standard", "l1-mlp", "psilon", "psilon-res", "standard-res", "l1-ib", "l1-ob", "l2-ib", "l2-ob"
-]
+Kind = Literal["mlp", "standard", "l1-mlp", "psilon", "psilon-res", "standard-res", "l1-ib", "l1-ob", "l2-ib", "l2-ob"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +120,7 @@ class Net(nn.Module):
     (plain) or residual blocks ``2 hidden -> hidden``; last: ``hidden (2 hidden) -> out_features``.
     """
 
-    def __init__(
-        self, in_features: int, hidden: int, out_features: int, hidden_layers: int = 1, residual: bool = False
-    ) -> None:
+    def __init__(self, in_features: int, hidden: int, out_features: int, hidden_layers: int = 1, residual: bool = False) -> None:
         super().__init__()
         if hidden_layers < 0 or hidden < 1:
             raise ValueError(f"need hidden >= 1 and hidden_layers >= 0, got {hidden}, {hidden_layers}.")
@@ -165,13 +161,13 @@ class PSiLONWeightNorm(L1WeightNorm):
     :math:`\tilde v_j` (shared by the halves); 0 skips the projection.
     """
 
-    def __init__(self, weight: Tensor, *, halves: int = 1, p: int = 1, shared_length: bool = False,
-                 eps: float = 1e-6) -> None:
+    def __init__(self, weight: Tensor, *, halves: int = 1, p: int = 1, shared_length: bool = False, eps: float = 1e-6) -> None:
         if halves not in (1, 2) or p not in (1, 2):
             raise ValueError(f"halves and p must be 1 or 2, got halves={halves}, p={p}.")
         if weight.dim() != 2 or weight.shape[1] % halves:
-            raise ValueError(f"weight must be 2-d with a column count divisible by halves={halves}, "
-                             f"got shape {tuple(weight.shape)}.")
+            raise ValueError(
+                f"weight must be 2-d with a column count divisible by halves={halves}, got shape {tuple(weight.shape)}."
+            )
         super().__init__(weight, radius=None, shared_length=shared_length, eps=eps)
         self.halves, self.p = halves, p
         self.sparsify = 0.0
@@ -272,7 +268,7 @@ def build(kind: Kind, in_features: int, out_features: int, hidden: int = 64, hid
             v = layer.weight[:, : layer.weight.shape[1] // halves]
             nn.init.orthogonal_(v)
             if halves == 2:
-                layer.weight[:, v.shape[1]:] = v  # V- = V+
+                layer.weight[:, v.shape[1] :] = v  # V- = V+
             nn.init.zeros_(layer.bias)
         block = spec.residual and 0 < i < last
         _normalize(layer, halves=halves, p=spec.norm, shared=spec.shared and i < last, length=0.0 if block else 1.0)
@@ -313,8 +309,9 @@ def path_norm_bound(net: Net, improved: bool = True) -> Tensor:
     """
     norms = [weight_norm_module(layer) for layer in net.layers]
     if any(n is None or n.p != 1 for n in norms) or not all(n.shared_length for n in norms[:-1]):  # type: ignore[union-attr]
-        raise TypeError("path_norm_bound needs a PSiLON net (every layer L1-normalized, shared hidden lengths); "
-                        "use path_norm_explicit.")
+        raise TypeError(
+            "path_norm_bound needs a PSiLON net (every layer L1-normalized, shared hidden lengths); use path_norm_explicit."
+        )
     lengths = [layer_length(layer).abs() for layer in net.layers]
     value = lengths[0].sum()
     for g in lengths[1:-1]:
@@ -365,10 +362,7 @@ def input_jacobians(net: nn.Module, x: Tensor) -> Tensor:
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = net(x)
-        rows = [
-            torch.autograd.grad(out[:, i].sum(), x, retain_graph=i + 1 < out.shape[1])[0]
-            for i in range(out.shape[1])
-        ]
+        rows = [torch.autograd.grad(out[:, i].sum(), x, retain_graph=i + 1 < out.shape[1])[0] for i in range(out.shape[1])]
     return torch.stack(rows, dim=1)
 
 
@@ -429,7 +423,7 @@ def materialize(net: Net) -> Net:
     plain = Net(net.in_features, net.hidden, net.out_features, len(net.layers) - 2, net.residual)
     plain.to(next(net.parameters()))
     with torch.no_grad():
-        for target, layer in zip(plain.layers, net.layers):
+        for target, layer in zip(plain.layers, net.layers, strict=True):
             target.weight.copy_(layer.weight)
             target.bias.copy_(layer.bias)
     return plain
@@ -513,20 +507,20 @@ def live_masks(net: Net) -> list[Tensor]:
     # forward: which inputs of each layer some network input reaches
     reach = [torch.ones(nz[0].shape[1], dtype=torch.bool)]
     z = hits(nz[0], reach[0])
-    for l in range(1, last + 1):
+    for layer in range(1, last + 1):
         reach.append(torch.cat([z, z]) if net.residual else z)
-        if l < last:
-            step = hits(unit(nz[l]), z)
+        if layer < last:
+            step = hits(unit(nz[layer]), z)
             z = z | step if net.residual else step
     # backward: which outputs of each layer reach some network output
     useful = [torch.ones(nz[last].shape[0], dtype=torch.bool)]
     b = hits(unit(nz[last]).T, useful[0])
-    for l in range(last - 1, 0, -1):
+    for layer in range(last - 1, 0, -1):
         useful.insert(0, b)
-        back = hits(unit(nz[l]).T, b)
+        back = hits(unit(nz[layer]).T, b)
         b = b | back if net.residual else back
     useful.insert(0, b)
-    return [m & u[:, None] & r[None, :] for m, u, r in zip(nz, useful, reach)]
+    return [m & u[:, None] & r[None, :] for m, u, r in zip(nz, useful, reach, strict=True)]
 
 
 def flops(net: Net, sparse: bool = True) -> int:

@@ -52,8 +52,8 @@ from torch import Tensor
 from experiments import datasets as ds
 from experiments import psilon as ps
 from experiments._args import positive_int
-from experiments._study_cli import add_run_options, add_selection_options, output_dirs
 from experiments._runner import run_tasks
+from experiments._study_cli import add_run_options, add_selection_options, output_dirs
 
 #: The official code's lambda grid (13 values from 5e-5 to 0.5).
 PAPER_GRID: tuple[float, ...] = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 1e-1, 2.5e-1, 5e-1)
@@ -71,7 +71,12 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = _grids(DEFAULT_GRID)
 MODELS: tuple[str, ...] = ("mlp", "standard", "l1-mlp", "psilon", "psilon-res", "rf")
 #: The deep residual ablation's variants and the official code's fixed strengths for them.
 DEEP_LAMBDAS: dict[str, float] = {
-    "psilon-res": 2.5e-4, "l1-ib": 2.5e-4, "l2-ib": 2.5e-4, "l1-ob": 1e-4, "l2-ob": 1e-4, "standard-res": 2.5e-2,
+    "psilon-res": 2.5e-4,
+    "l1-ib": 2.5e-4,
+    "l2-ib": 2.5e-4,
+    "l1-ob": 1e-4,
+    "l2-ob": 1e-4,
+    "standard-res": 2.5e-2,
 }
 DEEP_MODELS: tuple[str, ...] = tuple(DEEP_LAMBDAS)
 DEEP_DATASET = "digits"
@@ -147,9 +152,15 @@ def quick_config(**overrides: Any) -> Config:
     """A small end-to-end run (tests, smoke checks): two data sets, 3 folds, small nets, short training."""
     grids = {m: g[:1] if m in ("mlp", "rf") else g[1:3] for m, g in DEFAULT_GRIDS.items()}
     base = Config(
-        datasets=("iris", "diabetes"), folds=3, recipe=Recipe(16, 1, 30, 400, 1e-2), grids=grids,
-        deep_models=("psilon-res", "l1-ob"), deep=Recipe(8, 3, 10, 200, 1e-2, sparsify=None),
-        lipschitz_samples=256, forest_trees=20, jobs=1,
+        datasets=("iris", "diabetes"),
+        folds=3,
+        recipe=Recipe(16, 1, 30, 400, 1e-2),
+        grids=grids,
+        deep_models=("psilon-res", "l1-ob"),
+        deep=Recipe(8, 3, 10, 200, 1e-2, sparsify=None),
+        lipschitz_samples=256,
+        forest_trees=20,
+        jobs=1,
     )
     return replace(base, **overrides)
 
@@ -229,8 +240,9 @@ class Trace:
     last_penalty: float = math.nan
 
 
-def training_loss(net: ps.Net, kind: str, out: Tensor, y: Tensor, task: str, lam: float,
-                  mix: float) -> tuple[Tensor, Tensor, Tensor]:
+def training_loss(
+    net: ps.Net, kind: str, out: Tensor, y: Tensor, task: str, lam: float, mix: float
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""(loss, data term, penalty) with loss :math:`(1 - a)\,\ell + a\,\lambda R` (the official mix,
     :math:`a` = ``mix``); the L1 penalty of ``l1-mlp`` is not in it (a proximal step applies it)."""
     data_term = objective(out, y, task)
@@ -239,8 +251,7 @@ def training_loss(net: ps.Net, kind: str, out: Tensor, y: Tensor, task: str, lam
     return (1 - mix) * data_term + mix * penalty, data_term, penalty
 
 
-def fit(kind: str, split: Split, task: str, lam: float, recipe: Recipe, seed: int,
-        trace: Trace | None = None) -> ps.Net:
+def fit(kind: str, split: Split, task: str, lam: float, recipe: Recipe, seed: int, trace: Trace | None = None) -> ps.Net:
     """Train a fresh ``kind`` net with ``recipe`` on ``split.X`` (see the module docstring)."""
     import strategies
     from constrain import L1Ball, on_parameter
@@ -326,8 +337,7 @@ def forest(data: ds.Dataset, split: Split, cfg: Config, seed: int) -> float:
 
 def _structure(net: ps.Net) -> dict[str, float]:
     """Near sparsity, exact zeros and the improved path-norm bound of a trained net."""
-    return {"near_sparsity": ps.near_sparsity(net), "exact_zero": ps.exact_zero_fraction(net),
-            "bound": ps.lipschitz_bound(net)}
+    return {"near_sparsity": ps.near_sparsity(net), "exact_zero": ps.exact_zero_fraction(net), "bound": ps.lipschitz_bound(net)}
 
 
 def _split_parts(data: ds.Dataset, cfg: Config, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -347,12 +357,15 @@ def _final_report(net: ps.Net, kind: str, final: Split, task: str, cfg: Config, 
         product = float(ps.path_norm_bound(net)) if ps.SPECS[kind].reg == "path" else float("nan")
         original = float(ps.path_norm_explicit(plain, improved=False))
     return dict(
-        metric=metric, test_loss=loss,
+        metric=metric,
+        test_loss=loss,
         metric_pruned=score(report.pruned, final, task)[0],
         near_zero=ps.near_zero_fraction(net, cfg.prune_tol),
         **_structure(net),
-        flops_dense=report.flops_dense, flops_pruned=report.flops_pruned,
-        bound_product=product, bound_original=original,
+        flops_dense=report.flops_dense,
+        flops_pruned=report.flops_pruned,
+        bound_product=product,
+        bound_original=original,
         sampled=ps.sampled_lipschitz(plain, final.X, cfg.lipschitz_samples, seed),
     )
 
@@ -370,8 +383,13 @@ def run_cell(cfg: Config, dataset: str, fold: int, kind: str) -> dict[str, Any]:
     row: dict[str, Any] = {"dataset": dataset, "task": data.task, "fold": fold, "model": kind}
     seed = cfg.seed * 1000 + fold
     if kind == "rf":
-        row.update(metric=forest(data, final, cfg, seed), lam=0.0, seconds=time.perf_counter() - start,
-                   cpu=time.process_time() - cpu, steps=0)
+        row.update(
+            metric=forest(data, final, cfg, seed),
+            lam=0.0,
+            seconds=time.perf_counter() - start,
+            cpu=time.process_time() - cpu,
+            steps=0,
+        )
         return row
     grid = cfg.grids[kind]
     lam = grid[0]
@@ -384,13 +402,25 @@ def run_cell(cfg: Config, dataset: str, fold: int, kind: str) -> dict[str, Any]:
         for candidate in grid:
             net = fit(kind, select, data.task, candidate, cfg.recipe, seed, trace)
             result = score(net, select, data.task)
-            row["grid"].append({"lam": candidate, "val_metric": result[0], "val_loss": result[1],
-                                "test_metric": score(net, held_out, data.task)[0], **_structure(net)})
+            row["grid"].append(
+                {
+                    "lam": candidate,
+                    "val_metric": result[0],
+                    "val_loss": result[1],
+                    "test_metric": score(net, held_out, data.task)[0],
+                    **_structure(net),
+                }
+            )
             if best is None or better(result, best, data.task):
                 best, lam = result, candidate
     net = fit(kind, final, data.task, lam, cfg.recipe, seed, trace)
-    row.update(lam=lam, **_final_report(net, kind, final, data.task, cfg, seed), steps=trace.steps,
-               seconds=time.perf_counter() - start, cpu=time.process_time() - cpu)
+    row.update(
+        lam=lam,
+        **_final_report(net, kind, final, data.task, cfg, seed),
+        steps=trace.steps,
+        seconds=time.perf_counter() - start,
+        cpu=time.process_time() - cpu,
+    )
     return row
 
 
@@ -406,10 +436,13 @@ def run_deep_cell(cfg: Config, fold: int, kind: str) -> dict[str, Any]:
     trace = Trace()
     lam = DEEP_LAMBDAS[kind]
     net = fit(kind, final, data.task, lam, cfg.deep, seed, trace)
-    row: dict[str, Any] = {"dataset": DEEP_DATASET, "task": data.task, "fold": fold, "model": kind, "deep": True,
-                           "lam": lam}
-    row.update(**_final_report(net, kind, final, data.task, cfg, seed), steps=trace.steps,
-               seconds=time.perf_counter() - start, cpu=time.process_time() - cpu)
+    row: dict[str, Any] = {"dataset": DEEP_DATASET, "task": data.task, "fold": fold, "model": kind, "deep": True, "lam": lam}
+    row.update(
+        **_final_report(net, kind, final, data.task, cfg, seed),
+        steps=trace.steps,
+        seconds=time.perf_counter() - start,
+        cpu=time.process_time() - cpu,
+    )
     return row
 
 
@@ -442,7 +475,7 @@ def planned_steps(cfg: Config) -> dict[str, int]:
 def _cell(cfg: Config, dataset: str, fold: int, kind: str) -> dict[str, Any]:
     """One task of :func:`run_study`: a cell, or a deep-ablation cell (``kind`` is ``deep:NAME``)."""
     if kind.startswith("deep:"):
-        return run_deep_cell(cfg, fold, kind[len("deep:"):])
+        return run_deep_cell(cfg, fold, kind[len("deep:") :])
     return run_cell(cfg, dataset, fold, kind)
 
 
@@ -451,8 +484,9 @@ def run_study(cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
     ``cfg.jobs`` processes when above 1."""
     unknown = [m for m in cfg.models if m not in MODELS] + [m for m in cfg.deep_models if m not in DEEP_MODELS]
     if unknown:
-        raise KeyError(f"unknown model(s) {', '.join(unknown)}; models: {', '.join(MODELS)}; "
-                       f"deep ablation: {', '.join(DEEP_MODELS)}.")
+        raise KeyError(
+            f"unknown model(s) {', '.join(unknown)}; models: {', '.join(MODELS)}; deep ablation: {', '.join(DEEP_MODELS)}."
+        )
     for name in cfg.datasets:
         if name not in ds.BUNDLED:
             raise KeyError(f"unknown data set {name!r}; bundled data sets: {', '.join(ds.BUNDLED)}.")
@@ -489,10 +523,22 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((bool(row.get("deep")), row["dataset"], row["model"]), []).append(row)
     out = []
     for (deep, dataset, model), rs in groups.items():
-        entry: dict[str, Any] = {"dataset": dataset, "model": model, "task": rs[0]["task"], "folds": len(rs),
-                                 "deep": deep}
-        for key in ("metric", "test_loss", "metric_pruned", "near_zero", "near_sparsity", "exact_zero", "flops_dense",
-                    "flops_pruned", "bound", "bound_product", "bound_original", "sampled", "seconds"):
+        entry: dict[str, Any] = {"dataset": dataset, "model": model, "task": rs[0]["task"], "folds": len(rs), "deep": deep}
+        for key in (
+            "metric",
+            "test_loss",
+            "metric_pruned",
+            "near_zero",
+            "near_sparsity",
+            "exact_zero",
+            "flops_dense",
+            "flops_pruned",
+            "bound",
+            "bound_product",
+            "bound_original",
+            "sampled",
+            "seconds",
+        ):
             if key in rs[0]:
                 entry[key] = _mean_std([r[key] for r in rs])
         if "bound" in rs[0]:
@@ -515,11 +561,16 @@ def _fmt(pair: tuple[float, float] | None, digits: int = 3, pct: bool = False) -
 
 
 def _recipe_text(r: Recipe) -> str:
-    sparsify = (f"sparsification ramp over {r.sparsify[0]:.0%}–{r.sparsify[1]:.0%} of the steps (L1-normalized "
-                f"models)" if r.sparsify else "no sparsification")
-    return (f"width {r.hidden}, {r.hidden_layers} hidden layers (or blocks), {r.epochs} epochs of batch "
-            f"{r.batch_size}, Adam with one-cycle lr (peak {r.lr:g}), loss (1−{r.loss_mix:g})·ℓ + {r.loss_mix:g}·λR, "
-            f"{sparsify}")
+    sparsify = (
+        f"sparsification ramp over {r.sparsify[0]:.0%}–{r.sparsify[1]:.0%} of the steps (L1-normalized models)"
+        if r.sparsify
+        else "no sparsification"
+    )
+    return (
+        f"width {r.hidden}, {r.hidden_layers} hidden layers (or blocks), {r.epochs} epochs of batch "
+        f"{r.batch_size}, Adam with one-cycle lr (peak {r.lr:g}), loss (1−{r.loss_mix:g})·ℓ + {r.loss_mix:g}·λR, "
+        f"{sparsify}"
+    )
 
 
 def _folds_text(cfg: Config) -> str:
@@ -556,9 +607,12 @@ def table(summary: list[dict[str, Any]], cfg: Config) -> str:
     notes = [
         "",
         f"{_folds_text(cfg)}; "
-        + (f"λ chosen per fold by the validation loss from "
-           f"{' / '.join(str([f'{v:g}' for v in g]).replace(chr(39), '') for g in grids)}. " if grids
-           else "λ fixed (no selection). ")
+        + (
+            f"λ chosen per fold by the validation loss from "
+            f"{' / '.join(str([f'{v:g}' for v in g]).replace(chr(39), '') for g in grids)}. "
+            if grids
+            else "λ fixed (no selection). "
+        )
         + f"Recipe ({cfg.protocol} protocol): {_recipe_text(cfg.recipe)}. "
         f"Near sparsity: the paper's entropy measure 1 − e^H/d per unit (0: uniform weights, 1: all zero). "
         f"Pruning sets |w_ij| ≤ {cfg.prune_tol:g}·‖w_i‖₁ to 0. FLOPs: 2 × live multiply-adds per sample. "
@@ -596,9 +650,12 @@ def deep_table(summary: list[dict[str, Any]], cfg: Config) -> str:
             f"{_fmt(e['near_sparsity'], pct=True)} | {_fmt(e['bound'])} | {_fmt(e['bound_original'])} | "
             f"{_fmt(e['sampled'])} | {e['holds']}/{e['folds']} |"
         )
-    lines += ["", f"Deep residual ablation on {DEEP_DATASET}: {_folds_text(cfg)}, each variant at the official "
-              f"code's fixed λ (tuned by the authors on Fashion-MNIST; not re-tuned here), trained on the training + "
-              f"validation folds. Recipe: {_recipe_text(cfg.deep)}; lengths per unit except PSiLON's shared ones."]
+    lines += [
+        "",
+        f"Deep residual ablation on {DEEP_DATASET}: {_folds_text(cfg)}, each variant at the official "
+        f"code's fixed λ (tuned by the authors on Fashion-MNIST; not re-tuned here), trained on the training + "
+        f"validation folds. Recipe: {_recipe_text(cfg.deep)}; lengths per unit except PSiLON's shared ones.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -621,12 +678,21 @@ def matched(rows: list[dict[str, Any]], a: str = "psilon", b: str = "l1-mlp") ->
             return point["test_metric"] >= level if up else point["test_metric"] <= level
 
         pick = max if up else min
-        level = (min if up else max)(pick(p["test_metric"] for p in row["grid"]),
-                                     pick(p["test_metric"] for p in other["grid"]))
+        level = (min if up else max)(pick(p["test_metric"] for p in row["grid"]), pick(p["test_metric"] for p in other["grid"]))
         chosen = [max((p for p in r["grid"] if reaches(p, level)), key=lambda p: p["lam"]) for r in (row, other)]
-        out.append({"dataset": dataset, "fold": fold, "task": row["task"], "level": level,
-                    **{f"{key}_{side}": c[key] for side, c in zip("ab", chosen)
-                       for key in ("lam", "test_metric", "near_sparsity", "exact_zero", "bound")}})
+        out.append(
+            {
+                "dataset": dataset,
+                "fold": fold,
+                "task": row["task"],
+                "level": level,
+                **{
+                    f"{key}_{side}": c[key]
+                    for side, c in zip("ab", chosen, strict=True)
+                    for key in ("lam", "test_metric", "near_sparsity", "exact_zero", "bound")
+                },
+            }
+        )
     return out
 
 
@@ -649,15 +715,19 @@ def matched_table(pairs: list[dict[str, Any]], a: str = "psilon", b: str = "l1-m
             f"{100 * mean['near_sparsity_b']:.1f}% | {100 * mean['exact_zero_a']:.1f}% / {100 * mean['exact_zero_b']:.1f}% | "
             f"{mean['bound_a']:.3g} / {mean['bound_b']:.3g} | {ratio:.3g}× | {len(ps_)} |"
         )
-    lines += ["", f"Matched test metric: per fold, the level is the weaker model's best test metric over its λ grid "
-              f"(grid models trained on the training folds only); each model is represented by its most strongly "
-              f"regularized grid model that reaches the level. Means over folds; the bound ratio is the geometric "
-              f"mean of the per-fold ratios (> 1: {a} has the smaller bound)."]
+    lines += [
+        "",
+        f"Matched test metric: per fold, the level is the weaker model's best test metric over its λ grid "
+        f"(grid models trained on the training folds only); each model is represented by its most strongly "
+        f"regularized grid model that reaches the level. Means over folds; the bound ratio is the geometric "
+        f"mean of the per-fold ratios (> 1: {a} has the smaller bound).",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path,
-            prefix: str = "psilon") -> list[Path]:
+def figures(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path, prefix: str = "psilon"
+) -> list[Path]:
     """PREFIX_metric.png, PREFIX_lipschitz.png, PREFIX_pruning.png, PREFIX_matched.png into ``out``."""
     import matplotlib
 
@@ -665,20 +735,24 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
     import matplotlib.pyplot as plt
 
     paths: list[Path] = []
-    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))  # the colour cycle is longer
     summary = [e for e in summary if not e["deep"]]
     rows = [r for r in rows if not r.get("deep")]
     datasets = [d for d in cfg.datasets if any(e["dataset"] == d for e in summary)]
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
+    for ax, d in zip(axes[0], datasets, strict=True):
         entries = [e for e in summary if e["dataset"] == d]
         names = [e["model"] for e in entries]
-        ax.bar(names, [e["metric"][0] for e in entries], yerr=[e["metric"][1] for e in entries],
-               color=[colors[n] for n in names], capsize=3)
+        ax.bar(
+            names,
+            [e["metric"][0] for e in entries],
+            yerr=[e["metric"][1] for e in entries],
+            color=[colors[n] for n in names],
+            capsize=3,
+        )
         pruned = [(i, e["metric_pruned"][0]) for i, e in enumerate(entries) if "metric_pruned" in e]
-        ax.scatter([i for i, _ in pruned], [v for _, v in pruned], marker="_", s=200, color="k",
-                   label="after pruning", zorder=3)
+        ax.scatter([i for i, _ in pruned], [v for _, v in pruned], marker="_", s=200, color="k", label="after pruning", zorder=3)
         task = entries[0]["task"]
         ax.set_title(f"{d} ({'accuracy ↑' if task == 'classification' else 'RMSE ↓'})", fontsize=9)
         if task == "classification":
@@ -699,8 +773,13 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
     lo = min(r["sampled"] for r in nets) * 0.8
     hi = max(r["bound"] for r in nets) * 1.2
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = sampled")
-    ax.set(xscale="log", yscale="log", xlabel="largest sampled ‖J(x)‖∞→1", ylabel="1-path-norm bound",
-           title="Lipschitz: bound vs. sampled (above the line = holds)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="largest sampled ‖J(x)‖∞→1",
+        ylabel="1-path-norm bound",
+        title="Lipschitz: bound vs. sampled (above the line = holds)",
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -713,14 +792,19 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
         es = [e for e in summary if e["model"] == model]
         saved = [100 * (1 - e["flops_pruned"][0] / e["flops_dense"][0]) for e in es]
         sign = [1 if e["task"] == "classification" else -1 for e in es]
-        change = [s * (e["metric_pruned"][0] - e["metric"][0]) / max(abs(e["metric"][0]), 1e-12) * 100
-                  for s, e in zip(sign, es)]
+        change = [
+            s * (e["metric_pruned"][0] - e["metric"][0]) / max(abs(e["metric"][0]), 1e-12) * 100
+            for s, e in zip(sign, es, strict=True)
+        ]
         ax.scatter(saved, change, color=colors[model], label=model, s=20)
-        for x, y, e in zip(saved, change, es):
+        for x, y, e in zip(saved, change, es, strict=True):
             ax.annotate(e["dataset"][:4], (x, y), fontsize=6)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(xlabel="FLOPs saved by pruning (%)", ylabel="metric change after pruning (%, + = better)",
-           title=f"pruning |w| ≤ {cfg.prune_tol:g}·‖row‖₁")
+    ax.set(
+        xlabel="FLOPs saved by pruning (%)",
+        ylabel="metric change after pruning (%, + = better)",
+        title=f"pruning |w| ≤ {cfg.prune_tol:g}·‖row‖₁",
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -731,11 +815,17 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
     curves = [r for r in rows if r.get("grid") and r["model"] in ("psilon", "l1-mlp", "psilon-res")]
     if curves:
         fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
-        for ax, d in zip(axes[0], datasets):
+        for ax, d in zip(axes[0], datasets, strict=True):
             for model in ("l1-mlp", "psilon", "psilon-res"):
                 points = [p for r in curves if r["dataset"] == d and r["model"] == model for p in r["grid"]]
-                ax.scatter([100 * p["exact_zero"] for p in points], [p["test_metric"] for p in points], s=10,
-                           color=colors[model], label=model, alpha=0.7)
+                ax.scatter(
+                    [100 * p["exact_zero"] for p in points],
+                    [p["test_metric"] for p in points],
+                    s=10,
+                    color=colors[model],
+                    label=model,
+                    alpha=0.7,
+                )
             task = next(r["task"] for r in curves if r["dataset"] == d)
             ax.set_title(f"{d} ({'accuracy ↑' if task == 'classification' else 'RMSE ↓'})", fontsize=9)
             ax.set_xlabel("exact zeros (%)", fontsize=8)
@@ -754,14 +844,19 @@ def figures(summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Conf
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``constrain study psilon``."""
     add_selection_options(parser, "iris + diabetes, 3 folds, short training", models=MODELS)
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="default",
-                        help="'paper': the official code's budget (width 500, 1000 epochs, 13 lambdas; hours of CPU); "
-                             "'default': a cheaper budget of the same recipe")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="default",
+        help="'paper': the official code's budget (width 500, 1000 epochs, 13 lambdas; hours of CPU); "
+        "'default': a cheaper budget of the same recipe",
+    )
     parser.add_argument("--folds", type=positive_int, metavar="K", help="cross-validation folds (>= 3; default 5)")
     parser.add_argument("--run-folds", type=int, nargs="+", metavar="I", help="evaluate only these outer folds (a subset)")
     parser.add_argument("--lambdas", type=float, nargs="+", metavar="L", help="the lambda grid of every regularized model")
-    parser.add_argument("--epochs", "--steps", dest="epochs", type=positive_int, metavar="N",
-                        help="training epochs (default: the protocol's)")
+    parser.add_argument(
+        "--epochs", "--steps", dest="epochs", type=positive_int, metavar="N", help="training epochs (default: the protocol's)"
+    )
     parser.add_argument("--hidden", type=positive_int, metavar="N", help="hidden width (default: the protocol's)")
     parser.add_argument("--no-sparsify", action="store_true", help="no gradual projection towards sparsity")
     parser.add_argument("--no-deep", action="store_true", help="skip the deep residual ablation on digits")
@@ -776,8 +871,12 @@ def config_from(args: argparse.Namespace) -> Config:
         cfg = paper_config() if args.protocol == "paper" else Config()
     recipe = cfg.recipe
     if args.epochs is not None or args.hidden is not None or args.no_sparsify:
-        recipe = replace(recipe, epochs=args.epochs or recipe.epochs, hidden=args.hidden or recipe.hidden,
-                         sparsify=None if args.no_sparsify else recipe.sparsify)
+        recipe = replace(
+            recipe,
+            epochs=args.epochs or recipe.epochs,
+            hidden=args.hidden or recipe.hidden,
+            sparsify=None if args.no_sparsify else recipe.sparsify,
+        )
     grids = cfg.grids
     if args.lambdas:
         if any(not (math.isfinite(v) and v > 0) for v in args.lambdas):
@@ -788,8 +887,11 @@ def config_from(args: argparse.Namespace) -> Config:
         for key, value in (
             ("datasets", tuple(args.datasets) if args.datasets else None),
             ("models", tuple(args.models) if args.models else None),
-            ("folds", args.folds), ("run_folds", tuple(args.run_folds) if args.run_folds else None),
-            ("jobs", args.workers), ("seed", args.seed), ("deep_models", () if args.no_deep else None),
+            ("folds", args.folds),
+            ("run_folds", tuple(args.run_folds) if args.run_folds else None),
+            ("jobs", args.workers),
+            ("seed", args.seed),
+            ("deep_models", () if args.no_deep else None),
         )
         if value is not None
     }
@@ -806,12 +908,15 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["constrain study psilon"] + (["--quick"] if args.quick else [])
     if args.protocol != "default":
         parts.append(f"--protocol {args.protocol}")
-    for flag, value in (("--datasets", args.datasets), ("--models", args.models), ("--run-folds", args.run_folds),
-                        ("--lambdas", args.lambdas)):
+    for flag, value in (
+        ("--datasets", args.datasets),
+        ("--models", args.models),
+        ("--run-folds", args.run_folds),
+        ("--lambdas", args.lambdas),
+    ):
         if value:
             parts.append(f"{flag} {' '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
-    for flag, value in (("--folds", args.folds), ("--epochs", args.epochs), ("--hidden", args.hidden),
-                        ("--seed", args.seed)):
+    for flag, value in (("--folds", args.folds), ("--epochs", args.epochs), ("--hidden", args.hidden), ("--seed", args.seed)):
         if value is not None:
             parts.append(f"{flag} {value}")
     parts += [flag for flag, on in (("--no-sparsify", args.no_sparsify), ("--no-deep", args.no_deep)) if on]
@@ -819,7 +924,8 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study; write ``psilon.md`` (``psilon_paper.md``) and the figures (see ``--figures``) and the JSON into ``--out``."""
+    """Run the study; write ``psilon.md`` (``psilon_paper.md``), the figures (see ``--figures``)
+    and the JSON into ``--out``."""
     cfg = config_from(args)
     prefix = output_prefix(cfg)
     documented = paper_config() if cfg.protocol == "paper" else Config()
@@ -829,18 +935,23 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(rows)
     pairs = matched(rows)
     text = table(summary, cfg)
-    extra = [("At matched test metric: PSiLON against the L1-regularized MLP", matched_table(pairs)),
-             ("Deep residual ablation", deep_table(summary, cfg))]
+    extra = [
+        ("At matched test metric: PSiLON against the L1-regularized MLP", matched_table(pairs)),
+        ("Deep residual ablation", deep_table(summary, cfg)),
+    ]
     text += "".join(f"\n## {title}\n\n{body}" for title, body in extra if body)
     elapsed = time.perf_counter() - start
     cpu = sum(r["cpu"] for r in rows)
     steps = sum(r["steps"] for r in rows)
-    header = (f"# PSiLON Net study ({cfg.protocol} protocol)\n\n`{_command(args)}`: {elapsed:.0f} s wall with "
-              f"{cfg.jobs} worker process(es), {cpu:.0f} s CPU time in the cells (one torch thread each), "
-              f"{steps} optimizer steps.\n\n")
+    header = (
+        f"# PSiLON Net study ({cfg.protocol} protocol)\n\n`{_command(args)}`: {elapsed:.0f} s wall with "
+        f"{cfg.jobs} worker process(es), {cpu:.0f} s CPU time in the cells (one torch thread each), "
+        f"{steps} optimizer steps.\n\n"
+    )
     (out / f"{prefix}.md").write_text(header + text)
     (json_dir / f"{prefix}.json").write_text(
-        json.dumps({"config": asdict(cfg), "rows": rows, "matched": pairs}, indent=1, default=float))
+        json.dumps({"config": asdict(cfg), "rows": rows, "matched": pairs}, indent=1, default=float)
+    )
     paths = figures(summary, rows, cfg, out, prefix)
     print(text)
     print(f"wrote {out / (prefix + '.md')}, {', '.join(str(p) for p in paths)} ({elapsed:.0f} s wall, {cpu:.0f} s CPU)")

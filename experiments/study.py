@@ -93,8 +93,7 @@ class Entry:
 
     def options_text(self) -> str:
         """``k=v, ...`` for the table (``num_samples=@n_train`` is implied by per-sample multipliers)."""
-        text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in self.options.items() if v != "@n_train")
+        text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.options.items() if v != "@n_train")
         return ", ".join(p for p in (text, self.note) if p) or "-"
 
 
@@ -124,26 +123,36 @@ _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
 ENTRIES: tuple[Entry, ...] = (
     Entry(BASELINE_LABEL, None),
     # ---- penalty / barrier
-    Entry("quadratic-penalty", "quadratic-penalty",
-          {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6, "tolerance": None}),
+    Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6, "tolerance": None}),
     Entry("exact-penalty", "exact-penalty", {"weight": 100.0, "growth": 1.0}),
     Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
-    Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8},
-          default=False),
+    Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8}, default=False),
     Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "growth": 1.0, "t": 5.0, "t_growth": 1.005}),
     # ---- Lagrangian
     Entry("lagrangian", "lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
     Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "dual_lr": 0.1, **_PER_SAMPLE}),
     Entry("slack-lagrangian", "slack-lagrangian", {"dual_lr": 0.1, **_PER_SAMPLE}),
-    Entry("slack-lagrangian (plain)", "slack-lagrangian", {"dual_lr": 0.1, "penalty": 0.0, **_PER_SAMPLE},
-          note="naive: no augmentation, cycles at inactive constraints"),
-    Entry("lagrangian (nupi)", "lagrangian",
-          {"dual_lr": 0.1, "dual_optimizer": "nupi", "dual_kp": 30.0, **_PER_SAMPLE},
-          kinds=("weight-nonneg", "weight-affine", "weight-l1")),
+    Entry(
+        "slack-lagrangian (plain)",
+        "slack-lagrangian",
+        {"dual_lr": 0.1, "penalty": 0.0, **_PER_SAMPLE},
+        note="naive: no augmentation, cycles at inactive constraints",
+    ),
+    Entry(
+        "lagrangian (nupi)",
+        "lagrangian",
+        {"dual_lr": 0.1, "dual_optimizer": "nupi", "dual_kp": 30.0, **_PER_SAMPLE},
+        kinds=("weight-nonneg", "weight-affine", "weight-l1"),
+    ),
     # ---- projected
     Entry("projected", "projected", {}),
-    Entry("projected (euclidean)", "projected", {"metric": "euclidean"}, kinds=("weight-affine", "weight-l1"),
-          note="naive: Euclidean projection after Adam's step"),
+    Entry(
+        "projected (euclidean)",
+        "projected",
+        {"metric": "euclidean"},
+        kinds=("weight-affine", "weight-l1"),
+        note="naive: Euclidean projection after Adam's step",
+    ),
     Entry("projected (update)", "projected", {"mode": "gradient"}, kinds=("weight-affine",)),
     Entry("projected (tau const)", "projected", {"jacobian": "threshold-constant"}, kinds=("output-l1",)),
     # ---- reparameterization
@@ -172,8 +181,11 @@ COVERED_ELSEWHERE: dict[str, str] = {
 def all_entries(entries: Sequence[Entry] = ENTRIES) -> list[Entry]:
     """``entries`` plus one default-options entry for every registered strategy no entry names."""
     named = {e.strategy for e in entries}
-    extra = [Entry(name, name, {}, note="default options") for name in strategies.available()
-             if name not in named and name not in COVERED_ELSEWHERE]
+    extra = [
+        Entry(name, name, {}, note="default options")
+        for name in strategies.available()
+        if name not in named and name not in COVERED_ELSEWHERE
+    ]
     return [*entries, *extra]
 
 
@@ -224,8 +236,14 @@ class RunSpec:
         """Everything the run's result depends on (hashed into its file name)."""
         p = get_problem(self.problem)
         return {
-            "format": FORMAT, "problem": self.problem, "config": p.config, "lr": p.lr, "lr_final": p.lr_final,
-            "strategy": self.entry.strategy, "options": dict(self.entry.options), "seed": self.seed,
+            "format": FORMAT,
+            "problem": self.problem,
+            "config": p.config,
+            "lr": p.lr,
+            "lr_final": p.lr_final,
+            "strategy": self.entry.strategy,
+            "options": dict(self.entry.options),
+            "seed": self.seed,
             "steps": self.steps,
         }
 
@@ -354,9 +372,21 @@ def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: flo
     started = time.time()
     log: dict[str, list] = {k: [] for k in LOG_FIELDS}
     record: dict[str, Any] = {
-        "status": "done", "error": None, "failed_at": None, "problem": problem.name, "kind": problem.kind,
-        "label": entry.label, "strategy": entry.strategy, "family": entry.family, "options": dict(entry.options),
-        "seed": seed, "steps": steps, "lr": problem.lr, "lr_final": problem.lr_final, "f_star": f_star, "log": log,
+        "status": "done",
+        "error": None,
+        "failed_at": None,
+        "problem": problem.name,
+        "kind": problem.kind,
+        "label": entry.label,
+        "strategy": entry.strategy,
+        "family": entry.family,
+        "options": dict(entry.options),
+        "seed": seed,
+        "steps": steps,
+        "lr": problem.lr,
+        "lr_final": problem.lr_final,
+        "f_star": f_star,
+        "log": log,
     }
     elapsed, cpu, cpu_warm, step = 0.0, 0.0, 0.0, 0
     warmup = min(WARMUP_STEPS, steps // 2)
@@ -408,9 +438,12 @@ def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: flo
             if step + 1 in at:
                 evaluate(step + 1)
     except Exception as error:  # a failing strategy is a result, recorded as such
-        record.update(status="failed", failed_at=step,
-                      error=f"{type(error).__name__}: {error}".strip(),
-                      traceback=traceback.format_exc(limit=6))
+        record.update(
+            status="failed",
+            failed_at=step,
+            error=f"{type(error).__name__}: {error}".strip(),
+            traceback=traceback.format_exc(limit=6),
+        )
     done = log["step"][-1] if log["step"] else 0
     record["time_per_step"] = (cpu - cpu_warm) / (done - warmup) if done > warmup else None
     record["wall_per_step"] = elapsed / done if done else None
@@ -518,8 +551,15 @@ def execute(
     f_stars = {name: get_problem(name).f_star for name in {s.problem for s in todo}}
     from tqdm import tqdm
 
-    bar = tqdm(total=len(plan.specs), initial=len(plan.specs) - len(todo), disable=not progress,
-               desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(plan.specs),
+        initial=len(plan.specs) - len(todo),
+        disable=not progress,
+        desc="study",
+        unit="run",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         if workers <= 1 or len(todo) <= 1:
             threads = torch.get_num_threads()
@@ -540,12 +580,15 @@ def execute(
     return records
 
 
-def _execute_pool(todo: list[RunSpec], out: Path, f_stars: dict[str, float | None], workers: int,
-                  records: dict[str, dict[str, Any]], bar: Any) -> None:
+def _execute_pool(
+    todo: list[RunSpec], out: Path, f_stars: dict[str, float | None], workers: int, records: dict[str, dict[str, Any]], bar: Any
+) -> None:
     from experiments._runner import run_tasks
 
     # Longest runs first (MLP problems), so the two workers finish together.
-    order = sorted(todo, key=lambda s: -get_problem(s.problem).X_train.shape[0] * s.steps * (2 if s.problem.startswith("mlp") else 1))
+    order = sorted(
+        todo, key=lambda s: -get_problem(s.problem).X_train.shape[0] * s.steps * (2 if s.problem.startswith("mlp") else 1)
+    )
 
     def finished(index: int, record: dict[str, Any]) -> None:
         spec = order[index]
@@ -553,8 +596,9 @@ def _execute_pool(todo: list[RunSpec], out: Path, f_stars: dict[str, float | Non
         bar.set_postfix_str(f"{spec.problem} / {spec.entry.label}", refresh=False)
         bar.update()
 
-    run_tasks(run_spec, [(spec, out, f_stars[spec.problem]) for spec in order], workers,
-              initializer=_init_worker, on_result=finished)
+    run_tasks(
+        run_spec, [(spec, out, f_stars[spec.problem]) for spec in order], workers, initializer=_init_worker, on_result=finished
+    )
 
 
 # ====================================================================== summaries
@@ -580,8 +624,13 @@ class Row:
     @property
     def reaches_target(self) -> bool:
         """Every seed finished with |gap| <= GAP_OK and max violation <= VIOLATION_OK."""
-        return (not self.failed and self.worst_gap is not None and self.worst_gap <= GAP_OK
-                and self.worst_violation is not None and self.worst_violation <= VIOLATION_OK)
+        return (
+            not self.failed
+            and self.worst_gap is not None
+            and self.worst_gap <= GAP_OK
+            and self.worst_violation is not None
+            and self.worst_violation <= VIOLATION_OK
+        )
 
 
 def steps_to_feasible(record: dict[str, Any], threshold: float = FEASIBLE) -> int | None:
@@ -591,7 +640,7 @@ def steps_to_feasible(record: dict[str, Any], threshold: float = FEASIBLE) -> in
         return None
     steps, viol = record["log"]["step"], record["log"]["train_max"]
     first = None
-    for s, v in zip(steps, viol):
+    for s, v in zip(steps, viol, strict=True):
         if v is not None and v <= threshold:
             first = s if first is None else first
         else:
@@ -615,8 +664,9 @@ def summarize(plan: Plan, records: Mapping[str, dict[str, Any]]) -> list[Row]:
     for problem in plan.problems:
         base_time = None
         for entry in plan.entries[problem]:
-            runs = [records[s.key] for s in plan.specs if s.problem == problem and s.entry.label == entry.label
-                    and s.key in records]
+            runs = [
+                records[s.key] for s in plan.specs if s.problem == problem and s.entry.label == entry.label and s.key in records
+            ]
             done = [r for r in runs if r["status"] == "done"]
             failed = [f"seed {r['seed']} at step {r['failed_at']}: {r['error']}" for r in runs if r["status"] != "done"]
             to_feasible = [steps_to_feasible(r) for r in done]
@@ -625,18 +675,24 @@ def summarize(plan: Plan, records: Mapping[str, dict[str, Any]]) -> list[Row]:
                 base_time = time_per_step
             gaps = [_final(r, "gap") for r in done]
             viol = [_final(r, "train_max") for r in done]
-            rows.append(Row(
-                problem=problem, entry=entry, runs=len(runs), failed=failed,
-                objective=_median(_final(r, "objective") for r in done),
-                gap=_median(gaps), train_max=_median(viol),
-                train_mean=_median(_final(r, "train_mean") for r in done),
-                test_max=_median(_final(r, "test_max") for r in done),
-                steps_to_feasible=None if (not done or None in to_feasible) else statistics.median(to_feasible),  # type: ignore[arg-type]
-                time_per_step=time_per_step,
-                relative_time=None,
-                worst_gap=max((abs(g) for g in gaps if g is not None), default=None) if None not in gaps else None,
-                worst_violation=max((v for v in viol if v is not None), default=None),
-            ))
+            rows.append(
+                Row(
+                    problem=problem,
+                    entry=entry,
+                    runs=len(runs),
+                    failed=failed,
+                    objective=_median(_final(r, "objective") for r in done),
+                    gap=_median(gaps),
+                    train_max=_median(viol),
+                    train_mean=_median(_final(r, "train_mean") for r in done),
+                    test_max=_median(_final(r, "test_max") for r in done),
+                    steps_to_feasible=None if (not done or None in to_feasible) else statistics.median(to_feasible),  # type: ignore[arg-type]
+                    time_per_step=time_per_step,
+                    relative_time=None,
+                    worst_gap=max((abs(g) for g in gaps if g is not None), default=None) if None not in gaps else None,
+                    worst_violation=max((v for v in viol if v is not None), default=None),
+                )
+            )
         for row in rows:
             if row.problem == problem and base_time and row.time_per_step is not None:
                 row.relative_time = row.time_per_step / base_time
@@ -686,8 +742,7 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
         "",
     ]
     if plan.left_out:
-        lines += [f"Not in this run, to keep it short (name them in `--strategies` to run them): "
-                  f"{', '.join(plan.left_out)}.", ""]
+        lines += [f"Not in this run, to keep it short (name them in `--strategies` to run them): {', '.join(plan.left_out)}.", ""]
     for problem_name in plan.problems:
         problem = get_problem(problem_name)
         f_star = problem.f_star
@@ -709,8 +764,7 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
             if row.reaches_target and problem.convex:
                 name = f"**{name}**"
             if row.failed and len(row.failed) == row.runs:
-                lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} "
-                             f"| | | | | | |")
+                lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | |")
                 continue
             flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
             lines.append(
@@ -725,8 +779,9 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
             by_family: dict[str, list[Skipped]] = {}
             for s in skipped:
                 by_family.setdefault(s.entry.family, []).append(s)
-            parts = [f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})"
-                     for group in by_family.values()]
+            parts = [
+                f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})" for group in by_family.values()
+            ]
             lines += ["", "Not applicable here (`unsupported_reason`): " + "; ".join(parts) + "."]
         lines.append("")
     convex = [p for p in plan.problems if get_problem(p).convex]
@@ -756,16 +811,22 @@ def _family_best(problem: Problem, rows: Sequence[Row]) -> list[str]:
             families.setdefault(row.entry.family, []).append(row)
     if not families:
         return []
-    lines = ["", "Best entry of each family (worst seed for gap and violation):", "",
-             "| family | best entry | gap | train viol max | steps to viol <= "
-             f"{FEASIBLE:g} | time/step |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "Best entry of each family (worst seed for gap and violation):",
+        "",
+        f"| family | best entry | gap | train viol max | steps to viol <= {FEASIBLE:g} | time/step |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for family, group in families.items():
         best = min(group, key=lambda r: _best_key(r, problem.convex))
         gap = _gap(best.worst_gap if best.gap is None or best.worst_gap is None else math.copysign(best.worst_gap, best.gap))
         name = f"**{best.entry.label}**" if best.reaches_target and problem.convex else best.entry.label
-        lines.append(f"| {family} | {name} | {gap if problem.f_star is not None else '-'} | "
-                     f"{_violation(best.worst_violation)} | {_steps(best.steps_to_feasible, best.runs > 0)} | "
-                     f"{_num(best.relative_time, 3)} |")
+        lines.append(
+            f"| {family} | {name} | {gap if problem.f_star is not None else '-'} | "
+            f"{_violation(best.worst_violation)} | {_steps(best.steps_to_feasible, best.runs > 0)} | "
+            f"{_num(best.relative_time, 3)} |"
+        )
     return lines
 
 
@@ -833,8 +894,29 @@ def replace_fields(entry: Entry, **changes: Any) -> Entry:
 
 
 __all__ = [
-    "BASELINE_LABEL", "CONVEX_PROBLEMS", "ENTRIES", "Entry", "Plan", "Row", "RunSpec", "Skipped", "StudyResult",
-    "all_entries", "default_suite", "execute", "log_steps", "markdown_table", "plan_study", "read_run",
-    "replace_fields", "run_spec", "run_study", "skip_reason", "steps_to_feasible", "suite_for", "summarize",
-    "train_run", "write_json_atomic",
+    "BASELINE_LABEL",
+    "CONVEX_PROBLEMS",
+    "ENTRIES",
+    "Entry",
+    "Plan",
+    "Row",
+    "RunSpec",
+    "Skipped",
+    "StudyResult",
+    "all_entries",
+    "default_suite",
+    "execute",
+    "log_steps",
+    "markdown_table",
+    "plan_study",
+    "read_run",
+    "replace_fields",
+    "run_spec",
+    "run_study",
+    "skip_reason",
+    "steps_to_feasible",
+    "suite_for",
+    "summarize",
+    "train_run",
+    "write_json_atomic",
 ]

@@ -38,8 +38,11 @@ class Suite:
 
 #: The suites of the generic study. ``default`` is what ``constrain study`` runs.
 SUITES: dict[str, Suite] = {
-    "default": Suite("default", "the five convex problems and one MLP problem (about 3 minutes on 2 cores)",
-                     (*CONVEX_PROBLEMS, "mlp-synthetic-l1")),
+    "default": Suite(
+        "default",
+        "the five convex problems and one MLP problem (about 3 minutes on 2 cores)",
+        (*CONVEX_PROBLEMS, "mlp-synthetic-l1"),
+    ),
     "convex": Suite("convex", "the five linear-regression problems with a cvxpy optimum", CONVEX_PROBLEMS),
     "mlp": Suite("mlp", "the MLP problems (synthetic data, scikit-learn's diabetes data)", MLP_PROBLEMS),
     "all": Suite("all", "every problem", tuple(PROBLEMS)),
@@ -83,34 +86,76 @@ def add_common_options(parser: argparse.ArgumentParser, suppress_defaults: bool 
     suite name are kept)."""
     default = (lambda value: argparse.SUPPRESS) if suppress_defaults else (lambda value: value)
     group = parser.add_argument_group("study options")
-    group.add_argument("--problems", type=csv_list, default=default(None), metavar="P,...",
-                       help=f"problems to run (default: the suite's); known: {', '.join(PROBLEMS)}")
-    group.add_argument("--strategies", type=csv_list, default=default(None), metavar="S,...",
-                       help="keep entries whose label, strategy name or family is listed (the unconstrained "
-                            "baseline is always run)")
-    group.add_argument("--seeds", type=parse_seeds, default=default(None), metavar="N|S,...",
-                       help="a count N (seeds 0..N-1) or a list of seeds (default 3, 1 with --quick)")
-    group.add_argument("--steps", type=positive_int, default=default(None), metavar="N",
-                       help="optimizer steps per run (default: each problem's budget)")
-    group.add_argument("--quick", action="store_true", default=default(False),
-                       help="a smoke run: short runs and one seed (under a minute)")
-    group.add_argument("--out", type=Path, default=default(Path("results/study")), metavar="DIR",
-                       help="results folder, one JSON file per run (default results/study)")
-    group.add_argument("--figures", type=Path, default=default(None), metavar="DIR",
-                       help="where the PNG figures and the markdown table go (default: figures/ for the full run "
-                            "of a suite; OUT/figures for --quick or any run with --problems, --strategies, "
-                            "--seeds or --steps, so that it never overwrites the full run's figures)")
-    group.add_argument("--no-figures", action="store_true", default=default(False),
-                       help="write neither figures nor the markdown file (the table is still printed)")
+    group.add_argument(
+        "--problems",
+        type=csv_list,
+        default=default(None),
+        metavar="P,...",
+        help=f"problems to run (default: the suite's); known: {', '.join(PROBLEMS)}",
+    )
+    group.add_argument(
+        "--strategies",
+        type=csv_list,
+        default=default(None),
+        metavar="S,...",
+        help="keep entries whose label, strategy name or family is listed (the unconstrained baseline is always run)",
+    )
+    group.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=default(None),
+        metavar="N|S,...",
+        help="a count N (seeds 0..N-1) or a list of seeds (default 3, 1 with --quick)",
+    )
+    group.add_argument(
+        "--steps",
+        type=positive_int,
+        default=default(None),
+        metavar="N",
+        help="optimizer steps per run (default: each problem's budget)",
+    )
+    group.add_argument(
+        "--quick", action="store_true", default=default(False), help="a smoke run: short runs and one seed (under a minute)"
+    )
+    group.add_argument(
+        "--out",
+        type=Path,
+        default=default(Path("results/study")),
+        metavar="DIR",
+        help="results folder, one JSON file per run (default results/study)",
+    )
+    group.add_argument(
+        "--figures",
+        type=Path,
+        default=default(None),
+        metavar="DIR",
+        help="where the PNG figures and the markdown table go (default: figures/ for the full run "
+        "of a suite; OUT/figures for --quick or any run with --problems, --strategies, "
+        "--seeds or --steps, so that it never overwrites the full run's figures)",
+    )
+    group.add_argument(
+        "--no-figures",
+        action="store_true",
+        default=default(False),
+        help="write neither figures nor the markdown file (the table is still printed)",
+    )
     resume = group.add_mutually_exclusive_group()  # inside the group, so --help lists them with it
-    resume.add_argument("--resume", dest="resume", action="store_true", default=default(True),
-                        help="skip runs whose file is already in --out (default)")
-    resume.add_argument("--fresh", dest="resume", action="store_false", default=default(True),
-                        help="redo every run, overwriting its file")
-    group.add_argument("--retry-failed", action="store_true", default=default(False),
-                       help="when resuming, redo runs stored as failed")
-    group.add_argument("--workers", type=positive_int, default=default(None), metavar="N",
-                       help="worker processes (default: min(2, CPU count))")
+    resume.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=default(True),
+        help="skip runs whose file is already in --out (default)",
+    )
+    resume.add_argument(
+        "--fresh", dest="resume", action="store_false", default=default(True), help="redo every run, overwriting its file"
+    )
+    group.add_argument(
+        "--retry-failed", action="store_true", default=default(False), help="when resuming, redo runs stored as failed"
+    )
+    group.add_argument(
+        "--workers", type=positive_int, default=default(None), metavar="N", help="worker processes (default: min(2, CPU count))"
+    )
     group.add_argument("--no-progress", action="store_true", default=default(False), help="no progress bar")
 
 
@@ -120,13 +165,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "study",
         help="run strategies side by side on problems with known optima; figures and a results table",
         description="Run every applicable strategy on the same problems (same data, start, optimizer and step "
-                    "budget), store each run in its own file (resumable), and write figures and a markdown "
-                    "table. Without a SUITE name: the default suite. Options may come before or after SUITE.",
+        "budget), store each run in its own file (resumable), and write figures and a markdown "
+        "table. Without a SUITE name: the default suite. Options may come before or after SUITE.",
     )
     add_common_options(parser)
     parser.set_defaults(func=run, suite=None)
-    named = parser.add_subparsers(dest="suite", metavar="[SUITE]", required=False,
-                                  title="suites and studies (optional; default: the default suite)")
+    named = parser.add_subparsers(
+        dest="suite", metavar="[SUITE]", required=False, title="suites and studies (optional; default: the default suite)"
+    )
     for suite in SUITES.values():
         sub = named.add_parser(suite.name, help=suite.help, description=f"The {suite.name} suite: {suite.help}.")
         add_common_options(sub, suppress_defaults=True)
@@ -134,9 +180,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for name, module_name in STUDY_MODULES.items():
         module = importlib.import_module(module_name)
         summary = _summary(module.__doc__ or name)
-        sub = named.add_parser(name, help=summary, description=(
-            f"{summary}. The protocol: the README and `python -m pydoc {module_name}`. Options go after "
-            f"the name: constrain study {name} --quick."))
+        sub = named.add_parser(
+            name,
+            help=summary,
+            description=(
+                f"{summary}. The protocol: the README and `python -m pydoc {module_name}`. Options go after "
+                f"the name: constrain study {name} --quick."
+            ),
+        )
         module.add_arguments(sub)
         sub.set_defaults(func=module.run)
 
@@ -155,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     seeds = args.seeds if args.seeds is not None else list(range(QUICK_SEEDS if quick else suite.seeds))
     workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
-    documented = not quick and args.problems is None and args.strategies is None and args.seeds is None \
-        and args.steps is None
+    documented = not quick and args.problems is None and args.strategies is None and args.seeds is None and args.steps is None
     out = prepare_output_dir(args.out, "--out")
     figures = None if args.no_figures else prepare_output_dir(figures_dir(args.figures, out, documented), "--figures")
     args.interrupt_note = f"finished runs are kept in {out}/ and the same command resumes from them"
@@ -165,13 +215,24 @@ def run(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     result = run_study(
         args.problems or list(suite.problems),
-        seeds=seeds, steps=args.steps, quick=quick, strategy_filter=args.strategies,
-        out=out, figures=figures, prefix=prefix,
-        resume=args.resume, retry_failed=args.retry_failed, workers=workers, progress=not args.no_progress,
-        title=f"Study: {suite.name} suite" + (" (quick)" if quick else ""), command=command,
+        seeds=seeds,
+        steps=args.steps,
+        quick=quick,
+        strategy_filter=args.strategies,
+        out=out,
+        figures=figures,
+        prefix=prefix,
+        resume=args.resume,
+        retry_failed=args.retry_failed,
+        workers=workers,
+        progress=not args.no_progress,
+        title=f"Study: {suite.name} suite" + (" (quick)" if quick else ""),
+        command=command,
     )
     print(result.table)
     ran = len(result.plan.specs)
-    print(f"{ran} runs ({len(result.plan.skipped)} cells not applicable) in {time.perf_counter() - tic:.1f} s; "
-          f"results in {out}/" + ("" if figures is None else f"; table and figures in {figures}/"))
+    print(
+        f"{ran} runs ({len(result.plan.skipped)} cells not applicable) in {time.perf_counter() - tic:.1f} s; "
+        f"results in {out}/" + ("" if figures is None else f"; table and figures in {figures}/")
+    )
     return 0

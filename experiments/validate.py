@@ -20,7 +20,8 @@ the radius is a tensor), :math:`\max_i |(A^+ c)_i|` (affine sets: the size of th
 point) or 0 (orthant), and :math:`s = 1` where that is 0. A row passes when its error is at most
 ``TOLERANCE[dtype]`` (1e-6 in float64, 1e-4 in float32). Offset rows (``randn + c``, ``|c|`` up to
 1e8) are measured against the radius instead, :math:`s = r`, and pass at ``OFFSET_TOLERANCE``
-(1e-5) in both dtypes: their exact answer has entries of order :math:`r` whatever :math:`c` is. The violation is reported but not part
+(1e-5) in both dtypes: their exact answer has entries of order :math:`r` whatever :math:`c` is.
+The violation is reported but not part
 of the verdict: for affine sets it is :math:`|A y - c|`, which an error :math:`e` moves by up to
 :math:`e \max_i \|A_i\|_1`, so it grows with the row norms of ``A`` (about 8e4 for a Gaussian
 ``A`` at n = 1e5, where float32 shows a violation of about 4e-4 at an error of 5e-8).
@@ -59,8 +60,19 @@ from experiments._paths import check_output_file
 #: Set names accepted by ``--sets``, in table order. The offset sets are rows ``randn + c`` with
 #: ``|c|`` up to 1e8 onto the L1 ball and the simplex, errors relative to the radius; the metric sets
 #: are projections in a diagonal metric ``||.||_D`` (see :func:`check_metric`).
-SET_NAMES = ("l1ball", "simplex", "nonnegative", "affine", "tie", "polyhedron", "box", "l1ball-offset",
-             "simplex-offset", "l1ball-metric", "affine-metric")
+SET_NAMES = (
+    "l1ball",
+    "simplex",
+    "nonnegative",
+    "affine",
+    "tie",
+    "polyhedron",
+    "box",
+    "l1ball-offset",
+    "simplex-offset",
+    "l1ball-metric",
+    "affine-metric",
+)
 OFFSET_SETS = ("l1ball-offset", "simplex-offset")
 #: Sizes of the default run; ``--max-n`` drops the larger ones.
 DEFAULT_SIZES = (1, 2, 5, 64, 1000, 100_000)
@@ -227,14 +239,23 @@ def _radius_kinds(name: str) -> dict[str, Generator]:
         return x, _radius_set(name, np.maximum(np.abs(x).sum(1), 1.0) * factors)
 
     kinds: dict[str, Generator] = {
-        "random": random, "per-sample": per_sample, "ties": ties, "zeros": zeros, "inside": inside,
-        "boundary": boundary, "tiny": scaled(1e-8), "huge": scaled(1e8), "outlier": outlier,
+        "random": random,
+        "per-sample": per_sample,
+        "ties": ties,
+        "zeros": zeros,
+        "inside": inside,
+        "boundary": boundary,
+        "tiny": scaled(1e-8),
+        "huge": scaled(1e8),
+        "outlier": outlier,
         "extreme-radius": extreme_radius,
     }
     if simplex:
         # every entry negative: the projection still sums to r.
         kinds["negative"] = lambda rng, n, rows: (
-            -np.abs(rng.standard_normal((rows, n))) - rng.uniform(0, 5), _radius_set(name, 1.0))
+            -np.abs(rng.standard_normal((rows, n))) - rng.uniform(0, 5),
+            _radius_set(name, 1.0),
+        )
     return kinds
 
 
@@ -320,9 +341,13 @@ def _affine_huge(rng, n, rows):
 
 
 AFFINE_KINDS: dict[str, Generator] = {
-    "random": _affine_random, "zeros": _affine_zeros, "inside": _affine_inside,
-    "rank-deficient": _affine_rank_deficient, "ill-conditioned": _affine_ill_conditioned,
-    "tiny": _affine_tiny, "huge": _affine_huge,
+    "random": _affine_random,
+    "zeros": _affine_zeros,
+    "inside": _affine_inside,
+    "rank-deficient": _affine_rank_deficient,
+    "ill-conditioned": _affine_ill_conditioned,
+    "tiny": _affine_tiny,
+    "huge": _affine_huge,
 }
 
 
@@ -506,8 +531,13 @@ def kinds(set_name: str) -> dict[str, Generator]:
     if set_name in OFFSET_SETS:
         return _offset_kinds(set_name)
     try:
-        return {"nonnegative": NONNEGATIVE_KINDS, "affine": AFFINE_KINDS, "tie": TIE_KINDS,
-                "polyhedron": POLYHEDRON_KINDS, "box": BOX_KINDS}[set_name]
+        return {
+            "nonnegative": NONNEGATIVE_KINDS,
+            "affine": AFFINE_KINDS,
+            "tie": TIE_KINDS,
+            "polyhedron": POLYHEDRON_KINDS,
+            "box": BOX_KINDS,
+        }[set_name]
     except KeyError:
         raise ValueError(f"unknown set {set_name!r}; choose from {', '.join(SET_NAMES)}.") from None
 
@@ -522,9 +552,7 @@ def _selected_kinds(set_name: str, n: int, only: Sequence[str] | None = None) ->
     return [k for k in kinds(set_name) if (only is None or k in only) and (every_kind or k in LARGE_KINDS)]
 
 
-def instances(
-    set_name: str, n: int, trials: int = 1, seed: int = 0, only: Sequence[str] | None = None
-) -> list[Instance]:
+def instances(set_name: str, n: int, trials: int = 1, seed: int = 0, only: Sequence[str] | None = None) -> list[Instance]:
     """Random and adversarial instances of ``set_name`` in dimension ``n``: ``trials`` of each kind.
 
     Deterministic in ``(seed, set_name, n, trial, kind)``. ``only`` keeps the listed kinds; at
@@ -589,8 +617,18 @@ def check_instance(instance: Instance, dtypes: Sequence[torch.dtype] = DTYPES) -
     reference, kind = reference_of(constraint, x)
 
     def outcome(dtype: torch.dtype, error: float, violation: float, passed: bool, note: str, ref: str) -> Outcome:
-        return Outcome(instance.set_name, instance.kind, instance.n, str(dtype).removeprefix("torch."), x.shape[0],
-                       error, violation, passed, note, ref)
+        return Outcome(
+            instance.set_name,
+            instance.kind,
+            instance.n,
+            str(dtype).removeprefix("torch."),
+            x.shape[0],
+            error,
+            violation,
+            passed,
+            note,
+            ref,
+        )
 
     if reference is None:
         return [outcome(d, math.nan, math.nan, False, f"reference unavailable: {kind}", "unavailable") for d in dtypes]
@@ -651,8 +689,18 @@ def check_metric(name: str, n: int, trials: int, seed: int) -> list[Outcome]:
             y = project_metric(constraint, torch.as_tensor(x, dtype=dtype), torch.as_tensor(d, dtype=dtype)).double()
             error = float((np.abs(y.numpy() - reference).max(-1) / scale).max())
             violation = float((constraint.violation(y).numpy() / scale).max())
-            outcomes.append(Outcome(name, f"random #{trial}", n, str(dtype).removeprefix("torch."), rows, error,
-                                    violation, error <= 10 * TOLERANCE[dtype]))
+            outcomes.append(
+                Outcome(
+                    name,
+                    f"random #{trial}",
+                    n,
+                    str(dtype).removeprefix("torch."),
+                    rows,
+                    error,
+                    violation,
+                    error <= 10 * TOLERANCE[dtype],
+                )
+            )
     return outcomes
 
 
@@ -717,8 +765,9 @@ def validate(
     from tqdm import tqdm
 
     table: list[Row] = []
-    with tqdm(total=total, desc="validate", unit="instance", leave=False, file=sys.stderr,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=total, desc="validate", unit="instance", leave=False, file=sys.stderr, disable=None if progress else True
+    ) as bar:
         for name, n in work:
             bar.set_postfix_str(f"{name} n={n}")
             rows = {d: Row(name, n, str(d).removeprefix("torch.")) for d in DTYPES}
@@ -738,8 +787,10 @@ def validate(
 
 def format_table(table: Iterable[Row]) -> str:
     """The table as printed by ``constrain validate``."""
-    header = (f"{'set':<14} {'n':>7} {'dtype':<8} {'instances':>9} {'rows':>5} {'ref':<5} {'max error':>10} "
-              f"{'max violation':>13} {'worst case':<16} verdict")
+    header = (
+        f"{'set':<14} {'n':>7} {'dtype':<8} {'instances':>9} {'rows':>5} {'ref':<5} {'max error':>10} "
+        f"{'max violation':>13} {'worst case':<16} verdict"
+    )
     lines = [header, "-" * len(header)]
     for r in table:
         lines.append(
@@ -774,17 +825,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=SCALE_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--sets", type=_set_list, default=list(SET_NAMES),
-                        help=f"comma-separated sets to check (default: {','.join(SET_NAMES)})")
-    parser.add_argument("--trials", type=positive_int, default=1,
-                        help="rounds of every instance kind per set and size (default: 1)")
+    parser.add_argument(
+        "--sets", type=_set_list, default=list(SET_NAMES), help=f"comma-separated sets to check (default: {','.join(SET_NAMES)})"
+    )
+    parser.add_argument(
+        "--trials", type=positive_int, default=1, help="rounds of every instance kind per set and size (default: 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--max-n", type=positive_int, default=max(DEFAULT_SIZES),
-                        help=f"skip sizes above this (default: {max(DEFAULT_SIZES)}; sizes {DEFAULT_SIZES})")
-    parser.add_argument("--json", metavar="PATH", default=None,
-                        help="also write every row as JSON to PATH (checked for writing before any work)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (it is shown on stderr only when stderr is a terminal)")
+    parser.add_argument(
+        "--max-n",
+        type=positive_int,
+        default=max(DEFAULT_SIZES),
+        help=f"skip sizes above this (default: {max(DEFAULT_SIZES)}; sizes {DEFAULT_SIZES})",
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", default=None, help="also write every row as JSON to PATH (checked for writing before any work)"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is shown on stderr only when stderr is a terminal)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -813,15 +872,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
-    print(f"constrain validate: kernels vs exact and cvxpy references, {args.trials} trial(s) per instance kind, "
-          f"seed {args.seed}")
+    print(
+        f"constrain validate: kernels vs exact and cvxpy references, {args.trials} trial(s) per instance kind, seed {args.seed}"
+    )
     print(format_table(table))
     print(SCALE_NOTE)
     failed = [row for row in table if row.failed]
     for row in table:
         for note in row.notes:
-            print(f"  {'FAIL' if 'reference unavailable' not in note else 'reference unavailable'} "
-                  f"{row.set} n={row.n} {row.dtype}: {note}")
+            print(
+                f"  {'FAIL' if 'reference unavailable' not in note else 'reference unavailable'} "
+                f"{row.set} n={row.n} {row.dtype}: {note}"
+            )
     total = sum(row.instances for row in table)
     unavailable = sum(row.unavailable for row in table)
     verdict = f"{len(failed)} row(s) FAILED" if failed else "all pass"

@@ -21,9 +21,16 @@ from strategies import _reparam  # noqa: E402,F401  isort: skip
 from strategies import _output_polytope  # noqa: E402,F401  isort: skip
 from strategies import _dc3  # noqa: E402,F401  isort: skip
 from strategies import _hardnet  # noqa: E402,F401  isort: skip
+
 # Parametrization modules, reusable on their own (e.g. L1WeightNorm in PSiLON layers).
 from strategies._reparam import (  # noqa: E402  isort: skip
-    AffineLatent, ExpNonNegative, L1WeightNorm, NullSpace, NullSpaceSlice, RadialL1, SoftplusNonNegative,
+    AffineLatent,
+    ExpNonNegative,
+    L1WeightNorm,
+    NullSpace,
+    NullSpaceSlice,
+    RadialL1,
+    SoftplusNonNegative,
     SquareNonNegative,
 )
 

@@ -19,7 +19,7 @@ import numbers
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from constrain import ConstraintSet, OutputTarget, ParameterTarget, output_rows
 from strategies import _distributed
 
-Target = Union[OutputTarget, ParameterTarget]
+Target = OutputTarget | ParameterTarget
 #: What a strategy does with a non-finite loss: raise ``FloatingPointError`` or skip the step.
 OnNonFinite = Literal["raise", "skip"]
 
@@ -66,8 +66,7 @@ def target_rows(target: Target, model: nn.Module, outputs: Tensor | None) -> Ten
     if isinstance(target, OutputTarget):
         if outputs is None:
             raise ValueError(
-                f"the constraint {target.label} is on the model's outputs: pass them, "
-                f"strategy.loss(objective, outputs)."
+                f"the constraint {target.label} is on the model's outputs: pass them, strategy.loss(objective, outputs)."
             )
         if not isinstance(outputs, Tensor):
             raise TypeError(f"outputs must be the model's output tensor, got {type(outputs).__name__}.")
@@ -136,7 +135,7 @@ def inputs_of(outputs: Tensor) -> tuple | None:
     return None
 
 
-def bound_set(target: Target, rows: Tensor) -> "ConstraintSet":
+def bound_set(target: Target, rows: Tensor) -> ConstraintSet:
     """The target's set with its callable right-hand sides evaluated on the model's input of the forward
     that produced ``rows`` (the set itself when it has none)."""
     constraint_set = target.set
@@ -218,7 +217,7 @@ class Strategy:
         self.on_nonfinite: str = "raise"
         self._skipping = False
 
-    def configure(self, *, on_nonfinite: OnNonFinite = "raise") -> "Strategy":
+    def configure(self, *, on_nonfinite: OnNonFinite = "raise") -> Strategy:
         """Set the options every strategy shares (``strategies.get`` passes them here); returns ``self``.
 
         ``on_nonfinite``: ``"raise"`` or ``"skip"`` a step whose loss is NaN or Inf (see the class doc).
@@ -333,9 +332,7 @@ class Strategy:
         """Restore :meth:`state_dict`; call after :meth:`attach` on the rebuilt model."""
         self._require_model()
         if not isinstance(state, Mapping):
-            raise TypeError(
-                f"state must be the dict returned by strategy.state_dict(), got {type(state).__name__}."
-            )
+            raise TypeError(f"state must be the dict returned by strategy.state_dict(), got {type(state).__name__}.")
         if "steps" not in state:
             raise KeyError(
                 f"strategy {self.name!r}: state has no 'steps', so it was not produced by Strategy.state_dict(); "

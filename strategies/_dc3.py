@@ -55,8 +55,10 @@ def rhs_rows(value: Tensor, rows: Tensor, name: str) -> Tensor:
     """A bound right-hand side, ``(m,)`` or ``(batch, m)`` (checked by the set), in ``rows``' dtype and
     device; a per-sample side must have one row per output row."""
     if value.dim() == 2 and value.shape[0] not in (1, rows.shape[0]):
-        raise ValueError(f"the right-hand side {name} has {value.shape[0]} rows but the outputs have {rows.shape[0]}; "
-                         f"give one row of {name} per sample (or a callable of the model's input).")
+        raise ValueError(
+            f"the right-hand side {name} has {value.shape[0]} rows but the outputs have {rows.shape[0]}; "
+            f"give one row of {name} per sample (or a callable of the model's input)."
+        )
     return value.to(device=rows.device, dtype=rows.dtype)
 
 
@@ -91,25 +93,29 @@ class Completion:
     H: Tensor | None  # G_c A_c^{-1}, (k, m)
 
     @classmethod
-    def of(cls, A: Tensor, G: Tensor | None = None) -> "Completion":
+    def of(cls, A: Tensor, G: Tensor | None = None) -> Completion:
         A = check_matrix(A, "A")
         m, n = A.shape
         if m >= n:
-            raise ValueError(f"A has {m} rows for {n} variables: completion needs fewer equalities than variables "
-                             f"(m < n) so that some variables stay free.")
-        A_f, A_c = A[:, : n - m], A[:, n - m:]
+            raise ValueError(
+                f"A has {m} rows for {n} variables: completion needs fewer equalities than variables "
+                f"(m < n) so that some variables stay free."
+            )
+        A_f, A_c = A[:, : n - m], A[:, n - m :]
         cond = float(torch.linalg.cond(A_c))
         if not math.isfinite(cond) or cond > MAX_CONDITION:
-            raise ValueError(f"the last {m} columns of A form a singular block (condition number {cond:.3g}); dc3 "
-                             f"completes the last m variables, so reorder the outputs (and the columns of A and G) "
-                             f"to put {m} linearly independent columns last.")
+            raise ValueError(
+                f"the last {m} columns of A form a singular block (condition number {cond:.3g}); dc3 "
+                f"completes the last m variables, so reorder the outputs (and the columns of A and G) "
+                f"to put {m} linearly independent columns last."
+            )
         A_c_inv = torch.linalg.inv(A_c)
         K = A_c_inv @ A_f
         G_eff = H = None
         if G is not None:
             G = check_matrix(G, "G", n)
-            H = G[:, n - m:] @ A_c_inv
-            G_eff = G[:, : n - m] - G[:, n - m:] @ K
+            H = G[:, n - m :] @ A_c_inv
+            G_eff = G[:, : n - m] - G[:, n - m :] @ K
         return cls(n - m, K, A_c_inv, G_eff, H)
 
     def complete(self, z: Tensor, b: Tensor) -> Tensor:
@@ -124,8 +130,9 @@ class Completion:
         return h - b @ self.H.to(b).T
 
 
-def dc3_correct(z: Tensor, G: Tensor, h: Tensor, steps: int, lr: float, momentum: float,
-                tol: float | None = None) -> tuple[Tensor, int]:
+def dc3_correct(
+    z: Tensor, G: Tensor, h: Tensor, steps: int, lr: float, momentum: float, tol: float | None = None
+) -> tuple[Tensor, int]:
     r"""DC3's correction: ``steps`` momentum gradient steps on :math:`\|\max(G z - h, 0)\|^2` in ``z``.
 
     ``G`` ``(k, d)``, ``h`` ``(k,)`` or ``(batch, k)``, ``z`` ``(batch, d)`` (for the equality-constrained
@@ -146,8 +153,9 @@ def dc3_correct(z: Tensor, G: Tensor, h: Tensor, steps: int, lr: float, momentum
     return z, taken
 
 
-def dc3_soft_penalty(y: Tensor, A: Tensor | None, b: Tensor | None, G: Tensor | None, h: Tensor | None,
-                     weight: float, eq_fraction: float) -> Tensor:
+def dc3_soft_penalty(
+    y: Tensor, A: Tensor | None, b: Tensor | None, G: Tensor | None, h: Tensor | None, weight: float, eq_fraction: float
+) -> Tensor:
     r"""Batch mean of :math:`w(1 - \phi)\|\max(G y - h, 0)\|_2 + w\phi\|A y - b\|_2` (DC3's soft loss)."""
     total = y.new_zeros(y.shape[0])
     if G is not None and h is not None:
@@ -180,14 +188,18 @@ class _LinearOutputStrategy(Strategy):
         if not isinstance(target, OutputTarget):
             return f"{cls.name} is an output layer; it does not constrain parameters."
         if not isinstance(target.set, Polyhedron):
-            return (f"{cls.name} needs linear constraints on the outputs, a Polyhedron(A=..., b=..., G=..., h=...); "
-                    f"got {target.set!r}.")
+            return (
+                f"{cls.name} needs linear constraints on the outputs, a Polyhedron(A=..., b=..., G=..., h=...); "
+                f"got {target.set!r}."
+            )
         return None
 
     def _attach(self) -> None:
         if len(self.targets) != 1:
-            raise ValueError(f"{self.name} takes one polyhedron on the outputs; stack the rows of A, b, G and h into "
-                             f"one Polyhedron instead of {len(self.targets)} targets.")
+            raise ValueError(
+                f"{self.name} takes one polyhedron on the outputs; stack the rows of A, b, G and h into "
+                f"one Polyhedron instead of {len(self.targets)} targets."
+            )
         A, _, G, _ = linear_parts(self.targets[0].set)
         n = (A if A is not None else G).shape[-1]  # type: ignore[union-attr]
         self._n = int(n)
@@ -199,8 +211,10 @@ class _LinearOutputStrategy(Strategy):
             raise TypeError(f"{self.name}: the model must return a tensor of rows, got {type(outputs).__name__}.")
         rows = outputs.reshape(outputs.shape[0], -1)
         if rows.shape[-1] != self._n:
-            raise ValueError(f"{self.name}: the model's outputs have {rows.shape[-1]} entries per row but the "
-                             f"polyhedron has {self._n} variables.")
+            raise ValueError(
+                f"{self.name}: the model's outputs have {rows.shape[-1]} entries per row but the "
+                f"polyhedron has {self._n} variables."
+            )
         constraint_set = self.targets[0].set
         if constraint_set.needs_inputs:
             constraint_set = constraint_set.bind(*inputs)  # evaluates and checks the callable sides
@@ -233,8 +247,16 @@ class DC3(_LinearOutputStrategy):
     family = "reparameterization"
     summary = "DC3: equality completion + unrolled gradient correction + soft penalty (Donti et al. 2021)"
 
-    def __init__(self, *, steps: int = 10, lr: float = 1e-7, momentum: float = 0.5, weight: float = 10.0,
-                 eq_fraction: float = 0.5, tol: float = 1e-4) -> None:
+    def __init__(
+        self,
+        *,
+        steps: int = 10,
+        lr: float = 1e-7,
+        momentum: float = 0.5,
+        weight: float = 10.0,
+        eq_fraction: float = 0.5,
+        tol: float = 1e-4,
+    ) -> None:
         super().__init__()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be a non-negative int (correction steps), got {steps!r}.")
@@ -259,14 +281,14 @@ class DC3(_LinearOutputStrategy):
         tol = None if model.training else self.tol
         if c is None:  # inequalities only: correct y itself
             assert self._G is not None and h is not None
-            y, self.last_correction_steps = dc3_correct(rows, self._G, h, self.correction_steps, self.lr,
-                                                        self.momentum, tol)
+            y, self.last_correction_steps = dc3_correct(rows, self._G, h, self.correction_steps, self.lr, self.momentum, tol)
             return y
         assert b is not None
         z = rows[:, : c.free]
         if c.G_eff is not None and h is not None and self.correction_steps:
-            z, self.last_correction_steps = dc3_correct(z, c.G_eff, c.effective_h(h, b), self.correction_steps,
-                                                        self.lr, self.momentum, tol)
+            z, self.last_correction_steps = dc3_correct(
+                z, c.G_eff, c.effective_h(h, b), self.correction_steps, self.lr, self.momentum, tol
+            )
         return c.complete(z, b)
 
     def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor | None:
@@ -276,8 +298,10 @@ class DC3(_LinearOutputStrategy):
         y = outputs.reshape(outputs.shape[0], -1)  # type: ignore[union-attr]
         b, h = self._last["b"], self._last["h"]
         if (b is not None and b.dim() == 2 and b.shape[0] != y.shape[0]) or (
-                h is not None and h.dim() == 2 and h.shape[0] != y.shape[0]):
-            raise ValueError("dc3: the outputs passed to loss() are not those of the last forward pass (batch sizes "
-                             "differ); pass the outputs of the forward that just ran.")
+            h is not None and h.dim() == 2 and h.shape[0] != y.shape[0]
+        ):
+            raise ValueError(
+                "dc3: the outputs passed to loss() are not those of the last forward pass (batch sizes "
+                "differ); pass the outputs of the forward that just ran."
+            )
         return dc3_soft_penalty(y, self._A, b, self._G, h, self.weight, self.eq_fraction)
-

@@ -59,12 +59,14 @@ def all_mean(tensors: list[Tensor], weights: list[float] | None = None) -> list[
     """
     if not active() or not tensors:
         weights = [1.0] * len(tensors) if weights is None else weights
-        return [t if w else None for t, w in zip(tensors, weights)]
+        return [t if w else None for t, w in zip(tensors, weights, strict=True)]
     weights = [1.0] * len(tensors) if weights is None else weights
-    flat = torch.cat([
-        torch.cat([(t.detach().to(torch.float64) * w).reshape(-1), t.new_full((1,), w, dtype=torch.float64)])
-        for t, w in zip(tensors, weights)
-    ]).to(_device())
+    flat = torch.cat(
+        [
+            torch.cat([(t.detach().to(torch.float64) * w).reshape(-1), t.new_full((1,), w, dtype=torch.float64)])
+            for t, w in zip(tensors, weights, strict=True)
+        ]
+    ).to(_device())
     torch.distributed.all_reduce(flat)
     out, start = [], 0
     for t in tensors:
@@ -123,6 +125,6 @@ def all_gather_rows(ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     all_vals = [torch.empty_like(val_pad) for _ in range(size)]
     dist.all_gather(all_ids, ids_pad)
     dist.all_gather(all_vals, val_pad)
-    gathered_ids = torch.cat([part[:n] for part, n in zip(all_ids, sizes)]).to(ids.device)
-    gathered_vals = torch.cat([part[:n] for part, n in zip(all_vals, sizes)]).to(values.device)
+    gathered_ids = torch.cat([part[:n] for part, n in zip(all_ids, sizes, strict=True)]).to(ids.device)
+    gathered_vals = torch.cat([part[:n] for part, n in zip(all_vals, sizes, strict=True)]).to(values.device)
     return gathered_ids, gathered_vals.reshape(-1, *values.shape[1:])

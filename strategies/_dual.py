@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
 #: What ``dual_optimizer=`` accepts: a name, a torch optimizer class (built as ``cls(params, lr=dual_lr)``)
 #: or a factory ``params -> optimizer``.
-DualOptimizer = Union[str, type, Callable[[list[Tensor]], torch.optim.Optimizer]]
+DualOptimizer = str | type | Callable[[list[Tensor]], torch.optim.Optimizer]
 #: The names ``dual_optimizer=`` knows.
 DUAL_NAMES = ("sgd", "nupi", "optimistic")
 
@@ -75,7 +75,9 @@ def optimistic(params: Iterable[Tensor], lr: float) -> NuPI:
     return NuPI(params, lr=lr, kp=1.0, ki=1.0)
 
 
-def dual_factory(spec: DualOptimizer | None, lr: float, kp: float) -> tuple[Callable[[list[Tensor]], torch.optim.Optimizer] | None, bool]:
+def dual_factory(
+    spec: DualOptimizer | None, lr: float, kp: float
+) -> tuple[Callable[[list[Tensor]], torch.optim.Optimizer] | None, bool]:
     """``(factory, follows_lr)``: how to build the optimizer of one multiplier tensor, and whether its
     learning rate is the strategy's ``dual_lr`` (set again before each step, so schedules apply).
     ``None`` (and ``"sgd"``): the built-in ascent, no optimizer object."""
@@ -86,8 +88,10 @@ def dual_factory(spec: DualOptimizer | None, lr: float, kp: float) -> tuple[Call
             return (lambda params: NuPI(params, lr=lr, kp=kp, ki=1.0)), True
         if spec == "optimistic":
             return (lambda params: optimistic(params, lr=lr)), True
-        raise ValueError(f"dual_optimizer must be one of {', '.join(map(repr, DUAL_NAMES))}, a torch optimizer class "
-                         f"or a factory params -> optimizer; got {spec!r}.")
+        raise ValueError(
+            f"dual_optimizer must be one of {', '.join(map(repr, DUAL_NAMES))}, a torch optimizer class "
+            f"or a factory params -> optimizer; got {spec!r}."
+        )
     if isinstance(spec, type):
         if not issubclass(spec, torch.optim.Optimizer):
             raise TypeError(f"dual_optimizer class must subclass torch.optim.Optimizer, got {spec.__name__}.")

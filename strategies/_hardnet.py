@@ -37,21 +37,24 @@ def stacked_pseudoinverse(A: Tensor | None, G: Tensor | None, n: int) -> Tensor:
     M = torch.cat(parts)
     rows = M.shape[0]
     if rows > n:
-        raise ValueError(f"hardnet-aff needs the stacked matrix [A; G] to have full row rank, but it has {rows} rows "
-                         f"for {n} variables (more constraints than variables), so its rank is at most {n} < {rows}. "
-                         f"Use 'projected' or 'dc3' for this polyhedron.")
+        raise ValueError(
+            f"hardnet-aff needs the stacked matrix [A; G] to have full row rank, but it has {rows} rows "
+            f"for {n} variables (more constraints than variables), so its rank is at most {n} < {rows}. "
+            f"Use 'projected' or 'dc3' for this polyhedron."
+        )
     s = torch.linalg.svdvals(M)
     if not float(s[-1]) > RANK_TOLERANCE * float(s[0]):
         rank = int((s > RANK_TOLERANCE * s[0]).sum())
-        raise ValueError(f"hardnet-aff needs the stacked matrix [A; G] to have full row rank, but its rank is {rank} < "
-                         f"{rows} rows (smallest singular value {float(s[-1]):.3g}, largest {float(s[0]):.3g}): some "
-                         f"constraints are linear combinations of others. Remove the redundant rows, or use "
-                         f"'projected' or 'dc3'.")
+        raise ValueError(
+            f"hardnet-aff needs the stacked matrix [A; G] to have full row rank, but its rank is {rank} < "
+            f"{rows} rows (smallest singular value {float(s[-1]):.3g}, largest {float(s[0]):.3g}): some "
+            f"constraints are linear combinations of others. Remove the redundant rows, or use "
+            f"'projected' or 'dc3'."
+        )
     return torch.linalg.pinv(M)
 
 
-def hardnet_affine(f: Tensor, pinv: Tensor, A: Tensor | None, b: Tensor | None, G: Tensor | None,
-                   h: Tensor | None) -> Tensor:
+def hardnet_affine(f: Tensor, pinv: Tensor, A: Tensor | None, b: Tensor | None, G: Tensor | None, h: Tensor | None) -> Tensor:
     r"""The HardNet-Aff correction of the rows ``f`` ``(batch, n)``; ``pinv`` from :func:`stacked_pseudoinverse`."""
     parts = []
     if A is not None and b is not None:

@@ -185,8 +185,10 @@ class L1Cumulative(L1Regularization):
                 f"it was saved by another strategy. Load the state_dict() of an {self.name!r} strategy."
             )
         applied, weights = state["applied"], self._weights()
-        if not isinstance(applied, (list, tuple)) or len(applied) != len(weights) or any(
-            not isinstance(q, Tensor) or q.shape != w.shape for q, w in zip(applied, weights)
+        if (
+            not isinstance(applied, (list, tuple))
+            or len(applied) != len(weights)
+            or any(not isinstance(q, Tensor) or q.shape != w.shape for q, w in zip(applied, weights, strict=True))
         ):
             raise ValueError(
                 f"strategy {self.name!r}: state['applied'] must hold one tensor per constrained weight, shaped like "

@@ -99,9 +99,7 @@ class LagrangianStrategy(Strategy):
         self._dual_factory, self._dual_follows_lr = dual_factory(dual_optimizer, self.dual_lr, self.dual_kp)
         self._dual_opts: dict[str, torch.optim.Optimizer] = {}
         self.multiplier_mode: str = multipliers
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0
-        ):
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0):
             raise ValueError(f"num_samples must be a positive int (the training set's size), got {num_samples!r}.")
         self.num_samples = num_samples
         self._lam: dict[str, Tensor] = {}
@@ -379,7 +377,7 @@ class LagrangianStrategy(Strategy):
             else:
                 means.append(torch.zeros_like(self._lam[key]))
                 weights.append(0.0)
-        for key, mean in zip(shared, _distributed.all_mean(means, weights)):
+        for key, mean in zip(shared, _distributed.all_mean(means, weights), strict=True):
             if mean is not None:  # some rank recorded a defect
                 combined[key] = [(mean, None)]
         for key in keys:
@@ -411,8 +409,10 @@ class LagrangianStrategy(Strategy):
         lam = state.pop("multipliers")
         dual = state.pop("dual_optimizer", {})
         if dual and self._dual_factory is None:
-            raise KeyError(f"strategy {self.name!r}: the state holds dual optimizer states but this strategy has no "
-                           f"dual_optimizer; build it with the same dual_optimizer before load_state_dict.")
+            raise KeyError(
+                f"strategy {self.name!r}: the state holds dual optimizer states but this strategy has no "
+                f"dual_optimizer; build it with the same dual_optimizer before load_state_dict."
+            )
         if not isinstance(lam, dict):
             raise TypeError(f"strategy {self.name!r}: state['multipliers'] must be a dict of tensors, got {type(lam).__name__}.")
         for key, value in lam.items():
@@ -496,8 +496,13 @@ class AugmentedLagrangian(LagrangianStrategy):
         dual_kp: float = 4.0,
     ) -> None:
         self.penalty = _positive(penalty, "penalty")
-        super().__init__(dual_lr=self.penalty if dual_lr is None else dual_lr, multipliers=multipliers,
-                         num_samples=num_samples, dual_optimizer=dual_optimizer, dual_kp=dual_kp)
+        super().__init__(
+            dual_lr=self.penalty if dual_lr is None else dual_lr,
+            multipliers=multipliers,
+            num_samples=num_samples,
+            dual_optimizer=dual_optimizer,
+            dual_kp=dual_kp,
+        )
         self.dual_lr_option = dual_lr
         self.penalty_growth = _positive(penalty_growth, "penalty_growth")
 
@@ -585,8 +590,9 @@ class SlackLagrangian(LagrangianStrategy):
         dual_optimizer: DualOptimizer | None = None,
         dual_kp: float = 4.0,
     ) -> None:
-        super().__init__(dual_lr=dual_lr, multipliers=multipliers, num_samples=num_samples,
-                         dual_optimizer=dual_optimizer, dual_kp=dual_kp)
+        super().__init__(
+            dual_lr=dual_lr, multipliers=multipliers, num_samples=num_samples, dual_optimizer=dual_optimizer, dual_kp=dual_kp
+        )
         if not math.isfinite(penalty) or penalty < 0:
             raise ValueError(f"penalty must be >= 0 and finite, got {penalty}.")
         if output_width is not None and (
@@ -606,11 +612,7 @@ class SlackLagrangian(LagrangianStrategy):
     def _attach(self) -> None:
         super()._attach()
         model = self._require_model()
-        taken = [
-            _slack_name(i)
-            for i, t in enumerate(self.targets)
-            if t.set.has_inequalities and hasattr(model, _slack_name(i))
-        ]
+        taken = [_slack_name(i) for i, t in enumerate(self.targets) if t.set.has_inequalities and hasattr(model, _slack_name(i))]
         if taken:
             raise ValueError(
                 f"slack-lagrangian registers its slack variables on the model as {', '.join(taken)}, but the model "

@@ -13,7 +13,7 @@ Every value is in the set up to floating-point rounding (about ``n * eps * r`` f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from constrain import project_simplex
 
-RadiusLike = Union[float, Tensor]
+RadiusLike = float | Tensor
 
 #: Elementwise maps onto the orthant :math:`\{y \ge 0\}`, by name.
 NONNEGATIVE_MAPS: dict[str, Callable[[Tensor], Tensor]] = {

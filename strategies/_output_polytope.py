@@ -24,7 +24,7 @@ Both hold on every input, seen or unseen, up to floating-point rounding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from strategies._base import Strategy, Target, install_output_map
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
-Interior = Union[str, Tensor, Callable[..., Tensor]]
+Interior = str | Tensor | Callable[..., Tensor]
 
 
 def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, cache: dict) -> Tensor:
@@ -113,7 +113,9 @@ class _OutputPolytopeStrategy(Strategy):
         model = self._require_model()
         for target in self.targets:
             assert isinstance(target, OutputTarget)
-            self._handles.append(install_output_map(model, guard_nonfinite(self, target.label, self._row_map(target)), target.set))
+            self._handles.append(
+                install_output_map(model, guard_nonfinite(self, target.label, self._row_map(target)), target.set)
+            )
 
     def remove(self) -> None:
         """Take the output maps off the model."""

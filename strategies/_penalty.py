@@ -64,8 +64,11 @@ def _positive_entries(name: str, state: dict[str, Any], keys: tuple[str, ...]) -
 def _relative_violation(rows: Tensor, g: Tensor | None, h: Tensor | None) -> Tensor:
     r""":math:`\max(\max g^+, \max |h|) / \max |x|`: the largest violation relative to the largest
     magnitude of the constrained values ``rows`` (detached; a zero-dimensional tensor)."""
-    parts = [c.detach().clamp_min(0).amax() if kind == "g" else c.detach().abs().amax()
-             for kind, c in (("g", g), ("h", h)) if c is not None and c.numel()]
+    parts = [
+        c.detach().clamp_min(0).amax() if kind == "g" else c.detach().abs().amax()
+        for kind, c in (("g", g), ("h", h))
+        if c is not None and c.numel()
+    ]
     if not parts:
         return rows.new_zeros(())
     worst = parts[0] if len(parts) == 1 else torch.maximum(parts[0], parts[1])
@@ -159,9 +162,12 @@ class PenaltyStrategy(Strategy):
             raise InfeasibleStartError(
                 f"{self.name}: {target.label} is not strictly satisfied at {where} (max g = {float(g.detach().max()):.3g} >= 0); "
                 f"a barrier is undefined outside its set's interior. Start strictly feasible ("
-                + ("e.g. initialise the last layer so outputs lie inside" if isinstance(target, OutputTarget) else
-                   f"initialise {'+'.join(target.names)} strictly inside, e.g. for NonNegative: "
-                   f"with torch.no_grad(): w.abs_().add_(1e-3)")
+                + (
+                    "e.g. initialise the last layer so outputs lie inside"
+                    if isinstance(target, OutputTarget)
+                    else f"initialise {'+'.join(target.names)} strictly inside, e.g. for NonNegative: "
+                    f"with torch.no_grad(): w.abs_().add_(1e-3)"
+                )
                 + "), lower the learning rate, or use 'extended-log-barrier', which accepts infeasible points."
             )
 

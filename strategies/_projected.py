@@ -37,7 +37,14 @@ from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from constrain import (
-    Affine, ConstraintSet, L1Ball, OutputTarget, ParameterTarget, l1_ball_threshold, parameter_rows, project_metric,
+    Affine,
+    ConstraintSet,
+    L1Ball,
+    OutputTarget,
+    ParameterTarget,
+    l1_ball_threshold,
+    parameter_rows,
+    project_metric,
 )
 from strategies._base import Strategy, Target, install_output_map
 from strategies._output_maps import guard_nonfinite
@@ -76,9 +83,11 @@ class Projected(Strategy):
         metric: Literal["optimizer", "euclidean"] = "optimizer",
     ) -> None:
         super().__init__()
-        for option, value, allowed in (("mode", mode, ("weights", "gradient")),
-                                       ("jacobian", jacobian, ("exact", "threshold-constant")),
-                                       ("metric", metric, ("optimizer", "euclidean"))):
+        for option, value, allowed in (
+            ("mode", mode, ("weights", "gradient")),
+            ("jacobian", jacobian, ("exact", "threshold-constant")),
+            ("metric", metric, ("optimizer", "euclidean")),
+        ):
             if value not in allowed:
                 raise ValueError(f"projected: {option} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
         self.mode = mode
@@ -158,8 +167,10 @@ class Projected(Strategy):
                 )
             project = _l1_ball_threshold_constant(target.set.radius)
         else:
+
             def project(rows: Tensor, bound: ConstraintSet = target.set) -> Tensor:  # bound: set of this forward
                 return bound.project(rows)
+
         return guard_nonfinite(self, target.label, project)
 
     def _after_step(self) -> None:
@@ -177,7 +188,7 @@ class Projected(Strategy):
                 self._check_finite_parameters(target, rows)
                 d = self.current_metric(target)
                 projected = target.set.project(rows) if d is None else project_metric(target.set, rows, d.to(rows))
-                for param, value in zip(target.tensors(model), target.split(projected, model)):
+                for param, value in zip(target.tensors(model), target.split(projected, model), strict=True):
                     param.copy_(value)
 
     def detach(self) -> None:
@@ -241,7 +252,7 @@ def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:
         pending.clear()
         grad = torch.cat([p.grad.reshape(-1) for p in params])
         grad = factor.project_direction(grad)
-        for p, part in zip(params, grad.split([p.numel() for p in params])):
+        for p, part in zip(params, grad.split([p.numel() for p in params]), strict=True):
             p.grad.copy_(part.reshape(p.shape))
 
     return [p.register_post_accumulate_grad_hook(hook) for p in params]

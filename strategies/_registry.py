@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:  # pragma: no cover
     from strategies._base import Strategy
 
-_REGISTRY: dict[str, type["Strategy"]] = {}
+_REGISTRY: dict[str, type[Strategy]] = {}
 S = TypeVar("S", bound=type)
 
 
@@ -40,7 +40,7 @@ def available(family: str | None = None) -> list[str]:
     return sorted(n for n, cls in _REGISTRY.items() if family is None or cls.family == family)
 
 
-def strategy_class(name: str) -> type["Strategy"]:
+def strategy_class(name: str) -> type[Strategy]:
     """The class registered as ``name``; unknown names raise ``KeyError`` with close matches."""
     if not isinstance(name, str):
         raise TypeError(f"strategy name must be a string, got {type(name).__name__}.")
@@ -49,9 +49,7 @@ def strategy_class(name: str) -> type["Strategy"]:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(
-            f"unknown strategy {name!r}.{hint} Known strategies: {', '.join(available())}."
-        ) from None
+        raise KeyError(f"unknown strategy {name!r}.{hint} Known strategies: {', '.join(available())}.") from None
 
 
 def _keyword_only(function: Callable) -> dict[str, inspect.Parameter]:
@@ -86,7 +84,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
-def get(name: str, **options: Any) -> "Strategy":
+def get(name: str, **options: Any) -> Strategy:
     """Build the strategy registered as ``name`` with ``options`` (keyword arguments)."""
     cls = strategy_class(name)
     accepted = options_of(cls)
@@ -100,8 +98,7 @@ def get(name: str, **options: Any) -> "Strategy":
             raise TypeError(f"strategy {name!r} has no option {key!r}.{hint} Its options are: {listed}.")
         if not _type_ok(value, hints.get(key, inspect.Parameter.empty)):
             raise TypeError(
-                f"option {key!r} of strategy {name!r} must be {_type_name(hints[key])}, "
-                f"got {value!r} ({type(value).__name__})."
+                f"option {key!r} of strategy {name!r} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})."
             )
     strategy = cls(**{k: v for k, v in options.items() if k in own})
     return strategy.configure(**{k: v for k, v in options.items() if k not in own})

@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 import typing
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ __all__ = [
     "SquareNonNegative",
 ]
 
-RadiusLike = Union[float, Tensor]
+RadiusLike = float | Tensor
 
 
 # ====================================================================== parametrizations
@@ -534,7 +535,7 @@ class Reparameterization(Strategy):
             )
         latent = AffineLatent(s.factor, values[0], self.affine_form)
         start = 0
-        for (module, attr), value in zip(places, values):
+        for (module, attr), value in zip(places, values, strict=True):
             self._register(module, attr, NullSpaceSlice(latent, start, value))
             # its `original` is an empty placeholder (the free variable is the shared latent): frozen, so that
             # DistributedDataParallel does not wait for a gradient it never gets (no find_unused_parameters)

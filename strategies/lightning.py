@@ -37,8 +37,7 @@ try:
     import lightning.pytorch as pl
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "strategies.lightning needs PyTorch Lightning 2.x: pip install \"constrain[lightning]\" "
-        "(or pip install lightning)."
+        'strategies.lightning needs PyTorch Lightning 2.x: pip install "constrain[lightning]" (or pip install lightning).'
     ) from error
 
 __all__ = ["ConstraintCallback"]
@@ -54,8 +53,14 @@ class ConstraintCallback(pl.Callback):
     ``forward``, so ``training_step`` should call ``self(x)``). ``log_metrics``: log the violations.
     """
 
-    def __init__(self, strategy: Strategy | str, constraints: Target | Iterable[Target], *,
-                 module: str | None = None, log_metrics: bool = True) -> None:
+    def __init__(
+        self,
+        strategy: Strategy | str,
+        constraints: Target | Iterable[Target],
+        *,
+        module: str | None = None,
+        log_metrics: bool = True,
+    ) -> None:
         super().__init__()
         if isinstance(strategy, str):
             strategy = strategies.get(strategy)
@@ -78,8 +83,10 @@ class ConstraintCallback(pl.Callback):
         target: nn.Module = pl_module
         for part in self.module.split(".") if self.module else ():
             if not isinstance(getattr(target, part, None), nn.Module):
-                raise ValueError(f"ConstraintCallback(module={self.module!r}): {type(target).__name__} has no "
-                                 f"submodule {part!r}; give the attribute path of the module to constrain.")
+                raise ValueError(
+                    f"ConstraintCallback(module={self.module!r}): {type(target).__name__} has no "
+                    f"submodule {part!r}; give the attribute path of the module to constrain."
+                )
             target = getattr(target, part)
         return target
 
@@ -88,16 +95,22 @@ class ConstraintCallback(pl.Callback):
         target = self._target_module(pl_module)
         if self.strategy.model is None:
             if self.strategy.attach(target, self.constraints) is not target:  # pragma: no cover - no strategy does
-                raise RuntimeError(f"strategy {self.strategy.name!r} replaced the module on attach; "
-                                   f"the callback needs strategies that constrain the module in place.")
+                raise RuntimeError(
+                    f"strategy {self.strategy.name!r} replaced the module on attach; "
+                    f"the callback needs strategies that constrain the module in place."
+                )
         elif self.strategy.model is not target:
-            raise RuntimeError("this ConstraintCallback's strategy is attached to another module; build one "
-                               "callback (and strategy) per LightningModule.")
+            raise RuntimeError(
+                "this ConstraintCallback's strategy is attached to another module; build one "
+                "callback (and strategy) per LightningModule."
+            )
         if stage == "fit":
             if not pl_module.automatic_optimization:
-                raise ValueError("ConstraintCallback needs automatic optimization; with "
-                                 "automatic_optimization = False call strategy.loss(...) before backward and "
-                                 "strategy.after_step() after optimizer.step() in training_step yourself.")
+                raise ValueError(
+                    "ConstraintCallback needs automatic optimization; with "
+                    "automatic_optimization = False call strategy.loss(...) before backward and "
+                    "strategy.after_step() after optimizer.step() in training_step yourself."
+                )
             self._wrap_training_step(pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -126,8 +139,10 @@ class ConstraintCallback(pl.Callback):
         elif isinstance(result, Mapping) and "loss" in result:
             loss, outputs, ids = result["loss"], result.get("outputs"), result.get("sample_ids")
         else:
-            raise TypeError(f"training_step returned {type(result).__name__}; with ConstraintCallback return the "
-                            f"loss, or {{'loss': loss, 'outputs': outputs}} when constraints are on outputs.")
+            raise TypeError(
+                f"training_step returned {type(result).__name__}; with ConstraintCallback return the "
+                f"loss, or {{'loss': loss, 'outputs': outputs}} when constraints are on outputs."
+            )
         total = self.strategy.loss(loss, outputs, sample_ids=ids)
         self._outputs = outputs.detach() if isinstance(outputs, Tensor) else None
         return total if isinstance(result, Tensor) else {**result, "loss": total}
@@ -135,8 +150,9 @@ class ConstraintCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stepped_at = trainer.global_step  # after a resume: the restored step count
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """After the optimizer step of this batch (none while accumulating gradients): ``after_step``
         and the violations as metrics."""
         if trainer.global_step == self._stepped_at:
@@ -146,8 +162,12 @@ class ConstraintCallback(pl.Callback):
         if self.log_metrics:
             report = self.strategy.report(self._outputs)
             batch_size = int(self._outputs.shape[0]) if self._outputs is not None and self._outputs.dim() else 1
-            pl_module.log_dict({f"constraint/{label}": value for label, value in report.items()},
-                               on_step=True, on_epoch=False, batch_size=batch_size)
+            pl_module.log_dict(
+                {f"constraint/{label}": value for label, value in report.items()},
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

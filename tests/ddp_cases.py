@@ -53,6 +53,7 @@ class Case:
 _TIE = lambda: Affine.tie((2, 4), [[(0, 0), (1, 1)], [(0, 3), (1, 2)]])  # noqa: E731
 _TIE_ACROSS = lambda: Affine(torch.cat([torch.eye(2), -torch.eye(2)], 1).repeat(1, 5)[:, :10], torch.zeros(2))  # noqa: E731
 
+
 def _FIRST_INPUT(x: Tensor) -> Tensor:
     """Right-hand side from the input (module level, so that spawned workers can unpickle it)."""
     return x[:, :1]
@@ -61,62 +62,98 @@ def _FIRST_INPUT(x: Tensor) -> Tensor:
 #: The checks of the default run: at least one strategy of every family (shared and per-sample multipliers,
 #: projections, a reparameterization, penalties and a barrier, an L1 implementation), and every kind of collective.
 CASES: dict[str, Case] = {
-    "lagrangian-shared": Case("lagrangian", {"dual_lr": 0.5},
-                              lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative())]),
-    "lagrangian-per-sample": Case("lagrangian", {"dual_lr": 0.5, "multipliers": "per-sample",
-                                                 "num_samples": GLOBAL_BATCH},
-                                  lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", L1Ball(0.3))]),
+    "lagrangian-shared": Case(
+        "lagrangian", {"dual_lr": 0.5}, lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative())]
+    ),
+    "lagrangian-per-sample": Case(
+        "lagrangian",
+        {"dual_lr": 0.5, "multipliers": "per-sample", "num_samples": GLOBAL_BATCH},
+        lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", L1Ball(0.3))],
+    ),
     "projected": Case("projected", {}, lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", L1Ball(0.3))]),
-    "reparameterization": Case("reparameterization", {},
-                               lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative()),
-                                        on_parameter("hidden.weight", L1Ball(0.8))]),
-    "quadratic-penalty": Case("quadratic-penalty", {"weight": 5.0, "growth": 1.1},
-                              lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", _TIE())]),
+    "reparameterization": Case(
+        "reparameterization",
+        {},
+        lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative()), on_parameter("hidden.weight", L1Ball(0.8))],
+    ),
+    "quadratic-penalty": Case(
+        "quadratic-penalty",
+        {"weight": 5.0, "growth": 1.1},
+        lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", _TIE())],
+    ),
     # a NaN on one rank only: every rank skips that step
-    "lagrangian-skip": Case("lagrangian", {"dual_lr": 0.5, "on_nonfinite": "skip"},
-                            lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative())], nan_at=3),
+    "lagrangian-skip": Case(
+        "lagrangian",
+        {"dual_lr": 0.5, "on_nonfinite": "skip"},
+        lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative())],
+        nan_at=3,
+    ),
     # every family, and every kind of collective: the barrier's MIN all-reduce while backtracking, the
     # augmented and slack terms' extra all-reduces, an L1 shrink step
-    "augmented-lagrangian-shared": Case("augmented-lagrangian", {"penalty": 2.0},
-                                        lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative())]),
-    "slack-lagrangian-shared": Case("slack-lagrangian", {"dual_lr": 0.5, "penalty": 1.0, "output_width": 2},
-                                    lambda: [on_output(NonNegative()), on_parameter("layer.weight", L1Ball(0.3))]),
+    "augmented-lagrangian-shared": Case(
+        "augmented-lagrangian", {"penalty": 2.0}, lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", NonNegative())]
+    ),
+    "slack-lagrangian-shared": Case(
+        "slack-lagrangian",
+        {"dual_lr": 0.5, "penalty": 1.0, "output_width": 2},
+        lambda: [on_output(NonNegative()), on_parameter("layer.weight", L1Ball(0.3))],
+    ),
     "log-barrier": Case("log-barrier", {"weight": 0.1}, lambda: [on_output(L1Ball(3.0))]),
     "l1-proximal": Case("l1-proximal", {"strength": 0.05, "lr": 0.1}, lambda: [on_parameter("layer.weight", L1Ball(0.3))]),
 }
 
 #: Every other registered strategy, on constraints it supports (the slow run).
 MORE_CASES: dict[str, Case] = {
-    "augmented-lagrangian": Case("augmented-lagrangian", {"penalty": 2.0, "multipliers": "per-sample",
-                                                          "num_samples": GLOBAL_BATCH},
-                                 lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", _TIE())]),
-    "reparam-null-space-across-used": Case("reparam-null-space", {},
-                                           lambda: [on_parameter(["layer.weight", "layer.bias"], _TIE_ACROSS())]),
-    "slack-lagrangian-per-sample": Case("slack-lagrangian", {"dual_lr": 0.5, "multipliers": "per-sample",
-                                                             "num_samples": GLOBAL_BATCH, "output_width": 2},
-                                        lambda: [on_output(L1Ball(0.5))]),
+    "augmented-lagrangian": Case(
+        "augmented-lagrangian",
+        {"penalty": 2.0, "multipliers": "per-sample", "num_samples": GLOBAL_BATCH},
+        lambda: [on_output(L1Ball(0.5)), on_parameter("layer.weight", _TIE())],
+    ),
+    "reparam-null-space-across-used": Case(
+        "reparam-null-space", {}, lambda: [on_parameter(["layer.weight", "layer.bias"], _TIE_ACROSS())]
+    ),
+    "slack-lagrangian-per-sample": Case(
+        "slack-lagrangian",
+        {"dual_lr": 0.5, "multipliers": "per-sample", "num_samples": GLOBAL_BATCH, "output_width": 2},
+        lambda: [on_output(L1Ball(0.5))],
+    ),
     "exact-penalty": Case("exact-penalty", {"weight": 2.0}, lambda: [on_output(NonNegative())]),
     "reciprocal-barrier": Case("reciprocal-barrier", {"weight": 0.01}, lambda: [on_output(L1Ball(3.0))]),
-    "extended-log-barrier": Case("extended-log-barrier", {"weight": 0.1, "t_growth": 1.1},
-                                 lambda: [on_output(L1Ball(0.5))]),
+    "extended-log-barrier": Case("extended-log-barrier", {"weight": 0.1, "t_growth": 1.1}, lambda: [on_output(L1Ball(0.5))]),
     "projected-gradient": Case("projected", {"mode": "gradient"}, lambda: [on_parameter("layer.weight", _TIE())]),
-    "reparam-null-space-across": Case("reparam-null-space", {},
-                                      lambda: [on_parameter(["layer.weight", "layer.bias"], _TIE_ACROSS())],
-                                      {"find_unused_parameters": True}),
-    **{name: Case(name, {"strength": 0.05, "lr": 0.1}, lambda: [on_parameter("layer.weight", L1Ball(0.3))])
-       for name in ("l1-subgradient", "l1-sign-step", "l1-truncated", "l1-cumulative")},
-    **{name: Case(name, {}, lambda: [on_parameter("layer.weight", NonNegative())])
-       for name in ("reparam-softplus", "reparam-exp", "reparam-square")},
+    "reparam-null-space-across": Case(
+        "reparam-null-space",
+        {},
+        lambda: [on_parameter(["layer.weight", "layer.bias"], _TIE_ACROSS())],
+        {"find_unused_parameters": True},
+    ),
+    **{
+        name: Case(name, {"strength": 0.05, "lr": 0.1}, lambda: [on_parameter("layer.weight", L1Ball(0.3))])
+        for name in ("l1-subgradient", "l1-sign-step", "l1-truncated", "l1-cumulative")
+    },
+    **{
+        name: Case(name, {}, lambda: [on_parameter("layer.weight", NonNegative())])
+        for name in ("reparam-softplus", "reparam-exp", "reparam-square")
+    },
     "reparam-l1-weight-norm": Case("reparam-l1-weight-norm", {}, lambda: [on_parameter("layer.weight", L1Ball(0.3))]),
     "reparam-radial": Case("reparam-radial", {}, lambda: [on_output(L1Ball(0.5))]),
     "reparam-sigmoid-simplex": Case("reparam-sigmoid-simplex", {}, lambda: [on_output(L1Ball(0.5))]),
     # right-hand sides computed from each rank's own inputs
-    "reparam-completion": Case("reparam-completion", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1]))]),
+    "reparam-completion": Case(
+        "reparam-completion", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1]))]
+    ),
     "reparam-gauge": Case("reparam-gauge", {}, lambda: [on_output(Polyhedron(G=torch.eye(2), h=lambda x: x[:, :2].abs() + 1))]),
-    "projected-polyhedron": Case("projected", {}, lambda: [on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1].abs(),
-                                                                                G=-torch.eye(2), h=lambda x: x[:, 1:].abs()))]),
-    **{name: Case(name, {}, lambda: [on_output(Polyhedron(A=[[1.0, 1.0]], b=_FIRST_INPUT, G=[[1.0, -1.0]], h=[0.5]))])
-       for name in ("dc3", "hardnet-aff")},
+    "projected-polyhedron": Case(
+        "projected",
+        {},
+        lambda: [
+            on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1].abs(), G=-torch.eye(2), h=lambda x: x[:, 1:].abs()))
+        ],
+    ),
+    **{
+        name: Case(name, {}, lambda: [on_output(Polyhedron(A=[[1.0, 1.0]], b=_FIRST_INPUT, G=[[1.0, -1.0]], h=[0.5]))])
+        for name in ("dc3", "hardnet-aff")
+    },
 }
 
 ALL_CASES = {**CASES, **MORE_CASES}
@@ -178,7 +215,10 @@ def worker(rank: int, world_size: int, port: int, names: list[str], out_dir: str
     torch.set_num_threads(1)
     os.environ["CONSTRAIN_NO_NUMBA"] = "1"  # the torch kernels: no numba start-up in each worker (seconds)
     torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
         timeout=datetime.timedelta(seconds=300),  # a hang fails the test instead of blocking it (slow starts on a loaded box)
     )
     # an error raises in this process; spawn then stops the other one and re-raises it in the parent

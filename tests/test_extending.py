@@ -97,7 +97,11 @@ def test_a_new_set_on_a_parameter_and_its_size_is_checked(name) -> None:
     model, _ = _train(name, on_parameter("weight", s), **options)
     assert float(s.violation(model.weight.detach().double()).max()) <= 5e-2  # unconstrained: 0.94
     # the set states its size: a 4x3 weight has rows of length 3, refused at attach with both lengths named
-    with pytest.raises(ValueError, match=r"on_parameter: HalfSpace\(n=4, b=-0.5\) acts on vectors of length 4, but the rows of weight: \(4, 3\) have length 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"on_parameter: HalfSpace\(n=4, b=-0.5\) acts on vectors of length 4, "
+        r"but the rows of weight: \(4, 3\) have length 3",
+    ):
         strategies.get(name).attach(nn.Linear(3, 4), on_parameter("weight", s))
     # and on outputs, the first loss names the output width
     strategy = strategies.get("quadratic-penalty")

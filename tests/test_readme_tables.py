@@ -57,10 +57,15 @@ def _markdown_rows(text: str, header_contains: str) -> list[str]:
     """The rows (after the separator) of the first markdown table whose header line contains the text."""
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("|") and header_contains in line and i + 1 < len(lines) and lines[i + 1].startswith("|-") \
-                or (line.startswith("|") and header_contains in line and lines[i + 1].startswith("| -")):
+        if (
+            line.startswith("|")
+            and header_contains in line
+            and i + 1 < len(lines)
+            and lines[i + 1].startswith("|-")
+            or (line.startswith("|") and header_contains in line and lines[i + 1].startswith("| -"))
+        ):
             rows = []
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("|"):
                     break
                 rows.append(row)
@@ -79,11 +84,14 @@ def test_support_matrix_is_the_output_of_constrain_list(capsys):
     status, printed = _run_cli(["list"], capsys)
     assert status == 0
     readme = [line.rstrip() for line in _block_starting_with("strategy")]
-    printed_lines = [line.rstrip() for line in printed.splitlines()
-                     if not line.split() or line.split()[0] in BUILT_IN or line.split()[0] == "strategy"]
+    printed_lines = [
+        line.rstrip()
+        for line in printed.splitlines()
+        if not line.split() or line.split()[0] in BUILT_IN or line.split()[0] == "strategy"
+    ]
     start = next(i for i, line in enumerate(printed_lines) if line.strip().startswith("strategy") and "(1)" in line)
-    produced = [line for line in printed_lines[start:start + len(readme) + 1] if line.strip()]
-    assert readme == produced[:len(readme)]
+    produced = [line for line in printed_lines[start : start + len(readme) + 1] if line.strip()]
+    assert readme == produced[: len(readme)]
     assert len(produced) == len(readme), "constrain list prints more strategies than the README's matrix"
 
 
@@ -104,7 +112,8 @@ def test_strategy_table_lists_every_registered_name_in_its_family():
 # ------------------------------------------------------------------ validate
 VALIDATE_ROW = re.compile(
     r"^(?P<set>[\w-]+)\s+(?P<n>\d+) (?P<dtype>float\d+)\s+(?P<instances>\d+)\s+(?P<rows>\d+) (?P<ref>\w+)\s+"
-    r"(?P<error>\S+)\s+(?P<violation>\S+) (?P<worst>\S+(?: #\d+)?)\s+(?P<verdict>pass|FAIL \(\d+\))$")
+    r"(?P<error>\S+)\s+(?P<violation>\S+) (?P<worst>\S+(?: #\d+)?)\s+(?P<verdict>pass|FAIL \(\d+\))$"
+)
 
 
 def _validate_rows(lines: list[str]) -> dict[tuple[str, int, str], dict]:
@@ -132,8 +141,8 @@ def test_validate_table_is_consistent_and_matches_a_rerun(capsys):
     out = printed.splitlines()
     header_at = next(i for i, line in enumerate(out) if line.startswith("set "))
     # the header, the rule and the notes under the table are verbatim the command's
-    assert readme[:2] == out[header_at:header_at + 2]
-    notes = [line for line in out[header_at + 2:] if not VALIDATE_ROW.match(line) and "instance checks" not in line]
+    assert readme[:2] == out[header_at : header_at + 2]
+    notes = [line for line in out[header_at + 2 :] if not VALIDATE_ROW.match(line) and "instance checks" not in line]
     readme_notes = [line for line in readme[2:-1] if not VALIDATE_ROW.match(line)]
     assert readme_notes == notes
     rerun = _validate_rows(out)
@@ -185,10 +194,13 @@ def test_study_winners_equal_figures_study_md():
     assert set(produced) == set(CONVEX_PROBLEMS)
     rows = _markdown_rows(README, "strategies at gap")
     assert len(rows) == len(CONVEX_PROBLEMS)
-    for problem, row in zip(CONVEX_PROBLEMS, rows):  # the README lists the problems in this order
+    for problem, row in zip(CONVEX_PROBLEMS, rows, strict=True):  # the README lists the problems in this order
         cell = row.split("|")[2].strip()
-        names = [] if cell == "none" else sorted(re.split(r"\s*\(", item.strip())[0].strip("`")
-                                                 for item in re.split(r",\s*(?![^()]*\))", cell))
+        names = (
+            []
+            if cell == "none"
+            else sorted(re.split(r"\s*\(", item.strip())[0].strip("`") for item in re.split(r",\s*(?![^()]*\))", cell))
+        )
         assert names == produced[problem], (problem, row)
 
 
@@ -209,13 +221,15 @@ def test_bench_projection_table_format():
     checked = 0
     for line in readme[2:]:
         cells = line.split()
-        ratios = dict(zip(columns, cells))
-        for verdict in cells[len(columns) - 1:]:
+        ratios = dict(zip(columns, cells, strict=False))  # the verdict cells follow the columns
+        for verdict in cells[len(columns) - 1 :]:
             name, _, state = verdict.rpartition(":")
-            column, target, sense = {"sort/ours>=3": ("sort/ours", 3, ">="),
-                                     "sort/ours>=25": ("sort/ours", 25, ">="),
-                                     "passes<=6": ("ours/abs", 6, "<="),
-                                     "torch_passes<=20": ("torch/abs", 20, "<=")}[name]
+            column, target, sense = {
+                "sort/ours>=3": ("sort/ours", 3, ">="),
+                "sort/ours>=25": ("sort/ours", 25, ">="),
+                "passes<=6": ("ours/abs", 6, "<="),
+                "torch_passes<=20": ("torch/abs", 20, "<="),
+            }[name]
             ratio = float(ratios[column].rstrip("x"))
             ok = ratio >= target if sense == ">=" else ratio <= target
             # a ratio printed as the target itself (25.0x) may be 24.97x or 25.03x: either verdict

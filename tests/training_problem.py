@@ -39,8 +39,15 @@ class Problem:
         torch.manual_seed(seed)
         return Linear()
 
-    def train(self, strategy, model: nn.Module, constraints: list, steps: int = 200, lr: float = 0.02,
-              each_step: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    def train(
+        self,
+        strategy,
+        model: nn.Module,
+        constraints: list,
+        steps: int = 200,
+        lr: float = 0.02,
+        each_step: Callable[[nn.Module], None] | None = None,
+    ) -> nn.Module:
         """Full-batch Adam on the mean squared error, learning rate decayed linearly to 1% so that
         iterates settle; ``each_step(model)`` runs after every step."""
         model = strategy.attach(model, constraints)

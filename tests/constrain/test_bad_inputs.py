@@ -69,7 +69,8 @@ def test_x_of_a_non_floating_dtype(kernel, dtype) -> None:
 
 
 @pytest.mark.parametrize(
-    "kernel", [k for name, k in KERNELS.items() if name != "L1Ball.violation" and "reference" not in name],
+    "kernel",
+    [k for name, k in KERNELS.items() if name != "L1Ball.violation" and "reference" not in name],
     ids=[name for name in KERNELS if name != "L1Ball.violation" and "reference" not in name],
 )
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
@@ -88,7 +89,12 @@ def test_bad_radius(kernel) -> None:
     for value in ("1", None, True, [1.0, 2.0, 3.0], np.ones(3)):
         with pytest.raises(TypeError, match="radius must be a positive float or a tensor"):
             kernel(X, value)
-    for value in (torch.tensor([1.0, 0.0, 2.0]), torch.tensor([1.0, -2.0, 1.0]), torch.tensor(math.inf), torch.tensor([1.0, math.nan, 1.0])):
+    for value in (
+        torch.tensor([1.0, 0.0, 2.0]),
+        torch.tensor([1.0, -2.0, 1.0]),
+        torch.tensor(math.inf),
+        torch.tensor([1.0, math.nan, 1.0]),
+    ):
         with pytest.raises(ValueError, match="every entry of radius must be positive and finite"):
             kernel(X, value)
     for value in (torch.ones(2), torch.ones(3, 1), torch.ones(4, 3)):
@@ -103,7 +109,9 @@ def test_radius_accepts_numpy_scalars_and_broadcasts() -> None:
     torch.testing.assert_close(project_l1_ball(X, np.int64(2)), project_l1_ball(X, 2.0))
     torch.testing.assert_close(project_l1_ball(X, torch.tensor(0.5)), project_l1_ball(X, 0.5))  # 0-d tensor
     x3 = torch.randn(2, 3, 4, dtype=torch.float64)
-    torch.testing.assert_close(project_simplex(x3, torch.tensor([1.0, 2.0, 3.0])), project_simplex(x3, torch.tensor([[1.0, 2.0, 3.0]] * 2)))
+    torch.testing.assert_close(
+        project_simplex(x3, torch.tensor([1.0, 2.0, 3.0])), project_simplex(x3, torch.tensor([[1.0, 2.0, 3.0]] * 2))
+    )
 
 
 def test_radius_that_overflows_the_dtype() -> None:
@@ -137,7 +145,9 @@ AFFINE_ENTRIES = {
 def test_affine_shapes_must_fit(entry) -> None:
     with pytest.raises(ValueError, match=r"x has shape \(3, 4\) but A has 5 columns"):
         entry(X, torch.ones(2, 5), torch.ones(2))
-    with pytest.raises(ValueError, match=r"c must be a vector with one entry per row of A: A has shape \(2, 4\), c has shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"c must be a vector with one entry per row of A: A has shape \(2, 4\), c has shape \(3,\)"
+    ):
         entry(X, A, torch.ones(3))
     with pytest.raises(ValueError, match=r"A must be a matrix of shape \(m, n\)"):
         entry(X, torch.ones(2, 2, 4), C)
@@ -263,7 +273,9 @@ def test_parameter_target_validate() -> None:
 # empty batches and low precision
 
 
-@pytest.mark.parametrize("kernel", [k for n, k in KERNELS.items() if "threshold" not in n], ids=[n for n in KERNELS if "threshold" not in n])
+@pytest.mark.parametrize(
+    "kernel", [k for n, k in KERNELS.items() if "threshold" not in n], ids=[n for n in KERNELS if "threshold" not in n]
+)
 def test_empty_batch(kernel) -> None:
     x = torch.empty(0, 4)
     y = kernel(x)

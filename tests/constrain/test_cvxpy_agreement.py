@@ -17,7 +17,15 @@ from constrain import Affine, L1Ball, NonNegative, Simplex, project_l1_ball, ref
 from constrain.reference import ReferenceSolverError, exact_l1_ball, exact_simplex
 from experiments import cli, validate
 from experiments.validate import (
-    METRIC_SETS, OFFSET_SETS, SET_NAMES, TOLERANCE, check_instance, feasible_rows, instance_scale, instances, kinds,
+    METRIC_SETS,
+    OFFSET_SETS,
+    SET_NAMES,
+    TOLERANCE,
+    check_instance,
+    feasible_rows,
+    instance_scale,
+    instances,
+    kinds,
 )
 
 #: Sets checked instance by instance (the metric sets have their own check, ``check_metric``, tested
@@ -45,7 +53,7 @@ def test_instances_are_deterministic_and_well_formed() -> None:
     first = instances("simplex", 5, trials=2, seed=3)
     again = instances("simplex", 5, trials=2, seed=3)
     assert [i.kind for i in first] == [i.kind for i in again] == list(kinds("simplex")) * 2
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert torch.equal(a.x, b.x) and a.x.dtype == torch.float64 and a.x.shape[-1] == 5
         assert torch.equal(a.x, a.x.float().double())  # float32-representable: both dtypes see one problem
     assert instances("simplex", 5, seed=4)[0].x.ne(first[0].x).any()
@@ -258,7 +266,10 @@ def test_validate_shows_progress_on_a_terminal_only(monkeypatch, capsys) -> None
         def isatty(self) -> bool:
             return True
 
-    for argv, shown in ((["--sets", "nonnegative", "--max-n", "2"], True), (["--sets", "nonnegative", "--max-n", "2", "--no-progress"], False)):
+    for argv, shown in (
+        (["--sets", "nonnegative", "--max-n", "2"], True),
+        (["--sets", "nonnegative", "--max-n", "2", "--no-progress"], False),
+    ):
         terminal = Terminal()
         monkeypatch.setattr("sys.stderr", terminal)
         assert cli.main(["validate", *argv]) == 0

@@ -31,10 +31,10 @@ EPS = 1e-6
 MARGIN = 1e-3
 
 ROWS = [
-    [0.9, -0.35, 0.62, -0.05, 1.3, -0.8],   # outside the unit ball; support of 3
-    [0.3, 0.2, -0.1, 0.12, -0.05, 0.01],    # inside the ball of radius 0.8 (identity Jacobian)
-    [2.0, -3.1, 0.7, 1.6, -0.4, 2.2],       # outside the ball of radius 5; support of 5
-    [0.25, 0.4, -0.7, 0.1, 0.55, -0.15],    # outside the ball of radius 0.5; support of 2
+    [0.9, -0.35, 0.62, -0.05, 1.3, -0.8],  # outside the unit ball; support of 3
+    [0.3, 0.2, -0.1, 0.12, -0.05, 0.01],  # inside the ball of radius 0.8 (identity Jacobian)
+    [2.0, -3.1, 0.7, 1.6, -0.4, 2.2],  # outside the ball of radius 5; support of 5
+    [0.25, 0.4, -0.7, 0.1, 0.55, -0.15],  # outside the ball of radius 0.5; support of 2
 ]
 RADII = [1.0, 0.8, 5.0, 0.5]
 PROJECTIONS = {"l1_ball": project_l1_ball, "simplex": project_simplex}
@@ -49,7 +49,7 @@ def _threshold(v: np.ndarray, r: float) -> float:
 
 
 def _away_from_kinks(kind: str) -> None:
-    for row, r in zip(ROWS, RADII):
+    for row, r in zip(ROWS, RADII, strict=True):
         v = np.asarray(row)
         assert np.min(np.abs(v)) > MARGIN
         if kind == "l1_ball":
@@ -129,10 +129,12 @@ def test_hessian_by_double_backward_matches_finite_differences_of_gradient(kind)
     z = z0.clone().requires_grad_()
     (g,) = torch.autograd.grad(_loss(project, z), z, create_graph=True)
     torch.testing.assert_close(g.detach(), gradient(z0), rtol=1e-12, atol=1e-12)
-    hessian = torch.stack([torch.autograd.grad(g, z, e, retain_graph=True)[0]
-                           for e in torch.eye(z0.numel(), dtype=torch.float64)])
-    numeric = torch.stack([(gradient(z0 + EPS * e) - gradient(z0 - EPS * e)) / (2 * EPS)
-                           for e in torch.eye(z0.numel(), dtype=torch.float64)])
+    hessian = torch.stack(
+        [torch.autograd.grad(g, z, e, retain_graph=True)[0] for e in torch.eye(z0.numel(), dtype=torch.float64)]
+    )
+    numeric = torch.stack(
+        [(gradient(z0 + EPS * e) - gradient(z0 - EPS * e)) / (2 * EPS) for e in torch.eye(z0.numel(), dtype=torch.float64)]
+    )
     torch.testing.assert_close(hessian, numeric, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(hessian, hessian.T, rtol=1e-10, atol=1e-12)
     assert hessian.abs().max() > 0.1  # a real second derivative, not an all-zero map

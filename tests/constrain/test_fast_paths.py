@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from constrain import L1Ball, Simplex, l1_ball_threshold, project_l1_ball, project_simplex
-from constrain import _simplex
+from constrain import L1Ball, Simplex, _simplex, l1_ball_threshold, project_l1_ball, project_simplex
 from constrain._simplex import _project, _project_sort, _sort_threshold
 
 HAVE_NUMBA = _simplex._numba_kernels() is not None
@@ -132,7 +130,7 @@ def test_threshold_matches_sort(method, monkeypatch):
 @pytest.mark.parametrize("ball", [True, False])
 def test_gradients_unchanged(method, ball):
     g = torch.Generator().manual_seed(7)
-    x = (torch.randn(4, 7, generator=g, dtype=torch.float64) * 2)
+    x = torch.randn(4, 7, generator=g, dtype=torch.float64) * 2
     x[1] /= 100  # a row inside the ball
     x = x.requires_grad_()
     radius = torch.tensor([0.5, 1.0, 2.0, 30.0], dtype=torch.float64, requires_grad=True)
@@ -143,7 +141,7 @@ def test_gradients_unchanged(method, ball):
     w = torch.randn(4, 7, generator=g, dtype=torch.float64)
     grads = torch.autograd.grad((y * w).sum(), (x, radius))
     grads_ref = torch.autograd.grad((y_ref * w).sum(), (x, radius))
-    for a, b in zip(grads, grads_ref):
+    for a, b in zip(grads, grads_ref, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
     # create_graph=True takes the out-of-place backward, which differentiates again
     assert gradgradcheck(lambda x, r: _project(x, r, -1, ball, method), (x, radius))
@@ -197,8 +195,24 @@ def test_bench_projections_smoke(tmp_path, capsys, monkeypatch):
     from experiments.cli import main
 
     path = tmp_path / "bench.json"
-    code = main(["bench", "projections", "--sizes", "16,40", "--batch", "4", "--repeats", "1",
-                 "--cvxpy-rows", "1", "--threads", "1", "--json", str(path)])
+    code = main(
+        [
+            "bench",
+            "projections",
+            "--sizes",
+            "16,40",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--cvxpy-rows",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(path),
+        ]
+    )
     assert code == 0  # without --check, misses are reported only
     printed = capsys.readouterr().out
     assert printed.startswith("machine: ") and "torch " + torch.__version__ in printed.splitlines()[0]

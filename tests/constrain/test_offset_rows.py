@@ -163,6 +163,6 @@ def test_reference_agrees_with_rational_arithmetic() -> None:
         x = (torch.randn(20, 5, generator=g, dtype=torch.float64) + offset).float().double()
         for r in (1e-2, 1.0, 1e2):
             expected = exact_projection(x, r, ball=False)
-            for row, exp in zip(x.tolist(), expected):
+            for row, exp in zip(x.tolist(), expected, strict=True):
                 exact = _fraction_simplex(row, r)
-                assert max(abs(float(Fraction(float(e)) - f)) for e, f in zip(exp, exact)) <= 1e-15 * max(r, 1)
+                assert max(abs(float(Fraction(float(e)) - f)) for e, f in zip(exp, exact, strict=True)) <= 1e-15 * max(r, 1)

@@ -273,4 +273,3 @@ def test_cvxpy_constraint_needs_one_polytope():
     with pytest.raises(ValueError, match="one polytope per row"):
         P.cvxpy_constraint(None)
     assert np.isclose(len(Polyhedron(G=torch.eye(2), h=torch.ones(2)).cvxpy_constraint(__import__("cvxpy").Variable(2))), 1)
-

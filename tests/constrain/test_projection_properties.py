@@ -234,7 +234,9 @@ def test_batched_and_dim(kernel, data) -> None:
     a, n, b = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 3))
     x = torch.from_numpy(data.draw(arrays(np.float64, (a, n, b), elements=st.floats(-5, 5, width=32))))
     per_sample = data.draw(st.booleans())
-    radius = torch.from_numpy(np.asarray(data.draw(arrays(np.float64, (a, b), elements=st.floats(0.1, 4))))) if per_sample else 1.5
+    radius = (
+        torch.from_numpy(np.asarray(data.draw(arrays(np.float64, (a, b), elements=st.floats(0.1, 4))))) if per_sample else 1.5
+    )
     for dim in (1, -2):
         y = kernel(x, radius, dim=dim)
         expected = kernel(x.movedim(1, -1), radius).movedim(-1, 1)

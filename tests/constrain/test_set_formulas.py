@@ -57,8 +57,9 @@ def test_projections_of_hand_made_rows():
     # the simplex of radius 1: (0.5, -0.2, 0.1) -> tau = -0.2 over the support {0, 2}: (0.7, 0, 0.3)
     torch.testing.assert_close(Simplex(1.0).project(X[:1]), _t([[0.7, 0.0, 0.3]]), rtol=0, atol=1e-15)
     # the unit ball: (1, -1, 0.5) -> tau = 0.5: (0.5, -0.5, 0); (0, 0, -3) -> (0, 0, -1); inside: unchanged
-    torch.testing.assert_close(L1Ball(1.0).project(X), _t([[0.5, -0.2, 0.1], [0.5, -0.5, 0.0], [0.0, 0.0, -1.0]]),
-                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        L1Ball(1.0).project(X), _t([[0.5, -0.2, 0.1], [0.5, -0.5, 0.0], [0.0, 0.0, -1.0]]), rtol=0, atol=1e-15
+    )
 
 
 def test_violation_of_empty_constraint_rows_is_zero():
@@ -77,10 +78,8 @@ def test_projections_use_the_sets_radius():
 def test_violation_of_batches_of_rows():
     """Rows along the last dimension of any batch shape: (2, 3, k) gives one violation per row, (2, 3)."""
     batch = torch.stack([X, -X])  # (2, 3, 3)
-    torch.testing.assert_close(Simplex(1.0).violation(batch), _t([[0.6, 1.0, 4.0], [1.4, 1.5, 2.0]]),
-                               rtol=0, atol=1e-15)
-    torch.testing.assert_close(L1Ball(1.0).violation(batch), _t([[0.0, 1.5, 2.0], [0.0, 1.5, 2.0]]),
-                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(Simplex(1.0).violation(batch), _t([[0.6, 1.0, 4.0], [1.4, 1.5, 2.0]]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(L1Ball(1.0).violation(batch), _t([[0.0, 1.5, 2.0], [0.0, 1.5, 2.0]]), rtol=0, atol=1e-15)
     empty = torch.zeros(2, 3, 0, dtype=torch.float64)
     torch.testing.assert_close(NonNegative().violation(empty), torch.zeros(2, 3, dtype=torch.float64), rtol=0, atol=0)
 
@@ -110,8 +109,7 @@ def test_violation_of_a_user_defined_set():
     torch.testing.assert_close(_OnlyEqualities(2).violation(X), _t([1.2, 2.0, 1.0]), rtol=0, atol=1e-15)
     torch.testing.assert_close(_OnlyEqualities(0).violation(X), torch.zeros(3, dtype=torch.float64), rtol=0, atol=0)
     batch = torch.stack([X, X])
-    torch.testing.assert_close(_OnlyEqualities(0).violation(batch), torch.zeros(2, 3, dtype=torch.float64),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(_OnlyEqualities(0).violation(batch), torch.zeros(2, 3, dtype=torch.float64), rtol=0, atol=0)
     torch.testing.assert_close(_OnlyEqualities(2).violation(batch), _t([[1.2, 2.0, 1.0]] * 2), rtol=0, atol=1e-15)
 
 

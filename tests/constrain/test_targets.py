@@ -54,14 +54,14 @@ def test_gather_split_round_trip_with_an_affine_set_across_parameters() -> None:
     parts = target.split(target.set.project(flat.double()).to(flat.dtype), model)
     assert [p.shape for p in parts] == [torch.Size([4, 3]), torch.Size([2]), torch.Size([2])]
     with torch.no_grad():
-        for name, part in zip(names, parts):
+        for name, part in zip(names, parts, strict=True):
             module, _, attr = name.rpartition(".")
             getattr(model.get_submodule(module), attr).copy_(part)
     assert target.set.contains(target.gather(model).double(), tol=1e-5).all()
     assert float(model.body[0].weight[0, 0].detach()) == pytest.approx(float(model.head.bias[1].detach()), abs=1e-5)
     assert float(model.body[0].weight.detach().sum()) == pytest.approx(1.0, abs=1e-5)
     # the round trip itself is exact
-    for before, after in zip(target.tensors(model), target.split(target.gather(model), model)):
+    for before, after in zip(target.tensors(model), target.split(target.gather(model), model), strict=True):
         assert torch.equal(before, after)
 
 
@@ -111,8 +111,10 @@ def test_a_tie_on_the_transposed_weight_is_refused_naming_both_shapes() -> None:
     groups = [[(0, 0), (1, 1)], [(2, 3), (5, 0)]]
     wrong = Affine.tie((32, 4), groups)
     assert wrong.size == model[2].weight.numel() and wrong.shape == (32, 4)
-    pattern = (r"built for a parameter of shape \(32, 4\), but it is attached to '2\.weight' of shape \(4, 32\)\. "
-               r"Parameters have torch's layout \(out_features, in_features\)")
+    pattern = (
+        r"built for a parameter of shape \(32, 4\), but it is attached to '2\.weight' of shape \(4, 32\)\. "
+        r"Parameters have torch's layout \(out_features, in_features\)"
+    )
     for name in ("projected", "quadratic-penalty", "lagrangian", "reparam-null-space"):
         with pytest.raises(ValueError, match=pattern):
             strategies.get(name).attach(model, on_parameter("2.weight", wrong))

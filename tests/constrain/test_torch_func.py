@@ -69,8 +69,12 @@ def test_jacobians_forward_and_reverse_are_the_closed_form(method: str, kind: st
         _, tangent = jvp(f, (row, radius), (u, torch.tensor(0.5, dtype=torch.float64)))
         torch.testing.assert_close(tangent, jx @ u + 0.5 * jr, rtol=0, atol=1e-14)
         # piecewise linear: the second derivative is exactly zero, forward over reverse and reverse over reverse
-        assert torch.equal(jacfwd(jacrev(f))(row, radius), torch.zeros(row.numel(), row.numel(), row.numel(), dtype=torch.float64))
-        assert torch.equal(hessian(lambda v, u=u: f(v, radius) @ u)(row), torch.zeros(row.numel(), row.numel(), dtype=torch.float64))
+        assert torch.equal(
+            jacfwd(jacrev(f))(row, radius), torch.zeros(row.numel(), row.numel(), row.numel(), dtype=torch.float64)
+        )
+        assert torch.equal(
+            hessian(lambda v, u=u: f(v, radius) @ u)(row), torch.zeros(row.numel(), row.numel(), dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -83,7 +87,9 @@ def test_vmap_matches_the_batched_call(method: str, kind: str) -> None:
     # vmapped over the first dimension, the radius vmapped with it or shared
     torch.testing.assert_close(vmap(lambda v, r: _project(v, r, -1, ball, method))(x, radius), expected, rtol=0, atol=0)
     shared = _project(x, 0.7, -1, ball, method)
-    torch.testing.assert_close(vmap(lambda v: _project(v, 0.7, -1, ball, method), in_dims=1, out_dims=1)(x), shared, rtol=0, atol=0)
+    torch.testing.assert_close(
+        vmap(lambda v: _project(v, 0.7, -1, ball, method), in_dims=1, out_dims=1)(x), shared, rtol=0, atol=0
+    )
     # the projected dimension in front, the vmapped one after it
     moved = x.permute(2, 0, 1)  # (7, 2, 3)
     got = vmap(lambda v, r: _project(v, r, 0, ball, method), in_dims=(2, 1), out_dims=2)(moved, radius)
@@ -93,7 +99,7 @@ def test_vmap_matches_the_batched_call(method: str, kind: str) -> None:
     flat, r_flat = x.reshape(6, 7), radius.reshape(6)
     for jac in (jacfwd, jacrev):
         jacobians = vmap(jac(lambda v, r: _project(v, r, -1, ball, method)))(flat, r_flat)
-        for row, r, jx in zip(flat, r_flat, jacobians):
+        for row, r, jx in zip(flat, r_flat, jacobians, strict=True):
             torch.testing.assert_close(jx, _closed_form(_project(row, r, -1, ball, method), row, ball)[0], rtol=0, atol=1e-14)
 
 
@@ -115,7 +121,8 @@ def test_create_graph_double_backward_is_exact(kind: str) -> None:
     x = _x().requires_grad_()
     w = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     (g,) = torch.autograd.grad((kernel(x, 1.0) * w).sum(), x, create_graph=True)
-    expected = torch.stack([_closed_form(kernel(row, 1.0), row, SETS[kind])[0].T @ wr for row, wr in zip(x.detach(), w)])
+    rows = zip(x.detach(), w, strict=True)
+    expected = torch.stack([_closed_form(kernel(row, 1.0), row, SETS[kind])[0].T @ wr for row, wr in rows])
     torch.testing.assert_close(g.detach(), expected, rtol=0, atol=1e-14)
     (gg,) = torch.autograd.grad((g * w).sum(), x, allow_unused=True, materialize_grads=True)
     assert torch.equal(gg, torch.zeros_like(x))
@@ -125,6 +132,7 @@ def test_no_numba_path_under_transforms(monkeypatch) -> None:
     monkeypatch.setenv("CONSTRAIN_NO_NUMBA", "1")
     x = _x()
     for kernel, ball in ((project_l1_ball, True), (project_simplex, False)):
+
         def unit(v, kernel=kernel):
             return kernel(v, 1.0)
 
@@ -164,7 +172,9 @@ def test_l1_ball_threshold_under_transforms() -> None:
     torch.testing.assert_close(vmap(lambda v: l1_ball_threshold(v, 1.0))(x), l1_ball_threshold(x, 1.0), rtol=0, atol=0)
     for jac in (jacfwd, jacrev):
         assert torch.equal(jac(lambda v: l1_ball_threshold(v, 1.0))(x[0]), torch.zeros(1, 7, dtype=torch.float64))
-    assert torch.equal(jvp(lambda v: l1_ball_threshold(v, 1.0), (x,), (torch.ones_like(x),))[1], torch.zeros(5, 1, dtype=torch.float64))
+    assert torch.equal(
+        jvp(lambda v: l1_ball_threshold(v, 1.0), (x,), (torch.ones_like(x),))[1], torch.zeros(5, 1, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import strategies
 from experiments import bench_strategies as bs
 from experiments.cli import main
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny problems: one thread (extra threads only add synchronisation on a shared machine)."""

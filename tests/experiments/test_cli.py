@@ -36,12 +36,18 @@ def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 QUICK_RUNS = {
-    "study": (["study", "--quick", "--problems", "lin-output-l1", "--strategies", "projected", "--steps", "15"],
-              ["study.md", "study-lin-output-l1.png"]),
-    "l1": (["study", "l1", "--quick", "--datasets", "iris", "--methods", "none", "l1-proximal", "--steps", "30"],
-           ["l1.md", "l1_sparsity.png"]),
-    "psilon": (["study", "psilon", "--quick", "--datasets", "iris", "--models", "mlp", "psilon", "--steps", "10"],
-               ["psilon.md", "psilon_metric.png"]),
+    "study": (
+        ["study", "--quick", "--problems", "lin-output-l1", "--strategies", "projected", "--steps", "15"],
+        ["study.md", "study-lin-output-l1.png"],
+    ),
+    "l1": (
+        ["study", "l1", "--quick", "--datasets", "iris", "--methods", "none", "l1-proximal", "--steps", "30"],
+        ["l1.md", "l1_sparsity.png"],
+    ),
+    "psilon": (
+        ["study", "psilon", "--quick", "--datasets", "iris", "--models", "mlp", "psilon", "--steps", "10"],
+        ["psilon.md", "psilon_metric.png"],
+    ),
 }
 
 
@@ -58,15 +64,18 @@ def test_a_quick_run_never_writes_into_figures(clone: Path, name: str) -> None:
     assert _snapshot(clone / "figures") == before
 
 
-@pytest.mark.parametrize("options, expected", [
-    ([], "figures"),  # the documented full run writes the README's figures
-    (["--quick"], "res/figures"),
-    (["--steps", "50"], "res/figures"),
-    (["--seeds", "5"], "res/figures"),
-    (["--problems", "lin-weight-l1"], "res/figures"),
-    (["--strategies", "projected"], "res/figures"),
-    (["--quick", "--figures", "elsewhere"], "elsewhere"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ([], "figures"),  # the documented full run writes the README's figures
+        (["--quick"], "res/figures"),
+        (["--steps", "50"], "res/figures"),
+        (["--seeds", "5"], "res/figures"),
+        (["--problems", "lin-weight-l1"], "res/figures"),
+        (["--strategies", "projected"], "res/figures"),
+        (["--quick", "--figures", "elsewhere"], "elsewhere"),
+    ],
+)
 def test_only_the_full_study_writes_figures(clone: Path, monkeypatch: pytest.MonkeyPatch, options, expected) -> None:
     calls: list[dict] = []
 
@@ -86,14 +95,17 @@ def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["study", "--quick", "--figures", "/proc/constrain/figures"], "--figures"),
-    (["study", "--quick", "--out", "/proc/constrain/results"], "--out"),
-    (["study", "l1", "--quick", "--figures", "/proc/constrain/figures"], "--figures"),
-    (["study", "psilon", "--quick", "--out", "/proc/constrain/results"], "--out"),
-    (["bench", "projections", "--json", "/proc/constrain/bench.json"], "--json"),
-    (["bench", "strategies", "--json", "/proc/constrain/bench.json"], "--json"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["study", "--quick", "--figures", "/proc/constrain/figures"], "--figures"),
+        (["study", "--quick", "--out", "/proc/constrain/results"], "--out"),
+        (["study", "l1", "--quick", "--figures", "/proc/constrain/figures"], "--figures"),
+        (["study", "psilon", "--quick", "--out", "/proc/constrain/results"], "--out"),
+        (["bench", "projections", "--json", "/proc/constrain/bench.json"], "--json"),
+        (["bench", "strategies", "--json", "/proc/constrain/bench.json"], "--json"),
+    ],
+)
 def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv, flag) -> None:
     if not Path("/proc").is_dir():
         pytest.skip("needs /proc (Linux) for a folder that cannot be created")
@@ -125,9 +137,24 @@ def test_bench_without_a_benchmark_runs_a_short_run_of_both(monkeypatch, capsys)
     parser = cli.build_parser()
     for argv in _bench_default.SHORT_RUNS:  # the real short default parses, and names each benchmark
         assert parser.parse_args(["bench", *argv]).bench_command == argv[0]
-    tiny = (("projections", "--sizes", "16", "--repeats", "1", "--cvxpy-rows", "0", "--sets", "l1ball"),
-            ("strategies", "--rounds", "1", "--steps", "1", "--width", "8", "--batch", "8", "--cooper-steps", "0",
-             "--only", "projected"))
+    tiny = (
+        ("projections", "--sizes", "16", "--repeats", "1", "--cvxpy-rows", "0", "--sets", "l1ball"),
+        (
+            "strategies",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--width",
+            "8",
+            "--batch",
+            "8",
+            "--cooper-steps",
+            "0",
+            "--only",
+            "projected",
+        ),
+    )
     monkeypatch.setattr(_bench_default, "SHORT_RUNS", tiny)
     assert cli.main(["bench"]) == 0
     out = capsys.readouterr().out

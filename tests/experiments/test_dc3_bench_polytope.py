@@ -15,8 +15,12 @@ def test_every_installed_contender_agrees_with_cvxpy(tmp_path, capsys):
     pytest.importorskip("qpth", reason="qpth is an optional bench dependency")
     pytest.importorskip("cvxpylayers", reason="cvxpylayers is an optional bench dependency")
     path = tmp_path / "bench.json"
-    assert cli_main(["bench", "polytope", "--batch", "6", "--repeats", "1", "--check-rows", "3",
-                     "--eps", "1e-8", "--json", str(path)]) == 0
+    assert (
+        cli_main(
+            ["bench", "polytope", "--batch", "6", "--repeats", "1", "--check-rows", "3", "--eps", "1e-8", "--json", str(path)]
+        )
+        == 0
+    )
     result = json.loads(path.read_text())
     assert [r["method"] for r in result["rows"]] == ["ours", "qpth", "cvxpylayers"]
     by = {r["method"]: r for r in result["rows"]}

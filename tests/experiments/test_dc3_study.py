@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from experiments import dc3_study as d
@@ -31,8 +30,11 @@ def test_recipe_is_dc3s_draw_by_draw():
 
 def test_split_is_dc3s():
     parts = d.QPFamily().split()
-    assert (parts["train"].stop, parts["valid"].stop - parts["valid"].start, parts["test"].stop - parts["test"].start) \
-        == (8334, 833, 833)
+    assert (parts["train"].stop, parts["valid"].stop - parts["valid"].start, parts["test"].stop - parts["test"].start) == (
+        8334,
+        833,
+        833,
+    )
     assert parts["test"].stop == 10000 and parts["valid"].stop == parts["test"].start
 
 
@@ -69,8 +71,24 @@ HARD = ("projected", "hardnet-aff")
 
 def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli_main(["study", "dc3", "--quick", "--instances", "240", "--steps", "4", "--workers", "1", "--no-progress",
-                     "--strategies", "dc3,hardnet-aff,projected,quadratic-penalty", "--out", str(out)])
+    code = cli_main(
+        [
+            "study",
+            "dc3",
+            "--quick",
+            "--instances",
+            "240",
+            "--steps",
+            "4",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--strategies",
+            "dc3,hardnet-aff,projected,quadratic-penalty",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     family = d.QPFamily(instances=240)
     md = out / f"dc3-{family.name}.md"
@@ -93,9 +111,27 @@ def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
             assert r["far_max"] is not None
     # a second run resumes: nothing is retrained (same files, same contents)
     before = {p.name: p.read_text() for p in (out / family.name).glob("*.json")}
-    assert cli_main(["study", "dc3", "--quick", "--instances", "240", "--steps", "4", "--workers", "1",
-                     "--no-progress", "--strategies", "dc3,hardnet-aff,projected,quadratic-penalty",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "study",
+                "dc3",
+                "--quick",
+                "--instances",
+                "240",
+                "--steps",
+                "4",
+                "--workers",
+                "1",
+                "--no-progress",
+                "--strategies",
+                "dc3,hardnet-aff,projected,quadratic-penalty",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert {p.name: p.read_text() for p in (out / family.name).glob("*.json")} == before
 
 
@@ -104,8 +140,7 @@ def test_quick_never_writes_into_figures_and_bad_options(tmp_path, capsys):
     assert "--quick never writes into figures/" in capsys.readouterr().err
     assert cli_main(["study", "dc3", "--eq", "100", "--out", str(tmp_path)]) == 2
     assert "--eq must be below" in capsys.readouterr().err
-    assert cli_main(["study", "dc3", "--quick", "--strategies", "no-such", "--instances", "120",
-                     "--out", str(tmp_path)]) == 2
+    assert cli_main(["study", "dc3", "--quick", "--strategies", "no-such", "--instances", "120", "--out", str(tmp_path)]) == 2
     assert "no strategy entry matches no-such" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert cli_main(["study", "dc3", "--quick", "--out", str(tmp_path / "file")]) == 2

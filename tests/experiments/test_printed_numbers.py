@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,11 +71,13 @@ def study_run(tmp_path_factory):
 
     def evaluate(self, model, f_star=None):
         with torch.no_grad():
-            captures[current[-1]].append({
-                "train": model(self.X_train).double().numpy().copy(),
-                "test": model(self.X_test).double().numpy().copy(),
-                "weight": model.weight.detach().double().numpy().copy(),
-            })
+            captures[current[-1]].append(
+                {
+                    "train": model(self.X_train).double().numpy().copy(),
+                    "test": model(self.X_test).double().numpy().copy(),
+                    "weight": model.weight.detach().double().numpy().copy(),
+                }
+            )
         return original_evaluate(self, model, f_star)
 
     mp = pytest.MonkeyPatch()
@@ -90,9 +91,26 @@ def study_run(tmp_path_factory):
     printed = io.StringIO()
     try:
         with redirect_stdout(printed):
-            status = cli.main(["study", "--problems", ",".join(PROBLEMS), "--strategies", ",".join(STRATEGIES),
-                               "--seeds", ",".join(map(str, SEEDS)), "--steps", str(STEPS), "--out", str(out),
-                               "--no-figures", "--no-progress", "--workers", "1", "--fresh"])
+            status = cli.main(
+                [
+                    "study",
+                    "--problems",
+                    ",".join(PROBLEMS),
+                    "--strategies",
+                    ",".join(STRATEGIES),
+                    "--seeds",
+                    ",".join(map(str, SEEDS)),
+                    "--steps",
+                    str(STEPS),
+                    "--out",
+                    str(out),
+                    "--no-figures",
+                    "--no-progress",
+                    "--workers",
+                    "1",
+                    "--fresh",
+                ]
+            )
     finally:
         mp.undo()
     assert status == 0
@@ -134,8 +152,7 @@ def _plan() -> study.Plan:
 
 def _final_medians(captures, problem: str, label: str) -> dict:
     finals = [_recompute(problem, captures[(problem, label, s)][-1]) for s in SEEDS]
-    return {name: None if finals[0][name] is None else statistics.median(f[name] for f in finals)
-            for name in finals[0]}
+    return {name: None if finals[0][name] is None else statistics.median(f[name] for f in finals) for name in finals[0]}
 
 
 def test_summary_rows_are_medians_of_final_values(study_run):

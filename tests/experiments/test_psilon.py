@@ -28,7 +28,7 @@ def _brute_force_path_norm(weights: list[torch.Tensor]) -> float:
     total = 0.0
     for path in itertools.product(*(range(n) for n in sizes)):
         prod = 1.0
-        for w, (j, i) in zip(weights, zip(path[:-1], path[1:])):
+        for w, (j, i) in zip(weights, zip(path[:-1], path[1:], strict=True), strict=True):
             prod *= abs(float(w[i, j]))
         total += prod
     return total
@@ -143,7 +143,7 @@ def test_near_sparsity_is_the_official_entropy_measure() -> None:
     values = []
     for i, layer in enumerate(net.layers):
         v = layer.parametrizations["weight"].original.detach().T  # (in, out), the official layout
-        for half in ([v] if i == 0 else [v[:8], v[8:]]):
+        for half in [v] if i == 0 else [v[:8], v[8:]]:
             pv = half.abs() / half.abs().sum(0, keepdim=True)
             entropy = (-torch.log(pv + 1e-8) * pv).sum(0)
             values.append(1 - torch.exp(entropy) / half.shape[0])
@@ -192,8 +192,9 @@ def test_norm_inf_to_1_is_the_maximum_over_the_unit_cube() -> None:
     J = torch.randn(4, 3, 5, generator=gen, dtype=torch.float64)
     for n in range(4):
         # ||J||_{inf->1} is attained at a vertex of the cube: enumerate all of them
-        best = max(float((J[n] @ torch.tensor(u, dtype=torch.float64)).abs().sum())
-                   for u in itertools.product((1.0, -1.0), repeat=5))
+        best = max(
+            float((J[n] @ torch.tensor(u, dtype=torch.float64)).abs().sum()) for u in itertools.product((1.0, -1.0), repeat=5)
+        )
         assert float(ps.norm_inf_to_1(J[n : n + 1])) == pytest.approx(best, rel=1e-12)
     single = torch.randn(6, 1, 5, generator=gen)  # one output: the l1 norm of the gradient
     torch.testing.assert_close(ps.norm_inf_to_1(single), single.abs().sum((1, 2)))
@@ -250,7 +251,7 @@ def test_path_norm_bounds_the_sampled_lipschitz_constant_of_trained_nets(kind: s
 
 def _set_weights(net: ps.Net, weights: list[torch.Tensor]) -> None:
     with torch.no_grad():
-        for layer, w in zip(net.layers, weights):
+        for layer, w in zip(net.layers, weights, strict=True):
             layer.weight.copy_(w)
 
 
@@ -280,7 +281,7 @@ def test_pruning_accounting_on_a_known_pattern() -> None:
         for layer in net.layers:
             layer.bias.zero_()
         before = net(x)
-        for layer, mask in zip(net.layers, live):
+        for layer, mask in zip(net.layers, live, strict=True):
             layer.weight.mul_(mask)
         torch.testing.assert_close(net(x), before)
 
@@ -312,7 +313,7 @@ def test_prune_zeroes_exactly_the_near_zero_weights_and_keeps_the_original(kind:
         torch.testing.assert_close(ps.prune(net, 0.0)(x), reference)  # nothing pruned at tol 0
         tol = 0.05
         pruned = ps.prune(net, tol)
-        for w, p in zip(net.weights(), pruned.weights()):
+        for w, p in zip(net.weights(), pruned.weights(), strict=True):
             mask = ps.near_zero_mask(w, tol)
             assert torch.equal(p == 0, mask | (w == 0))
             torch.testing.assert_close(p[~mask], w[~mask])
@@ -350,7 +351,7 @@ def test_paper_recipe_schedule_loss_mix_and_sparsification_on_a_tiny_run() -> No
     assert trace.lrs[0] == pytest.approx(1e-4)
     assert max(trace.lrs) == pytest.approx(2e-3) and int(np.argmax(trace.lrs)) == 0.2 * 20 - 1
     assert trace.lrs[-1] == pytest.approx(1e-7 / 2e-3, rel=1e-6)
-    assert all(a >= b for a, b in zip(trace.lrs[3:], trace.lrs[4:]))
+    assert all(a >= b for a, b in itertools.pairwise(trace.lrs[3:]))
     # sparsification: 0 before 50% of the steps, 1 from 80% on
     steps = np.arange(0, 60, 3)  # alpha is traced at the first batch of every epoch
     assert trace.alphas == [psilon_study.sparsify_alpha(int(t), 60, (0.5, 0.8)) for t in steps]
@@ -372,12 +373,15 @@ def test_paper_recipe_schedule_loss_mix_and_sparsification_on_a_tiny_run() -> No
 
 def test_matched_comparison_picks_the_most_regularized_model_at_the_common_level() -> None:
     def row(model: str, points: list[tuple[float, float, float]]) -> dict:
-        grid = [{"lam": lam, "test_metric": m, "near_sparsity": lam, "exact_zero": lam / 2, "bound": 1 / lam}
-                for lam, m, _ in points]
+        grid = [
+            {"lam": lam, "test_metric": m, "near_sparsity": lam, "exact_zero": lam / 2, "bound": 1 / lam} for lam, m, _ in points
+        ]
         return {"dataset": "d", "fold": 0, "model": model, "task": "classification", "grid": grid}
 
-    rows = [row("psilon", [(0.1, 0.95, 0), (0.2, 0.93, 0), (0.4, 0.80, 0)]),
-            row("l1-mlp", [(0.1, 0.90, 0), (0.3, 0.92, 0), (0.5, 0.85, 0)])]
+    rows = [
+        row("psilon", [(0.1, 0.95, 0), (0.2, 0.93, 0), (0.4, 0.80, 0)]),
+        row("l1-mlp", [(0.1, 0.90, 0), (0.3, 0.92, 0), (0.5, 0.85, 0)]),
+    ]
     (pair,) = psilon_study.matched(rows)
     assert pair["level"] == 0.92  # the weaker model's best
     assert pair["lam_a"] == 0.2 and pair["lam_b"] == 0.3  # strongest lambda reaching 0.92

@@ -16,7 +16,7 @@ from experiments._runner import WorkerError, run_tasks
 def test_results_come_back_in_task_order(workers: int) -> None:
     seen: list[int] = []
     results = run_tasks(pow, [(2, i) for i in range(7)], workers, on_result=lambda i, value: seen.append(i))
-    assert results == [2 ** i for i in range(7)]
+    assert results == [2**i for i in range(7)]
     assert sorted(seen) == list(range(7))
 
 

@@ -24,8 +24,17 @@ def main(monkeypatch: pytest.MonkeyPatch):
 
 
 def _args(tmp_path: Path, *extra: str, workers: int = 1) -> list[str]:
-    return ["study", "--out", str(tmp_path / "results"), "--figures", str(tmp_path / "figures"),
-            "--no-progress", "--workers", str(workers), *extra]
+    return [
+        "study",
+        "--out",
+        str(tmp_path / "results"),
+        "--figures",
+        str(tmp_path / "figures"),
+        "--no-progress",
+        "--workers",
+        str(workers),
+        *extra,
+    ]
 
 
 def _run_files(tmp_path: Path) -> dict[Path, float]:
@@ -34,18 +43,34 @@ def _run_files(tmp_path: Path) -> dict[Path, float]:
 
 def _table_rows(markdown: str) -> list[str]:
     """The rows of the per-strategy tables (the per-family summaries have 6 columns, not 10)."""
-    return [line for line in markdown.splitlines()
-            if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("|---")
-            and line.count("|") == 11]
+    return [
+        line
+        for line in markdown.splitlines()
+        if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("|---") and line.count("|") == 11
+    ]
 
 
 def test_each_problem_summarizes_the_best_entry_of_each_family(tmp_path: Path, main) -> None:
-    assert main(_args(tmp_path, "--quick", "--steps", "30", "--problems", "lin-weight-affine",
-                      "--strategies", "projected,lagrangian,quadratic-penalty")) == 0
+    assert (
+        main(
+            _args(
+                tmp_path,
+                "--quick",
+                "--steps",
+                "30",
+                "--problems",
+                "lin-weight-affine",
+                "--strategies",
+                "projected,lagrangian,quadratic-penalty",
+            )
+        )
+        == 0
+    )
     table = (tmp_path / "figures" / "study.md").read_text()
     assert "Best entry of each family" in table
-    best = [line for line in table.splitlines() if line.startswith("| ") and line.count("|") == 7
-            and not line.startswith("| family")]
+    best = [
+        line for line in table.splitlines() if line.startswith("| ") and line.count("|") == 7 and not line.startswith("| family")
+    ]
     assert sorted(line.split("|")[1].strip() for line in best) == ["lagrangian", "penalty", "projected"]
 
 
@@ -90,19 +115,27 @@ def test_quick_suite_end_to_end(tmp_path: Path, main, capsys: pytest.CaptureFixt
 
 def test_worker_processes_give_the_same_runs(tmp_path: Path, main) -> None:
     """Two spawned workers write the same records as the in-process runner (same seeds, same numbers)."""
-    small = ("--problems", "lin-weight-nonneg", "--strategies", "projected", "--seeds", "2", "--steps", "8",
-             "--no-figures")
+    small = ("--problems", "lin-weight-nonneg", "--strategies", "projected", "--seeds", "2", "--steps", "8", "--no-figures")
     assert main(_args(tmp_path / "pool", *small, workers=2)) == 0
     assert main(_args(tmp_path / "here", *small, workers=1)) == 0
     pool, here = _run_files(tmp_path / "pool"), _run_files(tmp_path / "here")
     assert [p.name for p in pool] == [p.name for p in here] and len(pool) == 4
-    for a, b in zip(pool, here):
+    for a, b in zip(pool, here, strict=True):
         assert json.loads(a.read_text())["log"]["objective"] == json.loads(b.read_text())["log"]["objective"]
 
 
 # ---------------------------------------------------------------------- resume
-SMALL = ("--problems", "lin-weight-nonneg", "--strategies", "projected,quadratic-penalty",
-         "--seeds", "2", "--steps", "12", "--no-figures")
+SMALL = (
+    "--problems",
+    "lin-weight-nonneg",
+    "--strategies",
+    "projected,quadratic-penalty",
+    "--seeds",
+    "2",
+    "--steps",
+    "12",
+    "--no-figures",
+)
 
 
 class Counter:

@@ -36,8 +36,7 @@ REDUCED = ["--problems", "lin-output-l1", "--steps", "60"]
 def _command(out: Path, *extra: str, workers: int = 1) -> list[str]:
     script = shutil.which("constrain")
     head = [script] if script else [sys.executable, "-m", "experiments.cli"]
-    return [*head, "study", "--quick", "--no-progress", "--no-figures", "--out", str(out), "--workers", str(workers),
-            *extra]
+    return [*head, "study", "--quick", "--no-progress", "--no-figures", "--out", str(out), "--workers", str(workers), *extra]
 
 
 def _env() -> dict[str, str]:
@@ -45,8 +44,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(out: Path, *extra: str, workers: int = 1) -> str:
-    done = subprocess.run(_command(out, *extra, workers=workers), capture_output=True, text=True, cwd=out.parent,
-                          env=_env(), timeout=1800)
+    done = subprocess.run(
+        _command(out, *extra, workers=workers), capture_output=True, text=True, cwd=out.parent, env=_env(), timeout=1800
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -97,8 +97,14 @@ def test_sigkill_in_the_middle_then_resume_keeps_finished_runs_and_gives_the_sam
     reference, reference_stdout = uninterrupted
     total = len(list(reference.rglob("*.json")))
     out = tmp_path / "killed"
-    process = subprocess.Popen(_command(out, *REDUCED), cwd=tmp_path, env=_env(), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _command(out, *REDUCED),
+        cwd=tmp_path,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 600
     try:
         while len(list(out.rglob("*.json"))) < 3 and process.poll() is None and time.monotonic() < deadline:
@@ -116,8 +122,9 @@ def test_sigkill_in_the_middle_then_resume_keeps_finished_runs_and_gives_the_sam
         record = read_run(path)
         assert record is not None and record["status"] in ("done", "failed"), path
 
-    missing = sorted({str(p.relative_to(reference)) for p in reference.rglob("*.json")}
-                     - {str(p.relative_to(out)) for p in finished})
+    missing = sorted(
+        {str(p.relative_to(reference)) for p in reference.rglob("*.json")} - {str(p.relative_to(out)) for p in finished}
+    )
     stale = out / Path(missing[0]).parent / f".{Path(missing[0]).name}.k1ll3d.tmp"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text('{"status": "do')  # what a kill during write_json_atomic leaves behind
@@ -154,7 +161,7 @@ def _group(pgid: int) -> list[tuple[int, int, str]]:
             text = stat.read_text()
         except OSError:  # the process ended while we looked
             continue
-        fields = text[text.rindex(")") + 2:].split()
+        fields = text[text.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid:
             found.append((int(stat.parent.name), int(fields[1]), fields[0]))
     return found
@@ -172,8 +179,16 @@ def _as_a_terminal_job() -> None:
 
 
 def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=cwd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_job)
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_a_terminal_job,
+    )
 
 
 def _wait_until(process: subprocess.Popen, ready, what: str, limit: float = 600) -> None:
@@ -277,12 +292,16 @@ def test_sigterm_to_the_main_process_alone_stops_the_workers_too(tmp_path) -> No
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
-@pytest.mark.parametrize("argv", [
-    ["study", "l1", "--datasets", "iris", "wine", "--steps", "2000", "--seeds", "2"],
-    ["study", "psilon", "--datasets", "iris", "wine", "--models", "mlp", "psilon", "--folds", "3"],
-], ids=["l1", "psilon"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["study", "l1", "--datasets", "iris", "wine", "--steps", "2000", "--seeds", "2"],
+        ["study", "psilon", "--datasets", "iris", "wine", "--models", "mlp", "psilon", "--folds", "3"],
+    ],
+    ids=["l1", "psilon"],
+)
 def test_ctrl_c_stops_the_other_studies_worker_pools(tmp_path, argv) -> None:
-    head = _command(tmp_path, workers=2)[:-len(_command(tmp_path, workers=2)) + 1]  # the console script
+    head = _command(tmp_path, workers=2)[: -len(_command(tmp_path, workers=2)) + 1]  # the console script
     process = _start([*head, *argv, "--workers", "2", "--no-progress", "--out", str(tmp_path / "out")], tmp_path)
     _wait_until(process, _workers_started(process), "worker processes")
     time.sleep(1.0)  # into the runs
@@ -317,8 +336,16 @@ if __name__ == "__main__":
 def test_a_second_ctrl_c_exits_at_once_even_when_cleanup_hangs(tmp_path) -> None:
     script = tmp_path / "slow_cleanup.py"
     script.write_text(SLOW_CLEANUP)
-    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=_env(), start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_job)
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_a_terminal_job,
+    )
     assert process.stdout.readline() == "ready\n"  # the pool is up
     _wait_until(process, _workers_started(process), "worker processes")
     os.kill(process.pid, signal.SIGINT)  # the main process only: the workers stay busy

@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-
 from training_problem import Problem, make_problem
-
 
 torch.set_num_threads(1)  # tiny problems: threads only add synchronisation
 

@@ -45,7 +45,7 @@ def test_completion_satisfies_equalities_and_effective_inequalities():
 def _dc3_full_space_steps(y, X, A, G, h, free, steps, lr, momentum):
     """DC3's correction written as its authors do, in the full space of y: the gradient on the free
     variables, the completed ones moved so that A y stays fixed."""
-    n, m = A.shape[1], A.shape[0]
+    n, _m = A.shape[1], A.shape[0]
     other = list(range(free, n))
     A_o_inv = np.linalg.inv(A[:, other])
     G_e = G[:, :free] - G[:, other] @ (A_o_inv @ A[:, :free])
@@ -129,8 +129,9 @@ def test_hardnet_refuses_rank_deficient_stacks(rows):
         stacked_pseudoinverse(A, G, 4)
     model = nn.Linear(3, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="full row rank"):
-        strategies.get("hardnet-aff").attach(model, on_output(polyhedron(A, torch.zeros(2, dtype=torch.float64),
-                                                                          G, torch.ones(G.shape[0], dtype=torch.float64))))
+        strategies.get("hardnet-aff").attach(
+            model, on_output(polyhedron(A, torch.zeros(2, dtype=torch.float64), G, torch.ones(G.shape[0], dtype=torch.float64)))
+        )
 
 
 # ---------------------------------------------------------------- the strategies
@@ -211,14 +212,12 @@ def test_bad_options_and_targets():
 def test_dc3_refuses_a_singular_completed_block():
     A = torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)  # last two columns zero
     with pytest.raises(ValueError, match="reorder the outputs"):
-        strategies.get("dc3").attach(nn.Linear(3, 4).double(),
-                                     on_output(polyhedron(A, torch.zeros(2, dtype=torch.float64))))
+        strategies.get("dc3").attach(nn.Linear(3, 4).double(), on_output(polyhedron(A, torch.zeros(2, dtype=torch.float64))))
 
 
 def test_callable_rhs_with_the_wrong_shape_is_named():
     A, G, h = problem(n=6, m=2, k=3)
-    model = strategies.get("hardnet-aff").attach(
-        nn.Linear(4, 6).double(), on_output(polyhedron(A, lambda x: x[:, :3], G, h)))
+    model = strategies.get("hardnet-aff").attach(nn.Linear(4, 6).double(), on_output(polyhedron(A, lambda x: x[:, :3], G, h)))
     with pytest.raises(ValueError, match=r"b\(inputs\) has shape \(5, 3\)"):
         model(torch.randn(5, 4, dtype=torch.float64))
 
@@ -230,7 +229,8 @@ def test_outputs_of_the_wrong_width_and_nonfinite_bounds():
         model(torch.randn(2, 4, dtype=torch.float64))
     strategy = strategies.get("hardnet-aff")  # a callable bound that turns NaN on some input
     model = strategy.attach(
-        nn.Linear(4, 6).double(), on_output(polyhedron(A, torch.zeros(2).double(), G, lambda x: h * x[:, :1] / x[:, :1])))
+        nn.Linear(4, 6).double(), on_output(polyhedron(A, torch.zeros(2).double(), G, lambda x: h * x[:, :1] / x[:, :1]))
+    )
     x = torch.randn(2, 4, dtype=torch.float64)
     x[1, 0] = 0.0
     out = model(x)  # the NaN flows to the strategy's non-finite check (on_nonfinite, as for every strategy)

@@ -18,8 +18,7 @@ CELLS = {
     "affine-weight": lambda: [on_parameter("4.weight", Affine.tie((3, 16), [[(0, j), (1, j), (2, j)] for j in range(0, 16, 4)]))],
     "l1-weight": lambda: [on_parameter("4.weight", L1Ball(1.0))],
 }
-SOFT = ["quadratic-penalty", "exact-penalty", "extended-log-barrier", "lagrangian", "augmented-lagrangian",
-        "slack-lagrangian"]
+SOFT = ["quadratic-penalty", "exact-penalty", "extended-log-barrier", "lagrangian", "augmented-lagrangian", "slack-lagrangian"]
 
 
 def _data(cell: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +55,8 @@ def _train_with_defaults(name: str, cell: str, steps: int = 1000) -> float:
         violation = max(strategy.report(model(X)).values())
         weight = model[4].weight.detach()
     scale = {"l1-output": float(Y.abs().max()), "nonneg-output": float(Y.abs().max()), "l1-weight": 1.0}.get(
-        cell, float(weight.abs().max()))
+        cell, float(weight.abs().max())
+    )
     return violation / scale
 
 
@@ -67,7 +67,7 @@ def _cells(representative: set[tuple[str, str]]):
                 continue
             marks = [] if (name, cell) in representative else [pytest.mark.slow]
             if (name, cell) in CHATTER:
-                marks.append(pytest.mark.xfail(reason=CHATTER[name, cell], strict=False))
+                marks.append(pytest.mark.xfail(reason=CHATTER[name, cell], strict=True))
             yield pytest.param(name, cell, marks=marks, id=f"{name}-{cell}")
 
 
@@ -78,8 +78,7 @@ CHATTER = {
     ("augmented-lagrangian", "l1-output"): "measured 1.48e-2: the shared multiplier's |g+| term chatters",
 }
 
-REPRESENTATIVE = {("lagrangian", "l1-output"), ("augmented-lagrangian", "affine-weight"),
-                  ("quadratic-penalty", "nonneg-output")}
+REPRESENTATIVE = {("lagrangian", "l1-output"), ("augmented-lagrangian", "affine-weight"), ("quadratic-penalty", "nonneg-output")}
 
 
 @pytest.mark.parametrize("name, cell", list(_cells(REPRESENTATIVE)))

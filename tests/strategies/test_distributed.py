@@ -17,10 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_cases
 import pytest
 import torch
 
-import ddp_cases
 import strategies
 
 pytestmark = pytest.mark.skipif(
@@ -52,8 +52,9 @@ def _check(name: str, ranks: list[dict]) -> None:
         else:
             assert torch.equal(first["parameters"][key], value), f"{name}: {key}"
     for key, value in single["strategy"].get("multipliers", {}).items():
-        torch.testing.assert_close(first["strategy"]["multipliers"][key], value, rtol=0, atol=TOL,
-                                   msg=f"{name}: multipliers {key}")
+        torch.testing.assert_close(
+            first["strategy"]["multipliers"][key], value, rtol=0, atol=TOL, msg=f"{name}: multipliers {key}"
+        )
         if key.endswith(":inequality"):
             assert bool((value >= 0).all())
     torch.testing.assert_close(first["outputs"], single["outputs"], rtol=0, atol=TOL)
@@ -73,12 +74,17 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(default_ranks: lis
 
 def test_the_cases_cover_every_registered_strategy() -> None:
     covered = {case.strategy for case in ddp_cases.ALL_CASES.values()}
-    assert covered == {n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")}  # not the ones tests register
+    assert covered == {
+        n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")
+    }  # not the ones tests register
 
 
 def test_the_default_cases_cover_every_family() -> None:
-    families = {strategies.strategy_class(n).family for n in strategies.available()
-                if strategies.strategy_class(n).__module__.startswith("strategies.")}
+    families = {
+        strategies.strategy_class(n).family
+        for n in strategies.available()
+        if strategies.strategy_class(n).__module__.startswith("strategies.")
+    }
     assert {strategies.strategy_class(case.strategy).family for case in ddp_cases.CASES.values()} == families
 
 
@@ -116,9 +122,24 @@ def test_the_ddp_example_under_torchrun(strategy: str, tmp_path) -> None:
     torchrun = shutil.which("torchrun")
     command = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     done = subprocess.run(
-        [*command, "--standalone", "--nproc_per_node=2", str(ROOT / "experiments" / "ddp_example.py"),
-         "--strategy", strategy, "--epochs", "2", "--samples", "128", "--checkpoint", str(tmp_path / "ckpt.pt")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            *command,
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "experiments" / "ddp_example.py"),
+            "--strategy",
+            strategy,
+            "--epochs",
+            "2",
+            "--samples",
+            "128",
+            "--checkpoint",
+            str(tmp_path / "ckpt.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -22,8 +22,18 @@ import torch
 from torch import nn
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, Simplex, on_output, on_parameter
-from constrain import project_affine, project_l1_ball, project_nonnegative, project_simplex
+from constrain import (
+    Affine,
+    L1Ball,
+    NonNegative,
+    Simplex,
+    on_output,
+    on_parameter,
+    project_affine,
+    project_l1_ball,
+    project_nonnegative,
+    project_simplex,
+)
 from experiments.listing import CONSTRAINTS, support_matrix
 
 N = 8
@@ -82,7 +92,7 @@ def _assert_equal(a, b, where: str = "") -> None:
         for key in a:
             _assert_equal(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)):
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_equal(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
@@ -168,8 +178,7 @@ def test_multipliers_stay_finite_and_non_negative_under_wild_defects(name: str, 
     g = torch.Generator().manual_seed(0)
     options = {"dual_lr": 10.0, "multipliers": multipliers, "num_samples": 6}
     strategy = strategies.get(name, **options)
-    strategy.attach(nn.Linear(2, 3), [on_output(NonNegative()), on_output(Simplex(1.0)),
-                                      on_parameter("weight", L1Ball(0.1))])
+    strategy.attach(nn.Linear(2, 3), [on_output(NonNegative()), on_output(Simplex(1.0)), on_parameter("weight", L1Ball(0.1))])
     for step in range(40):
         scale = 10.0 ** float(torch.randint(-3, 38, (), generator=g))  # up to float32's largest numbers
         outputs = torch.randn(4, 3, generator=g) * scale

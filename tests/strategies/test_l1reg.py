@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from training_problem import CELLS
 
 import strategies
 from constrain import L1Ball, on_parameter
 from strategies import UnsupportedConstraint
-from training_problem import CELLS
 
 L1 = ["l1-subgradient", "l1-sign-step", "l1-proximal", "l1-truncated", "l1-cumulative"]
 

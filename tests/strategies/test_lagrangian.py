@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, Simplex, on_output, on_parameter, output_rows
+from constrain import Affine, L1Ball, NonNegative, Simplex, on_output, on_parameter
 from strategies._base import target_rows
-from strategies._lagrangian import LagrangianStrategy
 
 NAMES = ["lagrangian", "augmented-lagrangian", "slack-lagrangian"]
 
@@ -26,7 +25,7 @@ N, D, M = 16, 3, 2
 R_OUT, R_ROW = 2.5, 1.2  # radii chosen so the active L1 constraints have no zero coordinate (no kink)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _data() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(N, D, generator=g, dtype=torch.float64)
@@ -65,7 +64,7 @@ def _cell(cell: str):
     }[cell]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optimum(cell: str) -> float:
     _, Y, P, _ = _data()
     theta = cp.Variable(M * D + M)
@@ -143,17 +142,19 @@ CASES = {
     ],
 }
 PARAMS = [
-    pytest.param(name, *case[:4], case[4] if len(case) > 4 else 1e-3,
-                 id=f"{name}-{case[0]}-{'-'.join(f'{k}={v}' for k, v in case[3].items())}")
+    pytest.param(
+        name,
+        *case[:4],
+        case[4] if len(case) > 4 else 1e-3,
+        id=f"{name}-{case[0]}-{'-'.join(f'{k}={v}' for k, v in case[3].items())}",
+    )
     for name, cases in CASES.items()
     for case in cases
 ]
 
 
 @pytest.mark.parametrize("name, cell, steps, lr, options, gap_tol", PARAMS)
-def test_converges_to_the_cvxpy_optimum(
-    name: str, cell: str, steps: int, lr: float, options: dict, gap_tol: float
-) -> None:
+def test_converges_to_the_cvxpy_optimum(name: str, cell: str, steps: int, lr: float, options: dict, gap_tol: float) -> None:
     strategy, model, violation, objective = _train(name, cell, steps, lr, check_signs=True, **options)
     best = _optimum(cell)
     gap = abs(objective - best) / best
@@ -368,13 +369,16 @@ def _run(name: str, options: dict, steps: int, resume_at: int | None = None):
 
 @pytest.mark.parametrize(
     "name, options",
-    [("lagrangian", {"dual_lr": 0.1}), ("augmented-lagrangian", {"penalty": 0.5, "penalty_growth": 1.01}),
-     ("slack-lagrangian", {"dual_lr": 0.1, "penalty": 0.5})],
+    [
+        ("lagrangian", {"dual_lr": 0.1}),
+        ("augmented-lagrangian", {"penalty": 0.5, "penalty_growth": 1.01}),
+        ("slack-lagrangian", {"dual_lr": 0.1, "penalty": 0.5}),
+    ],
 )
 def test_state_dict_round_trip_continues_the_same_trajectory(name: str, options: dict) -> None:
     net_a, strat_a = _run(name, options, 20)
     net_b, strat_b = _run(name, options, 20, resume_at=9)
-    for (key, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+    for (key, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
     state_a, state_b = strat_a.state_dict(), strat_b.state_dict()
     assert state_a.keys() == state_b.keys() and state_a["steps"] == 20

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from constrain import L1Ball, NonNegative, on_output, on_parameter  # noqa: E402
 from strategies.lightning import ConstraintCallback  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning",
-                                        "ignore:.*LeafSpec.*:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers:UserWarning", "ignore:.*LeafSpec.*:DeprecationWarning"
+)
 
 
 class Regressor(pl.LightningModule):
@@ -53,8 +54,17 @@ def _data(n: int = 64, batch_size: int = 16) -> DataLoader:
 
 
 def _trainer(tmp_path, max_steps: int, **options) -> pl.Trainer:
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, **options)
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **options,
+    )
 
 
 def test_projected_holds_after_fit_and_logs_the_violations(tmp_path) -> None:
@@ -112,8 +122,7 @@ def test_lagrangian_resumes_from_a_lightning_checkpoint_with_its_multipliers(tmp
         def on_train_start(self, trainer, pl_module):
             seen.update(step=trainer.global_step, state=resumed.strategy.state_dict())
 
-    _trainer(tmp_path / "c", max_steps=16, callbacks=[resumed, Spy()]).fit(resumed_model, data(),
-                                                                          ckpt_path=checkpoint)
+    _trainer(tmp_path / "c", max_steps=16, callbacks=[resumed, Spy()]).fit(resumed_model, data(), ckpt_path=checkpoint)
     assert seen["step"] == 8
     for got, want in zip(_tensors(seen["state"]), _tensors(saved), strict=True):
         assert torch.equal(got, want)  # the multipliers restored intact
@@ -132,5 +141,6 @@ def test_bad_uses_are_errors_that_say_what_to_do(tmp_path) -> None:
     with pytest.raises(ValueError, match="pass them, strategy.loss"):
         _trainer(tmp_path, max_steps=1, callbacks=[callback]).fit(NoOutputs(), _data())
     with pytest.raises(ValueError, match="has no submodule 'body'"):
-        _trainer(tmp_path, max_steps=1, callbacks=[ConstraintCallback("projected", on_output(L1Ball(1.0)),
-                                                                      module="body")]).fit(Regressor(), _data())
+        _trainer(tmp_path, max_steps=1, callbacks=[ConstraintCallback("projected", on_output(L1Ball(1.0)), module="body")]).fit(
+            Regressor(), _data()
+        )

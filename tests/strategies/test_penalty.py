@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_problem import CELLS
 
 import strategies
-from training_problem import CELLS
 from constrain import NonNegative, ParameterTarget, on_parameter
 from strategies import UnsupportedConstraint
 from strategies._penalty import InfeasibleStartError

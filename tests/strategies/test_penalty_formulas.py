@@ -65,7 +65,7 @@ class _Net(nn.Module):
 
 def _value(name: str, constraint, outputs=None, params=WEIGHT, **options) -> float:
     strategy = strategies.get(name, **options)
-    model = strategy.attach(_Net(params), [constraint])
+    strategy.attach(_Net(params), [constraint])
     out = None if outputs is None else torch.tensor(outputs, dtype=torch.float64)
     loss = strategy.loss(torch.tensor(OBJECTIVE, dtype=torch.float64), out)
     return float(loss.detach())
@@ -76,10 +76,13 @@ def _l1_rows(rows, r):
 
 
 # ------------------------------------------------------------------ exterior penalties
-@pytest.mark.parametrize("name, phi, psi", [
-    ("quadratic-penalty", _quadratic, lambda h: h * h),
-    ("exact-penalty", _exact, abs),
-])
+@pytest.mark.parametrize(
+    "name, phi, psi",
+    [
+        ("quadratic-penalty", _quadratic, lambda h: h * h),
+        ("exact-penalty", _exact, abs),
+    ],
+)
 def test_exterior_penalty_values(name, phi, psi):
     mu = 2.5
     # L1 ball on outputs: batch mean of phi(||y||_1 - r), one inequality per sample
@@ -100,7 +103,7 @@ def test_exterior_penalty_values(name, phi, psi):
     A = [[1.0, 0.0, 0.0, 0.0, -1.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]
     c = [0.0, 2.0, -0.5]
     flat = [v for row in WEIGHT for v in row]
-    residuals = [sum(a * w for a, w in zip(row, flat)) - ci for row, ci in zip(A, c)]  # -0.4, -0.7, 0.2
+    residuals = [sum(a * w for a, w in zip(row, flat, strict=True)) - ci for row, ci in zip(A, c, strict=True)]  # -0.4, -0.7, 0.2
     expected = OBJECTIVE + mu * sum(psi(h) for h in residuals)
     assert _value(name, on_parameter("lin.weight", Affine(A, c)), weight=mu) == pytest.approx(expected, rel=1e-12)
 
@@ -109,10 +112,10 @@ def test_quadratic_penalty_numbers():
     """The same formula as plain numbers, so that a wrong power cannot hide in a shared helper."""
     # rows with ||y||_1 - 1 = -0.2, 1.5, 2.0: mean of (0, 2.25, 4.0) = 6.25 / 3
     assert _value("quadratic-penalty", on_output(L1Ball(1.0)), OUTPUTS, weight=3.0) == pytest.approx(
-        0.75 + 3.0 * 6.25 / 3, rel=1e-12)
+        0.75 + 3.0 * 6.25 / 3, rel=1e-12
+    )
     # exact: mean of (0, 1.5, 2.0) = 3.5 / 3
-    assert _value("exact-penalty", on_output(L1Ball(1.0)), OUTPUTS, weight=3.0) == pytest.approx(
-        0.75 + 3.0 * 3.5 / 3, rel=1e-12)
+    assert _value("exact-penalty", on_output(L1Ball(1.0)), OUTPUTS, weight=3.0) == pytest.approx(0.75 + 3.0 * 3.5 / 3, rel=1e-12)
 
 
 # ------------------------------------------------------------------ barriers
@@ -140,9 +143,11 @@ def test_barrier_values(name, phi):
 def test_barrier_numbers():
     # -log(0.4), -log(0.8), -log(0.1), averaged; 1/0.4 + 1/0.8 + 1/0.1 averaged
     assert _value("log-barrier", on_output(L1Ball(1.0)), INSIDE_OUTPUTS, weight=1.0) == pytest.approx(
-        0.75 - (math.log(0.4) + math.log(0.8) + math.log(0.1)) / 3, rel=1e-12)
+        0.75 - (math.log(0.4) + math.log(0.8) + math.log(0.1)) / 3, rel=1e-12
+    )
     assert _value("reciprocal-barrier", on_output(L1Ball(1.0)), INSIDE_OUTPUTS, weight=1.0) == pytest.approx(
-        0.75 + (2.5 + 1.25 + 10.0) / 3, rel=1e-12)
+        0.75 + (2.5 + 1.25 + 10.0) / 3, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("t", [0.5, 2.0, 5.0])
@@ -167,13 +172,14 @@ def test_extended_log_barrier_numbers():
     linear = lambda z: 5 * z - math.log(0.04) / 5 + 0.2  # noqa: E731
     expected = 0.75 + (inside + linear(1.5) + linear(2.0)) / 3
     assert _value("extended-log-barrier", on_output(L1Ball(1.0)), OUTPUTS, weight=1.0, t=5.0) == pytest.approx(
-        expected, rel=1e-12)
+        expected, rel=1e-12
+    )
 
 
 # ------------------------------------------------------------------ schedules
 def _penalty_after_steps(name, steps, **options):
     strategy = strategies.get(name, **options)
-    model = strategy.attach(_Net(WEIGHT), [on_parameter("lin.weight", NonNegative())])
+    strategy.attach(_Net(WEIGHT), [on_parameter("lin.weight", NonNegative())])
     values = []
     for _ in range(steps):
         values.append(float(strategy.loss(torch.tensor(0.0, dtype=torch.float64)).detach()))
@@ -205,15 +211,22 @@ def test_extended_barrier_t_growth():
     out = torch.tensor([[1.0, -0.5, 1.0]], dtype=torch.float64)  # g = 1.5
     for t in (1.0, 3.0, 9.0):
         assert float(strategy.loss(torch.tensor(0.0, dtype=torch.float64), out).detach()) == pytest.approx(
-            _extended_log(1.5, t), rel=1e-12)
+            _extended_log(1.5, t), rel=1e-12
+        )
         strategy.after_step()
 
 
 # ------------------------------------------------------------------ options, state, backtracking
-@pytest.mark.parametrize("name, option", [
-    ("quadratic-penalty", "weight"), ("exact-penalty", "growth"), ("log-barrier", "weight_limit"),
-    ("extended-log-barrier", "t"), ("extended-log-barrier", "t_growth"),
-])
+@pytest.mark.parametrize(
+    "name, option",
+    [
+        ("quadratic-penalty", "weight"),
+        ("exact-penalty", "growth"),
+        ("log-barrier", "weight_limit"),
+        ("extended-log-barrier", "t"),
+        ("extended-log-barrier", "t_growth"),
+    ],
+)
 @pytest.mark.parametrize("value", [0.0, -1.0, math.inf, math.nan])
 def test_options_must_be_positive_and_finite(name, option, value):
     with pytest.raises(ValueError, match=f"{option} must be positive and finite"):
@@ -232,7 +245,8 @@ def test_state_round_trip_carries_the_schedules():
     target.load_state_dict(state)
     out = torch.tensor([[1.0, -0.5, 1.0]], dtype=torch.float64)  # g = 1.5, linear branch
     assert float(target.loss(torch.tensor(0.0, dtype=torch.float64), out).detach()) == pytest.approx(
-        0.5 * _extended_log(1.5, 9.0), rel=1e-12)
+        0.5 * _extended_log(1.5, 9.0), rel=1e-12
+    )
     penalty = strategies.get("quadratic-penalty", weight=3.0)
     penalty.attach(_Net(WEIGHT), [on_parameter("lin.weight", NonNegative())])
     assert penalty.state_dict() == {"steps": 0, "skipped_steps": 0, "weight": 3.0}
@@ -285,10 +299,16 @@ def test_barrier_keeps_the_last_training_outputs_inside():
     assert float(model(x).detach().abs().max()) < 1.0
 
 
-@pytest.mark.parametrize("name, phi", [
-    ("quadratic-penalty", _quadratic), ("exact-penalty", _exact), ("log-barrier", _log),
-    ("reciprocal-barrier", _reciprocal), ("extended-log-barrier", lambda v: _extended_log(v, 5.0)),
-])
+@pytest.mark.parametrize(
+    "name, phi",
+    [
+        ("quadratic-penalty", _quadratic),
+        ("exact-penalty", _exact),
+        ("log-barrier", _log),
+        ("reciprocal-barrier", _reciprocal),
+        ("extended-log-barrier", lambda v: _extended_log(v, 5.0)),
+    ],
+)
 def test_elementwise_terms(name, phi):
     """``inequality_term(g)``, the documented elementwise phi (a subclass may fuse the row sums)."""
     g = [-2.0, -0.5, -0.01] if "barrier" in name and name != "extended-log-barrier" else [-2.0, -0.01, 0.0, 0.3, 4.0]

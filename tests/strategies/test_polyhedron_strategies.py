@@ -49,7 +49,7 @@ def _train(name: str, constraint, steps: int = 150, start_inside: bool = False, 
     model = strategy.attach(model, [on_output(constraint)])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
-    for step in range(steps):
+    for _step in range(steps):
         idx = torch.randperm(64)[:batch]
         out = model(data[idx])
         loss = strategy.loss(((out - 0.4) ** 2).mean(), out, sample_ids=idx)
@@ -73,7 +73,9 @@ def test_projection_layer_holds_everywhere(make):
     assert bool(make().bind(x).contains(y, 1e-5).all())  # the set of this input, evaluated independently
 
 
-@pytest.mark.parametrize("name,options", [("quadratic-penalty", {"weight": 20.0}), ("exact-penalty", {"weight": 2.0, "growth": 1.0})])
+@pytest.mark.parametrize(
+    "name,options", [("quadratic-penalty", {"weight": 20.0}), ("exact-penalty", {"weight": 2.0, "growth": 1.0})]
+)
 @pytest.mark.parametrize("make", [_mixed, _box])
 def test_penalties_reduce_the_violation(name, options, make):
     _, _, first, train, _ = _train(name, make(), **options)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_problem import CELLS
 
 import strategies
 from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter, project_l1_ball
-from training_problem import CELLS
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -22,7 +22,9 @@ def test_feasible_after_every_step(problem, cell):
     model = problem.train(s, problem.model(), CELLS[cell](), steps=60, each_step=check)
     assert max(worst) <= 1e-6, max(worst)
     with torch.no_grad():  # and training still lowers the objective
-        start = torch.nn.functional.mse_loss(strategies.get("projected").attach(problem.model(), CELLS[cell]())(problem.X), problem.Y)
+        start = torch.nn.functional.mse_loss(
+            strategies.get("projected").attach(problem.model(), CELLS[cell]())(problem.X), problem.Y
+        )
         assert torch.nn.functional.mse_loss(model(problem.X), problem.Y) < start
 
 
@@ -43,13 +45,13 @@ def test_threshold_constant_jacobian_differs_from_exact():
     torch.manual_seed(0)
     z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 6, dtype=torch.float64)
-    exact, = torch.autograd.grad((project_l1_ball(z, 1.0) * w).sum(), z)
+    (exact,) = torch.autograd.grad((project_l1_ball(z, 1.0) * w).sum(), z)
     s = strategies.get("projected", jacobian="threshold-constant")
     model = torch.nn.Identity()
     s.attach(model, [on_output(L1Ball(1.0))])
     y = model(z)
     assert torch.allclose(y, project_l1_ball(z, 1.0))
-    shortcut, = torch.autograd.grad((y * w).sum(), z)
+    (shortcut,) = torch.autograd.grad((y * w).sum(), z)
     support = (y != 0).double()
     assert torch.allclose(shortcut, w * support)
     assert not torch.allclose(shortcut, exact)

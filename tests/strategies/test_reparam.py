@@ -71,32 +71,73 @@ TIE = [[(0, 0), (1, 1), (2, 2)], [(0, 4), (2, 3), (1, 7)]]
 CELLS = [
     ("l1-output-radial", "reparam-radial", {}, lambda: [on_output(L1Ball(1.0))], torch.float32),
     ("l1-output-sigmoid-simplex", "reparam-sigmoid-simplex", {}, lambda: [on_output(L1Ball(1.0))], torch.float32),
-    ("l1-output-option", "reparameterization", {"l1_outputs": "sigmoid-simplex"}, lambda: [on_output(L1Ball(2.0))],
-     torch.float32),
-    *[(f"nonneg-output-{m}", f"reparam-{m}", {}, lambda: [on_output(NonNegative())], torch.float32)
-      for m in ("softplus", "exp", "square")],
-    *[(f"nonneg-weight-{m}", f"reparam-{m}", {}, lambda: [on_parameter("lin.weight", NonNegative())], torch.float32)
-      for m in ("softplus", "exp", "square")],
-    ("affine-weight-tie", "reparam-null-space", {}, lambda: [on_parameter("lin.weight", Affine.tie((3, 8), TIE))],
-     torch.float32),
-    ("affine-weight-tie-projector", "reparam-null-space", {"affine_form": "projector"},
-     lambda: [on_parameter("lin.weight", Affine.tie((3, 8), TIE))], torch.float32),
+    (
+        "l1-output-option",
+        "reparameterization",
+        {"l1_outputs": "sigmoid-simplex"},
+        lambda: [on_output(L1Ball(2.0))],
+        torch.float32,
+    ),
+    *[
+        (f"nonneg-output-{m}", f"reparam-{m}", {}, lambda: [on_output(NonNegative())], torch.float32)
+        for m in ("softplus", "exp", "square")
+    ],
+    *[
+        (f"nonneg-weight-{m}", f"reparam-{m}", {}, lambda: [on_parameter("lin.weight", NonNegative())], torch.float32)
+        for m in ("softplus", "exp", "square")
+    ],
+    ("affine-weight-tie", "reparam-null-space", {}, lambda: [on_parameter("lin.weight", Affine.tie((3, 8), TIE))], torch.float32),
+    (
+        "affine-weight-tie-projector",
+        "reparam-null-space",
+        {"affine_form": "projector"},
+        lambda: [on_parameter("lin.weight", Affine.tie((3, 8), TIE))],
+        torch.float32,
+    ),
     # A general A: float32 rounding of A w alone is ~1e-7 ||A|| ||w||, so this cell trains in float64.
-    ("affine-weight-random", "reparam-null-space", {}, lambda: [on_parameter("lin.weight", _random_affine(24))],
-     torch.float64),
-    ("affine-weight-random-projector", "reparameterization", {"affine_form": "projector"},
-     lambda: [on_parameter("lin.weight", _random_affine(24))], torch.float64),
-    ("affine-across-layers", "reparameterization", {},
-     lambda: [on_parameter(["hidden.weight", "lin.weight", "lin.bias"], _tie_across_layers())], torch.float32),
+    ("affine-weight-random", "reparam-null-space", {}, lambda: [on_parameter("lin.weight", _random_affine(24))], torch.float64),
+    (
+        "affine-weight-random-projector",
+        "reparameterization",
+        {"affine_form": "projector"},
+        lambda: [on_parameter("lin.weight", _random_affine(24))],
+        torch.float64,
+    ),
+    (
+        "affine-across-layers",
+        "reparameterization",
+        {},
+        lambda: [on_parameter(["hidden.weight", "lin.weight", "lin.bias"], _tie_across_layers())],
+        torch.float32,
+    ),
     ("l1-weight-norm", "reparam-l1-weight-norm", {}, lambda: [on_parameter("lin.weight", L1Ball(0.5))], torch.float32),
-    ("l1-weight-norm-shared", "reparam-l1-weight-norm", {"shared_length": True},
-     lambda: [on_parameter("lin.weight", L1Ball(0.5))], torch.float32),
+    (
+        "l1-weight-norm-shared",
+        "reparam-l1-weight-norm",
+        {"shared_length": True},
+        lambda: [on_parameter("lin.weight", L1Ball(0.5))],
+        torch.float32,
+    ),
     ("l1-weight-radial", "reparam-radial", {}, lambda: [on_parameter("hidden.weight", L1Ball(0.3))], torch.float32),
-    ("l1-weight-per-row-radius", "reparameterization", {},
-     lambda: [on_parameter("lin.weight", L1Ball(torch.tensor([0.2, 0.5, 1.0])))], torch.float32),
-    ("nonneg-and-l1-everywhere", "reparameterization", {"nonnegative": "exp", "l1_outputs": "sigmoid-simplex"},
-     lambda: [on_parameter("lin.weight", L1Ball(0.5)), on_parameter("lin.weight", NonNegative()),
-              on_output(L1Ball(1.0)), on_output(NonNegative())], torch.float32),
+    (
+        "l1-weight-per-row-radius",
+        "reparameterization",
+        {},
+        lambda: [on_parameter("lin.weight", L1Ball(torch.tensor([0.2, 0.5, 1.0])))],
+        torch.float32,
+    ),
+    (
+        "nonneg-and-l1-everywhere",
+        "reparameterization",
+        {"nonnegative": "exp", "l1_outputs": "sigmoid-simplex"},
+        lambda: [
+            on_parameter("lin.weight", L1Ball(0.5)),
+            on_parameter("lin.weight", NonNegative()),
+            on_output(L1Ball(1.0)),
+            on_output(NonNegative()),
+        ],
+        torch.float32,
+    ),
 ]
 
 
@@ -309,8 +350,7 @@ def test_assigning_a_weight_projects_it() -> None:
 
 
 def test_state_dict_round_trip_and_remove() -> None:
-    constraints = [on_parameter(["hidden.weight", "lin.weight", "lin.bias"], _tie_across_layers()),
-                   on_output(L1Ball(1.0))]
+    constraints = [on_parameter(["hidden.weight", "lin.weight", "lin.bias"], _tie_across_layers()), on_output(L1Ball(1.0))]
     torch.manual_seed(0)
     a = strategies.get("reparameterization").attach(MLP(), constraints)
     with torch.no_grad():
@@ -322,8 +362,10 @@ def test_state_dict_round_trip_and_remove() -> None:
     b.load_state_dict(a.state_dict())
     x = torch.randn(8, 5) * 5
     torch.testing.assert_close(b(x), a(x))
-    before = {n: getattr(b.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]).detach().clone()
-              for n in ("hidden.weight", "lin.weight", "lin.bias")}
+    before = {
+        n: getattr(b.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]).detach().clone()
+        for n in ("hidden.weight", "lin.weight", "lin.bias")
+    }
     raw = b.lin(torch.relu(b.hidden(x)))
     assert b_strategy.remove() is b
     assert not parametrize.is_parametrized(b)
@@ -343,10 +385,12 @@ REFUSED = [
     ("reparam-l1-weight-norm", [on_output(L1Ball(1.0))], "reparam-sigmoid-simplex"),
     ("reparam-sigmoid-simplex", [on_parameter("lin.weight", L1Ball(1.0))], "reparam-l1-weight-norm"),
     ("reparam-null-space", [on_parameter("lin.weight", NonNegative())], "reparam-softplus"),
-    ("reparameterization", [on_parameter("lin.weight", Affine.tie((3, 8), TIE)),
-                            on_parameter("lin.weight", NonNegative())], "Merge"),
-    ("reparameterization", [on_parameter("lin.weight", L1Ball(1.0)), on_parameter("lin.weight", L1Ball(2.0))],
-     "duplicates"),
+    (
+        "reparameterization",
+        [on_parameter("lin.weight", Affine.tie((3, 8), TIE)), on_parameter("lin.weight", NonNegative())],
+        "Merge",
+    ),
+    ("reparameterization", [on_parameter("lin.weight", L1Ball(1.0)), on_parameter("lin.weight", L1Ball(2.0))], "duplicates"),
 ]
 
 
@@ -361,12 +405,25 @@ def test_unsupported_cells_are_refused_with_a_reason(name, constraints, hint) ->
 
 def test_support_matrix_and_options() -> None:
     cls = strategies.strategy_class("reparameterization")
-    for target in (on_output(L1Ball(1.0)), on_output(NonNegative()), on_parameter("w", NonNegative()),
-                   on_parameter("w", Affine.tie(4, [[0, 1]])), on_parameter("w", L1Ball(1.0))):
+    for target in (
+        on_output(L1Ball(1.0)),
+        on_output(NonNegative()),
+        on_parameter("w", NonNegative()),
+        on_parameter("w", Affine.tie(4, [[0, 1]])),
+        on_parameter("w", L1Ball(1.0)),
+    ):
         assert cls.unsupported_reason(target) is None
     names = strategies.available("reparameterization")
-    assert {"reparameterization", "reparam-softplus", "reparam-exp", "reparam-square", "reparam-null-space",
-            "reparam-l1-weight-norm", "reparam-radial", "reparam-sigmoid-simplex"} <= set(names)
+    assert {
+        "reparameterization",
+        "reparam-softplus",
+        "reparam-exp",
+        "reparam-square",
+        "reparam-null-space",
+        "reparam-l1-weight-norm",
+        "reparam-radial",
+        "reparam-sigmoid-simplex",
+    } <= set(names)
     with pytest.raises(TypeError, match="nonnegative"):
         strategies.get("reparameterization", nonnegative="relu")
     with pytest.raises(TypeError, match="shared_length"):

@@ -71,7 +71,7 @@ def _steps(model, strategy, optimizer, start: int, stop: int) -> None:
     X, Y = _data()
     full = "barrier" in strategy.name and strategy.name != "extended-log-barrier"  # inside only on the last batch
     for step in range(start, stop):
-        ids = torch.arange(N) if full else torch.arange(N)[(step % 2) * BATCH:][:BATCH]
+        ids = torch.arange(N) if full else torch.arange(N)[(step % 2) * BATCH :][:BATCH]
         out = model(X[ids])
         loss = strategy.loss(nn.functional.mse_loss(out, Y[ids]), out, sample_ids=ids)
         optimizer.zero_grad()
@@ -97,7 +97,7 @@ def _assert_same(a, b, where: str) -> None:
             _assert_same(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
@@ -128,4 +128,6 @@ def test_save_rebuild_load_continue_equals_the_uninterrupted_run(name: str, labe
 
 
 def test_every_registered_strategy_is_covered() -> None:
-    assert {name for name, _ in CELLS} == {n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")}  # not the ones tests register
+    assert {name for name, _ in CELLS} == {
+        n for n in strategies.available() if strategies.strategy_class(n).__module__.startswith("strategies.")
+    }  # not the ones tests register
