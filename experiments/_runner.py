@@ -75,6 +75,19 @@ def handle_interrupts() -> Iterator[None]:
             signal.signal(signum, old)
 
 
+def _block_interrupts() -> set[signal.Signals] | None:
+    """Block SIGINT in this thread (POSIX, main thread only); the previous mask, None if nothing changed."""
+    if not (_main_thread() and hasattr(signal, "pthread_sigmask")):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _unblock_interrupts() -> None:
+    """Unblock SIGINT (where signal masks exist); a pending one is delivered at once."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class WorkerError(RuntimeError):
     """A worker process died, or a task's exception could not be sent back; also the ``__cause__`` of
     a task's exception re-raised here, with the worker's traceback as its message."""
@@ -83,6 +96,7 @@ class WorkerError(RuntimeError):
 def _serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
     """A worker's loop: receive ``(index, fn, args)``, send ``(index, ok, value)``; ``None`` ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops the workers
+    _unblock_interrupts()  # blocked since the spawn (WorkerPool): a Ctrl-C pending here is discarded
     if initializer is not None:
         initializer()
     while True:
@@ -112,9 +126,11 @@ class WorkerPool:
             raise ValueError(f"workers must be >= 1, got {workers}.")
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-        # Started with SIGINT ignored, which the new interpreters inherit: a Ctrl-C while they
-        # import cannot print a KeyboardInterrupt traceback from them.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        # Started with SIGINT blocked, which the new interpreters inherit (a signal mask survives fork
+        # and exec): a Ctrl-C while they import cannot print a KeyboardInterrupt traceback from them,
+        # and one that reaches this process meanwhile waits, pending, until the mask is restored below.
+        # (Ignoring SIGINT here instead would lose a Ctrl-C pressed while the workers start.)
+        previous_mask = _block_interrupts()
         try:
             for _ in range(workers):
                 ours, theirs = context.Pipe()
@@ -127,8 +143,8 @@ class WorkerPool:
             self.terminate()
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            if previous_mask is not None:  # a pending Ctrl-C is delivered now, to handle_interrupts' handler
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
     def imap_unordered(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         """Yield ``(i, fn(*tasks[i]))`` as tasks finish. A task's exception is raised here (its cause: a
