@@ -80,6 +80,18 @@ def check_finite(values: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or Inf; {_NON_FINITE_FIX.format(name=name)}")
 
 
+def check_positive(value: object, name: str) -> float:
+    """``value`` as a float if it is a positive finite real number; a clear error naming ``name`` otherwise.
+
+    The one positive-number check of the project (radii, weights, learning rates, growth factors).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {value}.")
+    return float(value)
+
+
 def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str = "radius") -> Tensor:
     """Return ``radius`` as a tensor of shape ``batch_shape + (1,)`` on ``x``'s device and dtype.
 
@@ -89,8 +101,7 @@ def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str =
     if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (numbers.Real, Tensor)):
         raise TypeError(f"{name} must be a positive float or a tensor, got {type(radius).__name__}.")
     if not isinstance(radius, Tensor):
-        if not math.isfinite(radius) or radius <= 0:
-            raise ValueError(f"{name} must be positive and finite, got {radius}; pass e.g. {name}=1.0.")
+        check_positive(radius, name)
         if float(radius) > torch.finfo(x.dtype).max:
             raise ValueError(f"{name}={float(radius):g} overflows {x.dtype}; pass a smaller {name} or a float64 input.")
         return torch.full((*batch_shape, 1), float(radius), dtype=x.dtype, device=x.device)

@@ -23,9 +23,11 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from constrain import ConstraintSet, OutputTarget, ParameterTarget, output_rows
 from strategies import _distributed
+from strategies._options import check_choice, check_literal_options
 
 Target = OutputTarget | ParameterTarget
 #: What a strategy does with a non-finite loss: raise ``FloatingPointError`` or skip the step.
@@ -176,6 +178,77 @@ def install_output_map(
     return model.register_forward_hook(hook)
 
 
+#: The hook dictionaries of a module (a handle's id is the key in each).
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+#: The hook dictionaries of a parameter.
+_TENSOR_HOOK_DICTS = ("_backward_hooks", "_post_accumulate_grad_hooks")
+
+
+class _Undo:
+    """What :meth:`Strategy.attach` changed on a model, to undo it: the hooks registered on its modules and
+    parameters while attaching (their ids are consecutive: torch numbers every handle from one counter), the
+    parametrizations put on tensors, and the parameters, buffers and submodules added to its modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.first_id = torch.utils.hooks.RemovableHandle.next_id
+        self.last_id = self.first_id
+        self.members = [(m, set(m._parameters), set(m._buffers), set(m._modules)) for m in model.modules()]
+        self.parametrized = self._parametrizations()
+        self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+
+    def _parametrizations(self) -> dict[tuple[nn.Module, str], int]:
+        """How many parametrizations each parametrized tensor of the model carries."""
+        return {
+            (m, n): len(plist)
+            for m in self.model.modules()
+            if parametrize.is_parametrized(m)
+            for n, plist in m.parametrizations.items()  # type: ignore[operator]  # a ModuleDict
+        }
+
+    def finish(self) -> None:
+        """Mark the end of the attach: hooks registered later (by the user) are left alone."""
+        self.last_id = torch.utils.hooks.RemovableHandle.next_id
+
+    def _owned(self, hooks: object) -> list[int]:
+        keys = hooks.keys() if isinstance(hooks, dict) else ()
+        return [k for k in keys if isinstance(k, int) and self.first_id <= k < self.last_id]
+
+    def apply(self) -> None:
+        modules = list(self.model.modules())
+        for module in modules:
+            for name in _HOOK_DICTS:
+                hooks = getattr(module, name, None)
+                for key in self._owned(hooks):
+                    del hooks[key]  # type: ignore[index]  # a dict: _owned found the key in it
+            for param in module.parameters(recurse=False):
+                for name in _TENSOR_HOOK_DICTS:
+                    hooks = getattr(param, name, None)
+                    for key in self._owned(hooks):
+                        del hooks[key]  # type: ignore[index]  # same
+        for (module, attr), count in self._parametrizations().items():
+            if self.parametrized.get((module, attr)) != count:  # maps were added: remove them all, keeping the value
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+        for module, params, buffers, children in self.members:
+            for store, kept in ((module._parameters, params), (module._buffers, buffers), (module._modules, children)):
+                for key in [k for k in store if k not in kept and k != "parametrizations"]:
+                    delattr(module, key)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self.requires_grad.get(name, param.requires_grad))
+
+
 class Strategy:
     """Base class: subclasses set ``family`` and ``summary`` and override the ``_hooks``.
 
@@ -209,6 +282,11 @@ class Strategy:
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
+    def __new__(cls, *args: Any, **options: Any) -> Strategy:
+        """Check the enumerated (``Literal``) options of ``cls`` before its constructor runs."""
+        check_literal_options(cls, options)
+        return super().__new__(cls)
+
     def __init__(self) -> None:
         self.model: nn.Module | None = None
         self.targets: list[Target] = []
@@ -216,15 +294,16 @@ class Strategy:
         self.skipped_steps = 0
         self.on_nonfinite: str = "raise"
         self._skipping = False
+        #: Handles of what :meth:`attach` installed outside the model's modules (optimizer hooks, tensor hooks).
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._undo: _Undo | None = None
 
     def configure(self, *, on_nonfinite: OnNonFinite = "raise") -> Strategy:
         """Set the options every strategy shares (``strategies.get`` passes them here); returns ``self``.
 
         ``on_nonfinite``: ``"raise"`` or ``"skip"`` a step whose loss is NaN or Inf (see the class doc).
         """
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
-        self.on_nonfinite = on_nonfinite
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"), self.name)
         return self
 
     # ----------------------------------------------------------------- support matrix
@@ -253,9 +332,27 @@ class Strategy:
             if reason is not None:
                 raise UnsupportedConstraint(f"strategy {self.name!r} cannot enforce {target.label}: {reason}")
         self.model, self.targets = model, targets
+        undo = _Undo(model)
         self._attach()
         if any(isinstance(t, OutputTarget) and t.set.needs_inputs for t in targets):
             capture_inputs(model)  # after the output maps of _attach: it records the final outputs
+        undo.finish()
+        self._undo = undo
+        return model
+
+    def detach(self) -> nn.Module:
+        """Undo :meth:`attach` and return the model: the hooks the strategy installed are removed, the
+        parametrizations it put on constrained tensors are removed keeping their current values as plain
+        parameters (with any parametrization those tensors had before), parameters and buffers it added to
+        the model are deleted, so the model has its original parameter names again. The strategy is then
+        unattached (its state is kept); attach it again, or build a new one."""
+        model = self._require_model()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._undo is not None:
+            self._undo.apply()
+        self.model, self.targets, self._undo = None, [], None
         return model
 
     def loss(self, objective: Tensor, outputs: Tensor | None = None, sample_ids: Tensor | None = None) -> Tensor:

@@ -103,7 +103,6 @@ class _OutputPolytopeStrategy(Strategy):
 
     def __init__(self) -> None:
         super().__init__()
-        self._handles: list = []
         self._cache: dict = {}
 
     def _row_map(self, target: OutputTarget) -> Callable[..., Tensor]:
@@ -116,12 +115,6 @@ class _OutputPolytopeStrategy(Strategy):
             self._handles.append(
                 install_output_map(model, guard_nonfinite(self, target.label, self._row_map(target)), target.set)
             )
-
-    def remove(self) -> None:
-        """Take the output maps off the model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 @register("reparam-completion")

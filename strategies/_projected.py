@@ -15,7 +15,7 @@ projected in :math:`\|\cdot\|_D` (``constrain.project_metric``: the weighted sof
 the L1 ball, :math:`z - D^{-1}A^\top(A D^{-1} A^\top)^{-1}(A z - c)` for ``A w = c``; the orthant
 is separable, so nothing changes there), with :math:`D` read from the optimizer's state after its
 step. The strategy finds the optimizer by itself: a global ``optimizer.step`` post-hook (installed
-by ``attach``, removed by :meth:`Projected.detach`) remembers the optimizer that stepped the
+by ``attach``, removed by :meth:`Strategy.detach`) remembers the optimizer that stepped the
 constrained parameters, so the four calls stay the same. Any other optimizer (SGD, or one that
 does not hold these parameters), and ``metric="euclidean"``, project in the Euclidean metric.
 
@@ -82,18 +82,10 @@ class Projected(Strategy):
         jacobian: Literal["exact", "threshold-constant"] = "exact",
         metric: Literal["optimizer", "euclidean"] = "optimizer",
     ) -> None:
-        super().__init__()
-        for option, value, allowed in (
-            ("mode", mode, ("weights", "gradient")),
-            ("jacobian", jacobian, ("exact", "threshold-constant")),
-            ("metric", metric, ("optimizer", "euclidean")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"projected: {option} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
+        super().__init__()  # the enumerated options are checked by Strategy.__new__ (their Literal types)
         self.mode = mode
         self.jacobian = jacobian
         self.metric = metric
-        self._handles: list = []
         self._optimizer: weakref.ref | None = None  # the optimizer that steps the constrained parameters
 
     @classmethod
@@ -190,12 +182,6 @@ class Projected(Strategy):
                 projected = target.set.project(rows) if d is None else project_metric(target.set, rows, d.to(rows))
                 for param, value in zip(target.tensors(model), target.split(projected, model), strict=True):
                     param.copy_(value)
-
-    def detach(self) -> None:
-        """Remove the hooks this strategy installed (projection layers, gradient projections)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def _metric_applies(target: Target) -> bool:

@@ -22,7 +22,7 @@ def test_unknown_and_ill_typed_options():
         strategies.get("quadratic-penalty", wieght=1.0)
     with pytest.raises(TypeError, match="option 'weight' .* must be float"):
         strategies.get("quadratic-penalty", weight="big")
-    with pytest.raises(TypeError, match="one of 'weights', 'gradient'"):
+    with pytest.raises(ValueError, match="one of 'weights', 'gradient'"):
         strategies.get("projected", mode="update")
 
 

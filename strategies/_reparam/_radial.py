@@ -1,0 +1,40 @@
+r"""The radial map onto the L1 ball, per row: :math:`w_j = r v_j / \max(r, \|v_j\|_1)`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from constrain import parameter_rows
+from strategies._output_maps import RadiusLike, radial_l1
+
+__all__ = ["RadialL1", "radius_buffer"]
+
+
+def radius_buffer(radius: RadiusLike, rows: int, like: Tensor) -> Tensor:
+    """A positive radius as a ``(rows or 1, 1)`` tensor on ``like``'s device and dtype."""
+    r = torch.as_tensor(radius).to(like).reshape(-1, 1)
+    if r.shape[0] not in (1, rows):
+        raise ValueError(f"radius has {r.shape[0]} entries but the weight has {rows} rows; give one or one per row.")
+    if not bool(((r > 0) & torch.isfinite(r)).all()):
+        raise ValueError("radius must be positive and finite.")
+    return r
+
+
+class RadialL1(nn.Module):
+    r"""Radial map onto the L1 ball, per row: :math:`w_j = r v_j / \max(r, \|v_j\|_1)`.
+
+    The identity inside the ball, so ``right_inverse`` is the identity (:math:`v = W`): a feasible
+    :math:`W` is kept exactly and an infeasible one is scaled onto the sphere.
+    """
+
+    def __init__(self, radius: RadiusLike, like: Tensor) -> None:
+        super().__init__()
+        rows = parameter_rows(like.detach()).shape[0]
+        self.register_buffer("radius", radius_buffer(radius, rows, like.detach()), persistent=False)
+
+    def forward(self, v: Tensor) -> Tensor:
+        return radial_l1(parameter_rows(v), self.radius).reshape(v.shape)
+
+    def right_inverse(self, w: Tensor) -> Tensor:
+        return w
