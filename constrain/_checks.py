@@ -114,17 +114,18 @@ def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str =
             f"every entry of {name} must be positive and finite; got min {values.min().item():g}, "
             f"max {values.max().item():g}. A zero radius has a single feasible point: use torch.zeros_like."
         )
+    expanded: Tensor | None
     try:
-        r = r.expand(batch_shape) if r.dim() <= len(batch_shape) else None
+        expanded = r.expand(batch_shape) if r.dim() <= len(batch_shape) else None
     except RuntimeError:
-        r = None
-    if r is None:
+        expanded = None
+    if expanded is None:
         raise ValueError(
             f"{name} of shape {tuple(radius.shape)} does not broadcast to the batch shape "
             f"{tuple(batch_shape)} (the input's shape without the projected dimension); "
             f"pass a float or one radius per row."
         )
-    return r.unsqueeze(-1)
+    return expanded.unsqueeze(-1)
 
 
 def check_dim(x: Tensor, dim: int, name: str = "dim") -> int:

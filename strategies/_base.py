@@ -19,7 +19,7 @@ import numbers
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ def as_targets(constraints: Target | Iterable[Target]) -> list[Target]:
     """Normalize one target or an iterable of them to a non-empty list, checking each."""
     items = [constraints] if isinstance(constraints, (OutputTarget, ParameterTarget)) else constraints
     try:
-        targets = list(items)  # type: ignore[arg-type]
+        targets = list(items)
     except TypeError:
         raise TypeError(
             f"constraints must be a target or a list of targets built with on_output(...) / "
@@ -205,48 +205,57 @@ class _Undo:
         self.model = model
         self.first_id = torch.utils.hooks.RemovableHandle.next_id
         self.last_id = self.first_id
-        self.members = [(m, set(m._parameters), set(m._buffers), set(m._modules)) for m in model.modules()]
+        self.members = [(m, list(m._parameters), list(m._buffers), list(m._modules)) for m in model.modules()]
         self.parametrized = self._parametrizations()
         self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
 
     def _parametrizations(self) -> dict[tuple[nn.Module, str], int]:
         """How many parametrizations each parametrized tensor of the model carries."""
         return {
-            (m, n): len(plist)
+            (m, n): len(cast(nn.ModuleList, plist))
             for m in self.model.modules()
             if parametrize.is_parametrized(m)
-            for n, plist in m.parametrizations.items()  # type: ignore[operator]  # a ModuleDict
+            for n, plist in cast(nn.ModuleDict, m.parametrizations).items()
         }
 
     def finish(self) -> None:
         """Mark the end of the attach: hooks registered later (by the user) are left alone."""
         self.last_id = torch.utils.hooks.RemovableHandle.next_id
 
-    def _owned(self, hooks: object) -> list[int]:
-        keys = hooks.keys() if isinstance(hooks, dict) else ()
-        return [k for k in keys if isinstance(k, int) and self.first_id <= k < self.last_id]
+    def _drop_hooks(self, owner: object, names: tuple[str, ...]) -> None:
+        """Remove from ``owner``'s hook dictionaries ``names`` the hooks registered while attaching."""
+        for name in names:
+            hooks = getattr(owner, name, None)
+            if isinstance(hooks, dict):
+                for key in [k for k in hooks if isinstance(k, int) and self.first_id <= k < self.last_id]:
+                    del hooks[key]
 
     def apply(self) -> None:
-        modules = list(self.model.modules())
-        for module in modules:
-            for name in _HOOK_DICTS:
-                hooks = getattr(module, name, None)
-                for key in self._owned(hooks):
-                    del hooks[key]  # type: ignore[index]  # a dict: _owned found the key in it
+        """Undo: hooks, then parametrizations (keeping values), then added members; restore requires_grad."""
+        for module in list(self.model.modules()):
+            self._drop_hooks(module, _HOOK_DICTS)
             for param in module.parameters(recurse=False):
-                for name in _TENSOR_HOOK_DICTS:
-                    hooks = getattr(param, name, None)
-                    for key in self._owned(hooks):
-                        del hooks[key]  # type: ignore[index]  # same
+                self._drop_hooks(param, _TENSOR_HOOK_DICTS)
         for (module, attr), count in self._parametrizations().items():
             if self.parametrized.get((module, attr)) != count:  # maps were added: remove them all, keeping the value
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
         for module, params, buffers, children in self.members:
-            for store, kept in ((module._parameters, params), (module._buffers, buffers), (module._modules, children)):
-                for key in [k for k in store if k not in kept and k != "parametrizations"]:
-                    delattr(module, key)
+            _restore_members(module, cast(dict[str, Any], module._parameters), params)
+            _restore_members(module, cast(dict[str, Any], module._buffers), buffers)
+            _restore_members(module, cast(dict[str, Any], module._modules), children)
         for name, param in self.model.named_parameters():
             param.requires_grad_(self.requires_grad.get(name, param.requires_grad))
+
+
+def _restore_members(module: nn.Module, store: dict[str, Any], kept: list[str]) -> None:
+    """Delete the entries of ``store`` (a module's parameters, buffers or submodules) not in ``kept``, and put the
+    others back in ``kept``'s order (a parametrization removed re-adds its tensor last)."""
+    for key in [k for k in store if k not in kept and k != "parametrizations"]:
+        delattr(module, key)
+    order = {k: store[k] for k in kept if k in store}
+    order.update(store)
+    store.clear()
+    store.update(order)
 
 
 class Strategy:
@@ -333,9 +342,15 @@ class Strategy:
                 raise UnsupportedConstraint(f"strategy {self.name!r} cannot enforce {target.label}: {reason}")
         self.model, self.targets = model, targets
         undo = _Undo(model)
-        self._attach()
-        if any(isinstance(t, OutputTarget) and t.set.needs_inputs for t in targets):
-            capture_inputs(model)  # after the output maps of _attach: it records the final outputs
+        try:
+            self._attach()
+            if any(isinstance(t, OutputTarget) and t.set.needs_inputs for t in targets):
+                self._handles.append(capture_inputs(model))  # after the output maps of _attach: the final outputs
+        except BaseException:  # a refused attach leaves the model as it was
+            undo.finish()
+            self._undo = undo
+            self._undo_attach()
+            raise
         undo.finish()
         self._undo = undo
         return model
@@ -347,13 +362,16 @@ class Strategy:
         the model are deleted, so the model has its original parameter names again. The strategy is then
         unattached (its state is kept); attach it again, or build a new one."""
         model = self._require_model()
+        self._undo_attach()
+        return model
+
+    def _undo_attach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
         if self._undo is not None:
             self._undo.apply()
         self.model, self.targets, self._undo = None, [], None
-        return model
 
     def loss(self, objective: Tensor, outputs: Tensor | None = None, sample_ids: Tensor | None = None) -> Tensor:
         """``objective`` plus this strategy's penalty or multiplier terms (unchanged if it has none).

@@ -52,8 +52,9 @@ def check_literal_options(cls: type, options: Mapping[str, object]) -> None:
     """Check every option of ``cls.__init__`` annotated with a ``Literal`` that ``options`` gives."""
     if not options:
         return
-    hints = _hints(cls.__init__)  # type: ignore[misc]  # the class's own constructor, read from the class
-    keyword = {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}  # type: ignore[misc]  # same
+    init = typing.cast(Any, cls).__init__  # the class's own constructor, read from the class
+    hints = _hints(init)
+    keyword = {p.name for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY}
     for key, value in options.items():
         choices = literal_choices(hints.get(key)) if key in keyword else None
         if choices is not None:

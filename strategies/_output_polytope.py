@@ -32,6 +32,7 @@ from torch import Tensor
 
 from constrain import Box, ConstraintSet, OutputTarget, Polyhedron
 from strategies._base import Strategy, Target, install_output_map
+from strategies._options import check_choice
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
@@ -151,8 +152,8 @@ class GaugeReparameterization(_OutputPolytopeStrategy):
 
     def __init__(self, *, interior: Interior = "chebyshev") -> None:
         super().__init__()
-        if isinstance(interior, str) and interior != "chebyshev":
-            raise ValueError(f"interior must be 'chebyshev', a tensor or a callable of the model's input; got {interior!r}.")
+        if isinstance(interior, str):  # else a tensor or a callable of the model's input
+            check_choice("interior", interior, ("chebyshev",), self.name)
         self.interior = interior
 
     @classmethod

@@ -228,7 +228,8 @@ def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:
     r"""Hooks that replace the gradient of ``vec(W)`` by :math:`(I - V^\top V)\nabla` once every
     parameter of the target has its gradient accumulated (the null space couples them)."""
     params = target.tensors(model)
-    factor = target.set.factor  # type: ignore[union-attr]
+    assert isinstance(target.set, Affine)  # _attach refuses mode="gradient" for any other set
+    factor = target.set.factor
     pending: set[int] = set()
 
     def hook(param: Tensor) -> None:
@@ -236,9 +237,11 @@ def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:
         if len(pending) < len(params) or any(p.grad is None for p in params):
             return
         pending.clear()
-        grad = torch.cat([p.grad.reshape(-1) for p in params])
-        grad = factor.project_direction(grad)
-        for p, part in zip(params, grad.split([p.numel() for p in params]), strict=True):
-            p.grad.copy_(part.reshape(p.shape))
+        grads = [p.grad for p in params]
+        assert all(g is not None for g in grads)  # checked above
+        grad = factor.project_direction(torch.cat([g.reshape(-1) for g in grads if g is not None]))
+        for g, part in zip(grads, grad.split([p.numel() for p in params]), strict=True):
+            if g is not None:
+                g.copy_(part.reshape(g.shape))
 
     return [p.register_post_accumulate_grad_hook(hook) for p in params]

@@ -32,7 +32,7 @@ def register(name: str) -> Callable[[S], S]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"a strategy named {name!r} is already registered ({_REGISTRY[name].__name__}).")
         cls.name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls  # type: ignore[assignment]
+        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -65,7 +65,7 @@ def options_of(cls: type) -> dict[str, inspect.Parameter]:
     options every strategy shares (the keyword-only parameters of ``Strategy.configure``, e.g.
     ``on_nonfinite``)."""
     common = _keyword_only(cls.configure) if hasattr(cls, "configure") else {}
-    return {**_keyword_only(cls.__init__), **common}
+    return {**_keyword_only(typing.cast(Any, cls).__init__), **common}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -6,6 +6,7 @@ constraint across several parameters, each reading its block through a :class:`N
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -46,6 +47,11 @@ class _AffineMap(nn.Module):
     recomputed from the float64 factor, so a float64 model gets float64-exact matrices.
     """
 
+    matrix: Tensor
+    particular: Tensor
+    support: Tensor
+    support_matrix: Tensor
+
     def __init__(self, factor: AffineFactor, like: Tensor, form: str = "auto") -> None:
         super().__init__()
         self.factor, self.form = factor, resolve_affine_form(form, factor.size)
@@ -66,7 +72,7 @@ class _AffineMap(nn.Module):
         """d: the length of the free vector v."""
         return self.matrix.shape[1] if self.form == "basis" else self.factor.size
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _AffineMap:
         super()._apply(fn, recurse)
         matrix = self.factor.null_basis() if self.form == "basis" else self.factor.row_basis
         self.matrix = matrix.to(self.matrix)

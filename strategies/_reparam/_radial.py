@@ -28,6 +28,8 @@ class RadialL1(nn.Module):
     :math:`W` is kept exactly and an infeasible one is scaled onto the sphere.
     """
 
+    radius: Tensor
+
     def __init__(self, radius: RadiusLike, like: Tensor) -> None:
         super().__init__()
         rows = parameter_rows(like.detach()).shape[0]

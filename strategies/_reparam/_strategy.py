@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -147,7 +147,7 @@ class Reparameterization(Strategy):
                 module, attr = _resolve(model, name)
                 first = min(group, key=_order)
                 if parametrize.is_parametrized(module, attr) and not isinstance(first.set, L1Ball):
-                    existing = ", ".join(type(p).__name__ for p in module.parametrizations[attr])
+                    existing = ", ".join(type(p).__name__ for p in _maps(module, attr))
                     raise UnsupportedConstraint(
                         f"{name!r} already carries a parametrization ({existing}); a map for {first.set!r} on top "
                         f"of it would change its value. Remove it first "
@@ -156,15 +156,15 @@ class Reparameterization(Strategy):
         except UnsupportedConstraint as error:
             self.model, self.targets = None, []  # not attached: the model is untouched
             raise UnsupportedConstraint(f"strategy {self.name!r}: {error}") from None
-        for target in sorted(outputs, key=_order):
-            self._handles.append(install_output_map(model, guard_nonfinite(self, target.label, self._output_map(target.set))))
+        for output in sorted(outputs, key=_order):
+            self._handles.append(install_output_map(model, guard_nonfinite(self, output.label, self._output_map(output.set))))
         for target in self.targets:
             if isinstance(target, ParameterTarget) and isinstance(target.set, Affine):
                 self._attach_affine(model, target)
         for name, group in by_name.items():
             module, attr = _resolve(model, name)
-            for target in sorted((t for t in group if not isinstance(t.set, Affine)), key=_order):
-                self._register(module, attr, self._weight_map(target.set, getattr(module, attr)))
+            for weight in sorted((t for t in group if not isinstance(t.set, Affine)), key=_order):
+                self._register(module, attr, self._weight_map(weight.set, getattr(module, attr)))
         if self._parametrized:  # each mapped weight computed once per forward, however often the forward reads it
             self._handles.extend(cache_parametrizations(model))
 
@@ -213,7 +213,7 @@ class Reparameterization(Strategy):
             self._register(module, attr, NullSpaceSlice(latent, start, value))
             # its `original` is an empty placeholder (the free variable is the shared latent): frozen, so that
             # DistributedDataParallel does not wait for a gradient it never gets (no find_unused_parameters)
-            module.parametrizations[attr].original.requires_grad_(False)
+            _maps(module, attr).original.requires_grad_(False)
             start += value.numel()
         latent.assign(torch.cat([v.reshape(-1) for v in values]))  # the projection of the starting point
 
@@ -282,6 +282,11 @@ def _check_combination(place: str, group: list) -> None:
             f"{place} carries {len(group)} constraints ({labels}); reparameterizations compose only one "
             f"NonNegative with one L1Ball. Merge or drop duplicates, or use 'projected' or a penalty."
         )
+
+
+def _maps(module: nn.Module, attr: str) -> parametrize.ParametrizationList:
+    """The parametrizations of ``module.attr`` (a parametrized tensor)."""
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)[attr])
 
 
 def _resolve(model: nn.Module, name: str) -> tuple[nn.Module, str]:
