@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,6 +92,16 @@ def check_positive(value: object, name: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be positive and finite, got {value}.")
     return float(value)
+
+
+def check_choice(option: str, value: object, choices: Iterable[object], owner: str = "") -> Any:
+    """Return ``value`` if it is one of ``choices``; else ``ValueError`` naming ``option`` (of strategy ``owner``,
+    if given) and listing them. The one check of an enumerated option in the project."""
+    allowed = tuple(choices)
+    if any(type(value) is type(c) and value == c for c in allowed):
+        return value
+    where = f" of strategy {owner!r}" if owner else ""
+    raise ValueError(f"option {option!r}{where} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
 
 
 def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str = "radius") -> Tensor:

@@ -11,21 +11,12 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from constrain._checks import check_positive
+from constrain._checks import check_choice, check_positive
 
 __all__ = ["check_choice", "check_literal_options", "check_positive", "literal_choices"]
-
-
-def check_choice(option: str, value: object, choices: Iterable[object], owner: str = "") -> Any:
-    """Return ``value`` if it is one of ``choices``; else ``ValueError`` naming ``option`` and listing them."""
-    allowed = tuple(choices)
-    if any(type(value) is type(c) and value == c for c in allowed):
-        return value
-    where = f" of strategy {owner!r}" if owner else ""
-    raise ValueError(f"option {option!r}{where} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
 
 
 def literal_choices(annotation: Any) -> tuple[object, ...] | None:

@@ -6,19 +6,16 @@ import torch
 from torch import Tensor, nn
 
 from constrain import parameter_rows
+from constrain._checks import check_radius
 from strategies._output_maps import RadiusLike, radial_l1
 
 __all__ = ["RadialL1", "radius_buffer"]
 
 
 def radius_buffer(radius: RadiusLike, rows: int, like: Tensor) -> Tensor:
-    """A positive radius as a ``(rows or 1, 1)`` tensor on ``like``'s device and dtype."""
-    r = torch.as_tensor(radius).to(like).reshape(-1, 1)
-    if r.shape[0] not in (1, rows):
-        raise ValueError(f"radius has {r.shape[0]} entries but the weight has {rows} rows; give one or one per row.")
-    if not bool(((r > 0) & torch.isfinite(r)).all()):
-        raise ValueError("radius must be positive and finite.")
-    return r
+    """A positive finite radius, one or one per row, as a ``(rows, 1)`` tensor on ``like``'s device and dtype
+    (the projections' own check, :func:`constrain._checks.check_radius`)."""
+    return check_radius(radius, like.detach(), torch.Size([rows])).contiguous()
 
 
 class RadialL1(nn.Module):
