@@ -230,3 +230,19 @@ def test_detach_undoes_attach(name, label):
     torch.testing.assert_close(model(x), torch.nn.functional.linear(x[:, :2], values["layer.weight"], values["layer.bias"]))
     with pytest.raises(NotAttachedError):
         strategy.report()
+
+
+def test_a_failed_attach_leaves_the_model_untouched():
+    """mode="gradient" refuses a non-affine weight constraint inside attach, after the output's projection
+    layer was installed: that layer is removed again and the strategy can be attached anew."""
+    model = _OneLayer()
+    hooks = _hooks(model)
+    strategy = strategies.get("projected", mode="gradient")
+    with pytest.raises(ValueError, match="mode='gradient'"):
+        strategy.attach(model, [CONSTRAINTS["L1 ball on outputs"], CONSTRAINTS["weights >= 0"]])
+    assert _hooks(model) == hooks and strategy.model is None
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(model(x), model.layer(x[:, :2]))
+    assert strategy.attach(model, [CONSTRAINTS["L1 ball on outputs"]]) is model
+    with torch.no_grad():  # the projection layer of the second attach
+        assert float(model(10 * x).abs().sum(-1).max()) <= 1 + 1e-6
