@@ -90,7 +90,7 @@ def check_positive(value: object, name: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__}).")
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value}.")
+        raise ValueError(f"{name} must be positive and finite, got {value}; pass e.g. {name}=1.0.")
     return float(value)
 
 
