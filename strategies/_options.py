@@ -4,7 +4,9 @@ An enumerated option is a constructor keyword annotated with ``Literal[...]`` (o
 :meth:`strategies.Strategy.__new__` checks every such option of the class being built with
 :func:`check_literal_options`, so ``strategies.get(name, ...)`` and a direct ``Class(...)`` refuse a bad value
 the same way, before the constructor runs. Options whose valid values are not a ``Literal`` (a name or a
-callable) call :func:`check_choice` for their string values themselves.
+callable) call :func:`check_choice` for their string values themselves. :func:`check_choice` and
+:func:`check_positive` live in ``constrain._checks`` (the sets and the references use them too) and are
+re-exported here for the strategies.
 """
 
 from __future__ import annotations
