@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +82,28 @@ def check_finite(values: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or Inf; {_NON_FINITE_FIX.format(name=name)}")
 
 
+def check_positive(value: object, name: str) -> float:
+    """``value`` as a float if it is a positive finite real number; a clear error naming ``name`` otherwise.
+
+    The one positive-number check of the project (radii, weights, learning rates, growth factors).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {value}; pass e.g. {name}=1.0.")
+    return float(value)
+
+
+def check_choice(option: str, value: object, choices: Iterable[object], owner: str = "") -> Any:
+    """Return ``value`` if it is one of ``choices``; else ``ValueError`` naming ``option`` (of strategy ``owner``,
+    if given) and listing them. The one check of an enumerated option in the project."""
+    allowed = tuple(choices)
+    if any(type(value) is type(c) and value == c for c in allowed):
+        return value
+    where = f" of strategy {owner!r}" if owner else ""
+    raise ValueError(f"option {option!r}{where} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+
+
 def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str = "radius") -> Tensor:
     """Return ``radius`` as a tensor of shape ``batch_shape + (1,)`` on ``x``'s device and dtype.
 
@@ -89,8 +113,7 @@ def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str =
     if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (numbers.Real, Tensor)):
         raise TypeError(f"{name} must be a positive float or a tensor, got {type(radius).__name__}.")
     if not isinstance(radius, Tensor):
-        if not math.isfinite(radius) or radius <= 0:
-            raise ValueError(f"{name} must be positive and finite, got {radius}; pass e.g. {name}=1.0.")
+        check_positive(radius, name)
         if float(radius) > torch.finfo(x.dtype).max:
             raise ValueError(f"{name}={float(radius):g} overflows {x.dtype}; pass a smaller {name} or a float64 input.")
         return torch.full((*batch_shape, 1), float(radius), dtype=x.dtype, device=x.device)
@@ -103,17 +126,18 @@ def check_radius(radius: Radius, x: Tensor, batch_shape: torch.Size, name: str =
             f"every entry of {name} must be positive and finite; got min {values.min().item():g}, "
             f"max {values.max().item():g}. A zero radius has a single feasible point: use torch.zeros_like."
         )
+    expanded: Tensor | None
     try:
-        r = r.expand(batch_shape) if r.dim() <= len(batch_shape) else None
+        expanded = r.expand(batch_shape) if r.dim() <= len(batch_shape) else None
     except RuntimeError:
-        r = None
-    if r is None:
+        expanded = None
+    if expanded is None:
         raise ValueError(
             f"{name} of shape {tuple(radius.shape)} does not broadcast to the batch shape "
             f"{tuple(batch_shape)} (the input's shape without the projected dimension); "
             f"pass a float or one radius per row."
         )
-    return r.unsqueeze(-1)
+    return expanded.unsqueeze(-1)
 
 
 def check_dim(x: Tensor, dim: int, name: str = "dim") -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from constrain._checks import check_tensor
+from constrain._checks import check_choice, check_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from constrain.sets import ConstraintSet
@@ -255,8 +255,7 @@ def reference_projection(constraint_set: ConstraintSet, x: Tensor, method: str =
     ``"cvxpy"`` always solves with cvxpy (to check the two references against each other).
     Raises :class:`ReferenceSolverError` if cvxpy cannot solve a row (the exact ones cannot fail).
     """
-    if method not in ("auto", "cvxpy"):
-        raise ValueError(f"method must be 'auto' or 'cvxpy', got {method!r}.")
+    check_choice("method", method, ("auto", "cvxpy"))
     x = check_tensor(x)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -181,7 +181,7 @@ class _RadiusSet(ConstraintSet):
         return self.radius_like(x.detach().double()).squeeze(-1)
 
     #: ``(row, radius) -> projection`` of one 1-d float64 array, exact (see :mod:`constrain.reference`).
-    _exact_row: ClassVar[Callable[[np.ndarray, float], np.ndarray]]
+    _exact_row: ClassVar[staticmethod[[np.ndarray, float], np.ndarray]]
 
     def exact_projection(self, x: Tensor) -> Tensor:
         x64 = check_tensor(x).detach().to("cpu", torch.float64)

@@ -4,6 +4,8 @@
 >>> strategies.available()                       # every registered name
 >>> s = strategies.get("quadratic-penalty", weight=10.0)
 >>> model = s.attach(model, [on_output(L1Ball(1.0))])
+>>> s = strategies.QuadraticPenalty(weight=10.0)  # the same, by class
+>>> s.detach()                                   # undo attach: hooks, maps and added parameters removed
 
 Families: penalty / barrier, Lagrangian saddle point, projected, reparameterization, and the
 L1-regularization implementations for the weight L1 constraint.
@@ -12,15 +14,24 @@ L1-regularization implementations for the weight L1 constraint.
 from strategies._base import NotAttachedError, Strategy, UnsupportedConstraint
 from strategies._registry import available, get, options_of, register, strategy_class
 
-# Importing a family module registers its strategies.
-from strategies import _penalty  # noqa: E402,F401  isort: skip
-from strategies import _projected  # noqa: E402,F401  isort: skip
-from strategies import _lagrangian  # noqa: E402,F401  isort: skip
-from strategies import _l1reg  # noqa: E402,F401  isort: skip
-from strategies import _reparam  # noqa: E402,F401  isort: skip
-from strategies import _output_polytope  # noqa: E402,F401  isort: skip
-from strategies import _dc3  # noqa: E402,F401  isort: skip
-from strategies import _hardnet  # noqa: E402,F401  isort: skip
+# Importing a family module registers its strategies; the classes are exported for users who prefer them to names.
+from strategies._penalty import ExactPenalty, ExtendedLogBarrier, LogBarrier, QuadraticPenalty, ReciprocalBarrier  # noqa: E402  isort: skip
+from strategies._projected import Projected  # noqa: E402  isort: skip
+from strategies._lagrangian import AugmentedLagrangian, Lagrangian, SlackLagrangian  # noqa: E402  isort: skip
+from strategies._l1reg import L1Cumulative, L1Proximal, L1SignStep, L1Subgradient, L1Truncated  # noqa: E402  isort: skip
+from strategies._reparam import (  # noqa: E402  isort: skip
+    ExpReparameterization,
+    L1WeightNormReparameterization,
+    NullSpaceReparameterization,
+    RadialReparameterization,
+    Reparameterization,
+    SigmoidSimplexReparameterization,
+    SoftplusReparameterization,
+    SquareReparameterization,
+)
+from strategies._output_polytope import CompletionReparameterization, GaugeReparameterization  # noqa: E402  isort: skip
+from strategies._dc3 import DC3  # noqa: E402  isort: skip
+from strategies._hardnet import HardNetAff  # noqa: E402  isort: skip
 
 # Parametrization modules, reusable on their own (e.g. L1WeightNorm in PSiLON layers).
 from strategies._reparam import (  # noqa: E402  isort: skip
@@ -35,15 +46,41 @@ from strategies._reparam import (  # noqa: E402  isort: skip
 )
 
 __all__ = [
+    "DC3",
     "AffineLatent",
+    "AugmentedLagrangian",
+    "CompletionReparameterization",
+    "ExactPenalty",
     "ExpNonNegative",
+    "ExpReparameterization",
+    "ExtendedLogBarrier",
+    "GaugeReparameterization",
+    "HardNetAff",
+    "L1Cumulative",
+    "L1Proximal",
+    "L1SignStep",
+    "L1Subgradient",
+    "L1Truncated",
     "L1WeightNorm",
+    "L1WeightNormReparameterization",
+    "Lagrangian",
+    "LogBarrier",
     "NotAttachedError",
     "NullSpace",
+    "NullSpaceReparameterization",
     "NullSpaceSlice",
+    "Projected",
+    "QuadraticPenalty",
     "RadialL1",
+    "RadialReparameterization",
+    "Reparameterization",
+    "ReciprocalBarrier",
+    "SigmoidSimplexReparameterization",
+    "SlackLagrangian",
     "SoftplusNonNegative",
+    "SoftplusReparameterization",
     "SquareNonNegative",
+    "SquareReparameterization",
     "Strategy",
     "UnsupportedConstraint",
     "available",

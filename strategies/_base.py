@@ -19,13 +19,15 @@ import numbers
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from constrain import ConstraintSet, OutputTarget, ParameterTarget, output_rows
 from strategies import _distributed
+from strategies._options import check_choice, check_literal_options
 
 Target = OutputTarget | ParameterTarget
 #: What a strategy does with a non-finite loss: raise ``FloatingPointError`` or skip the step.
@@ -44,7 +46,7 @@ def as_targets(constraints: Target | Iterable[Target]) -> list[Target]:
     """Normalize one target or an iterable of them to a non-empty list, checking each."""
     items = [constraints] if isinstance(constraints, (OutputTarget, ParameterTarget)) else constraints
     try:
-        targets = list(items)  # type: ignore[arg-type]
+        targets = list(items)
     except TypeError:
         raise TypeError(
             f"constraints must be a target or a list of targets built with on_output(...) / "
@@ -176,6 +178,86 @@ def install_output_map(
     return model.register_forward_hook(hook)
 
 
+#: The hook dictionaries of a module (a handle's id is the key in each).
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+#: The hook dictionaries of a parameter.
+_TENSOR_HOOK_DICTS = ("_backward_hooks", "_post_accumulate_grad_hooks")
+
+
+class _Undo:
+    """What :meth:`Strategy.attach` changed on a model, to undo it: the hooks registered on its modules and
+    parameters while attaching (their ids are consecutive: torch numbers every handle from one counter), the
+    parametrizations put on tensors, and the parameters, buffers and submodules added to its modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.first_id = torch.utils.hooks.RemovableHandle.next_id
+        self.last_id = self.first_id
+        self.members = [(m, list(m._parameters), list(m._buffers), list(m._modules)) for m in model.modules()]
+        self.parametrized = self._parametrizations()
+        self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+
+    def _parametrizations(self) -> dict[tuple[nn.Module, str], int]:
+        """How many parametrizations each parametrized tensor of the model carries."""
+        return {
+            (m, n): len(cast(nn.ModuleList, plist))
+            for m in self.model.modules()
+            if parametrize.is_parametrized(m)
+            for n, plist in cast(nn.ModuleDict, m.parametrizations).items()
+        }
+
+    def finish(self) -> None:
+        """Mark the end of the attach: hooks registered later (by the user) are left alone."""
+        self.last_id = torch.utils.hooks.RemovableHandle.next_id
+
+    def _drop_hooks(self, owner: object, names: tuple[str, ...]) -> None:
+        """Remove from ``owner``'s hook dictionaries ``names`` the hooks registered while attaching."""
+        for name in names:
+            hooks = getattr(owner, name, None)
+            if isinstance(hooks, dict):
+                for key in [k for k in hooks if isinstance(k, int) and self.first_id <= k < self.last_id]:
+                    del hooks[key]
+
+    def apply(self) -> None:
+        """Undo: hooks, then parametrizations (keeping values), then added members; restore requires_grad."""
+        for module in list(self.model.modules()):
+            self._drop_hooks(module, _HOOK_DICTS)
+            for param in module.parameters(recurse=False):
+                self._drop_hooks(param, _TENSOR_HOOK_DICTS)
+        for (module, attr), count in self._parametrizations().items():
+            if self.parametrized.get((module, attr)) != count:  # maps were added: remove them all, keeping the value
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+        for module, params, buffers, children in self.members:
+            _restore_members(module, cast(dict[str, Any], module._parameters), params)
+            _restore_members(module, cast(dict[str, Any], module._buffers), buffers)
+            _restore_members(module, cast(dict[str, Any], module._modules), children)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self.requires_grad.get(name, param.requires_grad))
+
+
+def _restore_members(module: nn.Module, store: dict[str, Any], kept: list[str]) -> None:
+    """Delete the entries of ``store`` (a module's parameters, buffers or submodules) not in ``kept``, and put the
+    others back in ``kept``'s order (a parametrization removed re-adds its tensor last)."""
+    for key in [k for k in store if k not in kept and k != "parametrizations"]:
+        delattr(module, key)
+    order = {k: store[k] for k in kept if k in store}
+    order.update(store)
+    store.clear()
+    store.update(order)
+
+
 class Strategy:
     """Base class: subclasses set ``family`` and ``summary`` and override the ``_hooks``.
 
@@ -209,6 +291,11 @@ class Strategy:
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
+    def __new__(cls, *args: Any, **options: Any) -> Strategy:
+        """Check the enumerated (``Literal``) options of ``cls`` before its constructor runs."""
+        check_literal_options(cls, options)
+        return super().__new__(cls)
+
     def __init__(self) -> None:
         self.model: nn.Module | None = None
         self.targets: list[Target] = []
@@ -216,15 +303,16 @@ class Strategy:
         self.skipped_steps = 0
         self.on_nonfinite: str = "raise"
         self._skipping = False
+        #: Handles of what :meth:`attach` installed outside the model's modules (optimizer hooks, tensor hooks).
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._undo: _Undo | None = None
 
     def configure(self, *, on_nonfinite: OnNonFinite = "raise") -> Strategy:
         """Set the options every strategy shares (``strategies.get`` passes them here); returns ``self``.
 
         ``on_nonfinite``: ``"raise"`` or ``"skip"`` a step whose loss is NaN or Inf (see the class doc).
         """
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
-        self.on_nonfinite = on_nonfinite
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"), self.name)
         return self
 
     # ----------------------------------------------------------------- support matrix
@@ -253,10 +341,37 @@ class Strategy:
             if reason is not None:
                 raise UnsupportedConstraint(f"strategy {self.name!r} cannot enforce {target.label}: {reason}")
         self.model, self.targets = model, targets
-        self._attach()
-        if any(isinstance(t, OutputTarget) and t.set.needs_inputs for t in targets):
-            capture_inputs(model)  # after the output maps of _attach: it records the final outputs
+        undo = _Undo(model)
+        try:
+            self._attach()
+            if any(isinstance(t, OutputTarget) and t.set.needs_inputs for t in targets):
+                self._handles.append(capture_inputs(model))  # after the output maps of _attach: the final outputs
+        except BaseException:  # a refused attach leaves the model as it was
+            undo.finish()
+            self._undo = undo
+            self._undo_attach()
+            raise
+        undo.finish()
+        self._undo = undo
         return model
+
+    def detach(self) -> nn.Module:
+        """Undo :meth:`attach` and return the model: the hooks the strategy installed are removed, the
+        parametrizations it put on constrained tensors are removed keeping their current values as plain
+        parameters (with any parametrization those tensors had before), parameters and buffers it added to
+        the model are deleted, so the model has its original parameter names again. The strategy is then
+        unattached (its state is kept); attach it again, or build a new one."""
+        model = self._require_model()
+        self._undo_attach()
+        return model
+
+    def _undo_attach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._undo is not None:
+            self._undo.apply()
+        self.model, self.targets, self._undo = None, [], None
 
     def loss(self, objective: Tensor, outputs: Tensor | None = None, sample_ids: Tensor | None = None) -> Tensor:
         """``objective`` plus this strategy's penalty or multiplier terms (unchanged if it has none).

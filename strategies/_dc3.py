@@ -180,7 +180,6 @@ class _LinearOutputStrategy(Strategy):
 
     def __init__(self) -> None:
         super().__init__()
-        self._handles: list = []
         self._last: dict[str, Tensor | None] = {}
 
     @classmethod
@@ -230,12 +229,6 @@ class _LinearOutputStrategy(Strategy):
 
     def _map(self, rows: Tensor, b: Tensor | None, h: Tensor | None) -> Tensor:
         raise NotImplementedError
-
-    def detach(self) -> None:
-        """Remove the output layer this strategy installed."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 @register("dc3")

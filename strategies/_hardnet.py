@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from constrain import Polyhedron
 from strategies._base import Target
 from strategies._dc3 import _LinearOutputStrategy, check_matrix, linear_parts
 from strategies._registry import register
@@ -72,14 +73,12 @@ class HardNetAff(_LinearOutputStrategy):
     family = "reparameterization"  # an output map onto the set, like reparam-radial
     summary = "HardNet-Aff: closed-form affine correction onto A y = b, G y <= h ([A; G] of full row rank)"
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
         """Also refuses a polyhedron whose stacked ``[A; G]`` is not of full row rank (the reason says why)."""
         reason = super().unsupported_reason(target)
         if reason is None:
+            assert isinstance(target.set, Polyhedron)  # the base class refuses every other set
             A, _, G, _ = linear_parts(target.set)
             try:
                 stacked_pseudoinverse(A, G, int((A if A is not None else G).shape[-1]))  # type: ignore[union-attr]

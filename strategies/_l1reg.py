@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from constrain import L1Ball, ParameterTarget
 from strategies._base import Strategy, Target
+from strategies._options import check_positive
 from strategies._registry import register
 
 
@@ -44,10 +45,7 @@ class L1Regularization(Strategy):
 
     def __init__(self, *, strength: float = 1e-3, lr: float = 1e-2) -> None:
         super().__init__()
-        for name, value in (("strength", strength), ("lr", lr)):
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be positive and finite, got {value}.")
-        self.strength, self.lr = float(strength), float(lr)
+        self.strength, self.lr = check_positive(strength, "strength"), check_positive(lr, "lr")
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
@@ -58,9 +56,10 @@ class L1Regularization(Strategy):
             )
         return None
 
-    def _weights(self) -> list[nn.Parameter]:
+    def _weights(self) -> list[Tensor]:
+        """The constrained weights (``unsupported_reason`` admits parameter targets only)."""
         model = self._require_model()
-        return [w for t in self.targets for w in t.tensors(model)]  # type: ignore[union-attr]
+        return [w for t in self.targets if isinstance(t, ParameterTarget) for w in t.tensors(model)]
 
     @torch.no_grad()
     def _after_step(self) -> None:

@@ -59,16 +59,11 @@ from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
 from strategies._dual import DualOptimizer, dual_factory
+from strategies._options import check_positive as _positive
 from strategies._registry import register
 
 Multipliers = Literal["shared", "mean", "per-sample"]
 _KINDS = ("inequality", "equality", "slack")
-
-
-def _positive(value: float, name: str) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value}.")
-    return float(value)
 
 
 class LagrangianStrategy(Strategy):

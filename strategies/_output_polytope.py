@@ -32,6 +32,7 @@ from torch import Tensor
 
 from constrain import Box, ConstraintSet, OutputTarget, Polyhedron
 from strategies._base import Strategy, Target, install_output_map
+from strategies._options import check_choice
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
@@ -103,7 +104,6 @@ class _OutputPolytopeStrategy(Strategy):
 
     def __init__(self) -> None:
         super().__init__()
-        self._handles: list = []
         self._cache: dict = {}
 
     def _row_map(self, target: OutputTarget) -> Callable[..., Tensor]:
@@ -116,12 +116,6 @@ class _OutputPolytopeStrategy(Strategy):
             self._handles.append(
                 install_output_map(model, guard_nonfinite(self, target.label, self._row_map(target)), target.set)
             )
-
-    def remove(self) -> None:
-        """Take the output maps off the model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 @register("reparam-completion")
@@ -158,8 +152,8 @@ class GaugeReparameterization(_OutputPolytopeStrategy):
 
     def __init__(self, *, interior: Interior = "chebyshev") -> None:
         super().__init__()
-        if isinstance(interior, str) and interior != "chebyshev":
-            raise ValueError(f"interior must be 'chebyshev', a tensor or a callable of the model's input; got {interior!r}.")
+        if isinstance(interior, str):  # else a tensor or a callable of the model's input
+            check_choice("interior", interior, ("chebyshev",), self.name)
         self.interior = interior
 
     @classmethod

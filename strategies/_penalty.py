@@ -30,17 +30,12 @@ from torch import Tensor, nn
 from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
+from strategies._options import check_positive as _check_positive
 from strategies._registry import register
 
 
 class InfeasibleStartError(ValueError):
     """A barrier was asked to start from (or reached) a point outside the interior of its set."""
-
-
-def _check_positive(value: float, name: str) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value}.")
-    return float(value)
 
 
 def _positive_entries(name: str, state: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:

@@ -15,7 +15,7 @@ projected in :math:`\|\cdot\|_D` (``constrain.project_metric``: the weighted sof
 the L1 ball, :math:`z - D^{-1}A^\top(A D^{-1} A^\top)^{-1}(A z - c)` for ``A w = c``; the orthant
 is separable, so nothing changes there), with :math:`D` read from the optimizer's state after its
 step. The strategy finds the optimizer by itself: a global ``optimizer.step`` post-hook (installed
-by ``attach``, removed by :meth:`Projected.detach`) remembers the optimizer that stepped the
+by ``attach``, removed by :meth:`Strategy.detach`) remembers the optimizer that stepped the
 constrained parameters, so the four calls stay the same. Any other optimizer (SGD, or one that
 does not hold these parameters), and ``metric="euclidean"``, project in the Euclidean metric.
 
@@ -82,18 +82,10 @@ class Projected(Strategy):
         jacobian: Literal["exact", "threshold-constant"] = "exact",
         metric: Literal["optimizer", "euclidean"] = "optimizer",
     ) -> None:
-        super().__init__()
-        for option, value, allowed in (
-            ("mode", mode, ("weights", "gradient")),
-            ("jacobian", jacobian, ("exact", "threshold-constant")),
-            ("metric", metric, ("optimizer", "euclidean")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"projected: {option} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
+        super().__init__()  # the enumerated options are checked by Strategy.__new__ (their Literal types)
         self.mode = mode
         self.jacobian = jacobian
         self.metric = metric
-        self._handles: list = []
         self._optimizer: weakref.ref | None = None  # the optimizer that steps the constrained parameters
 
     @classmethod
@@ -191,12 +183,6 @@ class Projected(Strategy):
                 for param, value in zip(target.tensors(model), target.split(projected, model), strict=True):
                     param.copy_(value)
 
-    def detach(self) -> None:
-        """Remove the hooks this strategy installed (projection layers, gradient projections)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
 
 def _metric_applies(target: Target) -> bool:
     """Whether the projection of ``target`` depends on the metric: parameter targets on an L1 ball or an
@@ -242,7 +228,8 @@ def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:
     r"""Hooks that replace the gradient of ``vec(W)`` by :math:`(I - V^\top V)\nabla` once every
     parameter of the target has its gradient accumulated (the null space couples them)."""
     params = target.tensors(model)
-    factor = target.set.factor  # type: ignore[union-attr]
+    assert isinstance(target.set, Affine)  # _attach refuses mode="gradient" for any other set
+    factor = target.set.factor
     pending: set[int] = set()
 
     def hook(param: Tensor) -> None:
@@ -250,9 +237,11 @@ def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:
         if len(pending) < len(params) or any(p.grad is None for p in params):
             return
         pending.clear()
-        grad = torch.cat([p.grad.reshape(-1) for p in params])
-        grad = factor.project_direction(grad)
-        for p, part in zip(params, grad.split([p.numel() for p in params]), strict=True):
-            p.grad.copy_(part.reshape(p.shape))
+        grads = [p.grad for p in params]
+        assert all(g is not None for g in grads)  # checked above
+        grad = factor.project_direction(torch.cat([g.reshape(-1) for g in grads if g is not None]))
+        for g, part in zip(grads, grad.split([p.numel() for p in params]), strict=True):
+            if g is not None:
+                g.copy_(part.reshape(g.shape))
 
     return [p.register_post_accumulate_grad_hook(hook) for p in params]

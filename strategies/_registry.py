@@ -2,7 +2,8 @@
 
 Options are a strategy class's keyword-only ``__init__`` parameters; their annotations are the
 accepted types. Unknown names and unknown or ill-typed options raise errors that list the
-accepted ones.
+accepted ones; a bad value of an enumerated (``Literal``) option raises ``ValueError`` listing the
+valid values (:func:`strategies._options.check_choice`, the check every constructor uses).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import inspect
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from strategies._options import check_choice, literal_choices
 
 if TYPE_CHECKING:  # pragma: no cover
     from strategies._base import Strategy
@@ -29,7 +32,7 @@ def register(name: str) -> Callable[[S], S]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"a strategy named {name!r} is already registered ({_REGISTRY[name].__name__}).")
         cls.name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls  # type: ignore[assignment]
+        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -62,7 +65,7 @@ def options_of(cls: type) -> dict[str, inspect.Parameter]:
     options every strategy shares (the keyword-only parameters of ``Strategy.configure``, e.g.
     ``on_nonfinite``)."""
     common = _keyword_only(cls.configure) if hasattr(cls, "configure") else {}
-    return {**_keyword_only(cls.__init__), **common}
+    return {**_keyword_only(typing.cast(Any, cls).__init__), **common}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -96,7 +99,10 @@ def get(name: str, **options: Any) -> Strategy:
             close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"strategy {name!r} has no option {key!r}.{hint} Its options are: {listed}.")
-        if not _type_ok(value, hints.get(key, inspect.Parameter.empty)):
+        choices = literal_choices(hints.get(key))
+        if choices is not None:  # an enumerated option: ValueError listing the values, as the constructor says
+            check_choice(key, value, choices, name)
+        elif not _type_ok(value, hints.get(key, inspect.Parameter.empty)):
             raise TypeError(
                 f"option {key!r} of strategy {name!r} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})."
             )

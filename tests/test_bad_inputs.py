@@ -187,11 +187,11 @@ CASES: dict[str, Case] = {
     ),
     "get: option not in a Literal": Case(
         lambda: strategies.get("lagrangian", multipliers="each"),
-        TypeError,
+        ValueError,
         r"option 'multipliers'.*one of 'shared', 'mean', 'per-sample'",
     ),
     "get: on_nonfinite unknown": Case(
-        lambda: strategies.get("projected", on_nonfinite="ignore"), TypeError, r"option 'on_nonfinite'.*'raise', 'skip'"
+        lambda: strategies.get("projected", on_nonfinite="ignore"), ValueError, r"option 'on_nonfinite'.*'raise', 'skip'"
     ),
     "get: negative step": Case(lambda: strategies.get("lagrangian", dual_lr=-1.0), ValueError, r"dual_lr must be positive"),
     "get: NaN option": Case(

@@ -281,7 +281,7 @@ def test_registry_rejects_unknown_and_ill_typed_options() -> None:
         strategies.get("lagrangian", dual_rate=0.1)
     with pytest.raises(TypeError, match="dual_lr"):
         strategies.get("lagrangian", dual_lr="fast")
-    with pytest.raises(TypeError, match="multipliers"):
+    with pytest.raises(ValueError, match="multipliers"):
         strategies.get("augmented-lagrangian", multipliers="per_sample")
     with pytest.raises(TypeError, match="num_samples"):
         strategies.get("slack-lagrangian", num_samples=2.5)
