@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+from constrain import NonNegative, on_output
+from experiments.catalogue import STUDY_KINDS, Target, example_target, kind
 
 #: Targets of the Performance issue (reported, not asserted).
 TARGET_RATIO = 1.15
@@ -87,20 +88,12 @@ def mlp(d_in: int, width: int, hidden_layers: int, d_out: int, fc2_twice: bool =
 # The cells
 
 
-def _tie(width: int) -> Affine:
-    """Tie the first (up to) 8 diagonal entries of the ``width x width`` weight: 7 equations."""
-    k = max(2, min(8, width))
-    return Affine.tie((width, width), [[(i, i) for i in range(k)]])
-
-
-#: Constraint label -> targets, given the hidden width (weight constraints act on ``fc2.weight``).
-CONSTRAINTS: dict[str, Callable[[int], list]] = {
-    "outputs >= 0": lambda width: [on_output(NonNegative())],
-    "L1 ball on outputs": lambda width: [on_output(L1Ball(1.0))],
-    "fc2.weight >= 0": lambda width: [on_parameter("fc2.weight", NonNegative())],
-    "tie 8 entries of fc2.weight": lambda width: [on_parameter("fc2.weight", _tie(width))],
-    "L1 ball on fc2.weight rows": lambda width: [on_parameter("fc2.weight", L1Ball(1.0))],
+#: The study's constraint kinds (:mod:`experiments.catalogue`) by label -> targets, given the hidden width
+#: (weight constraints act on ``fc2.weight``).
+CONSTRAINTS: dict[str, Callable[[int], list[Target]]] = {
+    kind(key).label: (lambda width, key=key: [example_target(key, "fc2.weight", (width, width))]) for key in STUDY_KINDS
 }
+OUT_L1, OUT_NONNEG, W_NONNEG, W_AFFINE, W_L1 = (kind(key).label for key in STUDY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -133,42 +126,38 @@ L1_OPTIONS = {"strength": 1e-4, "lr": LR}
 
 #: The cells of ``bench strategies``: representatives of every family.
 CELLS: tuple[Cell, ...] = (
-    Cell("penalty", "quadratic-penalty", "outputs >= 0", {"weight": 10.0}),
-    Cell("penalty", "exact-penalty", "outputs >= 0", {"weight": 1.0}),
-    Cell("penalty", "extended-log-barrier", "outputs >= 0", {"weight": 1.0, "t": 5.0}),
-    Cell(
-        "penalty", "log-barrier", "outputs >= 0", {"weight": 0.1}, note="outputs, re-checked after each step", feasible_start=True
-    ),
-    Cell("penalty", "log-barrier", "fc2.weight >= 0", {"weight": 1e-4}, note="weight", feasible_start=True),
-    Cell("projected", "projected", "L1 ball on outputs", note="projection layer"),
-    Cell("projected", "projected", "fc2.weight >= 0", note="weights"),
-    Cell("projected", "projected", "tie 8 entries of fc2.weight", note="weights"),
-    Cell("reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization"),
-    Cell("reparameterization", "reparam-null-space", "tie 8 entries of fc2.weight", note="parametrization"),
-    Cell("reparameterization", "reparam-l1-weight-norm", "L1 ball on fc2.weight rows", note="parametrization"),
-    Cell(
-        "reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization, fc2 applied twice", model="fc2-twice"
-    ),
-    Cell("reparameterization", "reparam-softplus", "outputs >= 0", note="output map"),
-    Cell("reparameterization", "reparam-radial", "L1 ball on outputs", note="output map"),
-    Cell("reparameterization", "reparam-sigmoid-simplex", "L1 ball on outputs", note="output map"),
-    Cell("lagrangian", "lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR}, note="shared"),
+    Cell("penalty", "quadratic-penalty", OUT_NONNEG, {"weight": 10.0}),
+    Cell("penalty", "exact-penalty", OUT_NONNEG, {"weight": 1.0}),
+    Cell("penalty", "extended-log-barrier", OUT_NONNEG, {"weight": 1.0, "t": 5.0}),
+    Cell("penalty", "log-barrier", OUT_NONNEG, {"weight": 0.1}, note="outputs, re-checked after each step", feasible_start=True),
+    Cell("penalty", "log-barrier", W_NONNEG, {"weight": 1e-4}, note="weight", feasible_start=True),
+    Cell("projected", "projected", OUT_L1, note="projection layer"),
+    Cell("projected", "projected", W_NONNEG, note="weights"),
+    Cell("projected", "projected", W_AFFINE, note="weights"),
+    Cell("reparameterization", "reparam-softplus", W_NONNEG, note="parametrization"),
+    Cell("reparameterization", "reparam-null-space", W_AFFINE, note="parametrization"),
+    Cell("reparameterization", "reparam-l1-weight-norm", W_L1, note="parametrization"),
+    Cell("reparameterization", "reparam-softplus", W_NONNEG, note="parametrization, fc2 applied twice", model="fc2-twice"),
+    Cell("reparameterization", "reparam-softplus", OUT_NONNEG, note="output map"),
+    Cell("reparameterization", "reparam-radial", OUT_L1, note="output map"),
+    Cell("reparameterization", "reparam-sigmoid-simplex", OUT_L1, note="output map"),
+    Cell("lagrangian", "lagrangian", OUT_NONNEG, {"dual_lr": DUAL_LR}, note="shared"),
     Cell(
         "lagrangian",
         "lagrangian",
-        "outputs >= 0",
+        OUT_NONNEG,
         {"dual_lr": DUAL_LR, "multipliers": "per-sample"},
         note="per-sample",
         limit=TARGET_PER_SAMPLE_RATIO,
     ),
-    Cell("lagrangian", "lagrangian", "fc2.weight >= 0", {"dual_lr": DUAL_LR}, note="one per weight"),
-    Cell("lagrangian", "augmented-lagrangian", "outputs >= 0", {"penalty": 1.0}, note="shared"),
-    Cell("lagrangian", "slack-lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR, "penalty": 1.0}, note="shared"),
-    Cell("l1-regularization", "l1-subgradient", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-sign-step", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-proximal", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-truncated", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-cumulative", "L1 ball on fc2.weight rows", L1_OPTIONS),
+    Cell("lagrangian", "lagrangian", W_NONNEG, {"dual_lr": DUAL_LR}, note="one per weight"),
+    Cell("lagrangian", "augmented-lagrangian", OUT_NONNEG, {"penalty": 1.0}, note="shared"),
+    Cell("lagrangian", "slack-lagrangian", OUT_NONNEG, {"dual_lr": DUAL_LR, "penalty": 1.0}, note="shared"),
+    Cell("l1-regularization", "l1-subgradient", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-sign-step", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-proximal", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-truncated", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-cumulative", W_L1, L1_OPTIONS),
 )
 
 
@@ -245,9 +234,9 @@ def _build_cell(cell: Cell, base: nn.Module, x: Tensor, y: Tensor, width: int) -
         ids = torch.arange(x.shape[0], device=x.device)
     if cell.feasible_start:  # a barrier's interior
         with torch.no_grad():
-            if cell.constraint == "outputs >= 0":
+            if cell.constraint == OUT_NONNEG:
                 model.head.bias.add_(1.0 - model(x).min())
-            elif cell.constraint == "fc2.weight >= 0":
+            elif cell.constraint == W_NONNEG:
                 model.fc2.weight.abs_().add_(1e-3)
             else:  # pragma: no cover - a cell added without a feasible start
                 raise ValueError(f"no feasible start for {cell.constraint!r}")

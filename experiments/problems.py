@@ -38,11 +38,12 @@ from torch import Tensor, nn
 
 from constrain import Affine, L1Ball, NonNegative, OutputTarget, ParameterTarget, on_output, on_parameter, output_rows
 from experiments import datasets
+from experiments.catalogue import STUDY_KINDS
 
 Target = OutputTarget | ParameterTarget
 
-#: Constraint kinds; the study's strategy table is keyed by these.
-KINDS = ("output-l1", "output-nonneg", "weight-nonneg", "weight-affine", "weight-l1")
+#: Constraint kinds (keys of :mod:`experiments.catalogue`); the study's strategy table is keyed by these.
+KINDS = STUDY_KINDS
 
 
 @dataclass

@@ -22,6 +22,10 @@ from strategies import _output_polytope  # noqa: E402,F401  isort: skip
 from strategies import _dc3  # noqa: E402,F401  isort: skip
 from strategies import _hardnet  # noqa: E402,F401  isort: skip
 
+# The L1-regularization base class: its ``strength`` and ``lr`` (the shrink steps' step size, which
+# should follow the optimizer's learning rate) are public attributes a training loop may update.
+from strategies._l1reg import L1Regularization  # noqa: E402  isort: skip
+
 # Parametrization modules, reusable on their own (e.g. L1WeightNorm in PSiLON layers).
 from strategies._reparam import (  # noqa: E402  isort: skip
     AffineLatent,
@@ -37,6 +41,7 @@ from strategies._reparam import (  # noqa: E402  isort: skip
 __all__ = [
     "AffineLatent",
     "ExpNonNegative",
+    "L1Regularization",
     "L1WeightNorm",
     "NotAttachedError",
     "NullSpace",
