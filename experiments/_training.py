@@ -175,6 +175,14 @@ def train(
     return state
 
 
+def shrink_follows_lr(strategy: strategies.Strategy, lr: float) -> None:
+    """A ``follow_lr`` hook (with the strategy bound): the L1 strategies' shrink steps use the
+    optimizer's current learning rate ``lr``."""
+    if not isinstance(strategy, strategies.L1Regularization):
+        raise TypeError(f"shrink_follows_lr applies to the L1-regularization strategies, not {strategy.name!r}.")
+    strategy.lr = lr
+
+
 def full_batches(inputs: Tensor, targets: Tensor | None = None) -> Iterator[Batch]:
     """The whole training set as every batch, with its sample ids ``0 .. n-1``."""
     return itertools.repeat(Batch(inputs, targets, torch.arange(inputs.shape[0], device=inputs.device)))
@@ -197,4 +205,4 @@ def reshuffled_batches(
         yield Batch(inputs[idx], None if targets is None else targets[idx], idx if sample_ids else None)
 
 
-__all__ = ["Batch", "LossFn", "TrainResult", "full_batches", "reshuffled_batches", "train", "train_step"]
+__all__ = ["Batch", "LossFn", "TrainResult", "full_batches", "reshuffled_batches", "shrink_follows_lr", "train", "train_step"]

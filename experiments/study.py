@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 import strategies
-from experiments._training import TrainResult, full_batches, train
+from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
 
 #: Bump when the record layout or the training loop changes: old run files are then ignored.
@@ -123,13 +123,6 @@ class RunValue:
 LEARNING_RATE = RunValue("@lr", lambda problem: problem.lr)
 #: The number of training samples (per-sample multipliers).
 TRAINING_SAMPLES = RunValue("@n_train", lambda problem: int(problem.X_train.shape[0]))
-
-
-def shrink_follows_lr(strategy: strategies.Strategy, lr: float) -> None:
-    """The L1 strategies' shrink steps use the optimizer's current learning rate ``lr``."""
-    if not isinstance(strategy, strategies.L1Regularization):
-        raise TypeError(f"shrink_follows_lr applies to the L1-regularization strategies, not {strategy.name!r}.")
-    strategy.lr = lr
 
 
 _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": TRAINING_SAMPLES}
