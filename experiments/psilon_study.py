@@ -54,6 +54,7 @@ from experiments import psilon as ps
 from experiments._args import positive_int
 from experiments._runner import run_tasks
 from experiments._study_cli import add_run_options, add_selection_options, output_dirs
+from experiments._study_cli import config_from as config_from_args
 from experiments._training import Batch, shrink_follows_lr, train
 from experiments.datasets import Split, make_split, objective
 
@@ -712,21 +713,8 @@ def matched_table(pairs: list[dict[str, Any]], a: str = "psilon", b: str = "l1-m
     return "\n".join(lines) + "\n"
 
 
-def figures(
-    summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path, prefix: str = "psilon"
-) -> list[Path]:
-    """PREFIX_metric.png, PREFIX_lipschitz.png, PREFIX_pruning.png, PREFIX_matched.png into ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths: list[Path] = []
-    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))  # the colour cycle is longer
-    summary = [e for e in summary if not e["deep"]]
-    rows = [r for r in rows if not r.get("deep")]
-    datasets = [d for d in cfg.datasets if any(e["dataset"] == d for e in summary)]
-
+def _metric_figure(plt: Any, summary: list[dict[str, Any]], datasets: list[str], colors: dict[str, str]) -> Any:
+    """Test metric per model and data set (bars), after pruning (ticks)."""
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
         entries = [e for e in summary if e["dataset"] == d]
@@ -747,11 +735,11 @@ def figures(
             ax.set_ylim(max(0.0, lo - 0.1), 1.0)
         ax.tick_params(axis="x", rotation=60, labelsize=7)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / f"{prefix}_metric.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _lipschitz_figure(plt: Any, rows: list[dict[str, Any]], cfg: Config, colors: dict[str, str]) -> Any:
+    """The 1-path-norm bound against the largest sampled Jacobian norm, per net."""
     fig, ax = plt.subplots(figsize=(5, 4.2))
     nets = [r for r in rows if r["model"] != "rf"]
     for model in [m for m in cfg.models if m != "rf"]:
@@ -769,11 +757,11 @@ def figures(
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / f"{prefix}_lipschitz.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _pruning_figure(plt: Any, summary: list[dict[str, Any]], cfg: Config, colors: dict[str, str]) -> Any:
+    """FLOPs saved by pruning against the change of the metric."""
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for model in [m for m in cfg.models if m != "rf"]:
         es = [e for e in summary if e["model"] == model]
@@ -794,11 +782,11 @@ def figures(
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / f"{prefix}_pruning.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _matched_figure(plt: Any, rows: list[dict[str, Any]], datasets: list[str], colors: dict[str, str]) -> Any | None:
+    """Test metric against exact zeros of the grid models (None without grids)."""
     curves = [r for r in rows if r.get("grid") and r["model"] in ("psilon", "l1-mlp", "psilon-res")]
     if curves:
         fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
@@ -818,10 +806,36 @@ def figures(
             ax.set_xlabel("exact zeros (%)", fontsize=8)
         axes[0][0].set_ylabel("test metric of the grid models", fontsize=8)
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / f"{prefix}_matched.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        return fig
+    return None
+
+
+def figures(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path, prefix: str = "psilon"
+) -> list[Path]:
+    """PREFIX_metric.png, PREFIX_lipschitz.png, PREFIX_pruning.png, PREFIX_matched.png into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))  # the colour cycle is longer
+    summary = [e for e in summary if not e["deep"]]
+    rows = [r for r in rows if not r.get("deep")]
+    datasets = [d for d in cfg.datasets if any(e["dataset"] == d for e in summary)]
+    made = {
+        "metric": _metric_figure(plt, summary, datasets, colors),
+        "lipschitz": _lipschitz_figure(plt, rows, cfg, colors),
+        "pruning": _pruning_figure(plt, summary, cfg, colors),
+        "matched": _matched_figure(plt, rows, datasets, colors),
+    }
+    paths: list[Path] = []
+    for name, fig in made.items():
+        if fig is not None:
+            fig.tight_layout()
+            paths.append(out / f"{prefix}_{name}.png")
+            fig.savefig(paths[-1], dpi=100)
+            plt.close(fig)
     return paths
 
 
@@ -852,10 +866,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    if args.quick:
-        cfg = quick_config()
-    else:
-        cfg = paper_config() if args.protocol == "paper" else Config()
+    full = paper_config() if args.protocol == "paper" else Config()
+    cfg = config_from_args(args, full, quick_config(), ("datasets", "models", "folds", "run_folds", "seed"))
     recipe = cfg.recipe
     if args.epochs is not None or args.hidden is not None or args.no_sparsify:
         recipe = replace(
@@ -869,20 +881,7 @@ def config_from(args: argparse.Namespace) -> Config:
         if any(not (math.isfinite(v) and v > 0) for v in args.lambdas):
             raise ValueError(f"--lambdas must be positive and finite, got {args.lambdas}.")
         grids = {**grids, **{m: tuple(args.lambdas) for m in REGULARIZED}}
-    updates = {
-        key: value
-        for key, value in (
-            ("datasets", tuple(args.datasets) if args.datasets else None),
-            ("models", tuple(args.models) if args.models else None),
-            ("folds", args.folds),
-            ("run_folds", tuple(args.run_folds) if args.run_folds else None),
-            ("jobs", args.workers),
-            ("seed", args.seed),
-            ("deep_models", () if args.no_deep else None),
-        )
-        if value is not None
-    }
-    return replace(cfg, recipe=recipe, grids=grids, **updates)
+    return replace(cfg, recipe=recipe, grids=grids, deep_models=() if args.no_deep else cfg.deep_models)
 
 
 def output_prefix(cfg: Config) -> str:

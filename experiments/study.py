@@ -742,6 +742,52 @@ def _steps(value: float | None, has_runs: bool) -> str:
     return "never" if value is None else f"{value:g}"
 
 
+def _problem_section(plan: Plan, rows: Sequence[Row], problem_name: str) -> list[str]:
+    """The markdown of one problem: its header, one row per strategy, the best entry of each family
+    and the cells not applicable."""
+    lines: list[str] = []
+    problem = get_problem(problem_name)
+    f_star = problem.f_star
+    header = f"## {problem_name}: {problem.description}"
+    lines += [header, ""]
+    info = [f"{plan.steps[problem_name]} steps", f"Adam lr {problem.lr:g} -> {problem.lr * problem.lr_final:g}"]
+    if f_star is not None:
+        ref = problem.reference()
+        assert ref is not None  # a problem with F* has its cvxpy reference
+        info.insert(0, f"F* = {f_star:.10g} (cvxpy {ref.solver}, {ref.status})")
+    lines += ["; ".join(info) + ".", ""]
+    lines += [
+        "| strategy | family | options | objective | gap | train viol max | train viol mean | held-out viol max "
+        f"| steps to viol <= {FEASIBLE:g} | time/step (x unconstrained) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in (r for r in rows if r.problem == problem_name):
+        e = row.entry
+        name = e.label if e.strategy in (None, e.label) else f"{e.label} (`{e.strategy}`)"
+        if row.reaches_target and problem.convex:
+            name = f"**{name}**"
+        if row.failed and len(row.failed) == row.runs:
+            lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | |")
+            continue
+        flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
+        lines.append(
+            f"| {name}{flag} | {e.family} | {e.options_text()} | {_num(row.objective, 6)} | "
+            f"{_gap(row.gap) if f_star is not None else '-'} | {_violation(row.train_max)} | "
+            f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
+            f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
+        )
+    lines += _family_best(problem, [r for r in rows if r.problem == problem_name])
+    skipped = [s for s in plan.skipped if s.problem == problem_name]
+    if skipped:
+        by_family: dict[str, list[Skipped]] = {}
+        for s in skipped:
+            by_family.setdefault(s.entry.family, []).append(s)
+        parts = [f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})" for group in by_family.values()]
+        lines += ["", "Not applicable here (`unsupported_reason`): " + "; ".join(parts) + "."]
+    lines.append("")
+    return lines
+
+
 def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", command: str = "") -> str:
     """The results as markdown: per problem, one row per strategy (medians over seeds), the
     skipped cells with their reasons, and which strategies meet the convex-problem target."""
@@ -763,46 +809,7 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
     if plan.left_out:
         lines += [f"Not in this run, to keep it short (name them in `--strategies` to run them): {', '.join(plan.left_out)}.", ""]
     for problem_name in plan.problems:
-        problem = get_problem(problem_name)
-        f_star = problem.f_star
-        header = f"## {problem_name}: {problem.description}"
-        lines += [header, ""]
-        info = [f"{plan.steps[problem_name]} steps", f"Adam lr {problem.lr:g} -> {problem.lr * problem.lr_final:g}"]
-        if f_star is not None:
-            ref = problem.reference()
-            info.insert(0, f"F* = {f_star:.10g} (cvxpy {ref.solver}, {ref.status})")  # type: ignore[union-attr]
-        lines += ["; ".join(info) + ".", ""]
-        lines += [
-            "| strategy | family | options | objective | gap | train viol max | train viol mean | held-out viol max "
-            f"| steps to viol <= {FEASIBLE:g} | time/step (x unconstrained) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in (r for r in rows if r.problem == problem_name):
-            e = row.entry
-            name = e.label if e.strategy in (None, e.label) else f"{e.label} (`{e.strategy}`)"
-            if row.reaches_target and problem.convex:
-                name = f"**{name}**"
-            if row.failed and len(row.failed) == row.runs:
-                lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | |")
-                continue
-            flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
-            lines.append(
-                f"| {name}{flag} | {e.family} | {e.options_text()} | {_num(row.objective, 6)} | "
-                f"{_gap(row.gap) if f_star is not None else '-'} | {_violation(row.train_max)} | "
-                f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
-                f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
-            )
-        lines += _family_best(problem, [r for r in rows if r.problem == problem_name])
-        skipped = [s for s in plan.skipped if s.problem == problem_name]
-        if skipped:
-            by_family: dict[str, list[Skipped]] = {}
-            for s in skipped:
-                by_family.setdefault(s.entry.family, []).append(s)
-            parts = [
-                f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})" for group in by_family.values()
-            ]
-            lines += ["", "Not applicable here (`unsupported_reason`): " + "; ".join(parts) + "."]
-        lines.append("")
+        lines += _problem_section(plan, rows, problem_name)
     convex = [p for p in plan.problems if get_problem(p).convex]
     if convex:
         lines += [f"## Gap <= {GAP_OK:g} and violation <= {VIOLATION_OK:g} (every seed; **bold** above)", ""]
