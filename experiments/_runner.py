@@ -168,26 +168,31 @@ class WorkerPool:
                 f"task {busy.get(conn)}; its error, if any, is printed above."
             )
 
+        def busy_connection(ready: object) -> Connection:
+            assert isinstance(ready, Connection) and ready in busy  # wait() returns the connections it was given
+            return ready
+
         for _, conn in self._workers:
             try:
                 feed(conn)
             except OSError:  # the worker is gone already (it failed while starting)
                 raise died(conn) from None
         while busy:
-            for conn in wait(list(busy)):
+            for ready in wait(list(busy)):
+                conn = busy_connection(ready)
                 try:
-                    index, ok, value = conn.recv()  # type: ignore[union-attr]
+                    index, ok, value = conn.recv()
                 except (EOFError, OSError):
-                    raise died(conn) from None  # type: ignore[arg-type]
-                del busy[conn]  # type: ignore[arg-type]
+                    raise died(conn) from None
+                del busy[conn]
                 if not ok:
                     error, text = value
                     # the task's own exception (an OSError stays an OSError), caused by the worker's traceback
                     raise (error or WorkerError(text.strip().splitlines()[-1])) from WorkerError(f"in the worker:\n{text}")
                 try:
-                    feed(conn)  # type: ignore[arg-type]
+                    feed(conn)
                 except OSError:
-                    raise died(conn) from None  # type: ignore[arg-type]
+                    raise died(conn) from None
                 yield index, value
 
     def close(self) -> None:

@@ -41,14 +41,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import strategies
-from constrain import Affine, L1Ball, NonNegative, on_output, on_parameter
+from constrain import NonNegative, on_output
+from experiments import catalogue
+from experiments._args import positive_int
+from experiments._training import Batch, train_step
+from experiments.catalogue import STUDY_KINDS, Target, example_target
 
 #: Targets of the Performance issue (reported, not asserted).
 TARGET_RATIO = 1.15
@@ -87,20 +91,14 @@ def mlp(d_in: int, width: int, hidden_layers: int, d_out: int, fc2_twice: bool =
 # The cells
 
 
-def _tie(width: int) -> Affine:
-    """Tie the first (up to) 8 diagonal entries of the ``width x width`` weight: 7 equations."""
-    k = max(2, min(8, width))
-    return Affine.tie((width, width), [[(i, i) for i in range(k)]])
+#: The study's constraint kinds (:mod:`experiments.catalogue`) by label -> targets, given the hidden width
+#: (weight constraints act on ``fc2.weight``).
+def _targets(key: str) -> Callable[[int], list[Target]]:
+    return lambda width: [example_target(key, "fc2.weight", (width, width))]
 
 
-#: Constraint label -> targets, given the hidden width (weight constraints act on ``fc2.weight``).
-CONSTRAINTS: dict[str, Callable[[int], list]] = {
-    "outputs >= 0": lambda width: [on_output(NonNegative())],
-    "L1 ball on outputs": lambda width: [on_output(L1Ball(1.0))],
-    "fc2.weight >= 0": lambda width: [on_parameter("fc2.weight", NonNegative())],
-    "tie 8 entries of fc2.weight": lambda width: [on_parameter("fc2.weight", _tie(width))],
-    "L1 ball on fc2.weight rows": lambda width: [on_parameter("fc2.weight", L1Ball(1.0))],
-}
+CONSTRAINTS: dict[str, Callable[[int], list[Target]]] = {catalogue.label(key): _targets(key) for key in STUDY_KINDS}
+OUT_L1, OUT_NONNEG, W_NONNEG, W_AFFINE, W_L1 = (catalogue.label(key) for key in STUDY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -133,42 +131,38 @@ L1_OPTIONS = {"strength": 1e-4, "lr": LR}
 
 #: The cells of ``bench strategies``: representatives of every family.
 CELLS: tuple[Cell, ...] = (
-    Cell("penalty", "quadratic-penalty", "outputs >= 0", {"weight": 10.0}),
-    Cell("penalty", "exact-penalty", "outputs >= 0", {"weight": 1.0}),
-    Cell("penalty", "extended-log-barrier", "outputs >= 0", {"weight": 1.0, "t": 5.0}),
-    Cell(
-        "penalty", "log-barrier", "outputs >= 0", {"weight": 0.1}, note="outputs, re-checked after each step", feasible_start=True
-    ),
-    Cell("penalty", "log-barrier", "fc2.weight >= 0", {"weight": 1e-4}, note="weight", feasible_start=True),
-    Cell("projected", "projected", "L1 ball on outputs", note="projection layer"),
-    Cell("projected", "projected", "fc2.weight >= 0", note="weights"),
-    Cell("projected", "projected", "tie 8 entries of fc2.weight", note="weights"),
-    Cell("reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization"),
-    Cell("reparameterization", "reparam-null-space", "tie 8 entries of fc2.weight", note="parametrization"),
-    Cell("reparameterization", "reparam-l1-weight-norm", "L1 ball on fc2.weight rows", note="parametrization"),
-    Cell(
-        "reparameterization", "reparam-softplus", "fc2.weight >= 0", note="parametrization, fc2 applied twice", model="fc2-twice"
-    ),
-    Cell("reparameterization", "reparam-softplus", "outputs >= 0", note="output map"),
-    Cell("reparameterization", "reparam-radial", "L1 ball on outputs", note="output map"),
-    Cell("reparameterization", "reparam-sigmoid-simplex", "L1 ball on outputs", note="output map"),
-    Cell("lagrangian", "lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR}, note="shared"),
+    Cell("penalty", "quadratic-penalty", OUT_NONNEG, {"weight": 10.0}),
+    Cell("penalty", "exact-penalty", OUT_NONNEG, {"weight": 1.0}),
+    Cell("penalty", "extended-log-barrier", OUT_NONNEG, {"weight": 1.0, "t": 5.0}),
+    Cell("penalty", "log-barrier", OUT_NONNEG, {"weight": 0.1}, note="outputs, re-checked after each step", feasible_start=True),
+    Cell("penalty", "log-barrier", W_NONNEG, {"weight": 1e-4}, note="weight", feasible_start=True),
+    Cell("projected", "projected", OUT_L1, note="projection layer"),
+    Cell("projected", "projected", W_NONNEG, note="weights"),
+    Cell("projected", "projected", W_AFFINE, note="weights"),
+    Cell("reparameterization", "reparam-softplus", W_NONNEG, note="parametrization"),
+    Cell("reparameterization", "reparam-null-space", W_AFFINE, note="parametrization"),
+    Cell("reparameterization", "reparam-l1-weight-norm", W_L1, note="parametrization"),
+    Cell("reparameterization", "reparam-softplus", W_NONNEG, note="parametrization, fc2 applied twice", model="fc2-twice"),
+    Cell("reparameterization", "reparam-softplus", OUT_NONNEG, note="output map"),
+    Cell("reparameterization", "reparam-radial", OUT_L1, note="output map"),
+    Cell("reparameterization", "reparam-sigmoid-simplex", OUT_L1, note="output map"),
+    Cell("lagrangian", "lagrangian", OUT_NONNEG, {"dual_lr": DUAL_LR}, note="shared"),
     Cell(
         "lagrangian",
         "lagrangian",
-        "outputs >= 0",
+        OUT_NONNEG,
         {"dual_lr": DUAL_LR, "multipliers": "per-sample"},
         note="per-sample",
         limit=TARGET_PER_SAMPLE_RATIO,
     ),
-    Cell("lagrangian", "lagrangian", "fc2.weight >= 0", {"dual_lr": DUAL_LR}, note="one per weight"),
-    Cell("lagrangian", "augmented-lagrangian", "outputs >= 0", {"penalty": 1.0}, note="shared"),
-    Cell("lagrangian", "slack-lagrangian", "outputs >= 0", {"dual_lr": DUAL_LR, "penalty": 1.0}, note="shared"),
-    Cell("l1-regularization", "l1-subgradient", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-sign-step", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-proximal", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-truncated", "L1 ball on fc2.weight rows", L1_OPTIONS),
-    Cell("l1-regularization", "l1-cumulative", "L1 ball on fc2.weight rows", L1_OPTIONS),
+    Cell("lagrangian", "lagrangian", W_NONNEG, {"dual_lr": DUAL_LR}, note="one per weight"),
+    Cell("lagrangian", "augmented-lagrangian", OUT_NONNEG, {"penalty": 1.0}, note="shared"),
+    Cell("lagrangian", "slack-lagrangian", OUT_NONNEG, {"dual_lr": DUAL_LR, "penalty": 1.0}, note="shared"),
+    Cell("l1-regularization", "l1-subgradient", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-sign-step", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-proximal", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-truncated", W_L1, L1_OPTIONS),
+    Cell("l1-regularization", "l1-cumulative", W_L1, L1_OPTIONS),
 )
 
 
@@ -206,34 +200,26 @@ def _quantile(values: Sequence[float], q: float) -> float:
 # Overhead
 
 
-def _plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
-    def step() -> None:
-        out = model(x)
-        loss = F.mse_loss(out, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
+def _mse(out: Tensor, batch: Batch) -> Tensor:
+    assert batch.targets is not None  # every benchmark batch has its targets
+    return F.mse_loss(out, batch.targets)
 
 
-def _strategy_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    strategy: strategies.Strategy,
-    x: Tensor,
-    y: Tensor,
-    ids: Tensor | None,
+def _step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, strategy: strategies.Strategy | None = None
 ) -> Callable[[], None]:
+    """One training step on ``batch`` (with ``strategy``, if any) as a closure to time."""
+
     def step() -> None:
-        out = model(x)
-        loss = strategy.loss(F.mse_loss(out, y), out, sample_ids=ids)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        strategy.after_step()
+        train_step(model, optimizer, _mse, batch, strategy)
 
     return step
+
+
+def _linear(model: nn.Module, name: str) -> nn.Linear:
+    layer = model.get_submodule(name)
+    assert isinstance(layer, nn.Linear)  # the layers of mlp()
+    return layer
 
 
 def _build_cell(cell: Cell, base: nn.Module, x: Tensor, y: Tensor, width: int) -> tuple[Callable[[], None], strategies.Strategy]:
@@ -245,16 +231,66 @@ def _build_cell(cell: Cell, base: nn.Module, x: Tensor, y: Tensor, width: int) -
         ids = torch.arange(x.shape[0], device=x.device)
     if cell.feasible_start:  # a barrier's interior
         with torch.no_grad():
-            if cell.constraint == "outputs >= 0":
-                model.head.bias.add_(1.0 - model(x).min())
-            elif cell.constraint == "fc2.weight >= 0":
-                model.fc2.weight.abs_().add_(1e-3)
+            if cell.constraint == OUT_NONNEG:
+                _linear(model, "head").bias.add_(1.0 - model(x).min())
+            elif cell.constraint == W_NONNEG:
+                _linear(model, "fc2").weight.abs_().add_(1e-3)
             else:  # pragma: no cover - a cell added without a feasible start
                 raise ValueError(f"no feasible start for {cell.constraint!r}")
     strategy = strategies.get(cell.strategy, **options)
     model = strategy.attach(model, CONSTRAINTS[cell.constraint](width))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)  # after attach: slacks, parametrizations
-    return _strategy_step(model, optimizer, strategy, x, y, ids), strategy
+    return _step(model, optimizer, Batch(x, y, ids), strategy), strategy
+
+
+def _interleave(
+    built: list[tuple[Cell, Callable[[], None], strategies.Strategy]],
+    references: dict[str, Callable[[], None]],
+    steps: int,
+    rounds: int,
+    sync: Callable[[], None],
+    progress: Callable[[str], None] | None,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per cell, the seconds per step of its blocks and of the paired reference blocks, round by round
+    (a rotating order of cells; which of the pair goes first alternates)."""
+    cell_times: list[list[float]] = [[] for _ in built]
+    ref_times: list[list[float]] = [[] for _ in built]
+    for round_ in range(rounds):
+        if progress is not None:
+            progress(f"round {round_ + 1}/{rounds}")
+        shift = round_ % len(built)
+        order = list(range(shift, len(built))) + list(range(shift))
+        for position, i in enumerate(order):
+            step, reference = built[i][1], references[built[i][0].model]
+            if (round_ + position) % 2:
+                ref_times[i].append(_time_block(reference, steps, sync))
+                cell_times[i].append(_time_block(step, steps, sync))
+            else:
+                cell_times[i].append(_time_block(step, steps, sync))
+                ref_times[i].append(_time_block(reference, steps, sync))
+    return cell_times, ref_times
+
+
+def _overhead_record(cell: Cell, strategy: strategies.Strategy, times: list[float], refs: list[float]) -> dict[str, Any]:
+    """One row of the overhead result: medians, the ratio of medians of per-round ratios, its spread."""
+    ratios = [t / r for t, r in zip(times, refs, strict=True)]
+    ratio = statistics.median(ratios)
+    return {
+        "family": cell.family,
+        "strategy": cell.strategy,
+        "label": cell.label,
+        "constraint": cell.constraint,
+        "model": cell.model,
+        "options": dict(cell.options),
+        "median_ms": statistics.median(times) * 1e3,
+        "reference_median_ms": statistics.median(refs) * 1e3,
+        "ratio": ratio,
+        "ratio_q25": _quantile(ratios, 0.25),
+        "ratio_q75": _quantile(ratios, 0.75),
+        "target": cell.limit,
+        "met": ratio <= cell.limit,
+        "steps_taken": strategy.steps,
+    }
 
 
 def bench_overhead(
@@ -275,63 +311,27 @@ def bench_overhead(
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(sizes["batch"], sizes["d_in"], generator=generator).to(device)
     y = torch.randn(sizes["batch"], sizes["d_out"], generator=generator).to(device)
-    bases, references = {}, {}
-    for kind in sorted({cell.model for cell in cells}):
+    bases: dict[str, nn.Module] = {}
+    references: dict[str, Callable[[], None]] = {}
+    for name in sorted({cell.model for cell in cells}):
         torch.manual_seed(seed)
-        bases[kind] = mlp(
-            sizes["d_in"], sizes["width"], sizes["hidden_layers"], sizes["d_out"], fc2_twice=kind == "fc2-twice"
+        bases[name] = mlp(
+            sizes["d_in"], sizes["width"], sizes["hidden_layers"], sizes["d_out"], fc2_twice=name == "fc2-twice"
         ).to(device)
-        model = copy.deepcopy(bases[kind])
-        references[kind] = _plain_step(model, torch.optim.Adam(model.parameters(), lr=LR), x, y)
-    built = []
-    for cell in cells:
-        step, strategy = _build_cell(cell, bases[cell.model], x, y, sizes["width"])
-        built.append((cell, step, strategy))
+        model = copy.deepcopy(bases[name])
+        references[name] = _step(model, torch.optim.Adam(model.parameters(), lr=LR), Batch(x, y))
+    built = [(cell, *_build_cell(cell, bases[cell.model], x, y, sizes["width"])) for cell in cells]
     for _ in range(warmup):
         for reference in references.values():
             reference()
         for _, step, _ in built:
             step()
     sync()
-
-    cell_times: list[list[float]] = [[] for _ in built]
-    ref_times: list[list[float]] = [[] for _ in built]
-    for round_ in range(rounds):
-        if progress is not None:
-            progress(f"round {round_ + 1}/{rounds}")
-        shift = round_ % len(built)
-        order = list(range(shift, len(built))) + list(range(shift))
-        for position, i in enumerate(order):
-            step, reference = built[i][1], references[built[i][0].model]
-            if (round_ + position) % 2:
-                ref_times[i].append(_time_block(reference, steps, sync))
-                cell_times[i].append(_time_block(step, steps, sync))
-            else:
-                cell_times[i].append(_time_block(step, steps, sync))
-                ref_times[i].append(_time_block(reference, steps, sync))
-
-    records = []
-    for (cell, _, strategy), times, refs in zip(built, cell_times, ref_times, strict=True):
-        ratios = [t / r for t, r in zip(times, refs, strict=True)]
-        ratio = statistics.median(ratios)
-        records.append(
-            {
-                "family": cell.family,
-                "strategy": cell.strategy,
-                "label": cell.label,
-                "constraint": cell.constraint,
-                "model": cell.model,
-                "options": {k: v for k, v in cell.options.items()},
-                "median_ms": statistics.median(times) * 1e3,
-                "reference_median_ms": statistics.median(refs) * 1e3,
-                "ratio": ratio,
-                "ratio_q25": _quantile(ratios, 0.25),
-                "ratio_q75": _quantile(ratios, 0.75),
-                "target": cell.limit,
-                "met": ratio <= cell.limit,
-                "steps_taken": strategy.steps,
-            }
-        )
+    cell_times, ref_times = _interleave(built, references, steps, rounds, sync, progress)
+    records = [
+        _overhead_record(cell, strategy, times, refs)
+        for (cell, _, strategy), times, refs in zip(built, cell_times, ref_times, strict=True)
+    ]
     all_refs = [t for (cell, _, _), refs in zip(built, ref_times, strict=True) if cell.model == "mlp" for t in refs]
     all_refs = all_refs or [t for refs in ref_times for t in refs]
     return {"reference_ms": statistics.median(all_refs) * 1e3, "cells": records}
@@ -398,7 +398,19 @@ def _cooper_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tenso
     def step(x: Tensor, y: Tensor) -> None:
         optimizer.roll(compute_cmp_state_kwargs={"x": x, "y": y})
 
-    return step, lambda: float(cmp.nonnegative.multiplier.weight.detach().reshape(-1)[0])
+    def multiplier() -> float:
+        dense = cmp.nonnegative.multiplier
+        assert dense is not None  # set in __init__
+        weight = dense.weight
+        assert isinstance(weight, Tensor)  # a DenseMultiplier's weight
+        return float(weight.detach().reshape(-1)[0])
+
+    return step, multiplier
+
+
+@runtime_checkable
+class _HasMultipliers(Protocol):
+    def multipliers(self) -> dict[str, Tensor]: ...
 
 
 def _ours_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tensor, Tensor], None], Callable[[], float]]:
@@ -407,14 +419,10 @@ def _ours_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tensor,
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step(x: Tensor, y: Tensor) -> None:
-        out = model(x)
-        loss = strategy.loss(F.mse_loss(out, y), out)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        strategy.after_step()
+        train_step(model, optimizer, _mse, Batch(x, y), strategy)
 
     def multiplier() -> float:
+        assert isinstance(strategy, _HasMultipliers)  # the Lagrangian family
         return float(next(iter(strategy.multipliers().values()), torch.zeros(1)).reshape(-1)[0])
 
     return step, multiplier
@@ -424,12 +432,64 @@ def _plain_contender(model: nn.Module, dual_lr: float) -> tuple[Callable[[Tensor
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step(x: Tensor, y: Tensor) -> None:
-        loss = F.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, _mse, Batch(x, y))
 
     return step, lambda: float("nan")
+
+
+@dataclass
+class _Contender:
+    """One side-by-side run: its model, its step on a minibatch, its multiplier, progress and block times."""
+
+    model: nn.Module
+    step: Callable[[Tensor, Tensor], None]
+    multiplier: Callable[[], float]
+    done: int = 0
+    times: list[float] = field(default_factory=list)
+
+    def run_block(self, X: Tensor, Y: Tensor, batches: list[Tensor], count: int, sync: Callable[[], None]) -> None:
+        """Take the next ``count`` steps (minibatches ``batches[done:done + count]``), timed as one block."""
+
+        def step() -> None:
+            idx = batches[self.done]
+            self.step(X[idx], Y[idx])
+            self.done += 1
+
+        self.times.append(_time_block(step, count, sync))
+
+    def timed(self) -> list[float]:
+        """The block times without the first (warm-up) block, when there are more."""
+        return self.times[1:] or self.times
+
+    @torch.no_grad()
+    def final(self, X: Tensor, Y: Tensor) -> dict[str, float]:
+        out = self.model(X)
+        return {
+            "median_step_ms": statistics.median(self.timed()) * 1e3,
+            "steps": self.done,
+            "final_mean_violation": float((-out.mean()).clamp_min(0)),
+            "final_mean_output": float(out.mean()),
+            "final_fraction_negative": float((out < 0).float().mean()),
+            "final_objective": float(F.mse_loss(out, Y)),
+            "final_multiplier": self.multiplier(),
+        }
+
+
+def _cooper_data(sizes: dict, steps: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Inputs, targets (mostly negative: the constraint mean f(x) >= 0 binds) and ``steps`` minibatch index sets."""
+    batch = sizes["batch"]
+    generator = torch.Generator().manual_seed(seed)
+    n = 8 * batch
+    X = torch.randn(n, sizes["d_in"], generator=generator)
+    w = torch.randn(sizes["d_in"], sizes["d_out"], generator=generator) / math.sqrt(sizes["d_in"])
+    Y = X @ w - 1.0
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * batch / n))])
+    return X.to(device), Y.to(device), [order[i * batch : (i + 1) * batch].to(device) for i in range(steps)]
+
+
+def _ratio(a: _Contender, b: _Contender) -> float:
+    """Median over blocks of a's block time over b's."""
+    return statistics.median([x / y for x, y in zip(a.timed(), b.timed(), strict=True)])
 
 
 def bench_cooper(
@@ -448,18 +508,9 @@ def bench_cooper(
     sizes = {**COOPER_SIZES, **(sizes or {})}
     device = torch.device(device)
     sync = _synchronizer(device)
-    batch = sizes["batch"]
-    generator = torch.Generator().manual_seed(seed)
-    n = 8 * batch
-    X = torch.randn(n, sizes["d_in"], generator=generator)
-    w = torch.randn(sizes["d_in"], sizes["d_out"], generator=generator) / math.sqrt(sizes["d_in"])
-    Y = X @ w - 1.0  # targets mostly negative: the constraint mean f(x) >= 0 binds
-    X, Y = X.to(device), Y.to(device)
-    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * batch / n))])
-    batches = [order[i * batch : (i + 1) * batch].to(device) for i in range(steps)]
+    X, Y, batches = _cooper_data(sizes, steps, seed, device)
     torch.manual_seed(seed)
     base = mlp(sizes["d_in"], sizes["width"], sizes["hidden_layers"], sizes["d_out"]).to(device)
-
     builders = {"plain Adam": _plain_contender, "ours (lagrangian)": _ours_contender}
     skipped = None
     if include_cooper:
@@ -467,66 +518,26 @@ def bench_cooper(
             builders["Cooper"] = _cooper_contender
         else:
             skipped = "cooper-optim is not installed (pip install cooper-optim); Cooper was skipped"
-    contenders = {}
+    contenders: dict[str, _Contender] = {}
     for name, build in builders.items():
         model = copy.deepcopy(base)
-        step, multiplier = build(model, dual_lr)
-        contenders[name] = {"model": model, "step": step, "multiplier": multiplier, "done": 0, "times": []}
-
-    def run_block(entry: dict, count: int) -> float:
-        start_index = entry["done"]
-
-        def step() -> None:
-            i = entry["done"]
-            idx = batches[i]
-            entry["step"](X[idx], Y[idx])
-            entry["done"] = i + 1
-
-        seconds = _time_block(step, count, sync)
-        assert entry["done"] == start_index + count
-        return seconds
-
+        contenders[name] = _Contender(model, *build(model, dual_lr))
     names = list(contenders)
     blocks = math.ceil(steps / block)
     for b in range(blocks):
-        count = min(block, steps - b * block)
         if progress is not None and b % max(1, blocks // 5) == 0:
             progress(f"block {b + 1}/{blocks}")
         shift = b % len(names)
         for name in names[shift:] + names[:shift]:
-            contenders[name]["times"].append(run_block(contenders[name], count))
-
-    results = {}
-    with torch.no_grad():
-        for name, entry in contenders.items():
-            out = entry["model"](X)
-            times = entry["times"][1:] if len(entry["times"]) > 1 else entry["times"]  # the first block warms up
-            results[name] = {
-                "median_step_ms": statistics.median(times) * 1e3,
-                "steps": entry["done"],
-                "final_mean_violation": float((-out.mean()).clamp_min(0)),
-                "final_mean_output": float(out.mean()),
-                "final_fraction_negative": float((out < 0).float().mean()),
-                "final_objective": float(F.mse_loss(out, Y)),
-                "final_multiplier": entry["multiplier"](),
-            }
-    record: dict[str, Any] = {
-        "sizes": sizes,
-        "steps": steps,
-        "block": block,
-        "dual_lr": dual_lr,
-        "lr": LR,
-        "contenders": results,
-        "skipped": skipped,
-    }
-    ours, plain = contenders["ours (lagrangian)"]["times"][1:], contenders["plain Adam"]["times"][1:]
-    ours, plain = ours or contenders["ours (lagrangian)"]["times"], plain or contenders["plain Adam"]["times"]
-    record["ours_over_plain"] = statistics.median([a / b for a, b in zip(ours, plain, strict=True)])
+            contenders[name].run_block(X, Y, batches, min(block, steps - b * block), sync)
+    results = {name: c.final(X, Y) for name, c in contenders.items()}
+    record: dict[str, Any] = {"sizes": sizes, "steps": steps, "block": block, "dual_lr": dual_lr, "lr": LR}
+    record.update(contenders=results, skipped=skipped)
+    ours, plain = contenders["ours (lagrangian)"], contenders["plain Adam"]
+    record["ours_over_plain"] = _ratio(ours, plain)
     if "Cooper" in contenders:
-        theirs = contenders["Cooper"]["times"][1:] or contenders["Cooper"]["times"]
-        record["ours_over_cooper"] = statistics.median([a / b for a, b in zip(ours, theirs, strict=True)])
-        record["cooper_over_plain"] = statistics.median([a / b for a, b in zip(theirs, plain, strict=True)])
-        record["target"] = TARGET_COOPER_RATIO
+        theirs = contenders["Cooper"]
+        record.update(ours_over_cooper=_ratio(ours, theirs), cooper_over_plain=_ratio(theirs, plain), target=TARGET_COOPER_RATIO)
         record["met"] = record["ours_over_cooper"] <= TARGET_COOPER_RATIO
         a, c = results["ours (lagrangian)"], results["Cooper"]
         record["violation_difference"] = abs(a["final_mean_violation"] - c["final_mean_violation"])
@@ -606,6 +617,28 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads_before)
 
 
+def _run_cooper(args: argparse.Namespace, env: dict, progress: Callable[[str], None]) -> dict:
+    """The side-by-side part of ``bench strategies``: run it and print its table."""
+    record = bench_cooper(
+        steps=args.cooper_steps,
+        block=args.cooper_block,
+        device=args.device,
+        seed=args.seed,
+        include_cooper=not args.no_cooper,
+        progress=progress,
+    )
+    c = COOPER_SIZES
+    print()
+    print(
+        f"Side by side: non-negative outputs (mean), Lagrangian, simultaneous GDA; MLP {c['d_in']}-"
+        f"{'-'.join([str(c['width'])] * c['hidden_layers'])}-{c['d_out']}, batch {c['batch']}, "
+        f"{args.cooper_steps} steps each on the same minibatches, Adam lr {LR:g}, dual lr {DUAL_LR:g}; "
+        f"median step time over blocks of {args.cooper_block} (cooper {env['cooper']})"
+    )
+    print(format_cooper_table(record))
+    return record
+
+
 def _run(args: argparse.Namespace) -> int:
     env = environment()
     started = time.perf_counter()
@@ -633,25 +666,7 @@ def _run(args: argparse.Namespace) -> int:
         f"Targets: <= {TARGET_RATIO:g}x, per-sample multipliers <= {TARGET_PER_SAMPLE_RATIO:g}x."
         + (f" Missed: {'; '.join(missed)}." if missed else " All met.")
     )
-    cooper_record = None
-    if args.cooper_steps > 0:
-        cooper_record = bench_cooper(
-            steps=args.cooper_steps,
-            block=args.cooper_block,
-            device=args.device,
-            seed=args.seed,
-            include_cooper=not args.no_cooper,
-            progress=progress,
-        )
-        c = COOPER_SIZES
-        print()
-        print(
-            f"Side by side: non-negative outputs (mean), Lagrangian, simultaneous GDA; MLP {c['d_in']}-"
-            f"{'-'.join([str(c['width'])] * c['hidden_layers'])}-{c['d_out']}, batch {c['batch']}, "
-            f"{args.cooper_steps} steps each on the same minibatches, Adam lr {LR:g}, dual lr {DUAL_LR:g}; "
-            f"median step time over blocks of {args.cooper_block} (cooper {env['cooper']})"
-        )
-        print(format_cooper_table(cooper_record))
+    cooper_record = _run_cooper(args, env, progress) if args.cooper_steps > 0 else None
     seconds = time.perf_counter() - started
     print(f"({seconds:.1f} s)")
     if args.json:
@@ -679,13 +694,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``strategies`` benchmark to ``constrain bench``'s subcommands."""
     parser = subparsers.add_parser(
@@ -695,17 +703,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "512-10, batch 256, Adam), interleaved; then the Lagrangian side by side with Cooper (MLP 10-64-64-1, "
         "batch 512) with the final violations.",
     )
-    parser.add_argument("--steps", type=_positive_int, default=3, help="training steps per timed block (default: 3)")
-    parser.add_argument("--rounds", type=_positive_int, default=15, help="interleaved rounds over the cells (default: 15)")
+    parser.add_argument("--steps", type=positive_int, default=3, help="training steps per timed block (default: 3)")
+    parser.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds over the cells (default: 15)")
     parser.add_argument(
         "--width",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_SIZES["width"],
         help=f"inputs and hidden width of the overhead MLP (default: {DEFAULT_SIZES['width']})",
     )
     parser.add_argument(
         "--batch",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_SIZES["batch"],
         help=f"batch of the overhead runs (default: {DEFAULT_SIZES['batch']})",
     )
@@ -719,7 +727,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="training steps of the side-by-side runs (default: 3000; 0 skips the comparison)",
     )
     parser.add_argument(
-        "--cooper-block", type=_positive_int, default=50, help="steps per timed block in the side-by-side runs (default: 50)"
+        "--cooper-block", type=positive_int, default=50, help="steps per timed block in the side-by-side runs (default: 50)"
     )
     parser.add_argument(
         "--no-cooper", action="store_true", help="leave Cooper out of the side-by-side runs (ours and plain Adam only)"

@@ -87,7 +87,7 @@ def _check_output_files(args: argparse.Namespace) -> None:
     for dest, flag in OUTPUT_FILE_OPTIONS.items():
         value = getattr(args, dest, None)
         if isinstance(value, (str, os.PathLike)):  # ``constrain list --json`` is a switch, not a path
-            check_output_file(value, flag)
+            check_output_file(os.fspath(value), flag)
 
 
 def _interrupted(command: str, stop: KeyboardInterrupt, note: str | None) -> int:

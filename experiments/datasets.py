@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: Bundled scikit-learn data sets and their task.
@@ -80,3 +81,32 @@ def synthetic_regression(n: int, d: int, k: int = 1, noise: float = 0.1, seed: i
     W2 = rng.standard_normal((16, k))
     y = np.tanh(X @ W1) @ W2 + noise * rng.standard_normal((n, k))
     return X, y
+
+
+@dataclass
+class Split:
+    """Standardized tensors of one train / evaluation pair; ``y_mean``/``y_std`` undo target scaling."""
+
+    X: Tensor
+    y: Tensor
+    X_eval: Tensor
+    y_eval: Tensor
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+
+def make_split(data: Dataset, train: np.ndarray, evaluate: np.ndarray) -> Split:
+    """The rows ``train`` and ``evaluate`` of ``data``, features standardized with the training rows'
+    mean and deviation (regression targets too)."""
+    X, X_eval = standardize(data.X[train], data.X[evaluate])
+    if data.task == "classification":
+        Xt, Xe = as_tensors(X, X_eval)
+        return Split(Xt, torch.as_tensor(data.y[train]), Xe, torch.as_tensor(data.y[evaluate]))
+    mean, std = float(data.y[train].mean()), float(data.y[train].std()) or 1.0
+    Xt, Xe, yt, ye = as_tensors(X, X_eval, (data.y[train] - mean) / std, (data.y[evaluate] - mean) / std)
+    return Split(Xt, yt, Xe, ye, mean, std)
+
+
+def objective(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """Cross-entropy (classification) or mean squared error on standardized targets."""
+    return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y)

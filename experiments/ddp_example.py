@@ -15,7 +15,9 @@ weights and multipliers as rank 0, and rank 0 prints the violations and saves a 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,9 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import strategies
 from constrain import L1Ball, NonNegative, on_output, on_parameter
+from experiments._training import Batch, TrainResult, train
+from experiments.catalogue import Target
 
 #: Options per strategy for this example (any registered name works with its defaults).
-OPTIONS = {
+OPTIONS: dict[str, dict[str, object]] = {
     "lagrangian": {"dual_lr": 1.0, "multipliers": "per-sample"},
     "augmented-lagrangian": {"penalty": 1.0, "multipliers": "per-sample"},
     "slack-lagrangian": {"dual_lr": 0.05, "penalty": 1.0, "output_width": 2},  # slacks created by attach
@@ -53,6 +57,32 @@ def make_data(n: int) -> TensorDataset:
     return TensorDataset(X, Y, torch.arange(n))  # the last tensor: each sample's index (per-sample multipliers)
 
 
+def epochs(loader: DataLoader, sampler: DistributedSampler | None, count: int) -> Iterator[Batch]:
+    """``count`` passes over ``loader`` as :class:`Batch` es with their sample ids."""
+    for epoch in range(count):
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
+        for x, y, ids in loader:
+            yield Batch(x, y, ids)
+
+
+def _targets(batch: Batch) -> torch.Tensor:
+    assert batch.targets is not None  # every batch of epochs() has its targets
+    return batch.targets
+
+
+def build(args: argparse.Namespace, num_samples: int) -> tuple[nn.Module, strategies.Strategy]:
+    """The MLP with the strategy attached to the constraints it supports."""
+    model: nn.Module = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    options: dict[str, object] = dict(OPTIONS.get(args.strategy, {}))
+    if options.get("multipliers") == "per-sample":
+        options["num_samples"] = num_samples
+    strategy = strategies.get(args.strategy, **options)
+    constraints: list[Target] = [on_output(L1Ball(1.0)), on_parameter("2.weight", NonNegative())]
+    supported = [c for c in constraints if strategy.unsupported_reason(c) is None]
+    return strategy.attach(model, supported), strategy  # before DDP: attach may add parameters and hooks
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     distributed = "RANK" in os.environ  # set by torchrun
@@ -62,35 +92,30 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
 
     data = make_data(args.samples)
-    sampler = DistributedSampler(data, shuffle=True, seed=0, drop_last=True) if distributed else None
+    sampler: DistributedSampler | None = DistributedSampler(data, shuffle=True, seed=0, drop_last=True) if distributed else None
     loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None, drop_last=True)
-
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
-    options = dict(OPTIONS.get(args.strategy, {}))
-    if options.get("multipliers") == "per-sample":
-        options["num_samples"] = len(data)
-    strategy = strategies.get(args.strategy, **options)
-    constraints = [on_output(L1Ball(1.0)), on_parameter("2.weight", NonNegative())]
-    supported = [c for c in constraints if strategy.unsupported_reason(c) is None]
-    model = strategy.attach(model, supported)  # before DDP: attach may add parameters and hooks
+    model, strategy = build(args, len(data))
     ddp = DistributedDataParallel(model) if distributed else model
     optimizer = torch.optim.Adam(ddp.parameters(), lr=3e-3)  # after attach: slack variables are parameters too
 
-    for epoch in range(args.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
-        for x, y, ids in loader:
-            out = ddp(x)
-            loss = strategy.loss(nn.functional.mse_loss(out, y), out, sample_ids=ids)
-            optimizer.zero_grad()
-            loss.backward()  # DDP averages the gradients over the ranks
-            optimizer.step()
-            strategy.after_step()  # projections, dual steps (multipliers all-reduced), schedules
-        if rank == 0 and (epoch + 1) % 5 == 0:
+    def report(step: int, progress: TrainResult) -> None:
+        if rank == 0:
             with torch.no_grad():
-                report = strategy.report(model(data.tensors[0]))
-            worst = ", ".join(f"{k}: {v:.2e}" for k, v in report.items())
-            print(f"epoch {epoch + 1}: loss {float(loss.detach()):.4f}; largest violation on the training set: {worst}")
+                worst = ", ".join(f"{k}: {v:.2e}" for k, v in strategy.report(model(data.tensors[0])).items())
+            loss = float(progress.loss) if progress.loss is not None else math.nan
+            print(f"epoch {step // len(loader)}: loss {loss:.4f}; largest violation on the training set: {worst}")
+
+    # DDP averages the gradients over the ranks; after_step: projections, dual steps (multipliers all-reduced), schedules
+    train(
+        ddp,
+        optimizer,
+        lambda out, batch: nn.functional.mse_loss(out, _targets(batch)),
+        epochs(loader, sampler, args.epochs),
+        args.epochs * len(loader),
+        strategy=strategy,
+        log_at={e * len(loader) for e in range(5, args.epochs + 1, 5)},
+        on_log=report,
+    )
 
     # every rank holds the same weights and multipliers
     state = [t.detach().reshape(-1).double() for t in model.state_dict().values() if t.is_floating_point()]

@@ -75,7 +75,7 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
 
     order = [e.label for e in all_entries()]
     order += [label for label in labels if label not in order]
-    palette = [c for c in plt.get_cmap("tab20").colors] + list(plt.get_cmap("tab20b").colors)
+    palette = [plt.get_cmap("tab20")(i) for i in range(20)] + [plt.get_cmap("tab20b")(i) for i in range(20)]
     return {
         label: "k" if label == "unconstrained" else palette[(i - 1) % len(palette)]
         for i, label in enumerate(order)

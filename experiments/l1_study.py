@@ -37,7 +37,8 @@ from experiments._args import positive_int
 from experiments._runner import run_tasks
 from experiments._study_cli import add_run_options, add_selection_options, output_dirs
 from experiments._study_cli import config_from as config_from_args
-from experiments.psilon_study import Split, make_split, objective
+from experiments._training import Batch, reshuffled_batches, train
+from experiments.datasets import Split, make_split, objective
 
 STRATEGIES: tuple[str, ...] = ("l1-subgradient", "l1-sign-step", "l1-proximal", "l1-truncated", "l1-cumulative")
 METHODS: tuple[str, ...] = ("none",) + STRATEGIES
@@ -111,40 +112,35 @@ def test_metric(net: ps.Net, split: Split, task: str) -> float:
     return math.sqrt(float(objective(out, split.y_eval, task))) * split.y_std
 
 
+def _targets(batch: Batch) -> torch.Tensor:
+    assert batch.targets is not None  # the batches below carry their targets
+    return batch.targets
+
+
 def run_one(cfg: Config, dataset: str, method: str, seed: int) -> dict[str, Any]:
     """Train one (data set, method, seed); the final numbers and the sparsity trace."""
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
     data = ds.load(dataset)
-    train, test = ds.split(len(data.y), cfg.test_fraction, seed)
-    split = make_split(data, train, test)
+    rows_train, rows_test = ds.split(len(data.y), cfg.test_fraction, seed)
+    split = make_split(data, rows_train, rows_test)
     torch.manual_seed(seed)  # the same initial weights and batches for every method
     k = data.num_classes if data.task == "classification" else 1
     net = ps.build("mlp", split.X.shape[1], k, cfg.hidden, cfg.hidden_layers)
     strategy = strategy_for(method, cfg)
     if strategy is not None:
         strategy.attach(net, targets(net))
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(split.y), generator=gen)
-    cursor = 0
-    trace: list[tuple[int, float, float]] = [(0, *sparsity(net, cfg.small))]
-    for step in range(1, cfg.steps + 1):
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(split.y), generator=gen), 0
-        idx = order[cursor : cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        out = net(split.X[idx])
-        loss = objective(out, split.y[idx], data.task)
-        if strategy is not None:
-            loss = strategy.loss(loss, out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if strategy is not None:
-            strategy.after_step()
-        if step % cfg.record_every == 0 or step == cfg.steps:
-            trace.append((step, *sparsity(net, cfg.small)))
+    trace: list[tuple[int, float, float]] = []
+    train(
+        net,
+        torch.optim.SGD(net.parameters(), lr=cfg.lr),
+        lambda out, batch: objective(out, _targets(batch), data.task),
+        reshuffled_batches(split.X, split.y, cfg.batch_size, torch.Generator().manual_seed(seed), sample_ids=False),
+        cfg.steps,
+        strategy=strategy,
+        log_at={*range(0, cfg.steps, cfg.record_every), cfg.steps},
+        on_log=lambda step, _: trace.append((step, *sparsity(net, cfg.small))),
+    )
     exact, small = sparsity(net, cfg.small)
     with torch.no_grad():
         magnitudes = torch.cat([w.abs().reshape(-1) for w in net.weights()])
@@ -250,7 +246,7 @@ def figures(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
     first = [r for r in rows if r["magnitudes"]]
     if first:
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        bins = np.linspace(-12, 1, 60)
+        bins = np.linspace(-12, 1, 60).tolist()
         for r in first:
             m = np.asarray(r["magnitudes"])
             zeros = float((m == 0).mean())

@@ -6,27 +6,12 @@ import argparse
 import inspect
 import json
 
-import torch
-
 import strategies
-from constrain import Affine, Box, L1Ball, NonNegative, Polyhedron, on_output, on_parameter
+from experiments.catalogue import KINDS_CATALOGUE, example_target
 
-#: The constraints of the support matrix, as targets on a layer called ``layer`` (outputs: 2 values per sample).
-CONSTRAINTS = {
-    "L1 ball on outputs": on_output(L1Ball(1.0)),
-    "outputs >= 0": on_output(NonNegative()),
-    "weights >= 0": on_parameter("layer.weight", NonNegative()),
-    "A vec(W) = c on weights": on_parameter("layer.weight", Affine.tie((2, 2), [[(0, 0), (1, 1)]])),
-    "L1 ball on weight rows": on_parameter("layer.weight", L1Ball(1.0)),
-    # general linear constraints on outputs (2 values per sample) with right-hand sides computed from the
-    # input x (3 features); roomy, so that every strategy can start strictly inside
-    "A y = b(x), G y <= h(x) on outputs": on_output(
-        Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1], G=torch.eye(2), h=lambda x: x[:, 1:].abs() + 1)
-    ),
-    "G y <= h(x) on outputs": on_output(Polyhedron(G=torch.eye(2), h=lambda x: x[:, :2].abs() + 1)),
-    "A y = b(x) on outputs": on_output(Polyhedron(A=torch.ones(1, 2), b=lambda x: x[:, :1])),
-    "l(x) <= y <= u(x) on outputs": on_output(Box(lower=lambda x: -1 - x[:, :2].abs(), upper=lambda x: 1 + x[:, :2].abs())),
-}
+#: The constraints of the support matrix (the catalogue's kinds), as targets on a layer called ``layer``
+#: (outputs: 2 values per sample; input-dependent right-hand sides read 3 input features).
+CONSTRAINTS = {kind.label: example_target(kind.key) for kind in KINDS_CATALOGUE}
 
 
 def support_matrix() -> dict[str, dict[str, str | None]]:
@@ -93,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "list",
         help="strategies, constraints and which strategy supports which",
-        description="Every registered strategy with its family and options, the five constraints, and the "
+        description="Every registered strategy with its family and options, the constraint kinds, and the "
         "support matrix: which strategy can enforce which constraint (--reasons: why not).",
     )
     parser.add_argument("--json", action="store_true", help="print the support matrix as JSON")

@@ -30,7 +30,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -38,11 +38,12 @@ from torch import Tensor, nn
 
 from constrain import Affine, L1Ball, NonNegative, OutputTarget, ParameterTarget, on_output, on_parameter, output_rows
 from experiments import datasets
+from experiments.catalogue import STUDY_KINDS
 
 Target = OutputTarget | ParameterTarget
 
-#: Constraint kinds; the study's strategy table is keyed by these.
-KINDS = ("output-l1", "output-nonneg", "weight-nonneg", "weight-affine", "weight-l1")
+#: Constraint kinds (keys of :mod:`experiments.catalogue`); the study's strategy table is keyed by these.
+KINDS = STUDY_KINDS
 
 
 @dataclass
@@ -222,6 +223,7 @@ def reference_violation(problem: Problem) -> float:
     if ref is None:
         raise ValueError(f"problem {problem.name!r} has no reference solution.")
     model = problem.make_model(0)
+    assert isinstance(model, nn.Linear)  # the convex problems (the ones with a reference) are linear models
     with torch.no_grad():
         model.weight.copy_(torch.as_tensor(ref.weight))
         model.bias.copy_(torch.as_tensor(ref.bias))
@@ -229,7 +231,10 @@ def reference_violation(problem: Problem) -> float:
 
 
 # ---------------------------------------------------------------------- models and starts
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def _seeded(seed: int, build: Callable[[], M]) -> M:
     """``build()`` under ``torch.manual_seed(seed)``, leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -248,7 +253,16 @@ def _linear_model(d: int, k: int, seed: int, start: Callable[[nn.Linear], None])
 
 # ---------------------------------------------------------------------- convex problems
 #: The synthetic regression data of every convex problem: n train, n test, d features, k outputs.
-LINEAR_DATA = {"n_train": 200, "n_test": 100, "d": 8, "k": 3, "noise": 0.1, "seed": 0}
+class _LinearData(TypedDict):
+    n_train: int
+    n_test: int
+    d: int
+    k: int
+    noise: float
+    seed: int
+
+
+LINEAR_DATA: _LinearData = {"n_train": 200, "n_test": 100, "d": 8, "k": 3, "noise": 0.1, "seed": 0}
 
 
 def _linear_data(
@@ -422,22 +436,30 @@ def _mlp(d: int, k: int, hidden: int, seed: int, start: Callable[[nn.Sequential]
     return _seeded(seed, build)
 
 
+def _head(model: nn.Sequential) -> nn.Linear:
+    head = model[-1]
+    assert isinstance(head, nn.Linear)  # the MLPs of _mlp end in a linear layer
+    return head
+
+
 def _small_head(model: nn.Sequential, X: Tensor, radius: float) -> None:
     """Scale the last layer so every output row is strictly inside the L1 ball on ``X``."""
-    model[-1].weight.mul_(0.1)
-    model[-1].bias.zero_()
+    head = _head(model)
+    head.weight.mul_(0.1)
+    head.bias.zero_()
     with torch.no_grad():
         largest = float(model(X).abs().sum(-1).max())
     if largest > 0.5 * radius:
-        model[-1].weight.mul_(0.5 * radius / largest)
+        head.weight.mul_(0.5 * radius / largest)
 
 
 def _positive_head(model: nn.Sequential, X: Tensor, margin: float = 0.1) -> None:
     """Scale the last layer down and raise its bias so every output is at least ``margin`` on ``X``."""
-    model[-1].weight.mul_(0.1)
+    head = _head(model)
+    head.weight.mul_(0.1)
     with torch.no_grad():
         low = model(X).amin(0)
-    model[-1].bias.add_((margin - low).clamp_min(0))
+    head.bias.add_((margin - low).clamp_min(0))
 
 
 def mlp_synthetic_l1(radius: float = 1.5, hidden: int = 16) -> Problem:

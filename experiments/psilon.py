@@ -142,9 +142,15 @@ class Net(nn.Module):
             z = layer(F.relu(z))
         return z
 
+    def linears(self) -> list[nn.Linear]:
+        """The layers, typed (each is an ``nn.Linear``)."""
+        out = [layer for layer in self.layers if isinstance(layer, nn.Linear)]
+        assert len(out) == len(self.layers)  # __init__ builds linear layers only
+        return out
+
     def weights(self) -> list[Tensor]:
         """The effective weight of every layer (a parametrized weight gives its computed value)."""
-        return [layer.weight for layer in self.layers]
+        return [layer.weight for layer in self.linears()]
 
 
 # --------------------------------------------------------------------------- weight normalization
@@ -223,7 +229,7 @@ def weight_norm_module(layer: nn.Module) -> PSiLONWeightNorm | None:
     """The :class:`PSiLONWeightNorm` of ``layer.weight``, or None."""
     if not parametrize.is_parametrized(layer, "weight"):
         return None
-    return next((m for m in layer.parametrizations["weight"] if isinstance(m, PSiLONWeightNorm)), None)
+    return next((m for m in layer.get_submodule("parametrizations.weight").children() if isinstance(m, PSiLONWeightNorm)), None)
 
 
 def layer_length(layer: nn.Module) -> Tensor:
@@ -262,7 +268,7 @@ def build(kind: Kind, in_features: int, out_features: int, hidden: int = 64, hid
     if spec.norm is None:
         return net
     last = len(net.layers) - 1
-    for i, layer in enumerate(net.layers):
+    for i, layer in enumerate(net.linears()):
         halves = 2 if spec.residual and i > 0 else 1
         with torch.no_grad():
             v = layer.weight[:, : layer.weight.shape[1] // halves]
@@ -278,7 +284,7 @@ def build(kind: Kind, in_features: int, out_features: int, hidden: int = 64, hid
 def standard_penalty(net: Net) -> Tensor:
     r""":math:`\sum_l \|W_l\|_F^2` (both CReLU halves), i.e. :math:`\sum_{l,j} g_{lj}^2` for a one-half
     L2-normalized layer: the "standard" net's regularizer."""
-    return sum((w.square().sum() for w in net.weights()), net.layers[0].bias.new_zeros(()))
+    return sum((w.square().sum() for w in net.weights()), net.linears()[0].bias.new_zeros(()))
 
 
 def regularizer(net: Net, kind: str) -> Tensor | None:
@@ -423,7 +429,7 @@ def materialize(net: Net) -> Net:
     plain = Net(net.in_features, net.hidden, net.out_features, len(net.layers) - 2, net.residual)
     plain.to(next(net.parameters()))
     with torch.no_grad():
-        for target, layer in zip(plain.layers, net.layers, strict=True):
+        for target, layer in zip(plain.linears(), net.linears(), strict=True):
             target.weight.copy_(layer.weight)
             target.bias.copy_(layer.bias)
     return plain
@@ -441,15 +447,22 @@ def near_zero_fraction(net: Net, tol: float) -> float:
         return sum(int(near_zero_mask(w, tol).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 
+def _original(layer: nn.Module) -> Tensor:
+    """The unconstrained tensor behind the parametrized ``layer.weight``."""
+    original = layer.get_submodule("parametrizations.weight").original
+    assert isinstance(original, Tensor)  # torch.nn.utils.parametrize keeps it as a parameter
+    return original
+
+
 def _half_rows(net: Net) -> list[Tensor]:
     """Every layer's effective weight as rows of one input block: a layer reading a CReLU gives
     its ``W+`` rows and its ``W-`` rows separately (the official count); a normalized layer its
     direction :math:`W / g`."""
-    out = []
+    out: list[Tensor] = []
     with torch.no_grad():
-        for i, layer in enumerate(net.layers):
+        for i, layer in enumerate(net.linears()):
             norm = weight_norm_module(layer)  # normalized: its direction (defined even at g = 0)
-            w = layer.weight if norm is None else norm.direction(layer.parametrizations["weight"].original)
+            w = layer.weight if norm is None else norm.direction(_original(layer))
             w = w.detach()
             out.extend(w.chunk(2, dim=1) if net.residual and i > 0 else [w])
     return out
@@ -483,7 +496,7 @@ def prune(net: Net, tol: float) -> Net:
     """A materialized copy whose near-zero weights (:func:`near_zero_mask`) are set to exactly 0."""
     plain = materialize(net)
     with torch.no_grad():
-        for layer in plain.layers:
+        for layer in plain.linears():
             layer.weight[near_zero_mask(layer.weight, tol)] = 0.0
     return plain
 

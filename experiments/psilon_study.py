@@ -35,18 +35,18 @@ pruning (live multiply-adds), the 1-path-norm Lipschitz bound and the largest sa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from experiments import datasets as ds
@@ -54,6 +54,9 @@ from experiments import psilon as ps
 from experiments._args import positive_int
 from experiments._runner import run_tasks
 from experiments._study_cli import add_run_options, add_selection_options, output_dirs
+from experiments._study_cli import config_from as config_from_args
+from experiments._training import Batch, shrink_follows_lr, train
+from experiments.datasets import Split, make_split, objective
 
 #: The official code's lambda grid (13 values from 5e-5 to 0.5).
 PAPER_GRID: tuple[float, ...] = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 1e-1, 2.5e-1, 5e-1)
@@ -168,28 +171,6 @@ def quick_config(**overrides: Any) -> Config:
 # --------------------------------------------------------------------------- data
 
 
-@dataclass
-class Split:
-    """Standardized tensors of one train / evaluation pair; ``y_mean``/``y_std`` undo target scaling."""
-
-    X: Tensor
-    y: Tensor
-    X_eval: Tensor
-    y_eval: Tensor
-    y_mean: float = 0.0
-    y_std: float = 1.0
-
-
-def make_split(data: ds.Dataset, train: np.ndarray, evaluate: np.ndarray) -> Split:
-    X, X_eval = ds.standardize(data.X[train], data.X[evaluate])
-    if data.task == "classification":
-        Xt, Xe = ds.as_tensors(X, X_eval)
-        return Split(Xt, torch.as_tensor(data.y[train]), Xe, torch.as_tensor(data.y[evaluate]))
-    mean, std = float(data.y[train].mean()), float(data.y[train].std()) or 1.0
-    Xt, Xe, yt, ye = ds.as_tensors(X, X_eval, (data.y[train] - mean) / std, (data.y[evaluate] - mean) / std)
-    return Split(Xt, yt, Xe, ye, mean, std)
-
-
 def fold_indices(data: ds.Dataset, folds: int, seed: int) -> list[np.ndarray]:
     """``folds`` disjoint index sets (stratified for classification)."""
     from sklearn.model_selection import KFold, StratifiedKFold
@@ -201,11 +182,6 @@ def fold_indices(data: ds.Dataset, folds: int, seed: int) -> list[np.ndarray]:
 
 
 # --------------------------------------------------------------------------- training
-
-
-def objective(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Cross-entropy (classification) or mean squared error on standardized targets."""
-    return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y)
 
 
 def one_cycle(opt: torch.optim.Optimizer, lr: float, epochs: int) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -251,6 +227,40 @@ def training_loss(
     return (1 - mix) * data_term + mix * penalty, data_term, penalty
 
 
+def _epoch_batches(
+    net: ps.Net,
+    split: Split,
+    recipe: Recipe,
+    seed: int,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    trace: Trace,
+    ramp: tuple[float, float] | None,
+) -> Iterator[Batch]:
+    """The recipe's mini-batches epoch by epoch: a new order each epoch (the last batch may be
+    short; one batch: no shuffling), the schedule stepped at each new epoch, and the sparsity blend
+    alpha set before each step (see :func:`sparsify_alpha`); the trace records both."""
+    n = len(split.X)
+    size = min(recipe.batch_size, n)
+    batches = math.ceil(n / size)
+    total = recipe.epochs * batches
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    for epoch in range(recipe.epochs):
+        if epoch:
+            schedule.step()
+        order = torch.randperm(n, generator=gen) if batches > 1 else None
+        trace.lrs.append(schedule.optimizer.param_groups[0]["lr"])
+        for b in range(batches):
+            idx = order[b * size : (b + 1) * size] if order is not None else slice(None)
+            alpha = sparsify_alpha(step, total, ramp)
+            if ramp is not None:
+                ps.set_sparsify(net, alpha)
+            if b == 0:
+                trace.alphas.append(alpha)
+            step += 1
+            yield Batch(split.X[idx], split.y[idx])
+
+
 def fit(kind: str, split: Split, task: str, lam: float, recipe: Recipe, seed: int, trace: Trace | None = None) -> ps.Net:
     """Train a fresh ``kind`` net with ``recipe`` on ``split.X`` (see the module docstring)."""
     import strategies
@@ -260,48 +270,26 @@ def fit(kind: str, split: Split, task: str, lam: float, recipe: Recipe, seed: in
     k = int(split.y.max()) + 1 if task == "classification" else 1
     net = ps.build(kind, split.X.shape[1], k, recipe.hidden, recipe.hidden_layers)  # type: ignore[arg-type]
     mix = recipe.loss_mix
-    spec = ps.SPECS[kind]
     strategy = None
-    if spec.reg == "l1" and lam > 0:
+    if ps.SPECS[kind].reg == "l1" and lam > 0:
         strategy = strategies.get("l1-proximal", strength=mix * lam, lr=recipe.lr)
         strategy.attach(net, [on_parameter(f"layers.{i}.weight", L1Ball(1.0)) for i in range(len(net.layers))])
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    schedule = one_cycle(opt, recipe.lr, recipe.epochs)
-    n = len(split.X)
-    size = min(recipe.batch_size, n)
-    batches = math.ceil(n / size)
-    total = recipe.epochs * batches
-    ramp = recipe.sparsify if spec.norm == 1 else None
-    gen = torch.Generator().manual_seed(seed)
     trace = trace if trace is not None else Trace()
-    step = 0
-    for _ in range(recipe.epochs):
-        order = torch.randperm(n, generator=gen) if batches > 1 else None
-        lr = opt.param_groups[0]["lr"]
-        trace.lrs.append(lr)
-        for b in range(batches):
-            idx = order[b * size : (b + 1) * size] if order is not None else slice(None)
-            alpha = sparsify_alpha(step, total, ramp)
-            if ramp is not None:
-                ps.set_sparsify(net, alpha)
-            if b == 0:
-                trace.alphas.append(alpha)
-            out = net(split.X[idx])
-            loss, data_term, penalty = training_loss(net, kind, out, split.y[idx], task, lam, mix)
-            if strategy is not None:
-                loss = strategy.loss(loss, out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if strategy is not None:
-                strategy.lr = lr  # the proximal threshold follows the schedule
-                strategy.after_step()
-            step += 1
-        schedule.step()
+
+    def loss_fn(out: Tensor, batch: Batch) -> Tensor:
+        assert batch.targets is not None  # the epoch batches carry their targets
+        loss, data_term, penalty = training_loss(net, kind, out, batch.targets, task, lam, mix)
+        trace.last_loss, trace.last_penalty = float(data_term.detach()), float(penalty.detach())
+        return loss
+
+    ramp = recipe.sparsify if ps.SPECS[kind].norm == 1 else None
+    batches = _epoch_batches(net, split, recipe, seed, one_cycle(opt, recipe.lr, recipe.epochs), trace, ramp)
+    steps = recipe.epochs * math.ceil(len(split.X) / min(recipe.batch_size, len(split.X)))
+    follow = None if strategy is None else functools.partial(shrink_follows_lr, strategy)  # the proximal threshold
+    trace.steps += train(net, opt, loss_fn, batches, steps, strategy=strategy, follow_lr=follow).steps
     if ramp is not None:
-        ps.set_sparsify(net, sparsify_alpha(total, total, ramp))
-    trace.steps += step
-    trace.last_loss, trace.last_penalty = float(data_term.detach()), float(penalty.detach())
+        ps.set_sparsify(net, sparsify_alpha(steps, steps, ramp))
     return net
 
 
@@ -725,21 +713,8 @@ def matched_table(pairs: list[dict[str, Any]], a: str = "psilon", b: str = "l1-m
     return "\n".join(lines) + "\n"
 
 
-def figures(
-    summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path, prefix: str = "psilon"
-) -> list[Path]:
-    """PREFIX_metric.png, PREFIX_lipschitz.png, PREFIX_pruning.png, PREFIX_matched.png into ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths: list[Path] = []
-    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))  # the colour cycle is longer
-    summary = [e for e in summary if not e["deep"]]
-    rows = [r for r in rows if not r.get("deep")]
-    datasets = [d for d in cfg.datasets if any(e["dataset"] == d for e in summary)]
-
+def _metric_figure(plt: Any, summary: list[dict[str, Any]], datasets: list[str], colors: dict[str, str]) -> Any:
+    """Test metric per model and data set (bars), after pruning (ticks)."""
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
         entries = [e for e in summary if e["dataset"] == d]
@@ -760,11 +735,11 @@ def figures(
             ax.set_ylim(max(0.0, lo - 0.1), 1.0)
         ax.tick_params(axis="x", rotation=60, labelsize=7)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / f"{prefix}_metric.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _lipschitz_figure(plt: Any, rows: list[dict[str, Any]], cfg: Config, colors: dict[str, str]) -> Any:
+    """The 1-path-norm bound against the largest sampled Jacobian norm, per net."""
     fig, ax = plt.subplots(figsize=(5, 4.2))
     nets = [r for r in rows if r["model"] != "rf"]
     for model in [m for m in cfg.models if m != "rf"]:
@@ -782,11 +757,11 @@ def figures(
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / f"{prefix}_lipschitz.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _pruning_figure(plt: Any, summary: list[dict[str, Any]], cfg: Config, colors: dict[str, str]) -> Any:
+    """FLOPs saved by pruning against the change of the metric."""
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for model in [m for m in cfg.models if m != "rf"]:
         es = [e for e in summary if e["model"] == model]
@@ -807,11 +782,11 @@ def figures(
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / f"{prefix}_pruning.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _matched_figure(plt: Any, rows: list[dict[str, Any]], datasets: list[str], colors: dict[str, str]) -> Any | None:
+    """Test metric against exact zeros of the grid models (None without grids)."""
     curves = [r for r in rows if r.get("grid") and r["model"] in ("psilon", "l1-mlp", "psilon-res")]
     if curves:
         fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
@@ -831,10 +806,36 @@ def figures(
             ax.set_xlabel("exact zeros (%)", fontsize=8)
         axes[0][0].set_ylabel("test metric of the grid models", fontsize=8)
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / f"{prefix}_matched.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        return fig
+    return None
+
+
+def figures(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], cfg: Config, out: Path, prefix: str = "psilon"
+) -> list[Path]:
+    """PREFIX_metric.png, PREFIX_lipschitz.png, PREFIX_pruning.png, PREFIX_matched.png into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))  # the colour cycle is longer
+    summary = [e for e in summary if not e["deep"]]
+    rows = [r for r in rows if not r.get("deep")]
+    datasets = [d for d in cfg.datasets if any(e["dataset"] == d for e in summary)]
+    made = {
+        "metric": _metric_figure(plt, summary, datasets, colors),
+        "lipschitz": _lipschitz_figure(plt, rows, cfg, colors),
+        "pruning": _pruning_figure(plt, summary, cfg, colors),
+        "matched": _matched_figure(plt, rows, datasets, colors),
+    }
+    paths: list[Path] = []
+    for name, fig in made.items():
+        if fig is not None:
+            fig.tight_layout()
+            paths.append(out / f"{prefix}_{name}.png")
+            fig.savefig(paths[-1], dpi=100)
+            plt.close(fig)
     return paths
 
 
@@ -865,10 +866,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    if args.quick:
-        cfg = quick_config()
-    else:
-        cfg = paper_config() if args.protocol == "paper" else Config()
+    full = paper_config() if args.protocol == "paper" else Config()
+    cfg = config_from_args(args, full, quick_config(), ("datasets", "models", "folds", "run_folds", "seed"))
     recipe = cfg.recipe
     if args.epochs is not None or args.hidden is not None or args.no_sparsify:
         recipe = replace(
@@ -882,20 +881,7 @@ def config_from(args: argparse.Namespace) -> Config:
         if any(not (math.isfinite(v) and v > 0) for v in args.lambdas):
             raise ValueError(f"--lambdas must be positive and finite, got {args.lambdas}.")
         grids = {**grids, **{m: tuple(args.lambdas) for m in REGULARIZED}}
-    updates = {
-        key: value
-        for key, value in (
-            ("datasets", tuple(args.datasets) if args.datasets else None),
-            ("models", tuple(args.models) if args.models else None),
-            ("folds", args.folds),
-            ("run_folds", tuple(args.run_folds) if args.run_folds else None),
-            ("jobs", args.workers),
-            ("seed", args.seed),
-            ("deep_models", () if args.no_deep else None),
-        )
-        if value is not None
-    }
-    return replace(cfg, recipe=recipe, grids=grids, **updates)
+    return replace(cfg, recipe=recipe, grids=grids, deep_models=() if args.no_deep else cfg.deep_models)
 
 
 def output_prefix(cfg: Config) -> str:

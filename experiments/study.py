@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import glob
 import hashlib
 import json
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 import strategies
+from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
 
 #: Bump when the record layout or the training loop changes: old run files are then ignored.
@@ -70,8 +72,9 @@ class Entry:
     (None: every kind, filtered by the strategy's ``unsupported_reason``); ``default=False`` entries
     run only when named in ``--strategies``.
 
-    An option value ``"@lr"`` becomes the problem's learning rate and follows its schedule (for the
-    L1-regularization shrink steps); ``"@n_train"`` becomes the number of training samples."""
+    An option value may be a :class:`RunValue` (:data:`LEARNING_RATE`, :data:`TRAINING_SAMPLES`),
+    resolved from the problem when the strategy is built; ``follow_lr(strategy, lr)`` is called
+    before every step with the scheduled learning rate (the L1 shrink steps: :func:`shrink_follows_lr`)."""
 
     label: str
     strategy: str | None
@@ -81,6 +84,8 @@ class Entry:
     #: False: left out of the default run (to keep it within its time budget) but selectable by
     #: naming it in ``strategy_filter`` (``--strategies``).
     default: bool = True
+    #: Called before every step with the strategy and the scheduled learning rate (None: nothing follows it).
+    follow_lr: Callable[[strategies.Strategy, float], None] | None = None
 
     @property
     def family(self) -> str:
@@ -91,13 +96,37 @@ class Entry:
         except KeyError:
             return "unregistered"
 
+    def stored_options(self) -> dict[str, Any]:
+        """The options as stored in run records and hashed into run keys (a :class:`RunValue` by its name)."""
+        return {k: str(v) if isinstance(v, RunValue) else v for k, v in self.options.items()}
+
     def options_text(self) -> str:
         """``k=v, ...`` for the table (``num_samples=@n_train`` is implied by per-sample multipliers)."""
-        text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.options.items() if v != "@n_train")
+        shown = {k: v for k, v in self.options.items() if v is not TRAINING_SAMPLES}
+        text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         return ", ".join(p for p in (text, self.note) if p) or "-"
 
 
-_PER_SAMPLE = {"multipliers": "per-sample", "num_samples": "@n_train"}
+@dataclass(frozen=True)
+class RunValue:
+    """An option value taken from the problem a run trains on: ``resolve(problem)``; ``name`` is how
+    tables, run records and run keys show it."""
+
+    name: str
+    resolve: Callable[[Problem], float | int]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: The problem's (initial) learning rate.
+LEARNING_RATE = RunValue("@lr", lambda problem: problem.lr)
+#: The number of training samples (per-sample multipliers).
+TRAINING_SAMPLES = RunValue("@n_train", lambda problem: int(problem.X_train.shape[0]))
+
+
+_PER_SAMPLE = {"multipliers": "per-sample", "num_samples": TRAINING_SAMPLES}
+_L1: dict[str, Any] = {"strength": 0.3, "lr": LEARNING_RATE}
 
 #: Every strategy of the default suite with its options, chosen once for all problems:
 #:
@@ -164,11 +193,11 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("reparam-radial", "reparam-radial", {}),
     Entry("reparam-sigmoid-simplex", "reparam-sigmoid-simplex", {}),
     # ---- L1 regularization (weight L1 ball only; the radius is not a hard bound for them)
-    Entry("l1-subgradient", "l1-subgradient", {"strength": 0.3, "lr": "@lr"}),
-    Entry("l1-proximal", "l1-proximal", {"strength": 0.3, "lr": "@lr"}),
-    Entry("l1-sign-step", "l1-sign-step", {"strength": 0.3, "lr": "@lr"}, default=False),
-    Entry("l1-truncated", "l1-truncated", {"strength": 0.3, "lr": "@lr", "period": 10}, default=False),
-    Entry("l1-cumulative", "l1-cumulative", {"strength": 0.3, "lr": "@lr"}, default=False),
+    Entry("l1-subgradient", "l1-subgradient", _L1, follow_lr=shrink_follows_lr),
+    Entry("l1-proximal", "l1-proximal", _L1, follow_lr=shrink_follows_lr),
+    Entry("l1-sign-step", "l1-sign-step", _L1, default=False, follow_lr=shrink_follows_lr),
+    Entry("l1-truncated", "l1-truncated", {**_L1, "period": 10}, default=False, follow_lr=shrink_follows_lr),
+    Entry("l1-cumulative", "l1-cumulative", _L1, default=False, follow_lr=shrink_follows_lr),
 )
 
 #: Registered names the suite leaves out on purpose, and why (any other registered name that no
@@ -217,9 +246,8 @@ def skip_reason(entry: Entry, problem: Problem) -> str | None:
 
 
 def resolve_options(entry: Entry, problem: Problem) -> dict[str, Any]:
-    """The entry's options with ``"@lr"`` and ``"@n_train"`` replaced by the problem's values."""
-    values = {"@lr": problem.lr, "@n_train": int(problem.X_train.shape[0])}
-    return {k: values.get(v, v) if isinstance(v, str) else v for k, v in entry.options.items()}
+    """The entry's options with every :class:`RunValue` resolved for ``problem``."""
+    return {k: v.resolve(problem) if isinstance(v, RunValue) else v for k, v in entry.options.items()}
 
 
 # ====================================================================== the plan
@@ -242,7 +270,7 @@ class RunSpec:
             "lr": p.lr,
             "lr_final": p.lr_final,
             "strategy": self.entry.strategy,
-            "options": dict(self.entry.options),
+            "options": self.entry.stored_options(),
             "seed": self.seed,
             "steps": self.steps,
         }
@@ -304,10 +332,10 @@ def plan_study(
     if unknown:
         raise KeyError(f"unknown problem(s) {', '.join(unknown)}; problems: {', '.join(PROBLEMS)}.")
     if strategy_filter:
-        known = {w for entries in suite.values() for e in entries for w in (e.label, e.strategy, e.family)}
+        known = {w for entries in suite.values() for e in entries for w in (e.label, e.strategy, e.family) if w is not None}
         missing = [w for w in strategy_filter if w not in known]
         if missing:
-            close = [m for w in missing for m in difflib.get_close_matches(w, sorted(known - {None}), n=1, cutoff=0.6)]
+            close = [m for w in missing for m in difflib.get_close_matches(w, sorted(known), n=1, cutoff=0.6)]
             raise KeyError(
                 f"no strategy entry matches {', '.join(missing)}; labels: "
                 f"{', '.join(sorted({e.label for es in suite.values() for e in es}))}."
@@ -359,6 +387,59 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def _new_record(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None) -> dict[str, Any]:
+    """The fields of a run record known before training."""
+    return {
+        "status": "done",
+        "error": None,
+        "failed_at": None,
+        "problem": problem.name,
+        "kind": problem.kind,
+        "label": entry.label,
+        "strategy": entry.strategy,
+        "family": entry.family,
+        "options": entry.stored_options(),
+        "seed": seed,
+        "steps": steps,
+        "lr": problem.lr,
+        "lr_final": problem.lr_final,
+        "f_star": f_star,
+        "log": {k: [] for k in LOG_FIELDS},
+    }
+
+
+def _train(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None, log: dict[str, list]) -> TrainResult:
+    """Build the seeded model and the entry's strategy, then train full batch (see :func:`train_run`)."""
+    torch.manual_seed(seed)
+    model = problem.make_model(seed)
+    strategy = None
+    if entry.strategy is not None:
+        strategy = strategies.get(entry.strategy, **resolve_options(entry, problem))
+        model = strategy.attach(model, list(problem.targets))
+
+    def evaluate(t: int, progress: TrainResult) -> None:
+        values = problem.evaluate(model, f_star)
+        for k, v in (("step", t), *values.items(), ("time", progress.wall), ("cpu", progress.cpu)):
+            log[k].append(v)
+
+    follow = entry.follow_lr
+    return train(
+        model,
+        lambda: make_optimizer(model, problem.lr),
+        lambda outputs, batch: problem.objective(outputs),
+        full_batches(problem.X_train),
+        steps,
+        strategy=strategy,
+        lr=lambda t: problem.lr_at(t, steps),
+        follow_lr=None if follow is None or strategy is None else functools.partial(follow, strategy),
+        log_at=set(log_steps(steps)),
+        on_log=evaluate,
+        check_finite=strategy is None,
+        warmup=min(WARMUP_STEPS, steps // 2),
+        record_errors=True,
+    )
+
+
 def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None = None) -> dict[str, Any]:
     r"""Train ``problem`` with ``entry``'s strategy for ``steps`` full-batch Adam steps from the seeded start.
 
@@ -370,84 +451,21 @@ def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: flo
     loss, ...) ends the run as failed; ``KeyboardInterrupt`` propagates.
     """
     started = time.time()
-    log: dict[str, list] = {k: [] for k in LOG_FIELDS}
-    record: dict[str, Any] = {
-        "status": "done",
-        "error": None,
-        "failed_at": None,
-        "problem": problem.name,
-        "kind": problem.kind,
-        "label": entry.label,
-        "strategy": entry.strategy,
-        "family": entry.family,
-        "options": dict(entry.options),
-        "seed": seed,
-        "steps": steps,
-        "lr": problem.lr,
-        "lr_final": problem.lr_final,
-        "f_star": f_star,
-        "log": log,
-    }
-    elapsed, cpu, cpu_warm, step = 0.0, 0.0, 0.0, 0
+    record = _new_record(problem, entry, seed, steps, f_star)
+    log = record["log"]
     warmup = min(WARMUP_STEPS, steps // 2)
     try:
-        options = resolve_options(entry, problem)
-        follow_lr = [k for k, v in entry.options.items() if v == "@lr"]
-        torch.manual_seed(seed)
-        model = problem.make_model(seed)
-        strategy = None
-        if entry.strategy is not None:
-            strategy = strategies.get(entry.strategy, **options)
-            model = strategy.attach(model, list(problem.targets))
-        X, ids = problem.X_train, torch.arange(problem.X_train.shape[0])
-        at = set(log_steps(steps))
-
-        def evaluate(t: int) -> None:
-            values = problem.evaluate(model, f_star)
-            for k, v in (("step", t), *values.items(), ("time", elapsed), ("cpu", cpu)):
-                log[k].append(v)
-
-        evaluate(0)
-        optimizer: torch.optim.Optimizer | None = None
-        for step in range(steps):
-            tic, tic_cpu = time.perf_counter(), time.process_time()
-            lr = problem.lr_at(step, steps)
-            outputs = model(X)
-            objective = problem.objective(outputs)
-            if strategy is None:
-                loss = objective
-                if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"the objective is not finite at step {step}.")
-            else:
-                for name in follow_lr:
-                    setattr(strategy, name, lr)
-                loss = strategy.loss(objective, outputs, sample_ids=ids)
-            if optimizer is None:  # after the first loss: lazily created parameters (slacks) exist now
-                optimizer = make_optimizer(model, lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if strategy is not None:
-                strategy.after_step()
-            elapsed += time.perf_counter() - tic
-            cpu += time.process_time() - tic_cpu
-            if step + 1 == warmup:
-                cpu_warm = cpu
-            if step + 1 in at:
-                evaluate(step + 1)
-    except Exception as error:  # a failing strategy is a result, recorded as such
-        record.update(
-            status="failed",
-            failed_at=step,
-            error=f"{type(error).__name__}: {error}".strip(),
-            traceback=traceback.format_exc(limit=6),
-        )
+        result = _train(problem, entry, seed, steps, f_star, log)
+    except Exception as setup_error:  # a failing setup (options, attach) is a result too
+        result = TrainResult(stopped="error", error=setup_error, traceback=traceback.format_exc(limit=6))
+    if result.error is not None:
+        failure = f"{type(result.error).__name__}: {result.error}".strip()
+        record.update(status="failed", failed_at=result.steps, error=failure, traceback=result.traceback)
     done = log["step"][-1] if log["step"] else 0
-    record["time_per_step"] = (cpu - cpu_warm) / (done - warmup) if done > warmup else None
-    record["wall_per_step"] = elapsed / done if done else None
-    record["train_time"], record["train_cpu"] = elapsed, cpu
+    cpu = result.cpu
+    record["time_per_step"] = (cpu - result.warm_cpu) / (done - warmup) if done > warmup else None
+    record["wall_per_step"] = result.wall / done if done else None
+    record["train_time"], record["train_cpu"] = result.wall, cpu
     record["wall_time"] = time.time() - started
     record["torch"] = torch.__version__
     return record
@@ -670,6 +688,7 @@ def summarize(plan: Plan, records: Mapping[str, dict[str, Any]]) -> list[Row]:
             done = [r for r in runs if r["status"] == "done"]
             failed = [f"seed {r['seed']} at step {r['failed_at']}: {r['error']}" for r in runs if r["status"] != "done"]
             to_feasible = [steps_to_feasible(r) for r in done]
+            reached = [s for s in to_feasible if s is not None]
             time_per_step = _median(r.get("time_per_step") for r in done)
             if entry.strategy is None:
                 base_time = time_per_step
@@ -686,7 +705,7 @@ def summarize(plan: Plan, records: Mapping[str, dict[str, Any]]) -> list[Row]:
                     train_max=_median(viol),
                     train_mean=_median(_final(r, "train_mean") for r in done),
                     test_max=_median(_final(r, "test_max") for r in done),
-                    steps_to_feasible=None if (not done or None in to_feasible) else statistics.median(to_feasible),  # type: ignore[arg-type]
+                    steps_to_feasible=statistics.median(reached) if done and len(reached) == len(to_feasible) else None,
                     time_per_step=time_per_step,
                     relative_time=None,
                     worst_gap=max((abs(g) for g in gaps if g is not None), default=None) if None not in gaps else None,
@@ -723,6 +742,52 @@ def _steps(value: float | None, has_runs: bool) -> str:
     return "never" if value is None else f"{value:g}"
 
 
+def _problem_section(plan: Plan, rows: Sequence[Row], problem_name: str) -> list[str]:
+    """The markdown of one problem: its header, one row per strategy, the best entry of each family
+    and the cells not applicable."""
+    lines: list[str] = []
+    problem = get_problem(problem_name)
+    f_star = problem.f_star
+    header = f"## {problem_name}: {problem.description}"
+    lines += [header, ""]
+    info = [f"{plan.steps[problem_name]} steps", f"Adam lr {problem.lr:g} -> {problem.lr * problem.lr_final:g}"]
+    if f_star is not None:
+        ref = problem.reference()
+        assert ref is not None  # a problem with F* has its cvxpy reference
+        info.insert(0, f"F* = {f_star:.10g} (cvxpy {ref.solver}, {ref.status})")
+    lines += ["; ".join(info) + ".", ""]
+    lines += [
+        "| strategy | family | options | objective | gap | train viol max | train viol mean | held-out viol max "
+        f"| steps to viol <= {FEASIBLE:g} | time/step (x unconstrained) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in (r for r in rows if r.problem == problem_name):
+        e = row.entry
+        name = e.label if e.strategy in (None, e.label) else f"{e.label} (`{e.strategy}`)"
+        if row.reaches_target and problem.convex:
+            name = f"**{name}**"
+        if row.failed and len(row.failed) == row.runs:
+            lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | |")
+            continue
+        flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
+        lines.append(
+            f"| {name}{flag} | {e.family} | {e.options_text()} | {_num(row.objective, 6)} | "
+            f"{_gap(row.gap) if f_star is not None else '-'} | {_violation(row.train_max)} | "
+            f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
+            f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
+        )
+    lines += _family_best(problem, [r for r in rows if r.problem == problem_name])
+    skipped = [s for s in plan.skipped if s.problem == problem_name]
+    if skipped:
+        by_family: dict[str, list[Skipped]] = {}
+        for s in skipped:
+            by_family.setdefault(s.entry.family, []).append(s)
+        parts = [f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})" for group in by_family.values()]
+        lines += ["", "Not applicable here (`unsupported_reason`): " + "; ".join(parts) + "."]
+    lines.append("")
+    return lines
+
+
 def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", command: str = "") -> str:
     """The results as markdown: per problem, one row per strategy (medians over seeds), the
     skipped cells with their reasons, and which strategies meet the convex-problem target."""
@@ -744,46 +809,7 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
     if plan.left_out:
         lines += [f"Not in this run, to keep it short (name them in `--strategies` to run them): {', '.join(plan.left_out)}.", ""]
     for problem_name in plan.problems:
-        problem = get_problem(problem_name)
-        f_star = problem.f_star
-        header = f"## {problem_name}: {problem.description}"
-        lines += [header, ""]
-        info = [f"{plan.steps[problem_name]} steps", f"Adam lr {problem.lr:g} -> {problem.lr * problem.lr_final:g}"]
-        if f_star is not None:
-            ref = problem.reference()
-            info.insert(0, f"F* = {f_star:.10g} (cvxpy {ref.solver}, {ref.status})")  # type: ignore[union-attr]
-        lines += ["; ".join(info) + ".", ""]
-        lines += [
-            "| strategy | family | options | objective | gap | train viol max | train viol mean | held-out viol max "
-            f"| steps to viol <= {FEASIBLE:g} | time/step (x unconstrained) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in (r for r in rows if r.problem == problem_name):
-            e = row.entry
-            name = e.label if e.strategy in (None, e.label) else f"{e.label} (`{e.strategy}`)"
-            if row.reaches_target and problem.convex:
-                name = f"**{name}**"
-            if row.failed and len(row.failed) == row.runs:
-                lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | |")
-                continue
-            flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
-            lines.append(
-                f"| {name}{flag} | {e.family} | {e.options_text()} | {_num(row.objective, 6)} | "
-                f"{_gap(row.gap) if f_star is not None else '-'} | {_violation(row.train_max)} | "
-                f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
-                f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
-            )
-        lines += _family_best(problem, [r for r in rows if r.problem == problem_name])
-        skipped = [s for s in plan.skipped if s.problem == problem_name]
-        if skipped:
-            by_family: dict[str, list[Skipped]] = {}
-            for s in skipped:
-                by_family.setdefault(s.entry.family, []).append(s)
-            parts = [
-                f"{', '.join(s.entry.label for s in group)} ({_short(group[0].reason, 110)})" for group in by_family.values()
-            ]
-            lines += ["", "Not applicable here (`unsupported_reason`): " + "; ".join(parts) + "."]
-        lines.append("")
+        lines += _problem_section(plan, rows, problem_name)
     convex = [p for p in plan.problems if get_problem(p).convex]
     if convex:
         lines += [f"## Gap <= {GAP_OK:g} and violation <= {VIOLATION_OK:g} (every seed; **bold** above)", ""]

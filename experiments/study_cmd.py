@@ -18,8 +18,10 @@ import importlib
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from experiments._args import csv_list, positive_int
 from experiments._paths import figures_dir, prepare_output_dir
@@ -117,6 +119,12 @@ def add_common_options(parser: argparse.ArgumentParser, suppress_defaults: bool 
     group.add_argument(
         "--quick", action="store_true", default=default(False), help="a smoke run: short runs and one seed (under a minute)"
     )
+    _add_output_options(group, default)
+
+
+def _add_output_options(group: Any, default: Callable[[Any], Any]) -> None:
+    """``--out``, ``--figures``, ``--no-figures``, ``--resume``/``--fresh``, ``--retry-failed``,
+    ``--workers``, ``--no-progress`` (``default(value)``: the default to register)."""
     group.add_argument(
         "--out",
         type=Path,

@@ -18,7 +18,17 @@ from strategies._registry import available, get, options_of, register, strategy_
 from strategies._penalty import ExactPenalty, ExtendedLogBarrier, LogBarrier, QuadraticPenalty, ReciprocalBarrier  # noqa: E402  isort: skip
 from strategies._projected import Projected  # noqa: E402  isort: skip
 from strategies._lagrangian import AugmentedLagrangian, Lagrangian, SlackLagrangian  # noqa: E402  isort: skip
-from strategies._l1reg import L1Cumulative, L1Proximal, L1SignStep, L1Subgradient, L1Truncated  # noqa: E402  isort: skip
+
+# L1Regularization: the base class; its ``strength`` and ``lr`` (the shrink steps' step size, which should
+# follow the optimizer's learning rate) are public attributes a training loop may update.
+from strategies._l1reg import (  # noqa: E402  isort: skip
+    L1Cumulative,
+    L1Proximal,
+    L1Regularization,
+    L1SignStep,
+    L1Subgradient,
+    L1Truncated,
+)
 from strategies._reparam import (  # noqa: E402  isort: skip
     ExpReparameterization,
     L1WeightNormReparameterization,
@@ -60,6 +70,7 @@ __all__ = [
     "L1Proximal",
     "L1SignStep",
     "L1Subgradient",
+    "L1Regularization",
     "L1Truncated",
     "L1WeightNorm",
     "L1WeightNormReparameterization",

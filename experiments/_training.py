@@ -1,0 +1,208 @@
+r"""The one training loop of the experiments: mini-batches, a strategy, logging, early stops, timing.
+
+One step is ``outputs = model(batch.inputs)``, ``loss = loss_fn(outputs, batch)``, then
+``strategy.loss(loss, outputs, sample_ids=batch.sample_ids)`` (with a strategy), ``zero_grad``,
+``backward``, ``optimizer.step()`` and ``strategy.after_step()``. :func:`train_step` is that step
+alone (benchmarks time it); :func:`train` runs ``steps`` of them over an iterable of
+:class:`Batch` and adds what the studies need: a learning-rate schedule :math:`\eta_t` that
+options may follow, logging at chosen steps (excluded from the timing), an early stop with its
+reason, a check that the loss is finite, and wall and CPU time of the training work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import traceback
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+import strategies
+
+
+class Batch(NamedTuple):
+    """One mini-batch: the model's ``inputs``, optional ``targets`` for the loss, and the
+    ``sample_ids`` of its rows in the training set (per-sample multipliers)."""
+
+    inputs: Tensor
+    targets: Tensor | None = None
+    sample_ids: Tensor | None = None
+
+
+#: ``loss_fn(outputs, batch)``: the scalar training objective of one batch (before the strategy's terms).
+LossFn = Callable[[Tensor, Batch], Tensor]
+#: An optimizer, or a factory called once after the first loss (when parameters a strategy creates
+#: lazily, such as slack variables, exist).
+OptimizerOrFactory = torch.optim.Optimizer | Callable[[], torch.optim.Optimizer]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: ``steps`` optimizer steps taken; ``stopped``: why it ended before
+    ``steps`` (None: it ran them all; ``"error"``: an exception, kept in ``error`` with its
+    ``traceback``); ``wall`` and ``cpu``: seconds of training work (logging excluded), ``warm_cpu``:
+    ``cpu`` after the warm-up steps; ``loss``: the last loss (detached)."""
+
+    steps: int = 0
+    stopped: str | None = None
+    wall: float = 0.0
+    cpu: float = 0.0
+    warm_cpu: float = 0.0
+    loss: Tensor | None = None
+    error: Exception | None = None
+    traceback: str = ""
+    optimizer: torch.optim.Optimizer | None = None
+
+
+def _loss(model: nn.Module, loss_fn: LossFn, batch: Batch, strategy: strategies.Strategy | None) -> Tensor:
+    outputs = model(batch.inputs)
+    loss = loss_fn(outputs, batch)
+    return loss if strategy is None else strategy.loss(loss, outputs, sample_ids=batch.sample_ids)
+
+
+def _update(loss: Tensor, optimizer: torch.optim.Optimizer, strategy: strategies.Strategy | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if strategy is not None:
+        strategy.after_step()
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    batch: Batch,
+    strategy: strategies.Strategy | None = None,
+) -> Tensor:
+    """One training step on ``batch`` (see the module doc); returns the loss (not synchronized)."""
+    loss = _loss(model, loss_fn, batch, strategy)
+    _update(loss, optimizer, strategy)
+    return loss
+
+
+@dataclass
+class _Loop:
+    """The fixed parts of one :func:`train` call."""
+
+    model: nn.Module
+    make: OptimizerOrFactory
+    loss_fn: LossFn
+    strategy: strategies.Strategy | None
+    lr: Callable[[int], float] | None
+    follow_lr: Callable[[float], None] | None
+    check_finite: bool
+
+    def step(self, t: int, batch: Batch, state: TrainResult) -> None:
+        """Step ``t`` (0-based): learning rate, loss, finiteness check, update; timed into ``state``."""
+        tic, tic_cpu = time.perf_counter(), time.process_time()
+        rate = self.lr(t) if self.lr is not None else None
+        if rate is None and state.optimizer is not None:
+            rate = state.optimizer.param_groups[0]["lr"]
+        if self.follow_lr is not None and rate is not None:
+            self.follow_lr(rate)
+        loss = _loss(self.model, self.loss_fn, batch, self.strategy)
+        if self.check_finite and not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"the loss is not finite at step {t}.")
+        if state.optimizer is None:  # built after the first loss: lazily created parameters exist now
+            state.optimizer = self.make if isinstance(self.make, torch.optim.Optimizer) else self.make()
+        if self.lr is not None:
+            for group in state.optimizer.param_groups:
+                group["lr"] = rate
+        _update(loss, state.optimizer, self.strategy)
+        state.loss = loss.detach()
+        state.wall += time.perf_counter() - tic
+        state.cpu += time.process_time() - tic_cpu
+
+
+def train(
+    model: nn.Module,
+    optimizer: OptimizerOrFactory,
+    loss_fn: LossFn,
+    batches: Iterable[Batch],
+    steps: int,
+    *,
+    strategy: strategies.Strategy | None = None,
+    lr: Callable[[int], float] | None = None,
+    follow_lr: Callable[[float], None] | None = None,
+    log_at: Collection[int] = (),
+    on_log: Callable[[int, TrainResult], None] | None = None,
+    stop_when: Callable[[int, TrainResult], str | None] | None = None,
+    check_finite: bool = False,
+    warmup: int = 0,
+    record_errors: bool = False,
+) -> TrainResult:
+    r"""Train ``model`` for ``steps`` steps on the first ``steps`` batches of ``batches``.
+
+    ``lr(t)``: the learning rate :math:`\eta_t` of step ``t`` (0-based), set on every parameter
+    group before the step (None: the optimizer's own, e.g. a torch scheduler's). ``follow_lr``:
+    called with :math:`\eta_t` before each step (options that follow the learning rate).
+    ``on_log(t, result)``: called after ``t`` steps for each ``t`` in ``log_at`` (``0``: before the
+    first), outside the timing. ``stop_when(t, result)``: after step ``t``, a reason to stop early
+    (kept in ``result.stopped``) or None. ``check_finite``: a NaN or infinite loss raises
+    FloatingPointError (a strategy checks its own). ``warmup``: ``result.warm_cpu`` is the CPU time
+    after that many steps. ``record_errors``: an exception ends training as ``stopped="error"``
+    with the error kept, instead of propagating (KeyboardInterrupt always propagates).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    loop = _Loop(model, optimizer, loss_fn, strategy, lr, follow_lr, check_finite)
+    state = TrainResult(optimizer=optimizer if isinstance(optimizer, torch.optim.Optimizer) else None)
+    try:
+        if 0 in log_at and on_log is not None:
+            on_log(0, state)
+        for t, batch in zip(range(steps), batches, strict=False):
+            loop.step(t, batch, state)
+            state.steps = t + 1
+            if state.steps == warmup:
+                state.warm_cpu = state.cpu
+            if state.steps in log_at and on_log is not None:
+                on_log(state.steps, state)
+            reason = stop_when(state.steps, state) if stop_when is not None else None
+            if reason is not None:
+                state.stopped = reason
+                break
+    except Exception as error:
+        if not record_errors:
+            raise
+        state.stopped, state.error = "error", error
+        state.traceback = "".join(traceback.format_exception(error, limit=6))
+    return state
+
+
+def shrink_follows_lr(strategy: strategies.Strategy, lr: float) -> None:
+    """A ``follow_lr`` hook (with the strategy bound): the L1 strategies' shrink steps use the
+    optimizer's current learning rate ``lr``."""
+    if not isinstance(strategy, strategies.L1Regularization):
+        raise TypeError(f"shrink_follows_lr applies to the L1-regularization strategies, not {strategy.name!r}.")
+    strategy.lr = lr
+
+
+def full_batches(inputs: Tensor, targets: Tensor | None = None) -> Iterator[Batch]:
+    """The whole training set as every batch, with its sample ids ``0 .. n-1``."""
+    return itertools.repeat(Batch(inputs, targets, torch.arange(inputs.shape[0], device=inputs.device)))
+
+
+def reshuffled_batches(
+    inputs: Tensor, targets: Tensor | None, size: int, generator: torch.Generator, *, sample_ids: bool = True
+) -> Iterator[Batch]:
+    """Endless mini-batches of ``size`` rows in a random order, reshuffled (``generator``) when fewer
+    than ``size`` rows are left (the short rest is dropped); with their sample ids if ``sample_ids``."""
+    n = inputs.shape[0]
+    if not 1 <= size <= n:
+        raise ValueError(f"size must be between 1 and the number of samples {n}, got {size}.")
+    order, cursor = torch.randperm(n, generator=generator), 0
+    while True:
+        if cursor + size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        idx = order[cursor : cursor + size]
+        cursor += size
+        yield Batch(inputs[idx], None if targets is None else targets[idx], idx if sample_ids else None)
+
+
+__all__ = ["Batch", "LossFn", "TrainResult", "full_batches", "reshuffled_batches", "shrink_follows_lr", "train", "train_step"]
