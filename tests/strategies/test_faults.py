@@ -167,7 +167,7 @@ def test_on_nonfinite_is_an_option_of_every_strategy() -> None:
     for name in strategies.available():
         assert "on_nonfinite" in strategies.options_of(strategies.strategy_class(name))
         assert strategies.get(name, on_nonfinite="skip").on_nonfinite == "skip"
-    with pytest.raises(TypeError, match="on_nonfinite.*'raise', 'skip'"):
+    with pytest.raises(ValueError, match="on_nonfinite.*'raise', 'skip'"):
         strategies.get("projected", on_nonfinite="ignore")
 
 
