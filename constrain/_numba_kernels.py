@@ -262,39 +262,66 @@ def _write(xs, out, top, tau, ball, inside):
     row's dtype. For values in the support ``x - top`` is exact (Sterbenz), and each later
     rounding is relative to the output entry: a large common offset costs nothing, and the
     rounding of the threshold (of the size of ``r``) does not shift the whole support.
-    ``inside``: a ball row inside the ball, copied unchanged. Returns False if the simplex row
-    holds a NaN or an Inf (the ball's are found by the filter).
+    ``inside``: a ball row inside the ball, copied unchanged. Returns ``(finite, norm)``:
+    ``finite`` is False if the simplex row holds a NaN or an Inf (the ball's are found by the
+    filter); ``norm`` is :math:`\|out\|_1`, accumulated in float64.
     """
     m = xs.dtype.type(top)
     t = xs.dtype.type(tau)
     e = xs.dtype.type(tau - np.float64(t))
     zero = m - m
+    norm = 0.0
     if ball:
         if inside:
             for i in range(xs.shape[0]):
-                out[i] = xs[i]
-            return True
+                v = xs[i]
+                out[i] = v
+                norm += abs(v)
+            return True, norm
         for i in range(xs.shape[0]):
             v = xs[i]
-            out[i] = np.copysign(max(((abs(v) - m) - t) - e, zero), v)
-        return True
+            w = max(((abs(v) - m) - t) - e, zero)
+            out[i] = np.copysign(w, v)
+            norm += w
+        return True, norm
     total = 0.0
     for i in range(xs.shape[0]):
         v = xs[i]
-        out[i] = max(((v - m) - t) - e, zero)
+        w = max(((v - m) - t) - e, zero)
+        out[i] = w
+        norm += w
         total += v
-    return np.isfinite(total)
+    return np.isfinite(total), norm
 
 
 @nb.njit(**_OPTIONS)
-def _finish(xr, outr, top, tau, ball, taus, row):
-    """Write the row's output; ``taus[row]`` gets the absolute threshold (0 for ball rows inside). Returns ``_write``'s flag."""
+def _rescale(out, norm, r, ball):
+    r"""Scale ``out`` by ``r / norm`` if it is over ``r`` (ball) or off ``r`` (simplex); float32 rows only.
+
+    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
+    :math:`|S|\,\epsilon\,\tau` (relative to the input's scale, not to ``r``): the relative change
+    of a few ulps puts the row on the set to the precision of ``r``, as
+    :func:`constrain._simplex._round_inside` does for the torch paths.
+    """
+    if out.itemsize >= 8 or not norm > 0.0 or (norm <= r if ball else norm == r):
+        return
+    scale = out.dtype.type(r / norm)
+    for i in range(out.shape[0]):
+        out[i] = out[i] * scale
+
+
+@nb.njit(**_OPTIONS)
+def _finish(xr, outr, top, tau, ball, taus, row, r):
+    """Write the row's output (rescaled onto the set, see :func:`_rescale`); ``taus[row]`` gets the absolute
+    threshold (0 for ball rows inside). Returns ``_write``'s flag."""
     if ball:
         tau = max(tau, -top)  # tau >= 0
     absolute = top + tau
     inside = ball and not absolute > 0.0
     taus[row] = 0.0 if inside else absolute
-    return _write(xr, outr, top, tau, ball, inside)
+    finite, norm = _write(xr, outr, top, tau, ball, inside)
+    _rescale(outr, norm, r, ball)
+    return finite
 
 
 @nb.njit(**_OPTIONS)
@@ -321,7 +348,7 @@ def _project_rows(x, xi, radius, ball, out, taus):
             bad += 1
             continue
         tau = -top if inside else _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING, top)
-        bad += not _finish(xr, outr, top, tau, ball, taus, row)
+        bad += not _finish(xr, outr, top, tau, ball, taus, row, r)
     return bad
 
 
@@ -354,7 +381,7 @@ def _merge_segments(r, outr, starts, lengths, rho, top):
 
 @nb.njit(**_OPTIONS)
 def _finish_segment(xs, out, top, tau, ball):
-    """Write one segment of a long row (its threshold relative to the row's ``top``)."""
+    """Write one segment of a long row (threshold relative to the row's ``top``); returns ``(finite, norm)`` of :func:`_write`."""
     if ball:
         tau = max(tau, -top)
     return _write(xs, out, top, tau, ball, ball and not top + tau > 0.0)
@@ -433,16 +460,26 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
         if ball:
             tau = max(tau, -top)
         tops[row], taus[row] = top, tau  # taus holds the relative threshold until the writes are done
-    writes = [
-        pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball)
-        for row, a, b in segments
-        if not bad[row]
-    ]
-    for (row, _, _), job in zip([seg for seg in segments if not bad[seg[0]]], writes, strict=True):
-        if not job.result():
-            bad[row] = True
-    for row in range(rows):
+    _write_segments(x, radius, ball, out, taus, pool, segments, bad, tops)
+    return int(bad.sum())
+
+
+def _write_segments(x, radius, ball, out, taus, pool, segments, bad, tops):
+    """Write the long rows' segments in parallel, rescale rows onto the set (float32), and make ``taus`` absolute.
+
+    ``taus`` holds the thresholds relative to ``tops`` on entry; rows found non-finite are marked in ``bad``.
+    """
+    good = [seg for seg in segments if not bad[seg[0]]]
+    writes = [pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball) for row, a, b in good]
+    norms = np.zeros(x.shape[0])
+    for (row, _, _), job in zip(good, writes, strict=True):
+        finite, norm = job.result()
+        bad[row] |= not finite
+        norms[row] += norm
+    rescales = [pool.submit(_rescale, out[row, a:b], norms[row], float(radius[row]), ball) for row, a, b in good if not bad[row]]
+    for job in rescales:
+        job.result()
+    for row in range(x.shape[0]):
         if not bad[row]:
             absolute = tops[row] + taus[row]
             taus[row] = 0.0 if ball and not absolute > 0.0 else absolute
-    return int(bad.sum())

@@ -256,7 +256,8 @@ def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total: Tensor, tau: Tensor, delta: Tensor) -> Forward:
-    """The torch and sort paths' last step: signs and rows inside (ball), and the absolute threshold."""
+    """The torch and sort paths' last step: signs and rows inside (ball), the absolute threshold, and float32
+    rows put onto the set (:func:`_round_inside`; the numba kernels do the same themselves)."""
     absolute = (top.double() + tau.double() + delta.double()).to(x.dtype)
     if ball:
         outside = total > radius  # rows outside have tau > 0; rows inside stay x
@@ -266,6 +267,8 @@ def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total
         outside = torch.ones_like(top, dtype=torch.bool)
     if torch.compiler.is_compiling():  # compiled, check_finite raised nothing: rows with NaN or Inf are NaN
         y = torch.where(torch.isfinite(total), y, torch.nan)
+    if x.dtype != torch.float64:
+        _round_inside(y, radius, ball)
     return y, outside, absolute
 
 
@@ -328,10 +331,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
     def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:  # type: ignore[override]
         if method == "numba" and not _numba_usable(x):
             raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
-        y, outside, tau = _FORWARDS[method](x, radius, ball)
-        if x.dtype != torch.float64:
-            _round_inside(y, radius, ball)
-        return y, outside, tau
+        return _FORWARDS[method](x, radius, ball)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
