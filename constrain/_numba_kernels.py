@@ -49,12 +49,26 @@ cached code takes about a second per process).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
 
 import numba as nb
 import numpy as np
 
-_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _jit(function: _F) -> _F:
+    """Compile ``function`` (cached on disk, releasing the GIL, numpy's error model: 1/0 is inf)."""
+    # the Dispatcher is called like the function it compiles
+    return cast(_F, nb.njit(function, cache=True, nogil=True, error_model="numpy"))
+
+
+def _jit_reassoc(function: _F) -> _F:
+    """:func:`_jit` allowing reassociation of sums (so that reductions vectorize)."""
+    return cast(_F, nb.njit(function, fastmath={"reassoc"}, cache=True, nogil=True, error_model="numpy"))
+
 
 #: Values summarized by one maximum in the first pass.
 _BLOCK = 64
@@ -64,7 +78,7 @@ _STEPS_BEFORE_COMPACTING = 4
 _MIN_WORK = 65536
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _block_maxima(xi, ball, keys):
     r"""Store the maximum of ``|x|`` (ball) or ``x`` over each block in ``keys`` (an integer view of floats).
 
@@ -97,7 +111,7 @@ def _block_maxima(xi, ball, keys):
     return top
 
 
-@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+@_jit_reassoc
 def _count_sum(values, t, top):
     """``(#{d > t}, sum of those d)`` over ``d = values - top`` (vectorized; in float64)."""
     c = 0
@@ -110,7 +124,7 @@ def _count_sum(values, t, top):
     return c, s
 
 
-@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+@_jit_reassoc
 def _sum_abs(xs):
     s = 0.0
     for j in range(xs.shape[0]):
@@ -118,7 +132,7 @@ def _sum_abs(xs):
     return s
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _gather(xs, ball, t, top, aux, length):
     """Append the values ``a`` with ``a - top > t`` of ``xs`` (``a = |xs|`` when ``ball``) to ``aux[length:]`` without branching.
 
@@ -137,7 +151,7 @@ def _gather(xs, ball, t, top, aux, length):
     return length
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _compact(aux, length, t, top):
     """Keep the values ``a`` with ``a - top > t`` of ``aux[:length]`` at its front; return how many."""
     kept = 0
@@ -148,7 +162,7 @@ def _compact(aux, length, t, top):
     return kept
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _newton(aux, length, r, rho, compact, top):
     r"""The threshold, relative to ``top``, of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``.
 
@@ -173,13 +187,13 @@ def _newton(aux, length, r, rho, compact, top):
         steps += 1
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _under(rho):
     """``rho`` (relative to the row's top), or the float64 just below 0 if rounding carried it up there: top stays a candidate."""
     return rho if rho < 0.0 else -5e-324
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _short_filter(xs, ball, r, aux, whole_row):
     """:func:`_filter` for a row of at most ``_BLOCK`` values: all of them are candidates."""
     top = -np.inf
@@ -202,7 +216,7 @@ def _short_filter(xs, ball, r, aux, whole_row):
     return rho, xs.shape[0], True, False, top
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     r"""Candidates for the threshold of ``xs`` (``|xs|`` when ``ball``) and radius ``r``.
 
@@ -254,7 +268,7 @@ def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     return rho, length, True, False, top
 
 
-@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+@_jit_reassoc
 def _write(xs, out, top, tau, ball, inside):
     r"""``out = max(((x - top) - t) - e, 0)`` (simplex) or ``sign(x) max(((|x| - top) - t) - e, 0)`` (ball).
 
@@ -294,7 +308,7 @@ def _write(xs, out, top, tau, ball, inside):
     return np.isfinite(total), norm
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _rescale(out, norm, r, ball):
     r"""Scale ``out`` by ``r / norm`` if it is over ``r`` (ball) or off ``r`` (simplex); float32 rows only.
 
@@ -310,7 +324,7 @@ def _rescale(out, norm, r, ball):
         out[i] = out[i] * scale
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _finish(xr, outr, top, tau, ball, taus, row, r):
     """Write the row's output (rescaled onto the set, see :func:`_rescale`); ``taus[row]`` gets the absolute
     threshold (0 for ball rows inside). Returns ``_write``'s flag."""
@@ -324,7 +338,7 @@ def _finish(xr, outr, top, tau, ball, taus, row, r):
     return finite
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _project_rows(x, xi, radius, ball, out, taus):
     """Project each row of the 2-d ``x`` (rows C-contiguous) into ``out``; ``xi``: integer view of ``x``.
 
@@ -352,7 +366,7 @@ def _project_rows(x, xi, radius, ball, out, taus):
     return bad
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _filter_segment(xs, xi, r, ball, aux, whole_row):
     """Candidates of one segment of a long row, left at ``aux[:length]``; returns ``(rho, length, finite, top)``.
 
@@ -363,7 +377,7 @@ def _filter_segment(xs, xi, r, ball, aux, whole_row):
     return rho, length, finite, top
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _merge_segments(r, outr, starts, lengths, rho, top):
     """Gather the segments' candidates at the front of ``outr``; return the row's threshold relative to ``top``.
 
@@ -379,7 +393,7 @@ def _merge_segments(r, outr, starts, lengths, rho, top):
     return _newton(outr, total, r, rho, _STEPS_BEFORE_COMPACTING, top)
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _finish_segment(xs, out, top, tau, ball):
     """Write one segment of a long row (threshold relative to the row's ``top``); returns ``(finite, norm)`` of :func:`_write`."""
     if ball:

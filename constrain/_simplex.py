@@ -107,7 +107,7 @@ def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> t
     tau = _lower_bound(d, radius)
     buf = torch.empty_like(d) if buf is None else buf
     steps = _NEWTON_STEPS if d.shape[-1] > _BLOCK else _NEWTON_STEPS_SHORT
-    state = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
+    state: tuple[Tensor, ...] = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
     state = _newton_steps(d, radius, buf, state, steps)
     if torch.compiler.is_compiling():  # (eagerly, torch.cond would compile its branches on every shape)
         return torch.cond(state[2].all(), _newton_done, _sort_unconverged, (d, radius, state[0], state[3], state[2]))
@@ -332,7 +332,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:  # type: ignore[override]
+    def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:
         if method == "numba" and not _numba_usable(x):
             raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
         return _FORWARDS[method](x, radius, ball)
@@ -346,7 +346,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
         ctx.save_for_forward(y, outside)
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _outside_grad=None, _tau_grad=None):  # type: ignore[override]
+    def backward(ctx, grad: Tensor, _outside_grad=None, _tau_grad=None):
         y, outside = ctx.saved_tensors
         if torch.is_grad_enabled() or is_transformed(grad):
             # create_graph=True or torch.func: out-of-place, so that it differentiates and vmaps
@@ -370,7 +370,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
         return grad_x, radius_grad, None, None
 
     @staticmethod
-    def jvp(ctx, x_tangent: Tensor | None, radius_tangent: Tensor | None, *_):  # type: ignore[override]
+    def jvp(ctx, x_tangent: Tensor | None, radius_tangent: Tensor | None, *_):
         r"""Forward mode: :math:`\dot y = |s| \dot x - s\,(s^\top \dot x - \dot r) / |S|` (ball rows inside: :math:`\dot x`)."""
         y, outside = ctx.saved_tensors
         signs, size = _support(y)
