@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -896,9 +895,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--workers",
         type=positive_int,
-        default=os.cpu_count() or 1,
-        help="processes checking (set, size) units in parallel, one torch thread each (default: the CPU count, "
-        f"{os.cpu_count() or 1} here); the table does not depend on it",
+        default=1,
+        help="processes checking (set, size) units in parallel, one torch thread each (default: 1, in this process; "
+        "each spawned worker first pays a few seconds of imports); the table does not depend on it",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (it is shown on stderr only when stderr is a terminal)"
