@@ -49,12 +49,26 @@ cached code takes about a second per process).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
 
 import numba as nb
 import numpy as np
 
-_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _jit(function: _F) -> _F:
+    """Compile ``function`` (cached on disk, releasing the GIL, numpy's error model: 1/0 is inf)."""
+    # the Dispatcher is called like the function it compiles
+    return cast(_F, nb.njit(function, cache=True, nogil=True, error_model="numpy"))
+
+
+def _jit_reassoc(function: _F) -> _F:
+    """:func:`_jit` allowing reassociation of sums (so that reductions vectorize)."""
+    return cast(_F, nb.njit(function, fastmath={"reassoc"}, cache=True, nogil=True, error_model="numpy"))
+
 
 #: Values summarized by one maximum in the first pass.
 _BLOCK = 64
@@ -64,7 +78,7 @@ _STEPS_BEFORE_COMPACTING = 4
 _MIN_WORK = 65536
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _block_maxima(xi, ball, keys):
     r"""Store the maximum of ``|x|`` (ball) or ``x`` over each block in ``keys`` (an integer view of floats).
 
@@ -97,7 +111,7 @@ def _block_maxima(xi, ball, keys):
     return top
 
 
-@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+@_jit_reassoc
 def _count_sum(values, t, top):
     """``(#{d > t}, sum of those d)`` over ``d = values - top`` (vectorized; in float64)."""
     c = 0
@@ -110,7 +124,7 @@ def _count_sum(values, t, top):
     return c, s
 
 
-@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+@_jit_reassoc
 def _sum_abs(xs):
     s = 0.0
     for j in range(xs.shape[0]):
@@ -118,7 +132,7 @@ def _sum_abs(xs):
     return s
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _gather(xs, ball, t, top, aux, length):
     """Append the values ``a`` with ``a - top > t`` of ``xs`` (``a = |xs|`` when ``ball``) to ``aux[length:]`` without branching.
 
@@ -137,7 +151,7 @@ def _gather(xs, ball, t, top, aux, length):
     return length
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _compact(aux, length, t, top):
     """Keep the values ``a`` with ``a - top > t`` of ``aux[:length]`` at its front; return how many."""
     kept = 0
@@ -148,7 +162,7 @@ def _compact(aux, length, t, top):
     return kept
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _newton(aux, length, r, rho, compact, top):
     r"""The threshold, relative to ``top``, of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``.
 
@@ -173,13 +187,13 @@ def _newton(aux, length, r, rho, compact, top):
         steps += 1
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _under(rho):
     """``rho`` (relative to the row's top), or the float64 just below 0 if rounding carried it up there: top stays a candidate."""
     return rho if rho < 0.0 else -5e-324
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _short_filter(xs, ball, r, aux, whole_row):
     """:func:`_filter` for a row of at most ``_BLOCK`` values: all of them are candidates."""
     top = -np.inf
@@ -202,7 +216,7 @@ def _short_filter(xs, ball, r, aux, whole_row):
     return rho, xs.shape[0], True, False, top
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     r"""Candidates for the threshold of ``xs`` (``|xs|`` when ``ball``) and radius ``r``.
 
@@ -254,7 +268,7 @@ def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     return rho, length, True, False, top
 
 
-@nb.njit(fastmath={"reassoc"}, **_OPTIONS)
+@_jit_reassoc
 def _write(xs, out, top, tau, ball, inside):
     r"""``out = max(((x - top) - t) - e, 0)`` (simplex) or ``sign(x) max(((|x| - top) - t) - e, 0)`` (ball).
 
@@ -262,42 +276,69 @@ def _write(xs, out, top, tau, ball, inside):
     row's dtype. For values in the support ``x - top`` is exact (Sterbenz), and each later
     rounding is relative to the output entry: a large common offset costs nothing, and the
     rounding of the threshold (of the size of ``r``) does not shift the whole support.
-    ``inside``: a ball row inside the ball, copied unchanged. Returns False if the simplex row
-    holds a NaN or an Inf (the ball's are found by the filter).
+    ``inside``: a ball row inside the ball, copied unchanged. Returns ``(finite, norm)``:
+    ``finite`` is False if the simplex row holds a NaN or an Inf (the ball's are found by the
+    filter); ``norm`` is :math:`\|out\|_1`, accumulated in float64.
     """
     m = xs.dtype.type(top)
     t = xs.dtype.type(tau)
     e = xs.dtype.type(tau - np.float64(t))
     zero = m - m
+    norm = 0.0
     if ball:
         if inside:
             for i in range(xs.shape[0]):
-                out[i] = xs[i]
-            return True
+                v = xs[i]
+                out[i] = v
+                norm += abs(v)
+            return True, norm
         for i in range(xs.shape[0]):
             v = xs[i]
-            out[i] = np.copysign(max(((abs(v) - m) - t) - e, zero), v)
-        return True
+            w = max(((abs(v) - m) - t) - e, zero)
+            out[i] = np.copysign(w, v)
+            norm += w
+        return True, norm
     total = 0.0
     for i in range(xs.shape[0]):
         v = xs[i]
-        out[i] = max(((v - m) - t) - e, zero)
+        w = max(((v - m) - t) - e, zero)
+        out[i] = w
+        norm += w
         total += v
-    return np.isfinite(total)
+    return np.isfinite(total), norm
 
 
-@nb.njit(**_OPTIONS)
-def _finish(xr, outr, top, tau, ball, taus, row):
-    """Write the row's output; ``taus[row]`` gets the absolute threshold (0 for ball rows inside). Returns ``_write``'s flag."""
+@_jit
+def _rescale(out, norm, r, ball):
+    r"""Scale ``out`` by ``r / norm`` if it is over ``r`` (ball) or off ``r`` (simplex); float32 rows only.
+
+    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
+    :math:`|S|\,\epsilon\,\tau` (relative to the input's scale, not to ``r``): the relative change
+    of a few ulps puts the row on the set to the precision of ``r``, as
+    :func:`constrain._simplex._round_inside` does for the torch paths.
+    """
+    if out.itemsize >= 8 or not norm > 0.0 or (norm <= r if ball else norm == r):
+        return
+    scale = out.dtype.type(r / norm)
+    for i in range(out.shape[0]):
+        out[i] = out[i] * scale
+
+
+@_jit
+def _finish(xr, outr, top, tau, ball, taus, row, r):
+    """Write the row's output (rescaled onto the set, see :func:`_rescale`); ``taus[row]`` gets the absolute
+    threshold (0 for ball rows inside). Returns ``_write``'s flag."""
     if ball:
         tau = max(tau, -top)  # tau >= 0
     absolute = top + tau
     inside = ball and not absolute > 0.0
     taus[row] = 0.0 if inside else absolute
-    return _write(xr, outr, top, tau, ball, inside)
+    finite, norm = _write(xr, outr, top, tau, ball, inside)
+    _rescale(outr, norm, r, ball)
+    return finite
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _project_rows(x, xi, radius, ball, out, taus):
     """Project each row of the 2-d ``x`` (rows C-contiguous) into ``out``; ``xi``: integer view of ``x``.
 
@@ -321,11 +362,11 @@ def _project_rows(x, xi, radius, ball, out, taus):
             bad += 1
             continue
         tau = -top if inside else _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING, top)
-        bad += not _finish(xr, outr, top, tau, ball, taus, row)
+        bad += not _finish(xr, outr, top, tau, ball, taus, row, r)
     return bad
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _filter_segment(xs, xi, r, ball, aux, whole_row):
     """Candidates of one segment of a long row, left at ``aux[:length]``; returns ``(rho, length, finite, top)``.
 
@@ -336,7 +377,7 @@ def _filter_segment(xs, xi, r, ball, aux, whole_row):
     return rho, length, finite, top
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _merge_segments(r, outr, starts, lengths, rho, top):
     """Gather the segments' candidates at the front of ``outr``; return the row's threshold relative to ``top``.
 
@@ -352,9 +393,9 @@ def _merge_segments(r, outr, starts, lengths, rho, top):
     return _newton(outr, total, r, rho, _STEPS_BEFORE_COMPACTING, top)
 
 
-@nb.njit(**_OPTIONS)
+@_jit
 def _finish_segment(xs, out, top, tau, ball):
-    """Write one segment of a long row (its threshold relative to the row's ``top``)."""
+    """Write one segment of a long row (threshold relative to the row's ``top``); returns ``(finite, norm)`` of :func:`_write`."""
     if ball:
         tau = max(tau, -top)
     return _write(xs, out, top, tau, ball, ball and not top + tau > 0.0)
@@ -433,16 +474,26 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
         if ball:
             tau = max(tau, -top)
         tops[row], taus[row] = top, tau  # taus holds the relative threshold until the writes are done
-    writes = [
-        pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball)
-        for row, a, b in segments
-        if not bad[row]
-    ]
-    for (row, _, _), job in zip([seg for seg in segments if not bad[seg[0]]], writes, strict=True):
-        if not job.result():
-            bad[row] = True
-    for row in range(rows):
+    _write_segments(x, radius, ball, out, taus, pool, segments, bad, tops)
+    return int(bad.sum())
+
+
+def _write_segments(x, radius, ball, out, taus, pool, segments, bad, tops):
+    """Write the long rows' segments in parallel, rescale rows onto the set (float32), and make ``taus`` absolute.
+
+    ``taus`` holds the thresholds relative to ``tops`` on entry; rows found non-finite are marked in ``bad``.
+    """
+    good = [seg for seg in segments if not bad[seg[0]]]
+    writes = [pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball) for row, a, b in good]
+    norms = np.zeros(x.shape[0])
+    for (row, _, _), job in zip(good, writes, strict=True):
+        finite, norm = job.result()
+        bad[row] |= not finite
+        norms[row] += norm
+    rescales = [pool.submit(_rescale, out[row, a:b], norms[row], float(radius[row]), ball) for row, a, b in good if not bad[row]]
+    for job in rescales:
+        job.result()
+    for row in range(x.shape[0]):
         if not bad[row]:
             absolute = tops[row] + taus[row]
             taus[row] = 0.0 if ball and not absolute > 0.0 else absolute
-    return int(bad.sum())

@@ -107,7 +107,7 @@ def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> t
     tau = _lower_bound(d, radius)
     buf = torch.empty_like(d) if buf is None else buf
     steps = _NEWTON_STEPS if d.shape[-1] > _BLOCK else _NEWTON_STEPS_SHORT
-    state = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
+    state: tuple[Tensor, ...] = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
     state = _newton_steps(d, radius, buf, state, steps)
     if torch.compiler.is_compiling():  # (eagerly, torch.cond would compile its branches on every shape)
         return torch.cond(state[2].all(), _newton_done, _sort_unconverged, (d, radius, state[0], state[3], state[2]))
@@ -122,10 +122,14 @@ def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> t
 def _newton_steps(d: Tensor, radius: Tensor, buf: Tensor, state: tuple[Tensor, ...], steps: int) -> tuple[Tensor, ...]:
     """``steps`` Newton steps on every row, without a host synchronisation; ``state = (tau, count, converged, step)``."""
     tau, count, converged, step = state
+    exact_float_count = d.shape[-1] * torch.finfo(d.dtype).eps <= 1  # counts up to 2^23 (float32) sum exactly
     for _ in range(steps):
         torch.sub(d, tau, out=buf).clamp_min_(0)
         excess = buf.sum(-1, keepdim=True)  # sum over the values above tau of (d - tau)
-        new_count = torch.count_nonzero(buf, dim=-1).unsqueeze(-1).to(d.dtype)
+        if exact_float_count:  # buf >= 0: its signs are 1 above tau, 0 elsewhere; a float sum of them is exact
+            new_count = torch.sign(buf, out=buf).sum(-1, keepdim=True)  # (count_nonzero costs ~30 passes on a CPU)
+        else:
+            new_count = torch.count_nonzero(buf, dim=-1).unsqueeze(-1).to(d.dtype)
         # a row whose iterate rounded up onto its largest value has no value above it: keep it
         step = torch.where(new_count > 0, (excess - radius) / new_count.clamp_min(1), 0)
         converged = converged | (new_count == count)  # the support repeats: tau is final, step is delta
@@ -256,7 +260,8 @@ def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total: Tensor, tau: Tensor, delta: Tensor) -> Forward:
-    """The torch and sort paths' last step: signs and rows inside (ball), and the absolute threshold."""
+    """The torch and sort paths' last step: signs and rows inside (ball), the absolute threshold, and float32
+    rows put onto the set (:func:`_round_inside`; the numba kernels do the same themselves)."""
     absolute = (top.double() + tau.double() + delta.double()).to(x.dtype)
     if ball:
         outside = total > radius  # rows outside have tau > 0; rows inside stay x
@@ -266,6 +271,8 @@ def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total
         outside = torch.ones_like(top, dtype=torch.bool)
     if torch.compiler.is_compiling():  # compiled, check_finite raised nothing: rows with NaN or Inf are NaN
         y = torch.where(torch.isfinite(total), y, torch.nan)
+    if x.dtype != torch.float64:
+        _round_inside(y, radius, ball)
     return y, outside, absolute
 
 
@@ -325,13 +332,10 @@ class _SimplexOrBallProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:  # type: ignore[override]
+    def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:
         if method == "numba" and not _numba_usable(x):
             raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
-        y, outside, tau = _FORWARDS[method](x, radius, ball)
-        if x.dtype != torch.float64:
-            _round_inside(y, radius, ball)
-        return y, outside, tau
+        return _FORWARDS[method](x, radius, ball)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -342,7 +346,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
         ctx.save_for_forward(y, outside)
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _outside_grad=None, _tau_grad=None):  # type: ignore[override]
+    def backward(ctx, grad: Tensor, _outside_grad=None, _tau_grad=None):
         y, outside = ctx.saved_tensors
         if torch.is_grad_enabled() or is_transformed(grad):
             # create_graph=True or torch.func: out-of-place, so that it differentiates and vmaps
@@ -366,7 +370,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
         return grad_x, radius_grad, None, None
 
     @staticmethod
-    def jvp(ctx, x_tangent: Tensor | None, radius_tangent: Tensor | None, *_):  # type: ignore[override]
+    def jvp(ctx, x_tangent: Tensor | None, radius_tangent: Tensor | None, *_):
         r"""Forward mode: :math:`\dot y = |s| \dot x - s\,(s^\top \dot x - \dot r) / |S|` (ball rows inside: :math:`\dot x`)."""
         y, outside = ctx.saved_tensors
         signs, size = _support(y)

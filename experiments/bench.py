@@ -270,7 +270,7 @@ def _environment() -> dict:
     if _numba_kernels() is not None:
         import numba
 
-        numba_version, numba_threads = numba.__version__, numba.config.NUMBA_NUM_THREADS
+        numba_version, numba_threads = numba.__version__, numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at import from the environment
     return {
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),

@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -166,89 +167,95 @@ def _radius_set(name: str, radius: float | np.ndarray) -> ConstraintSet:
     return cls(float(_f32(float(radius))))
 
 
+def _radius_random(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """Gaussian rows of mixed scales, one radius: some rows inside, some outside."""
+    x = rng.standard_normal((rows, n)) * _log_uniform(rng, 0.1, 10, (rows, 1))
+    return x, _radius_set(name, _log_uniform(rng, 0.1, 10))
+
+
+def _radius_per_sample(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """One radius per row, rows and radii spanning six decades."""
+    scales = _log_uniform(rng, 1e-3, 1e3, (rows, 1))
+    x = rng.standard_normal((rows, n)) * scales
+    return x, _radius_set(name, np.abs(x).sum(1) * rng.uniform(0.02, 1.5, rows) + 1e-3 * scales[:, 0])
+
+
+def _radius_ties(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """Equal magnitudes with random signs; then rows with few distinct levels."""
+    level = float(_f32(_log_uniform(rng, 0.1, 10)))
+    x = level * rng.choice([-1.0, 1.0], (rows, n))
+    x[rows // 2 :] = level * rng.integers(-2, 3, (rows - rows // 2, n))
+    return x, _radius_set(name, level * rng.uniform(0.3, 0.9 * n))
+
+
+def _radius_zeros(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """The zero row, then sparse rows (one entry of 3, a fifth of the rest Gaussian)."""
+    x = np.zeros((rows, n))
+    for row in range(1, rows):
+        mask = rng.random(n) < 0.2
+        x[row, mask] = rng.standard_normal(int(mask.sum()))
+        x[row, rng.integers(n)] = rng.choice([-3.0, 3.0])
+    return x, _radius_set(name, 1.0)
+
+
+def _radius_inside(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """Rows inside the ball, or on the simplex."""
+    radius = float(_f32(_log_uniform(rng, 0.1, 10)))
+    if name == "simplex":
+        return rng.dirichlet(np.ones(n), rows) * radius, _radius_set(name, radius)
+    v = rng.standard_normal((rows, n))
+    x = v / np.abs(v).sum(1, keepdims=True) * radius * rng.uniform(0.1, 0.99, (rows, 1))
+    return x, _radius_set(name, radius)
+
+
+def _radius_boundary(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """Small integers with ||x||_1 = r exactly (ball); vertices r e_i (simplex)."""
+    if name == "simplex":
+        x = np.zeros((rows, n))
+        x[np.arange(rows), rng.integers(n, size=rows)] = 2.0
+        return x, _radius_set(name, 2.0)
+    x = rng.integers(-3, 4, (rows, n)).astype(np.float64)
+    x[:, 0] = np.where(x[:, 0] == 0, 1.0, x[:, 0])
+    return x, _radius_set(name, np.abs(x).sum(1))
+
+
+def _radius_scaled(name: str, scale: float, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """Inputs of size ``scale``, the radius on the same scale (rows in and out)."""
+    x = rng.standard_normal((rows, n)) * scale
+    return x, _radius_set(name, np.abs(x).sum(1).mean() * rng.uniform(0.2, 1.2))
+
+
+def _radius_outlier(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    """One entry of 1e3 among entries of 1e-3: the support of the projection is one entry."""
+    x = rng.standard_normal((rows, n)) * 1e-3
+    x[np.arange(rows), rng.integers(n, size=rows)] = rng.choice([-1e3, 1e3], rows)
+    return x, _radius_set(name, 1.0)
+
+
+def _radius_extreme_radius(name: str, rng: np.random.Generator, n: int, rows: int) -> Made:
+    # radius 1e-9 or 1e9 times the row's size: max(x) - r rounds to max(x) (the threshold lands on
+    # the largest entry), or the ball is huge and the simplex shifts every entry by about r / n.
+    x = rng.standard_normal((rows, n)) * _log_uniform(rng, 0.1, 10, (rows, 1))
+    x[0, rng.integers(n)] = 0.0
+    factors = np.where(np.arange(rows) % 2 == 0, 1e-9, 1e9)
+    return x, _radius_set(name, np.maximum(np.abs(x).sum(1), 1.0) * factors)
+
+
 def _radius_kinds(name: str) -> dict[str, Generator]:
-    """Kinds for the radius sets: the L1 ball and the simplex."""
+    """Kinds for the radius sets: the L1 ball and the simplex (the generators below, given the set's name)."""
     simplex = name == "simplex"
 
-    def random(rng, n, rows):
-        # Gaussian rows of mixed scales, one radius: some rows inside, some outside.
-        x = rng.standard_normal((rows, n)) * _log_uniform(rng, 0.1, 10, (rows, 1))
-        return x, _radius_set(name, _log_uniform(rng, 0.1, 10))
-
-    def per_sample(rng, n, rows):
-        # one radius per row, rows and radii spanning six decades.
-        scales = _log_uniform(rng, 1e-3, 1e3, (rows, 1))
-        x = rng.standard_normal((rows, n)) * scales
-        return x, _radius_set(name, np.abs(x).sum(1) * rng.uniform(0.02, 1.5, rows) + 1e-3 * scales[:, 0])
-
-    def ties(rng, n, rows):
-        # equal magnitudes with random signs; then rows with few distinct levels.
-        level = float(_f32(_log_uniform(rng, 0.1, 10)))
-        x = level * rng.choice([-1.0, 1.0], (rows, n))
-        x[rows // 2 :] = level * rng.integers(-2, 3, (rows - rows // 2, n))
-        return x, _radius_set(name, level * rng.uniform(0.3, 0.9 * n))
-
-    def zeros(rng, n, rows):
-        # the zero row, then sparse rows (one entry of 3, a fifth of the rest Gaussian).
-        x = np.zeros((rows, n))
-        for row in range(1, rows):
-            mask = rng.random(n) < 0.2
-            x[row, mask] = rng.standard_normal(int(mask.sum()))
-            x[row, rng.integers(n)] = rng.choice([-3.0, 3.0])
-        return x, _radius_set(name, 1.0)
-
-    def inside(rng, n, rows):
-        # rows inside the ball, or on the simplex.
-        radius = float(_f32(_log_uniform(rng, 0.1, 10)))
-        if simplex:
-            return rng.dirichlet(np.ones(n), rows) * radius, _radius_set(name, radius)
-        v = rng.standard_normal((rows, n))
-        x = v / np.abs(v).sum(1, keepdims=True) * radius * rng.uniform(0.1, 0.99, (rows, 1))
-        return x, _radius_set(name, radius)
-
-    def boundary(rng, n, rows):
-        # small integers with ||x||_1 = r exactly (ball); vertices r e_i (simplex).
-        if simplex:
-            x = np.zeros((rows, n))
-            x[np.arange(rows), rng.integers(n, size=rows)] = 2.0
-            return x, _radius_set(name, 2.0)
-        x = rng.integers(-3, 4, (rows, n)).astype(np.float64)
-        x[:, 0] = np.where(x[:, 0] == 0, 1.0, x[:, 0])
-        return x, _radius_set(name, np.abs(x).sum(1))
-
-    def scaled(scale):
-        def generate(rng, n, rows):
-            # inputs of size ``scale``, the radius on the same scale (rows in and out).
-            x = rng.standard_normal((rows, n)) * scale
-            return x, _radius_set(name, np.abs(x).sum(1).mean() * rng.uniform(0.2, 1.2))
-
-        return generate
-
-    def outlier(rng, n, rows):
-        # one entry of 1e3 among entries of 1e-3: the support of the projection is one entry.
-        x = rng.standard_normal((rows, n)) * 1e-3
-        x[np.arange(rows), rng.integers(n, size=rows)] = rng.choice([-1e3, 1e3], rows)
-        return x, _radius_set(name, 1.0)
-
-    def extreme_radius(rng, n, rows):
-        # radius 1e-9 or 1e9 times the row's size: max(x) - r rounds to max(x) (the threshold lands on
-        # the largest entry), or the ball is huge and the simplex shifts every entry by about r / n.
-        x = rng.standard_normal((rows, n)) * _log_uniform(rng, 0.1, 10, (rows, 1))
-        x[0, rng.integers(n)] = 0.0
-        factors = np.where(np.arange(rows) % 2 == 0, 1e-9, 1e9)
-        return x, _radius_set(name, np.maximum(np.abs(x).sum(1), 1.0) * factors)
-
     kinds: dict[str, Generator] = {
-        "random": random,
-        "per-sample": per_sample,
-        "ties": ties,
-        "zeros": zeros,
-        "inside": inside,
-        "boundary": boundary,
-        "tiny": scaled(1e-8),
-        "huge": scaled(1e8),
-        "outlier": outlier,
-        "extreme-radius": extreme_radius,
+        "random": partial(_radius_random, name),
+        "per-sample": partial(_radius_per_sample, name),
+        "ties": partial(_radius_ties, name),
+        "zeros": partial(_radius_zeros, name),
+        "inside": partial(_radius_inside, name),
+        "boundary": partial(_radius_boundary, name),
+        "tiny": partial(_radius_scaled, name, 1e-8),
+        "huge": partial(_radius_scaled, name, 1e8),
+        "outlier": partial(_radius_outlier, name),
+        "extreme-radius": partial(_radius_extreme_radius, name),
     }
     if simplex:
         # every entry negative: the projection still sums to r.
@@ -360,7 +367,8 @@ def _tie_groups(rng: np.random.Generator, n: int) -> tuple[tuple[int, ...], list
     """Random disjoint groups of 2 to 4 entries (at most 100, fewer at large n: A is dense)."""
     shape = _tie_shape(n)
     order = rng.permutation(n)[: min(n, 400)]
-    groups, start = [], 0
+    groups: list[list[tuple[int, ...]]] = []
+    start = 0
     while start + 2 <= len(order) and len(groups) < (100 if n < LARGE_N else 10):
         size = int(rng.integers(2, 5))
         group = order[start : start + size]
@@ -636,8 +644,8 @@ def check_instance(instance: Instance, dtypes: Sequence[torch.dtype] = DTYPES) -
     for dtype in dtypes:
         try:
             y = constraint.project(x.to(dtype))
-        except Exception as error:  # a kernel that raises on valid input fails the instance
-            outcomes.append(outcome(dtype, math.nan, math.nan, False, f"kernel raised {error!r}", kind))
+        except Exception as raised:  # a kernel that raises on valid input fails the instance
+            outcomes.append(outcome(dtype, math.nan, math.nan, False, f"kernel raised {raised!r}", kind))
             continue
         note = ""
         if y.dtype != dtype or y.shape != x.shape:
@@ -653,6 +661,8 @@ def check_instance(instance: Instance, dtypes: Sequence[torch.dtype] = DTYPES) -
 # ---------------------------------------------------------------- projections in a diagonal metric
 #: The metric projections (``constrain.project_metric``), checked against cvxpy with the weighted objective.
 METRIC_SETS = ("l1ball-metric", "affine-metric")
+#: Sets checked against cvxpy (the costly references; :func:`validate` schedules them first).
+CVXPY_SETS = ("affine", "tie", "polyhedron", "box", *METRIC_SETS)
 
 
 def check_metric(name: str, n: int, trials: int, seed: int) -> list[Outcome]:
@@ -749,39 +759,80 @@ class Row:
             self.notes.append(f"{outcome.kind}: error {outcome.error:.3g}, violation {outcome.violation:.3g} {outcome.note}")
 
 
+def _check_unit(name: str, n: int, trials: int, seed: int) -> list[Outcome]:
+    """Every instance of one set and size (the metric sets: :func:`check_metric`), each in both dtypes."""
+    if name in METRIC_SETS:
+        return check_metric(name, n, trials, seed)
+    return [outcome for instance in instances(name, n, trials, seed) for outcome in check_instance(instance)]
+
+
+def _unit_size(name: str, n: int, trials: int) -> int:
+    """Instance checks of one work unit (one progress step each)."""
+    return trials * (1 if name in METRIC_SETS else len(_selected_kinds(name, n)))
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_units(units: list[tuple[str, int]], trials: int, seed: int, workers: int, bar) -> list[list[Outcome]]:
+    """The outcomes of every unit, in order; ``workers > 1``: in that many spawned processes (one torch thread
+    each), the units with the most expensive references submitted first."""
+    if workers <= 1:
+        results = []
+        for name, n in units:
+            bar.set_postfix_str(f"{name} n={n}")
+            results.append(_check_unit(name, n, trials, seed))
+            bar.update(_unit_size(name, n, trials))
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # cvxpy references (and the metric sets') cost far more than the exact ones, and grow with n
+    order = sorted(range(len(units)), key=lambda i: (units[i][0] in CVXPY_SETS, units[i][1]), reverse=True)
+    out: list[list[Outcome]] = [[] for _ in units]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread) as pool:
+        jobs = {pool.submit(_check_unit, *units[i], trials, seed): i for i in order}
+        try:
+            for job in as_completed(jobs):
+                i = jobs[job]
+                out[i] = job.result()
+                bar.update(_unit_size(*units[i], trials))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return out
+
+
 def validate(
     sets: Sequence[str] = SET_NAMES,
     sizes: Sequence[int] = DEFAULT_SIZES,
     trials: int = 1,
     seed: int = 0,
     progress: bool = False,
+    workers: int = 1,
 ) -> list[Row]:
     """Run every instance of every set and size; one :class:`Row` per (set, n, dtype).
 
     ``progress``: a progress bar on stderr (one step per instance), shown only on a terminal.
+    ``workers``: processes that check (set, size) units in parallel (1: in this process); the table
+    does not depend on it (every instance is seeded by its set, size, trial and kind).
     """
-    work = [(name, n) for name in sets for n in sizes]
-    total = trials * sum(1 if name in METRIC_SETS else len(_selected_kinds(name, n)) for name, n in work)
+    units = [(name, n) for name in sets for n in sizes]
+    total = sum(_unit_size(name, n, trials) for name, n in units)
     from tqdm import tqdm
 
     table: list[Row] = []
     with tqdm(
         total=total, desc="validate", unit="instance", leave=False, file=sys.stderr, disable=None if progress else True
     ) as bar:
-        for name, n in work:
-            bar.set_postfix_str(f"{name} n={n}")
-            rows = {d: Row(name, n, str(d).removeprefix("torch.")) for d in DTYPES}
-            if name in METRIC_SETS:
-                outcomes = check_metric(name, n, trials, seed)
-                bar.update(trials)
-            else:
-                outcomes = []
-                for instance in instances(name, n, trials, seed):
-                    outcomes += check_instance(instance)
-                    bar.update(1)
-            for outcome in outcomes:
-                rows[getattr(torch, outcome.dtype)].add(outcome)
-            table += [row for row in rows.values() if row.instances]
+        results = _run_units(units, trials, seed, min(workers, len(units)), bar)
+    for (name, n), outcomes in zip(units, results, strict=True):
+        rows = {d: Row(name, n, str(d).removeprefix("torch.")) for d in DTYPES}
+        for outcome in outcomes:
+            rows[getattr(torch, outcome.dtype)].add(outcome)
+        table += [row for row in rows.values() if row.instances]
     return table
 
 
@@ -842,6 +893,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--json", metavar="PATH", default=None, help="also write every row as JSON to PATH (checked for writing before any work)"
     )
     parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes checking (set, size) units in parallel, one torch thread each (default: 1, in this process; "
+        "each spawned worker first pays a few seconds of imports); the table does not depend on it",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (it is shown on stderr only when stderr is a terminal)"
     )
     parser.set_defaults(func=run)
@@ -868,7 +926,7 @@ def run(args: argparse.Namespace) -> int:
     # Many small problems: one thread avoids OpenMP barrier stalls (seconds per SVD on a busy machine).
     torch.set_num_threads(1)
     try:
-        table = validate(args.sets, sizes, args.trials, args.seed, progress=not args.no_progress)
+        table = validate(args.sets, sizes, args.trials, args.seed, progress=not args.no_progress, workers=args.workers)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start

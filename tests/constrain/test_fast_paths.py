@@ -253,3 +253,23 @@ def test_low_precision_outputs_are_feasible_to_the_precision_of_the_radius(dtype
     eps = torch.finfo(dtype).eps
     assert float(L1Ball(1.0).violation(project_l1_ball(x, 1.0).float()).max()) <= 8 * eps
     assert float(Simplex(1.0).violation(project_simplex(x, 1.0).float()).max()) <= 8 * eps
+
+
+@needs_numba
+@pytest.mark.parametrize("ball", [True, False])
+def test_numba_kernels_put_float32_rows_on_the_set(ball):
+    """The kernels rescale float32 rows off r themselves (short rows, one thread, and the segmented long
+    rows): ||y||_1 is r (simplex) or at most r (ball) to a few ulps of r, not of ||x||_1."""
+    kernels = _simplex._numba_kernels()
+    g = torch.Generator().manual_seed(3)
+    eps = torch.finfo(torch.float32).eps
+    for x in (torch.randn(512, 16, generator=g) * 1000, torch.randn(2, 70_000, generator=g) * 1000):
+        r = torch.full((x.shape[0],), 2.5)
+        for threads in (1, 4):
+            out, taus = torch.empty_like(x), torch.empty(x.shape[0], dtype=torch.float64)
+            assert kernels.project_rows(x.numpy(), r.numpy(), ball, out.numpy(), taus.numpy(), threads) == 0
+            norm = out.double().abs().sum(-1)
+            assert float((norm - 2.5).max()) <= 8 * eps * 2.5, threads
+            if not ball:
+                assert float((norm - 2.5).abs().max()) <= 8 * eps * 2.5, threads
+            _check_close(out, _project_sort(x, 2.5, ball=ball), x, 2.5, "rescaled")
