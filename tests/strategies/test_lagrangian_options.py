@@ -32,6 +32,7 @@ def test_a_single_sample_has_its_own_multiplier() -> None:
 def test_inequality_multipliers_are_clipped_at_zero() -> None:
     """An inequality multiplier ascends on g and is projected onto lambda >= 0: max(0, 0 + 2 * (0.25 - 1)) = 0."""
     strategy = strategies.get("lagrangian", dual_lr=2.0, multipliers="mean")
+    assert isinstance(strategy, Lagrangian)
     strategy.attach(nn.Identity(), on_output(L1Ball(1.0)))
     strategy.loss(torch.zeros(()), torch.tensor([[0.25], [-0.25]]))
     strategy.after_step()
