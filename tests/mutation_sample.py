@@ -57,7 +57,7 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = killed / n
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
 
 
 def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equivalent: set[str]) -> str:

@@ -38,3 +38,11 @@ def test_inequality_multipliers_are_clipped_at_zero() -> None:
     strategy.after_step()
     (lam,) = strategy.multipliers().values()
     assert torch.equal(lam, torch.zeros_like(lam))
+
+
+def test_a_state_with_an_integer_multiplier_is_refused_by_name() -> None:
+    strategy = Lagrangian(dual_lr=1.0, multipliers="mean")
+    strategy.attach(nn.Identity(), on_output(L1Ball(1.0)))
+    state = {"steps": 0, "multipliers": {"0:inequality": torch.tensor([1])}}
+    with pytest.raises(TypeError, match=r"strategy 'lagrangian': multiplier '0:inequality' must be a floating-point tensor"):
+        strategy.load_state_dict(state)
