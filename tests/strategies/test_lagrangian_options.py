@@ -29,9 +29,11 @@ def test_a_single_sample_has_its_own_multiplier() -> None:
     assert torch.allclose(lam, torch.tensor([[1.5]]))
 
 
-def test_inequality_multipliers_are_clipped_at_zero() -> None:
-    """An inequality multiplier ascends on g and is projected onto lambda >= 0: max(0, 0 + 2 * (0.25 - 1)) = 0."""
-    strategy = strategies.get("lagrangian", dual_lr=2.0, multipliers="mean")
+@pytest.mark.parametrize("dual_optimizer", [None, torch.optim.SGD, "nupi"])
+def test_inequality_multipliers_are_clipped_at_zero(dual_optimizer: object) -> None:
+    """An inequality multiplier ascends on g and is projected onto lambda >= 0: max(0, 0 + 2 * (0.25 - 1)) = 0
+    (NuPI's first step is plain ascent), with the built-in ascent or a dual optimizer."""
+    strategy = strategies.get("lagrangian", dual_lr=2.0, multipliers="mean", dual_optimizer=dual_optimizer)
     assert isinstance(strategy, Lagrangian)
     strategy.attach(nn.Identity(), on_output(L1Ball(1.0)))
     strategy.loss(torch.zeros(()), torch.tensor([[0.25], [-0.25]]))
