@@ -9,7 +9,9 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
 
 The score counts killed (and caught-by-type-check) mutants over the non-equivalent ones: equivalent
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
-timeouts, "no tests" and unchecked mutants all count as not killed. The 95% interval is Wilson's:
+timeouts, "no tests" and unchecked mutants all count as not killed, except those listed as
+"- killed `NAME`: test" (re-run by hand: MUTANT_UNDER_TEST=NAME pytest TEST inside mutants/ fails).
+The 95% interval is Wilson's:
 (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96.
 """
 
@@ -26,6 +28,8 @@ _PACKAGES = ("constrain", "strategies")
 _KILLED_CODES = {1, 3, 37}  # mutmut's "killed" (pytest failed or errored) and "caught by type check"
 _TRIAGE = Path(__file__).with_name("mutation_triage.md")
 _EQUIVALENT = re.compile(r"^- equivalent `([^`]+)`:", re.MULTILINE)
+#: survivors (or "no tests") re-run by hand against the test named after them, which fails: killed
+_KILLED_BY_HAND = re.compile(r"^- killed `([^`]+)`:", re.MULTILINE)
 
 
 def _exit_codes(root: Path) -> dict[str, int | None]:
@@ -60,7 +64,7 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
 
 
-def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equivalent: set[str]) -> str:
+def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equivalent: set[str], by_hand: set[str]) -> str:
     """Markdown table: per package the sample size, killed, equivalent, not killed and the score with its interval."""
     rows = [
         "| package | sampled | of | killed | equivalent | not killed | score (non-equivalent) | 95% Wilson |",
@@ -69,7 +73,7 @@ def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equiv
     for package, names in drawn.items():
         population = sum(n.startswith(package + ".") for n in codes)
         equiv = sum(n in equivalent for n in names)
-        killed = sum(codes[n] in _KILLED_CODES for n in names if n not in equivalent)
+        killed = sum(codes[n] in _KILLED_CODES or n in by_hand for n in names if n not in equivalent)
         n = len(names) - equiv
         low, high = wilson(killed, n)
         share = f"{100 * killed / n:.1f}% ({killed}/{n})" if n else "-"
@@ -92,9 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "names":
         print("\n".join(name for names in drawn.values() for name in names))
         return
-    equivalent = set(_EQUIVALENT.findall(_TRIAGE.read_text()))
-    print(score_table(codes, drawn, equivalent))
-    unchecked = [n for names in drawn.values() for n in names if codes[n] is None]
+    triage = _TRIAGE.read_text()
+    equivalent, by_hand = set(_EQUIVALENT.findall(triage)), set(_KILLED_BY_HAND.findall(triage))
+    print(score_table(codes, drawn, equivalent, by_hand))
+    unchecked = [n for names in drawn.values() for n in names if codes[n] is None and n not in by_hand]
     if unchecked:
         print(f"\n{len(unchecked)} sampled mutants not checked yet (counted as not killed)")
 
