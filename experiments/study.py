@@ -125,6 +125,13 @@ ENTRIES: tuple[Entry, ...] = (
     # ---- penalty / barrier
     Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6, "tolerance": None}),
     Entry("exact-penalty", "exact-penalty", {"weight": 100.0, "growth": 1.0}),
+    Entry(
+        "exact-penalty (subgradient)",
+        "exact-penalty",
+        {"weight": 100.0, "growth": 1.0, "form": "subgradient"},
+        kinds=("weight-nonneg", "weight-affine", "weight-l1"),
+        note="naive: Adam on the L1 penalty's subgradient, chatters at the step size",
+    ),
     Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
     Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8}, default=False),
     Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "growth": 1.0, "t": 5.0, "t_growth": 1.005}),

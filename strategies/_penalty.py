@@ -22,7 +22,9 @@ barrier) applies every step.
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+import weakref
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
+from strategies._penalty_prox import OptimizerWatch, exact_penalty_prox, has_prox
 from strategies._registry import register
 
 
@@ -132,7 +135,7 @@ class PenaltyStrategy(Strategy):
         """Elementwise :math:`\\psi(h)` for the equalities."""
         raise NotImplementedError
 
-    def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor:
+    def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor | None:
         total: Tensor | float = 0.0
         watch = self.growth > 1 and self.tolerance is not None and torch.is_grad_enabled()
         worst: list[Tensor] = []
@@ -141,17 +144,24 @@ class PenaltyStrategy(Strategy):
             g, h = constraint_values(target, rows)
             if watch:
                 worst.append(_relative_violation(rows.detach(), g, h))
-            per_row: Tensor | float = 0.0
+            if not self._in_loss(target):
+                continue
+            parts: list[Tensor] = []
             if g is not None:
                 if self.barrier:
                     self._check_interior(target, g)
-                per_row = per_row + self.inequality_rows(g)
+                parts.append(self.inequality_rows(g))
             if h is not None:
-                per_row = per_row + self.equality_term(h).sum(-1)
-            total = total + _aggregate(target, per_row)  # type: ignore[arg-type]
+                parts.append(self.equality_term(h).sum(-1))
+            if parts:
+                total = total + _aggregate(target, parts[0] if len(parts) == 1 else parts[0] + parts[1])
         if watch:
             self._violation = worst[0] if len(worst) == 1 else torch.stack([w.to(worst[0]) for w in worst]).amax()
-        return self.weight * total  # type: ignore[return-value]
+        return None if isinstance(total, float) else self.weight * total  # no term: every target is proximal
+
+    def _in_loss(self, target: Target) -> bool:
+        """Whether ``target``'s penalty is a term of the loss (a subclass may apply it otherwise)."""
+        return True
 
     def _check_interior(self, target: Target, g: Tensor, at_attach: bool = False) -> None:
         if g.numel() and bool(g.detach().amax() >= 0):  # one reduction, no mask (NaN: not >= 0 either way)
@@ -284,15 +294,90 @@ class QuadraticPenalty(PenaltyStrategy):
 
 @register("exact-penalty")
 class ExactPenalty(PenaltyStrategy):
-    r""":math:`\mu \sum g^+ + \mu \sum |h|`: exact for a weight above the largest multiplier."""
+    r""":math:`\mu \sum g^+ + \mu \sum |h|`: exact for a weight above the largest multiplier.
 
-    summary = "exact (L1) penalty mu*relu(g) + mu*|h|; exact once mu exceeds the optimal multipliers"
+    ``form="proximal"`` (default): on parameters whose set has a proximal step (orthant, L1 ball, affine:
+    ``strategies._penalty_prox``), the penalty is left out of the loss and applied after each optimizer step
+    as its proximal step in the optimizer's metric (Adam, AdamW, RMSprop, Adagrad: per-coordinate steps
+    :math:`\eta / d_i`; SGD: :math:`\eta`). Proximal gradient descent converges to the minimizer of
+    :math:`f + \mu P`, which is the constrained optimum once :math:`\mu` exceeds the multipliers. Outputs,
+    and parameters on other sets, keep the subgradient term in the loss (outputs have no proximal step: they
+    are not the optimizer's variables). ``form="subgradient"``: the penalty in the loss everywhere; Adam's
+    step on its subgradient chatters around the boundary at the size of the step."""
+
+    summary = "exact (L1) penalty mu*relu(g) + mu*|h|, its proximal step on weights; exact once mu exceeds the multipliers"
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        growth: float | None = None,
+        weight_limit: float | None = None,
+        tolerance: float | None = 1e-3,
+        form: Literal["proximal", "subgradient"] = "proximal",
+    ) -> None:
+        super().__init__(weight=weight, growth=growth, weight_limit=weight_limit, tolerance=tolerance)
+        if form not in ("proximal", "subgradient"):
+            raise ValueError(f"exact-penalty: form must be 'proximal' or 'subgradient', got {form!r}.")
+        self.form = form
+        self._watch: OptimizerWatch | None = None
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return g.clamp_min(0)
 
     def equality_term(self, h: Tensor) -> Tensor:
         return h.abs()
+
+    def _in_loss(self, target: Target) -> bool:
+        return not self._proximal(target)
+
+    def _proximal(self, target: Target) -> bool:
+        return self.form == "proximal" and isinstance(target, ParameterTarget) and has_prox(target.set)
+
+    def _attach(self) -> None:
+        super()._attach()
+        model = self._require_model()
+        params = [p for t in self.targets if self._proximal(t) for p in t.tensors(model)]  # type: ignore[union-attr]
+        if params:
+            self._watch = OptimizerWatch(params)
+            weakref.finalize(self, self._watch.remove)
+
+    def _after_step(self) -> None:
+        self._apply_prox()
+        super()._after_step()
+
+    @torch.no_grad()
+    def _apply_prox(self) -> None:
+        if self._watch is None:
+            return
+        model = self._require_model()
+        for target in self.targets:
+            if not self._proximal(target):
+                continue
+            assert isinstance(target, ParameterTarget)
+            rows = target.gather(model)
+            self._check_finite_parameters(target, rows)
+            steps = self._watch.step_sizes(target, model)
+            if steps is None:
+                self._fall_back(target)
+                return
+            new = exact_penalty_prox(target.set, rows, steps.to(rows), self.weight)
+            for param, value in zip(target.tensors(model), target.split(new, model), strict=True):
+                param.copy_(value)
+
+    def _fall_back(self, target: Target) -> None:
+        warnings.warn(
+            f"exact-penalty: no optimizer with a known step (Adam, AdamW, RMSprop, Adagrad, SGD) stepped {target.label}, "
+            f"so its proximal step has no metric; switching to form='subgradient' (the penalty in the loss) from the next step.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.form = "subgradient"
+
+    def detach(self) -> None:
+        """Remove the optimizer-step hook that finds the optimizer's metric (the proximal form installs it)."""
+        if self._watch is not None:
+            self._watch.remove()
 
 
 @register("log-barrier")
