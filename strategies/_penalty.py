@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -184,7 +185,8 @@ class PenaltyStrategy(Strategy):
     def _attach(self) -> None:
         model = self._require_model()
         self._last_feasible: dict[str, Tensor] = {}
-        self._last_inputs: tuple | None = None
+        self._outputs_verified = False  # whether a training forward has been checked strictly inside
+        self._rechecking = False
         if not self.barrier:
             return
         for target in self.targets:
@@ -193,12 +195,8 @@ class PenaltyStrategy(Strategy):
                 if g is not None:
                     self._check_interior(target, g, at_attach=True)
         if any(isinstance(t, OutputTarget) for t in self.targets):
-            model.register_forward_pre_hook(self._remember_inputs)
+            model.register_forward_hook(self._check_forward, with_kwargs=True)
         self._remember_parameters()
-
-    def _remember_inputs(self, module: nn.Module, inputs: tuple) -> None:
-        if torch.is_grad_enabled():  # a training forward; the checks below run under no_grad
-            self._last_inputs = inputs
 
     def _after_step(self) -> None:
         if self.barrier:
@@ -207,7 +205,6 @@ class PenaltyStrategy(Strategy):
 
     def _after_skipped_step(self) -> None:
         if self.barrier:  # no schedule; only keep the iterate strictly inside (a no-op if nothing moved)
-            self._last_inputs = None  # the skipped batch is not finite: check the parameter targets only
             self._stay_inside()
 
     def _grow(self) -> None:
@@ -220,35 +217,75 @@ class PenaltyStrategy(Strategy):
         if self.weight_limit is not None:
             self.weight = min(self.weight, self.weight_limit) if self.growth >= 1 else max(self.weight, self.weight_limit)
 
-    @torch.no_grad()
-    def _stay_inside(self) -> None:
-        """Fraction-to-boundary rule: halve the last step, ``w <- w_prev + (w - w_prev) / 2``, until every
-        barrier constraint is strictly satisfied again: parameters exactly, outputs on the last training
-        batch (unseen inputs carry no such guarantee). The set is convex and ``w_prev`` strictly inside,
-        so a short enough step always is. Under torch.distributed every rank takes the same decision
-        (one all-reduce of the flag per check): the step is shortened if it left the interior on any
-        rank's batch, so the parameters stay identical on every rank."""
+    def _halve_until(self, inside: Callable[[], bool]) -> bool:
+        """Fraction-to-boundary rule: halve the last step, ``w <- w_prev + (w - w_prev) / 2``, until ``inside()``
+        (at most 60 times; then back to ``w_prev``). The set is convex and ``w_prev`` strictly inside, so a short
+        enough step always is. Under torch.distributed every rank takes the same decision (one all-reduce of the
+        flag per check), so the parameters stay identical on every rank. Whether it ended inside."""
         params = self._barrier_parameters()
-        for _ in range(60):
-            if _distributed.all_true(self._strictly_inside()):
-                break
-            for name, p in params.items():
-                p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
-        else:
+        with torch.no_grad():
+            for _ in range(60):
+                if _distributed.all_true(inside()):
+                    return True
+                for name, p in params.items():
+                    p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
             for name, p in params.items():
                 p.copy_(self._last_feasible[name])
-        self._remember_parameters()
+        return False
 
-    def _strictly_inside(self) -> bool:
+    @torch.no_grad()
+    def _stay_inside(self) -> None:
+        """After a step: parameter constraints are checked exactly (no forward). Output constraints are checked on
+        the next training forward (:meth:`_check_forward`), before the loss evaluates the barrier there; the point
+        last verified on outputs stays the one to return to, so it is only remembered here without them."""
+        if any(isinstance(t, ParameterTarget) for t in self.targets):
+            self._halve_until(self._parameters_inside)
+        if not any(isinstance(t, OutputTarget) for t in self.targets):
+            self._remember_parameters()
+
+    def _parameters_inside(self) -> bool:
         model = self._require_model()
-        outputs = model(*self._last_inputs) if self._last_inputs is not None else None
         for target in self.targets:
-            if isinstance(target, OutputTarget) and outputs is None:
-                continue
-            g, _ = constraint_values(target, target_rows(target, model, outputs))
-            if g is not None and g.numel() and not bool(g.amax() < 0):  # one reduction; NaN is not < 0
-                return False
+            if isinstance(target, ParameterTarget):
+                g, _ = constraint_values(target, target.gather(model))
+                if g is not None and g.numel() and not bool(g.amax() < 0):  # one reduction; NaN is not < 0
+                    return False
         return True
+
+    def _outputs_inside(self, outputs: Tensor, args: tuple) -> bool:
+        """Whether every output constraint is strictly satisfied by ``outputs`` (of the forward on ``args``)."""
+        model = self._require_model()
+        for target in self.targets:
+            if isinstance(target, OutputTarget):
+                bound = target.set.bind(*args) if target.set.needs_inputs else target.set
+                g = bound.inequality(target_rows(target, model, outputs).detach())
+                if g is not None and g.numel() and not bool(g.amax() < 0):
+                    return False
+        return self._parameters_inside()
+
+    def _check_forward(self, module: nn.Module, args: tuple, kwargs: dict, outputs: Any) -> Tensor | None:
+        """Forward hook of a barrier on outputs: a training forward (grad enabled) whose outputs are not strictly
+        inside has its parameters pulled back along the last step (:meth:`_halve_until`, re-running this forward
+        without gradient) and returns the outputs of the accepted point, so the loss never evaluates the barrier
+        outside; outputs that are inside make the current parameters the point to return to."""
+        if self._rechecking or not torch.is_grad_enabled() or not isinstance(outputs, Tensor):
+            return None
+        if _distributed.all_true(self._outputs_inside(outputs, args)):
+            self._outputs_verified = True
+            self._remember_parameters()
+            return None
+        if not self._outputs_verified:  # nothing verified to return to: the loss reports the infeasible start
+            return None
+        self._rechecking = True
+        try:
+            with torch.no_grad():
+                inside = self._halve_until(lambda: self._outputs_inside(module(*args, **kwargs), args))
+            outputs = module(*args, **kwargs)  # at the accepted point, with gradient
+        finally:
+            self._rechecking = False
+        if inside:
+            self._remember_parameters()
+        return outputs
 
     def _barrier_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters a step may have pushed out: all trainable ones when outputs are constrained."""
@@ -269,14 +306,41 @@ class PenaltyStrategy(Strategy):
                 kept[n] = p.detach().clone()
         self._last_feasible = kept
 
+    def _on_outputs(self) -> bool:
+        return self.barrier and any(isinstance(t, OutputTarget) for t in self.targets)
+
     def _state(self) -> dict[str, Any]:
+        if self._on_outputs():  # the point verified on outputs: the next forward may have to return to it
+            verified = {n: t.detach().clone() for n, t in self._last_feasible.items()} if self._outputs_verified else {}
+            return {"weight": self.weight, "last_feasible": verified}
         return {"weight": self.weight}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        values = _positive_entries(self.name, state, tuple(self._state()))
+        state = dict(state)
+        verified = state.pop("last_feasible", None) if self._on_outputs() else None
+        values = _positive_entries(self.name, state, tuple(k for k in self._state() if k != "last_feasible"))
         self.weight = values["weight"]
         if self.barrier:
             self._remember_parameters()
+        if verified:
+            self._load_verified(verified)
+
+    def _load_verified(self, verified: Any) -> None:
+        """Restore the point last verified on outputs (``state["last_feasible"]``), checking names and shapes."""
+        own = self._last_feasible
+        if not isinstance(verified, dict) or set(verified) != set(own):
+            raise KeyError(
+                f"strategy {self.name!r}: state['last_feasible'] must hold the parameters {sorted(own)}; "
+                f"got {sorted(verified) if isinstance(verified, dict) else type(verified).__name__}."
+            )
+        for name, buf in own.items():
+            value = verified[name]
+            if not isinstance(value, Tensor) or value.shape != buf.shape:
+                raise ValueError(
+                    f"strategy {self.name!r}: state['last_feasible'][{name!r}] must be a tensor of shape {tuple(buf.shape)}."
+                )
+            buf.copy_(value)
+        self._outputs_verified = True
 
 
 @register("quadratic-penalty")

@@ -292,22 +292,27 @@ def test_barrier_halves_a_step_that_leaves_the_interior():
 
 
 def test_barrier_keeps_the_last_training_outputs_inside():
-    """Outputs: the forward of the last training batch is re-run after the step; the step is halved until
-    every output is strictly inside (here the bias step +2 on an output of 0.5 in the unit ball: 1/8)."""
+    """Outputs: the next training forward is checked before the loss sees it; the last step is halved until
+    every output is strictly inside (here the bias step +2 on an output of 0.5 in the unit ball: 1/8), and the
+    forward returns the outputs of that point."""
     strategy = strategies.get("reciprocal-barrier", weight=0.1)
     model = _Net([[0.0, 0.0, 0.0]])  # one output, 0.5 on every input
     with torch.no_grad():
         model.lin.bias.fill_(0.5)
     model = strategy.attach(model, [on_output(L1Ball(1.0))])
     x = torch.ones(2, 3, dtype=torch.float64)
-    out = model(x)  # a training forward: remembered for the check
+    out = model(x)  # a training forward: checked, and its point remembered
     strategy.loss(torch.tensor(0.0, dtype=torch.float64), out).backward()
     with torch.no_grad():
         model.lin.bias.add_(2.0)  # outputs 2.5: outside
     strategy.after_step()
-    # halvings: 1.5, 1.0 (on the boundary: not strictly inside), 0.75
+    with torch.no_grad():  # an evaluation forward is not checked: it sees the step as taken
+        assert float(model(x).abs().max()) == pytest.approx(2.5, abs=1e-15)
+    out = model(x)  # the next training forward: halvings 1.5, 1.0 (on the boundary: not strictly inside), 0.75
     assert float(model.lin.bias.detach()) == pytest.approx(0.75, abs=1e-15)
-    assert float(model(x).detach().abs().max()) < 1.0
+    assert out.detach().reshape(-1).tolist() == pytest.approx([0.75, 0.75], abs=1e-15) and out.requires_grad
+    loss = strategy.loss(torch.tensor(0.0, dtype=torch.float64), out)
+    assert float(loss.detach()) == pytest.approx(0.1 / 0.25, rel=1e-12)  # mu / (r - |y|) at the accepted point
 
 
 @pytest.mark.parametrize(
