@@ -3,7 +3,10 @@ r"""Penalty and barrier strategies: add :math:`\mu \sum \phi(g) + \mu \sum \psi(
 Exterior penalties (:math:`\phi(g) = (g^+)^2` or :math:`g^+`) give approximate feasibility that
 improves as the weight :math:`\mu` grows. Barriers (:math:`-\log(-g)`, :math:`-1/g`) are defined
 only strictly inside the set: they refuse an infeasible start, and a parameter step that would
-leave the interior is shortened (backtracking towards the last strictly feasible iterate). The
+leave the interior is shortened (backtracking towards the last strictly feasible iterate): right after
+the step for parameter constraints, and on the next training forward for output constraints (a
+forward hook checks its outputs before the loss evaluates the barrier on them). The exact penalty on
+parameters takes its proximal step after the optimizer's (``strategies._penalty_prox``). The
 extended log barrier (Kervadec et al. 2019) continues :math:`-\frac1t\log(-z)` linearly for
 :math:`z > -1/t^2`, so it accepts an infeasible start. Barriers have no meaning for equalities.
 
