@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
-from strategies._base import Strategy, Target, constraint_values, target_rows
+from strategies._base import Strategy, Target, all_finite, constraint_values, target_rows
 from strategies._penalty_prox import OptimizerWatch, exact_penalty_prox, has_prox
 from strategies._registry import register
 
@@ -189,6 +189,8 @@ class PenaltyStrategy(Strategy):
         model = self._require_model()
         self._last_feasible: dict[str, Tensor] = {}
         self._outputs_verified = False  # whether a training forward has been checked strictly inside
+        self._spare_feasible: dict[str, Tensor] = {}  # the point verified before, until this step's loss is finite
+        self._accepted: bool | None = None  # _outputs_verified before the forward of this step, if it accepted one
         self._rechecking = False
         if not self.barrier:
             return
@@ -202,11 +204,13 @@ class PenaltyStrategy(Strategy):
         self._remember_parameters()
 
     def _after_step(self) -> None:
+        self._accepted = None
         if self.barrier:
             self._stay_inside()
         self._grow()
 
     def _after_skipped_step(self) -> None:
+        self._accepted = None
         if self.barrier:  # no schedule; only keep the iterate strictly inside (a no-op if nothing moved)
             self._stay_inside()
 
@@ -255,16 +259,21 @@ class PenaltyStrategy(Strategy):
                     return False
         return True
 
-    def _outputs_inside(self, outputs: Tensor, args: tuple) -> bool:
-        """Whether every output constraint is strictly satisfied by ``outputs`` (of the forward on ``args``)."""
+    def _output_values(self, outputs: Tensor, args: tuple) -> list[Tensor]:
+        """``g`` of every output constraint on ``outputs`` (of the forward on ``args``), detached."""
         model = self._require_model()
+        values = []
         for target in self.targets:
             if isinstance(target, OutputTarget):
                 bound = target.set.bind(*args) if target.set.needs_inputs else target.set
                 g = bound.inequality(target_rows(target, model, outputs).detach())
-                if g is not None and g.numel() and not bool(g.amax() < 0):
-                    return False
-        return self._parameters_inside()
+                if g is not None and g.numel():
+                    values.append(g)
+        return values
+
+    def _outputs_inside(self, outputs: Tensor, args: tuple) -> bool:
+        """Whether every output constraint is strictly satisfied by ``outputs`` (of the forward on ``args``)."""
+        return all(bool(g.amax() < 0) for g in self._output_values(outputs, args)) and self._parameters_inside()
 
     def _check_forward(self, module: nn.Module, args: tuple, kwargs: dict, outputs: Any) -> Tensor | None:
         """Forward hook of a barrier on outputs: a training forward (grad enabled) whose outputs are not strictly
@@ -274,11 +283,12 @@ class PenaltyStrategy(Strategy):
         if self._rechecking or not torch.is_grad_enabled() or not isinstance(outputs, Tensor):
             return None
         if _distributed.all_true(self._outputs_inside(outputs, args)):
-            self._outputs_verified = True
-            self._remember_parameters()
+            self._accept_point()
             return None
         if not self._outputs_verified:  # nothing verified to return to: the loss reports the infeasible start
             return None
+        if not _distributed.all_true(all(all_finite(g) for g in self._output_values(outputs, args))):
+            return None  # NaN or Inf (inputs, right-hand sides, parameters): the loss raises or skips, nothing moves
         self._rechecking = True
         try:
             with torch.no_grad():
@@ -287,8 +297,22 @@ class PenaltyStrategy(Strategy):
         finally:
             self._rechecking = False
         if inside:
-            self._remember_parameters()
+            self._accept_point()
         return outputs
+
+    def _accept_point(self) -> None:
+        """The current parameters become the point to return to; the previous one is kept (buffers swapped, no
+        copy) until this step's loss turns out finite (:meth:`_discard_loss` restores it)."""
+        self._spare_feasible, self._last_feasible = self._last_feasible, self._spare_feasible
+        self._remember_parameters()
+        if self._accepted is None:
+            self._accepted = self._outputs_verified
+        self._outputs_verified = True
+
+    def _discard_loss(self) -> None:
+        if self._accepted is not None:  # a non-finite loss: the state as before this step's forward
+            self._spare_feasible, self._last_feasible = self._last_feasible, self._spare_feasible
+            self._outputs_verified, self._accepted = self._accepted, None
 
     def _barrier_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters a step may have pushed out: all trainable ones when outputs are constrained."""
