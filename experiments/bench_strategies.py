@@ -134,7 +134,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("penalty", "quadratic-penalty", OUT_NONNEG, {"weight": 10.0}),
     Cell("penalty", "exact-penalty", OUT_NONNEG, {"weight": 1.0}),
     Cell("penalty", "extended-log-barrier", OUT_NONNEG, {"weight": 1.0, "t": 5.0}),
-    Cell("penalty", "log-barrier", OUT_NONNEG, {"weight": 0.1}, note="outputs, re-checked after each step", feasible_start=True),
+    Cell("penalty", "log-barrier", OUT_NONNEG, {"weight": 0.1}, note="outputs, next forward checked", feasible_start=True),
     Cell("penalty", "log-barrier", W_NONNEG, {"weight": 1e-4}, note="weight", feasible_start=True),
     Cell("projected", "projected", OUT_L1, note="projection layer"),
     Cell("projected", "projected", W_NONNEG, note="weights"),

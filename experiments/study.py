@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import strategies
+from experiments._family_best import family_best_lines, family_overview
 from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
 
@@ -154,6 +155,13 @@ ENTRIES: tuple[Entry, ...] = (
     # ---- penalty / barrier
     Entry("quadratic-penalty", "quadratic-penalty", {"weight": 10.0, "growth": 1.005, "weight_limit": 1e6, "tolerance": None}),
     Entry("exact-penalty", "exact-penalty", {"weight": 100.0, "growth": 1.0}),
+    Entry(
+        "exact-penalty (subgradient)",
+        "exact-penalty",
+        {"weight": 100.0, "growth": 1.0, "form": "subgradient"},
+        kinds=("weight-nonneg", "weight-affine", "weight-l1"),
+        note="naive: Adam on the L1 penalty's subgradient, chatters at the step size",
+    ),
     Entry("log-barrier", "log-barrier", {"weight": 0.1, "growth": 0.995, "weight_limit": 1e-6}),
     Entry("reciprocal-barrier", "reciprocal-barrier", {"weight": 0.01, "growth": 0.995, "weight_limit": 1e-8}, default=False),
     Entry("extended-log-barrier", "extended-log-barrier", {"weight": 0.1, "growth": 1.0, "t": 5.0, "t_growth": 1.005}),
@@ -776,7 +784,7 @@ def _problem_section(plan: Plan, rows: Sequence[Row], problem_name: str) -> list
             f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
             f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
         )
-    lines += _family_best(problem, [r for r in rows if r.problem == problem_name])
+    lines += family_best_lines(problem, [r for r in rows if r.problem == problem_name])
     skipped = [s for s in plan.skipped if s.problem == problem_name]
     if skipped:
         by_family: dict[str, list[Skipped]] = {}
@@ -817,43 +825,8 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
             winners = [r.entry.label for r in rows if r.problem == p and r.reaches_target and r.entry.strategy]
             lines.append(f"- {p}: {', '.join(winners) if winners else 'none'}")
         lines.append("")
+        lines += family_overview(plan, rows)
     return "\n".join(lines)
-
-
-def _best_key(row: Row, convex: bool) -> tuple:
-    """Order rows of one family: meets the target, then feasible, then smallest |gap| (objective if no F*)."""
-    violation = row.worst_violation if row.worst_violation is not None else math.inf
-    if convex:
-        gap = row.worst_gap if row.worst_gap is not None else math.inf
-        return (not row.reaches_target, violation > VIOLATION_OK, gap, violation)
-    return (violation > FEASIBLE, row.objective if row.objective is not None else math.inf, violation)
-
-
-def _family_best(problem: Problem, rows: Sequence[Row]) -> list[str]:
-    """The best entry of each family on one problem (gap, violation, steps to feasibility, time)."""
-    families: dict[str, list[Row]] = {}
-    for row in rows:
-        if row.entry.strategy is not None and row.runs and len(row.failed) < row.runs:
-            families.setdefault(row.entry.family, []).append(row)
-    if not families:
-        return []
-    lines = [
-        "",
-        "Best entry of each family (worst seed for gap and violation):",
-        "",
-        f"| family | best entry | gap | train viol max | steps to viol <= {FEASIBLE:g} | time/step |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for family, group in families.items():
-        best = min(group, key=lambda r: _best_key(r, problem.convex))
-        gap = _gap(best.worst_gap if best.gap is None or best.worst_gap is None else math.copysign(best.worst_gap, best.gap))
-        name = f"**{best.entry.label}**" if best.reaches_target and problem.convex else best.entry.label
-        lines.append(
-            f"| {family} | {name} | {gap if problem.f_star is not None else '-'} | "
-            f"{_violation(best.worst_violation)} | {_steps(best.steps_to_feasible, best.runs > 0)} | "
-            f"{_num(best.relative_time, 3)} |"
-        )
-    return lines
 
 
 def _short(text: str, limit: int = 120) -> str:

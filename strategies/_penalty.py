@@ -3,7 +3,10 @@ r"""Penalty and barrier strategies: add :math:`\mu \sum \phi(g) + \mu \sum \psi(
 Exterior penalties (:math:`\phi(g) = (g^+)^2` or :math:`g^+`) give approximate feasibility that
 improves as the weight :math:`\mu` grows. Barriers (:math:`-\log(-g)`, :math:`-1/g`) are defined
 only strictly inside the set: they refuse an infeasible start, and a parameter step that would
-leave the interior is shortened (backtracking towards the last strictly feasible iterate). The
+leave the interior is shortened (backtracking towards the last strictly feasible iterate): right after
+the step for parameter constraints, and on the next training forward for output constraints (a
+forward hook checks its outputs before the loss evaluates the barrier on them). The exact penalty on
+parameters takes its proximal step after the optimizer's (``strategies._penalty_prox``). The
 extended log barrier (Kervadec et al. 2019) continues :math:`-\frac1t\log(-z)` linearly for
 :math:`z > -1/t^2`, so it accepts an infeasible start. Barriers have no meaning for equalities.
 
@@ -22,15 +25,19 @@ barrier) applies every step.
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
-from strategies._base import Strategy, Target, constraint_values, target_rows
+from strategies._base import Strategy, Target, all_finite, constraint_values, target_rows
 from strategies._options import check_positive as _check_positive
+from strategies._penalty_prox import OptimizerWatch, exact_penalty_prox, has_prox
 from strategies._registry import register
 
 
@@ -127,7 +134,7 @@ class PenaltyStrategy(Strategy):
         """Elementwise :math:`\\psi(h)` for the equalities."""
         raise NotImplementedError
 
-    def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor:
+    def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor | None:
         total: Tensor | float = 0.0
         watch = self.growth > 1 and self.tolerance is not None and torch.is_grad_enabled()
         worst: list[Tensor] = []
@@ -136,17 +143,24 @@ class PenaltyStrategy(Strategy):
             g, h = constraint_values(target, rows)
             if watch:
                 worst.append(_relative_violation(rows.detach(), g, h))
-            per_row: Tensor | float = 0.0
+            if not self._in_loss(target):
+                continue
+            parts: list[Tensor] = []
             if g is not None:
                 if self.barrier:
                     self._check_interior(target, g)
-                per_row = per_row + self.inequality_rows(g)
+                parts.append(self.inequality_rows(g))
             if h is not None:
-                per_row = per_row + self.equality_term(h).sum(-1)
-            total = total + _aggregate(target, per_row)  # type: ignore[arg-type]
+                parts.append(self.equality_term(h).sum(-1))
+            if parts:
+                total = total + _aggregate(target, parts[0] if len(parts) == 1 else parts[0] + parts[1])
         if watch:
             self._violation = worst[0] if len(worst) == 1 else torch.stack([w.to(worst[0]) for w in worst]).amax()
-        return self.weight * total  # type: ignore[return-value]
+        return None if isinstance(total, float) else self.weight * total  # no term: every target is proximal
+
+    def _in_loss(self, target: Target) -> bool:
+        """Whether ``target``'s penalty is a term of the loss (a subclass may apply it otherwise)."""
+        return True
 
     def _check_interior(self, target: Target, g: Tensor, at_attach: bool = False) -> None:
         if g.numel() and bool(g.detach().amax() >= 0):  # one reduction, no mask (NaN: not >= 0 either way)
@@ -169,7 +183,10 @@ class PenaltyStrategy(Strategy):
     def _attach(self) -> None:
         model = self._require_model()
         self._last_feasible: dict[str, Tensor] = {}
-        self._last_inputs: tuple | None = None
+        self._outputs_verified = False  # whether a training forward has been checked strictly inside
+        self._spare_feasible: dict[str, Tensor] = {}  # the point verified before, until this step's loss is finite
+        self._accepted: bool | None = None  # _outputs_verified before the forward of this step, if it accepted one
+        self._rechecking = False
         if not self.barrier:
             return
         for target in self.targets:
@@ -178,21 +195,18 @@ class PenaltyStrategy(Strategy):
                 if g is not None:
                     self._check_interior(target, g, at_attach=True)
         if any(isinstance(t, OutputTarget) for t in self.targets):
-            model.register_forward_pre_hook(self._remember_inputs)
+            model.register_forward_hook(self._check_forward, with_kwargs=True)
         self._remember_parameters()
 
-    def _remember_inputs(self, module: nn.Module, inputs: tuple) -> None:
-        if torch.is_grad_enabled():  # a training forward; the checks below run under no_grad
-            self._last_inputs = inputs
-
     def _after_step(self) -> None:
+        self._accepted = None
         if self.barrier:
             self._stay_inside()
         self._grow()
 
     def _after_skipped_step(self) -> None:
+        self._accepted = None
         if self.barrier:  # no schedule; only keep the iterate strictly inside (a no-op if nothing moved)
-            self._last_inputs = None  # the skipped batch is not finite: check the parameter targets only
             self._stay_inside()
 
     def _grow(self) -> None:
@@ -205,35 +219,95 @@ class PenaltyStrategy(Strategy):
         if self.weight_limit is not None:
             self.weight = min(self.weight, self.weight_limit) if self.growth >= 1 else max(self.weight, self.weight_limit)
 
-    @torch.no_grad()
-    def _stay_inside(self) -> None:
-        """Fraction-to-boundary rule: halve the last step, ``w <- w_prev + (w - w_prev) / 2``, until every
-        barrier constraint is strictly satisfied again: parameters exactly, outputs on the last training
-        batch (unseen inputs carry no such guarantee). The set is convex and ``w_prev`` strictly inside,
-        so a short enough step always is. Under torch.distributed every rank takes the same decision
-        (one all-reduce of the flag per check): the step is shortened if it left the interior on any
-        rank's batch, so the parameters stay identical on every rank."""
+    def _halve_until(self, inside: Callable[[], bool]) -> bool:
+        """Fraction-to-boundary rule: halve the last step, ``w <- w_prev + (w - w_prev) / 2``, until ``inside()``
+        (at most 60 times; then back to ``w_prev``). The set is convex and ``w_prev`` strictly inside, so a short
+        enough step always is. Under torch.distributed every rank takes the same decision (one all-reduce of the
+        flag per check), so the parameters stay identical on every rank. Whether it ended inside."""
         params = self._barrier_parameters()
-        for _ in range(60):
-            if _distributed.all_true(self._strictly_inside()):
-                break
-            for name, p in params.items():
-                p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
-        else:
+        with torch.no_grad():
+            for _ in range(60):
+                if _distributed.all_true(inside()):
+                    return True
+                for name, p in params.items():
+                    p.copy_(self._last_feasible[name] + 0.5 * (p - self._last_feasible[name]))
             for name, p in params.items():
                 p.copy_(self._last_feasible[name])
-        self._remember_parameters()
+        return False
 
-    def _strictly_inside(self) -> bool:
+    @torch.no_grad()
+    def _stay_inside(self) -> None:
+        """After a step: parameter constraints are checked exactly (no forward). Output constraints are checked on
+        the next training forward (:meth:`_check_forward`), before the loss evaluates the barrier there; the point
+        last verified on outputs stays the one to return to, so it is only remembered here without them."""
+        if any(isinstance(t, ParameterTarget) for t in self.targets):
+            self._halve_until(self._parameters_inside)
+        if not any(isinstance(t, OutputTarget) for t in self.targets):
+            self._remember_parameters()
+
+    def _parameters_inside(self) -> bool:
         model = self._require_model()
-        outputs = model(*self._last_inputs) if self._last_inputs is not None else None
         for target in self.targets:
-            if isinstance(target, OutputTarget) and outputs is None:
-                continue
-            g, _ = constraint_values(target, target_rows(target, model, outputs))
-            if g is not None and g.numel() and not bool(g.amax() < 0):  # one reduction; NaN is not < 0
-                return False
+            if isinstance(target, ParameterTarget):
+                g, _ = constraint_values(target, target.gather(model))
+                if g is not None and g.numel() and not bool(g.amax() < 0):  # one reduction; NaN is not < 0
+                    return False
         return True
+
+    def _output_values(self, outputs: Tensor, args: tuple) -> list[Tensor]:
+        """``g`` of every output constraint on ``outputs`` (of the forward on ``args``), detached."""
+        model = self._require_model()
+        values = []
+        for target in self.targets:
+            if isinstance(target, OutputTarget):
+                bound = target.set.bind(*args) if target.set.needs_inputs else target.set
+                g = bound.inequality(target_rows(target, model, outputs).detach())
+                if g is not None and g.numel():
+                    values.append(g)
+        return values
+
+    def _outputs_inside(self, outputs: Tensor, args: tuple) -> bool:
+        """Whether every output constraint is strictly satisfied by ``outputs`` (of the forward on ``args``)."""
+        return all(bool(g.amax() < 0) for g in self._output_values(outputs, args)) and self._parameters_inside()
+
+    def _check_forward(self, module: nn.Module, args: tuple, kwargs: dict, outputs: Any) -> Tensor | None:
+        """Forward hook of a barrier on outputs: a training forward (grad enabled) whose outputs are not strictly
+        inside has its parameters pulled back along the last step (:meth:`_halve_until`, re-running this forward
+        without gradient) and returns the outputs of the accepted point, so the loss never evaluates the barrier
+        outside; outputs that are inside make the current parameters the point to return to."""
+        if self._rechecking or not torch.is_grad_enabled() or not isinstance(outputs, Tensor):
+            return None
+        if _distributed.all_true(self._outputs_inside(outputs, args)):
+            self._accept_point()
+            return None
+        if not self._outputs_verified:  # nothing verified to return to: the loss reports the infeasible start
+            return None
+        if not _distributed.all_true(all(all_finite(g) for g in self._output_values(outputs, args))):
+            return None  # NaN or Inf (inputs, right-hand sides, parameters): the loss raises or skips, nothing moves
+        self._rechecking = True
+        try:
+            with torch.no_grad():
+                inside = self._halve_until(lambda: self._outputs_inside(module(*args, **kwargs), args))
+            outputs = module(*args, **kwargs)  # at the accepted point, with gradient
+        finally:
+            self._rechecking = False
+        if inside:
+            self._accept_point()
+        return outputs
+
+    def _accept_point(self) -> None:
+        """The current parameters become the point to return to; the previous one is kept (buffers swapped, no
+        copy) until this step's loss turns out finite (:meth:`_discard_loss` restores it)."""
+        self._spare_feasible, self._last_feasible = self._last_feasible, self._spare_feasible
+        self._remember_parameters()
+        if self._accepted is None:
+            self._accepted = self._outputs_verified
+        self._outputs_verified = True
+
+    def _discard_loss(self) -> None:
+        if self._accepted is not None:  # a non-finite loss: the state as before this step's forward
+            self._spare_feasible, self._last_feasible = self._last_feasible, self._spare_feasible
+            self._outputs_verified, self._accepted = self._accepted, None
 
     def _barrier_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters a step may have pushed out: all trainable ones when outputs are constrained."""
@@ -254,14 +328,41 @@ class PenaltyStrategy(Strategy):
                 kept[n] = p.detach().clone()
         self._last_feasible = kept
 
+    def _on_outputs(self) -> bool:
+        return self.barrier and any(isinstance(t, OutputTarget) for t in self.targets)
+
     def _state(self) -> dict[str, Any]:
+        if self._on_outputs():  # the point verified on outputs: the next forward may have to return to it
+            verified = {n: t.detach().clone() for n, t in self._last_feasible.items()} if self._outputs_verified else {}
+            return {"weight": self.weight, "last_feasible": verified}
         return {"weight": self.weight}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        values = _positive_entries(self.name, state, tuple(self._state()))
+        state = dict(state)
+        verified = state.pop("last_feasible", None) if self._on_outputs() else None
+        values = _positive_entries(self.name, state, tuple(k for k in self._state() if k != "last_feasible"))
         self.weight = values["weight"]
         if self.barrier:
             self._remember_parameters()
+        if verified:
+            self._load_verified(verified)
+
+    def _load_verified(self, verified: Any) -> None:
+        """Restore the point last verified on outputs (``state["last_feasible"]``), checking names and shapes."""
+        own = self._last_feasible
+        if not isinstance(verified, dict) or set(verified) != set(own):
+            raise KeyError(
+                f"strategy {self.name!r}: state['last_feasible'] must hold the parameters {sorted(own)}; "
+                f"got {sorted(verified) if isinstance(verified, dict) else type(verified).__name__}."
+            )
+        for name, buf in own.items():
+            value = verified[name]
+            if not isinstance(value, Tensor) or value.shape != buf.shape:
+                raise ValueError(
+                    f"strategy {self.name!r}: state['last_feasible'][{name!r}] must be a tensor of shape {tuple(buf.shape)}."
+                )
+            buf.copy_(value)
+        self._outputs_verified = True
 
 
 @register("quadratic-penalty")
@@ -279,15 +380,90 @@ class QuadraticPenalty(PenaltyStrategy):
 
 @register("exact-penalty")
 class ExactPenalty(PenaltyStrategy):
-    r""":math:`\mu \sum g^+ + \mu \sum |h|`: exact for a weight above the largest multiplier."""
+    r""":math:`\mu \sum g^+ + \mu \sum |h|`: exact for a weight above the largest multiplier.
 
-    summary = "exact (L1) penalty mu*relu(g) + mu*|h|; exact once mu exceeds the optimal multipliers"
+    ``form="proximal"`` (default): on parameters whose set has a proximal step (orthant, L1 ball, affine:
+    ``strategies._penalty_prox``), the penalty is left out of the loss and applied after each optimizer step
+    as its proximal step in the optimizer's metric (Adam, AdamW, RMSprop, Adagrad: per-coordinate steps
+    :math:`\eta / d_i`; SGD: :math:`\eta`). Proximal gradient descent converges to the minimizer of
+    :math:`f + \mu P`, which is the constrained optimum once :math:`\mu` exceeds the multipliers. Outputs,
+    and parameters on other sets, keep the subgradient term in the loss (outputs have no proximal step: they
+    are not the optimizer's variables). ``form="subgradient"``: the penalty in the loss everywhere; Adam's
+    step on its subgradient chatters around the boundary at the size of the step."""
+
+    summary = "exact (L1) penalty mu*relu(g) + mu*|h|, its proximal step on weights; exact once mu exceeds the multipliers"
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        growth: float | None = None,
+        weight_limit: float | None = None,
+        tolerance: float | None = 1e-3,
+        form: Literal["proximal", "subgradient"] = "proximal",
+    ) -> None:
+        super().__init__(weight=weight, growth=growth, weight_limit=weight_limit, tolerance=tolerance)
+        if form not in ("proximal", "subgradient"):
+            raise ValueError(f"exact-penalty: form must be 'proximal' or 'subgradient', got {form!r}.")
+        self.form = form
+        self._watch: OptimizerWatch | None = None
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return g.clamp_min(0)
 
     def equality_term(self, h: Tensor) -> Tensor:
         return h.abs()
+
+    def _in_loss(self, target: Target) -> bool:
+        return not self._proximal(target)
+
+    def _proximal(self, target: Target) -> bool:
+        return self.form == "proximal" and isinstance(target, ParameterTarget) and has_prox(target.set)
+
+    def _attach(self) -> None:
+        super()._attach()
+        model = self._require_model()
+        params = [p for t in self.targets if self._proximal(t) for p in t.tensors(model)]  # type: ignore[union-attr]
+        if params:
+            self._watch = OptimizerWatch(params)
+            weakref.finalize(self, self._watch.remove)
+
+    def _after_step(self) -> None:
+        self._apply_prox()
+        super()._after_step()
+
+    @torch.no_grad()
+    def _apply_prox(self) -> None:
+        if self._watch is None:
+            return
+        model = self._require_model()
+        for target in self.targets:
+            if not self._proximal(target):
+                continue
+            assert isinstance(target, ParameterTarget)
+            rows = target.gather(model)
+            self._check_finite_parameters(target, rows)
+            steps = self._watch.step_sizes(target, model)
+            if steps is None:
+                self._fall_back(target)
+                return
+            new = exact_penalty_prox(target.set, rows, steps.to(rows), self.weight)
+            for param, value in zip(target.tensors(model), target.split(new, model), strict=True):
+                param.copy_(value)
+
+    def _fall_back(self, target: Target) -> None:
+        warnings.warn(
+            f"exact-penalty: no optimizer with a known step (Adam, AdamW, RMSprop, Adagrad, SGD) stepped {target.label}, "
+            f"so its proximal step has no metric; switching to form='subgradient' (the penalty in the loss) from the next step.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.form = "subgradient"
+
+    def detach(self) -> None:
+        """Remove the optimizer-step hook that finds the optimizer's metric (the proximal form installs it)."""
+        if self._watch is not None:
+            self._watch.remove()
 
 
 @register("log-barrier")

@@ -77,35 +77,46 @@ def _l1_rows(rows, r):
 
 # ------------------------------------------------------------------ exterior penalties
 @pytest.mark.parametrize(
-    "name, phi, psi",
+    "name, phi, psi, form",
     [
-        ("quadratic-penalty", _quadratic, lambda h: h * h),
-        ("exact-penalty", _exact, abs),
+        ("quadratic-penalty", _quadratic, lambda h: h * h, {}),
+        ("exact-penalty", _exact, abs, {"form": "subgradient"}),  # the proximal form: test_exact_penalty_proximal_terms
     ],
 )
-def test_exterior_penalty_values(name, phi, psi):
+def test_exterior_penalty_values(name, phi, psi, form):
     mu = 2.5
     # L1 ball on outputs: batch mean of phi(||y||_1 - r), one inequality per sample
     g = _l1_rows(OUTPUTS, 1.0)  # -0.2, 1.5, 2.0
     expected = OBJECTIVE + mu * sum(phi(v) for v in g) / len(g)
-    assert _value(name, on_output(L1Ball(1.0)), OUTPUTS, weight=mu) == pytest.approx(expected, rel=1e-12)
+    assert _value(name, on_output(L1Ball(1.0)), OUTPUTS, weight=mu, **form) == pytest.approx(expected, rel=1e-12)
     # outputs >= 0: g = -y per entry, summed per sample, averaged over the batch
     per_sample = [sum(phi(-v) for v in row) for row in OUTPUTS]
     expected = OBJECTIVE + mu * sum(per_sample) / len(per_sample)
-    assert _value(name, on_output(NonNegative()), OUTPUTS, weight=mu) == pytest.approx(expected, rel=1e-12)
+    assert _value(name, on_output(NonNegative()), OUTPUTS, weight=mu, **form) == pytest.approx(expected, rel=1e-12)
     # weights >= 0: summed over every entry of the weight (rows are summed, not averaged)
     expected = OBJECTIVE + mu * sum(phi(-v) for row in WEIGHT for v in row)
-    assert _value(name, on_parameter("lin.weight", NonNegative()), weight=mu) == pytest.approx(expected, rel=1e-12)
+    assert _value(name, on_parameter("lin.weight", NonNegative()), weight=mu, **form) == pytest.approx(expected, rel=1e-12)
     # L1 ball on each weight row: summed over the rows
     expected = OBJECTIVE + mu * sum(phi(v) for v in _l1_rows(WEIGHT, 0.5))
-    assert _value(name, on_parameter("lin.weight", L1Ball(0.5)), weight=mu) == pytest.approx(expected, rel=1e-12)
+    assert _value(name, on_parameter("lin.weight", L1Ball(0.5)), weight=mu, **form) == pytest.approx(expected, rel=1e-12)
     # A vec(W) = c: psi of every residual, summed
     A = [[1.0, 0.0, 0.0, 0.0, -1.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]
     c = [0.0, 2.0, -0.5]
     flat = [v for row in WEIGHT for v in row]
     residuals = [sum(a * w for a, w in zip(row, flat, strict=True)) - ci for row, ci in zip(A, c, strict=True)]  # -0.4, -0.7, 0.2
     expected = OBJECTIVE + mu * sum(psi(h) for h in residuals)
-    assert _value(name, on_parameter("lin.weight", Affine(A, c)), weight=mu) == pytest.approx(expected, rel=1e-12)
+    assert _value(name, on_parameter("lin.weight", Affine(A, c)), weight=mu, **form) == pytest.approx(expected, rel=1e-12)
+
+
+def test_exact_penalty_proximal_terms():
+    """The default (proximal) form: the weight penalty leaves the loss (its proximal step follows the optimizer's
+    step), the output penalty stays in it with the documented value."""
+    mu = 2.5
+    for constraint in (NonNegative(), L1Ball(0.5)):
+        assert _value("exact-penalty", on_parameter("lin.weight", constraint), weight=mu) == OBJECTIVE
+    g = _l1_rows(OUTPUTS, 1.0)
+    expected = OBJECTIVE + mu * sum(_exact(v) for v in g) / len(g)
+    assert _value("exact-penalty", on_output(L1Ball(1.0)), OUTPUTS, weight=mu) == pytest.approx(expected, rel=1e-12)
 
 
 def test_quadratic_penalty_numbers():
@@ -193,7 +204,7 @@ def test_weight_growth_and_limit():
     got = _penalty_after_steps("quadratic-penalty", 5, weight=1.0, growth=2.0, weight_limit=5.0)
     assert got == pytest.approx([base * m for m in (1.0, 2.0, 4.0, 5.0, 5.0)], rel=1e-12)
     base = sum(max(-v, 0.0) for row in WEIGHT for v in row)  # 2.2
-    got = _penalty_after_steps("exact-penalty", 4, weight=1.0, growth=0.5, weight_limit=0.3)
+    got = _penalty_after_steps("exact-penalty", 4, weight=1.0, growth=0.5, weight_limit=0.3, form="subgradient")
     assert got == pytest.approx([base * m for m in (1.0, 0.5, 0.3, 0.3)], rel=1e-12)
 
 
@@ -281,22 +292,27 @@ def test_barrier_halves_a_step_that_leaves_the_interior():
 
 
 def test_barrier_keeps_the_last_training_outputs_inside():
-    """Outputs: the forward of the last training batch is re-run after the step; the step is halved until
-    every output is strictly inside (here the bias step +2 on an output of 0.5 in the unit ball: 1/8)."""
+    """Outputs: the next training forward is checked before the loss sees it; the last step is halved until
+    every output is strictly inside (here the bias step +2 on an output of 0.5 in the unit ball: 1/8), and the
+    forward returns the outputs of that point."""
     strategy = strategies.get("reciprocal-barrier", weight=0.1)
     model = _Net([[0.0, 0.0, 0.0]])  # one output, 0.5 on every input
     with torch.no_grad():
         model.lin.bias.fill_(0.5)
     model = strategy.attach(model, [on_output(L1Ball(1.0))])
     x = torch.ones(2, 3, dtype=torch.float64)
-    out = model(x)  # a training forward: remembered for the check
+    out = model(x)  # a training forward: checked, and its point remembered
     strategy.loss(torch.tensor(0.0, dtype=torch.float64), out).backward()
     with torch.no_grad():
         model.lin.bias.add_(2.0)  # outputs 2.5: outside
     strategy.after_step()
-    # halvings: 1.5, 1.0 (on the boundary: not strictly inside), 0.75
+    with torch.no_grad():  # an evaluation forward is not checked: it sees the step as taken
+        assert float(model(x).abs().max()) == pytest.approx(2.5, abs=1e-15)
+    out = model(x)  # the next training forward: halvings 1.5, 1.0 (on the boundary: not strictly inside), 0.75
     assert float(model.lin.bias.detach()) == pytest.approx(0.75, abs=1e-15)
-    assert float(model(x).detach().abs().max()) < 1.0
+    assert out.detach().reshape(-1).tolist() == pytest.approx([0.75, 0.75], abs=1e-15) and out.requires_grad
+    loss = strategy.loss(torch.tensor(0.0, dtype=torch.float64), out)
+    assert float(loss.detach()) == pytest.approx(0.1 / 0.25, rel=1e-12)  # mu / (r - |y|) at the accepted point
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ def _box() -> Box:
     return Box(lower=lambda x: -x[:, :1].repeat(1, N_OUT), upper=lambda x: x[:, 1:2].repeat(1, N_OUT) + 0.1)
 
 
-def _train(name: str, constraint, steps: int = 150, start_inside: bool = False, batch: int = 32, **options):
+def _train(name: str, constraint, steps: int = 150, start_inside: bool = False, batch: int = 32, seen=None, **options):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(N_IN, 16), torch.nn.Tanh(), torch.nn.Linear(16, N_OUT))
     if start_inside:  # outputs -0.5: strictly inside _inequalities() for every input
@@ -45,6 +45,8 @@ def _train(name: str, constraint, steps: int = 150, start_inside: bool = False, 
             model[2].weight.zero_()
             model[2].bias.fill_(-0.5)
     data = torch.rand(64, N_IN)
+    if seen is not None:  # the caller's list gets the training data
+        seen.append(data)
     strategy = strategies.get(name, **options)
     model = strategy.attach(model, [on_output(constraint)])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -96,11 +98,13 @@ def test_lagrangian_per_sample_and_shared():
 
 
 def test_barrier_from_a_strictly_feasible_start_and_refusal_with_equalities():
-    """Full batches: the barrier keeps the outputs strictly inside on the batch it steps on (only there)."""
-    _, strategy, first, train, _ = _train("log-barrier", _inequalities(), start_inside=True, batch=64, weight=0.01)
+    """Full batches: the barrier keeps the outputs strictly inside on the batch it steps on (only there): a forward
+    with gradient on it is checked, and pulled back inside, before any loss could evaluate the barrier."""
+    seen: list = []
+    model, _, first, train, _ = _train("log-barrier", _inequalities(), start_inside=True, batch=64, weight=0.01, seen=seen)
     assert first == 0.0 and train == 0.0
-    data = strategy._last_inputs[0]  # the training batch of the last step
-    assert float(_inequalities().bind(data).inequality(strategy.model(data)).detach().max()) < 0
+    out = model(seen[0])  # a training forward on the batch of every step
+    assert out.requires_grad and float(_inequalities().bind(seen[0]).inequality(out).detach().max()) < 0
     with pytest.raises(UnsupportedConstraint, match="equality constraint has none"):
         strategies.get("log-barrier").attach(torch.nn.Linear(N_IN, N_OUT), [on_output(_mixed())])
 
