@@ -16,6 +16,7 @@ from strategies._registry import available, get, options_of, register, strategy_
 from strategies import _penalty  # noqa: E402,F401  isort: skip
 from strategies import _projected  # noqa: E402,F401  isort: skip
 from strategies import _lagrangian  # noqa: E402,F401  isort: skip
+from strategies import _slack_lagrangian  # noqa: E402,F401  isort: skip
 from strategies import _l1reg  # noqa: E402,F401  isort: skip
 from strategies import _reparam  # noqa: E402,F401  isort: skip
 from strategies import _output_polytope  # noqa: E402,F401  isort: skip
