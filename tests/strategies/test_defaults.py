@@ -42,11 +42,10 @@ def _train_with_defaults(name: str, cell: str, steps: int = 1000) -> float:
     model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
     strategy = strategies.get(name)
     model = strategy.attach(model, CELLS[cell]())
-    opt = None
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # right after attach: no strategy adds model parameters
     for _ in range(steps):
         out = model(X)
         loss = strategy.loss(nn.functional.mse_loss(out, Y), out)
-        opt = opt or torch.optim.Adam(model.parameters(), lr=1e-2)  # after the first loss: lazy slacks exist
         opt.zero_grad()
         loss.backward()
         opt.step()
