@@ -74,7 +74,6 @@ def _cells(representative: set[tuple[str, str]]):
 #: Adam's constant step 1e-2: measured 1.3e-2 to 1.6e-2 of the scale, just above the bound (known, reported).
 CHATTER = {
     ("exact-penalty", "affine-weight"): "measured 1.56e-2: the L1 penalty chatters at Adam's step size",
-    ("augmented-lagrangian", "l1-output"): "measured 1.48e-2: the shared multiplier's |g+| term chatters",
 }
 
 REPRESENTATIVE = {("lagrangian", "l1-output"), ("augmented-lagrangian", "affine-weight"), ("quadratic-penalty", "nonneg-output")}
