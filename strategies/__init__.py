@@ -17,7 +17,8 @@ from strategies._registry import available, get, options_of, register, strategy_
 # Importing a family module registers its strategies; the classes are exported for users who prefer them to names.
 from strategies._penalty import ExactPenalty, ExtendedLogBarrier, LogBarrier, QuadraticPenalty, ReciprocalBarrier  # noqa: E402  isort: skip
 from strategies._projected import Projected  # noqa: E402  isort: skip
-from strategies._lagrangian import AugmentedLagrangian, Lagrangian, SlackLagrangian  # noqa: E402  isort: skip
+from strategies._lagrangian import AugmentedLagrangian, Lagrangian  # noqa: E402  isort: skip
+from strategies._slack_lagrangian import SlackLagrangian  # noqa: E402  isort: skip
 
 # L1Regularization: the base class; its ``strength`` and ``lr`` (the shrink steps' step size, which should
 # follow the optimizer's learning rate) are public attributes a training loop may update.

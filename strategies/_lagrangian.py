@@ -10,9 +10,9 @@ gradient descent-ascent:
 * ``augmented-lagrangian`` (Powell-Hestenes-Rockafellar):
   :math:`L = f + \frac{1}{2\rho}\sum(\max(0, \lambda + \rho g)^2 - \lambda^2) + \sum(\mu h + \frac\rho2 h^2)`;
   same dual step with :math:`\eta = \rho` by default; :math:`\rho` may grow geometrically.
-* ``slack-lagrangian``: each inequality becomes the equality :math:`g + s^2 = 0` with slack
-  variables :math:`s` trained by the user's optimizer (registered on the model as parameters
-  ``constraint_slack_<i>``) and an unclipped multiplier; the set's own equalities as in ``lagrangian``.
+* ``slack-lagrangian`` (:mod:`strategies._slack_lagrangian`): each inequality becomes the equality
+  :math:`g + s^2 = 0` with slack variables :math:`s` that the strategy owns and steps itself, and an
+  unclipped multiplier; the set's own equalities as in ``lagrangian``.
 
 Where the multipliers live:
 
@@ -32,9 +32,11 @@ The dual step uses the defects recorded by every :meth:`loss` since the last :me
 computed with gradients disabled (e.g. under ``torch.no_grad()`` for validation) records nothing.
 Non-finite defects raise ``FloatingPointError`` before any multiplier changes.
 
-Multipliers are plain tensors that follow the device and dtype of the constraint values (moved
-on use); inequality multipliers are :math:`\ge 0` at all times, and every multiplier is finite (a
-dual step that would overflow raises instead). Lagrangian methods reach feasibility only at
+Multipliers are :class:`~strategies._multipliers.Multiplier` modules of the strategy
+(``strategy.multiplier_modules``, an ``nn.ModuleDict``), one per target and constraint kind; their
+tensors follow the device and dtype of the constraint values (moved on use); inequality
+multipliers are :math:`\ge 0` at all times, and every multiplier is finite (a dual step that would
+overflow raises instead). Lagrangian methods reach feasibility only at
 convergence and only on the training points.
 
 Under ``torch.distributed`` (DistributedDataParallel), every rank ends each dual step with the
@@ -43,7 +45,7 @@ all-reduce per step), per-sample multipliers on every rank's ``(sample_ids, defe
 three small collectives per step), parameter multipliers need nothing (DDP keeps the parameters
 identical). Nonlinear terms of shared multipliers (augmented, penalized slack) use the global batch
 mean (one differentiable all-reduce per loss), so that the gradient equals a single process's on
-the global batch. ``slack-lagrangian`` on outputs needs ``output_width`` there (see its doc).
+the global batch.
 """
 
 from __future__ import annotations
@@ -59,15 +61,15 @@ from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
 from strategies._dual import DualOptimizer, dual_factory
+from strategies._multipliers import Kind, Layout, Multiplier, clone_state
 from strategies._options import check_positive as _positive
 from strategies._registry import register
 
 Multipliers = Literal["shared", "mean", "per-sample"]
-_KINDS = ("inequality", "equality", "slack")
 
 
 class LagrangianStrategy(Strategy):
-    r"""Shared machinery: multiplier storage, sample indexing, defect records, dual ascent, state.
+    r"""Shared machinery: multiplier modules, sample indexing, defect records, dual ascent, state.
 
     Subclasses give the elementwise primal term :meth:`term` for a multiplier and a constraint
     value, and may rewrite the set's constraints in :meth:`_constraints` (slack form). The dual
@@ -92,14 +94,15 @@ class LagrangianStrategy(Strategy):
         self.dual_kp = _positive(dual_kp, "dual_kp")
         self.dual_optimizer = dual_optimizer
         self._dual_factory, self._dual_follows_lr = dual_factory(dual_optimizer, self.dual_lr, self.dual_kp)
-        self._dual_opts: dict[str, torch.optim.Optimizer] = {}
+        self._dual_opt: torch.optim.Optimizer | None = None
         self.multiplier_mode: str = multipliers
         if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0):
             raise ValueError(f"num_samples must be a positive int (the training set's size), got {num_samples!r}.")
         self.num_samples = num_samples
-        self._lam: dict[str, Tensor] = {}
-        self._records: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
-        self._last_keys: list[str] = []  # the keys the last loss() call appended a record to
+        #: One :class:`Multiplier` per target and constraint kind, created by :meth:`attach`.
+        self.multiplier_modules = nn.ModuleDict()
+        self._by_target: dict[tuple[int, Kind], Multiplier] = {}
+        self._pending: list[Multiplier] = []  # the multipliers the last loss() call appended a record to
 
     # ----------------------------------------------------------------- support matrix
     @classmethod
@@ -117,8 +120,10 @@ class LagrangianStrategy(Strategy):
     #: the mean violation (an exact penalty whose weight is the multiplier). The augmented Lagrangian keeps the
     #: exact per-entry form there: its quadratic term damps the dual dynamics that make that form cycle.
     shared_parameters: ClassVar[bool] = True
+    #: The kind that carries a set's inequalities (the slack form turns them into equalities).
+    inequality_kind: ClassVar[Kind] = Kind.INEQUALITY
 
-    def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:
+    def term(self, kind: Kind, lam: Tensor, c: Tensor) -> Tensor:
         """Elementwise multiplier term for constraint values ``c`` and multipliers ``lam``."""
         return lam * c
 
@@ -128,29 +133,37 @@ class LagrangianStrategy(Strategy):
 
     def _constraints(
         self, index: int, target: Target, g: Tensor | None, h: Tensor | None, ids: Tensor | None
-    ) -> Iterator[tuple[str, Tensor | None]]:
-        """``(kind, values)`` pairs carrying a multiplier; kind 'inequality' is clipped at 0, 'equality'
-        and 'slack' (:math:`g + s^2`) are not."""
-        yield "inequality", g
-        yield "equality", h
+    ) -> Iterator[tuple[Kind, Tensor | None]]:
+        """``(kind, values)`` pairs carrying a multiplier."""
+        yield Kind.INEQUALITY, g
+        yield Kind.EQUALITY, h
 
     # ----------------------------------------------------------------- public helpers
-    def mode(self, target: Target) -> str:
+    def mode(self, target: Target) -> Layout:
         """How ``target``'s multipliers are laid out: 'shared', 'mean' or 'per-sample' for outputs;
         'parameter-shared' (``multipliers="shared"``: one per constraint entry shared by the parameter's rows,
         on their mean violation) or 'parameter' (one per entry of every row, the exact form) for parameters."""
         if isinstance(target, ParameterTarget):
-            return "parameter-shared" if self.multiplier_mode == "shared" and self.shared_parameters else "parameter"
-        return self.multiplier_mode
+            shared = self.multiplier_mode == "shared" and self.shared_parameters
+            return Layout.PARAMETER_SHARED if shared else Layout.PARAMETER
+        return Layout(self.multiplier_mode)
 
     def multipliers(self) -> dict[str, Tensor]:
-        """The current multipliers (detached clones), keyed ``'<target label> [<kind>]'``."""
+        """The current multipliers (detached clones), keyed ``'<target label> [<kind>]'``; a multiplier
+        appears once its constraint has been evaluated (sized)."""
         out = {}
-        for key, lam in self._lam.items():
-            index, kind = key.split(":")
-            name = f"{self.targets[int(index)].label} [{kind}]"
-            out[name if name not in out else f"{name} #{index}"] = lam.detach().clone()
+        for m in self._modules():
+            if m.value.numel():
+                name = f"{self.targets[m.index].label} [{m.kind.value}]"
+                out[name if name not in out else f"{name} #{m.index}"] = m.value.detach().clone()
         return out
+
+    def dual_parameters(self) -> Iterator[nn.Parameter]:
+        """The multiplier tensors, as the parameters a dual optimizer steps."""
+        return self.multiplier_modules.parameters()
+
+    def _modules(self) -> list[Multiplier]:
+        return [m for m in self.multiplier_modules.values() if isinstance(m, Multiplier)]
 
     # ----------------------------------------------------------------- attach / loss
     def _attach(self) -> None:
@@ -160,6 +173,12 @@ class LagrangianStrategy(Strategy):
                     f"strategy {self.name!r}: multipliers='per-sample' needs num_samples=<size of the training set> "
                     f"(one multiplier row per sample)."
                 )
+        for index, target in enumerate(self.targets):
+            kinds = [self.inequality_kind] if target.set.has_inequalities else []
+            for kind in kinds + ([Kind.EQUALITY] if target.set.has_equalities else []):
+                module = Multiplier(index, kind, self.mode(target), self.num_samples)
+                self.multiplier_modules[module.key] = module
+                self._by_target[index, kind] = module
 
     def _sample_ids(self, target: Target, sample_ids: Tensor | None, batch: int, device: torch.device) -> Tensor:
         if sample_ids is None:
@@ -181,275 +200,224 @@ class LagrangianStrategy(Strategy):
             )
         return ids
 
-    def _multiplier(self, key: str, c: Tensor, mode: str) -> Tensor:
-        """The stored multiplier for ``key`` (created as zeros on first use), on ``c``'s device and dtype."""
-        lam = self._lam.get(key)
-        if mode == "per-sample":
-            assert self.num_samples is not None
-            shape = (self.num_samples, c.shape[-1])
-        else:
-            shape = tuple(c.shape)
-        if lam is None:
-            lam = c.new_zeros(shape)
-        elif tuple(lam.shape) != shape:
-            raise ValueError(
-                f"strategy {self.name!r}: the multipliers {key!r} have shape {tuple(lam.shape)} but the constraint "
-                f"now has shape {shape}; the model or the constraint changed since they were created."
-            )
-        elif lam.device != c.device or lam.dtype != c.dtype:
-            lam = lam.to(c)
-        self._lam[key] = lam
-        return lam
+    def _reduced_values(self, target: Target, rows: Tensor, mode: Layout) -> tuple[Tensor | None, Tensor | None]:
+        """The constraint values the multipliers of ``mode`` act on (mean violation, batch mean or per row)."""
+        g, h = constraint_values(target, rows)
+        if mode in (Layout.SHARED, Layout.PARAMETER_SHARED):  # one multiplier per entry, on the mean violation
+            g = None if g is None else g.clamp_min(0).mean(0)
+            h = None if h is None else h.abs().mean(0)
+        elif mode is Layout.MEAN:  # one multiplier per entry, on the batch mean of the values: on average
+            g = None if g is None else g.mean(0)
+            h = None if h is None else h.mean(0)
+        if mode in (Layout.SHARED, Layout.MEAN) and not self.linear_terms and _distributed.active():  # every rank
+            g = None if g is None else _distributed.global_mean(g)
+            h = None if h is None else _distributed.global_mean(h)
+        return g, h
 
     def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor | None:
         total: Tensor | None = None
         record = torch.is_grad_enabled()  # a loss evaluated under no_grad (validation) moves no multiplier
-        self._last_keys = []
+        self._pending = []
         for index, target in enumerate(self.targets):
             rows = target_rows(target, model, outputs)
             mode = self.mode(target)
-            ids = self._sample_ids(target, sample_ids, rows.shape[0], rows.device) if mode == "per-sample" else None
-            g, h = constraint_values(target, rows)
-            if mode in ("shared", "parameter-shared"):  # one multiplier per entry, on the mean violation: every row
-                g = None if g is None else g.clamp_min(0).mean(0)
-                h = None if h is None else h.abs().mean(0)
-            elif mode == "mean":  # one multiplier per entry, on the batch mean of the values: on average
-                g = None if g is None else g.mean(0)
-                h = None if h is None else h.mean(0)
-            if mode in ("shared", "mean") and not self.linear_terms and _distributed.active():  # every rank's batch
-                g = None if g is None else _distributed.global_mean(g)
-                h = None if h is None else _distributed.global_mean(h)
+            ids = self._sample_ids(target, sample_ids, rows.shape[0], rows.device) if mode is Layout.PER_SAMPLE else None
+            g, h = self._reduced_values(target, rows, mode)
             for kind, c in self._constraints(index, target, g, h, ids):
                 if c is None or c.numel() == 0:
                     continue
-                key = f"{index}:{kind}"
-                lam = self._multiplier(key, c, mode)
-                if ids is not None:
-                    lam = lam[ids]
+                module = self._by_target[index, kind]
+                lam = module.lookup(c, ids)
                 if c.dim() == 1 and type(self).term is LagrangianStrategy.term:
                     part = torch.dot(lam, c)  # lam . c of shared multipliers: one kernel and one backward node
                 else:
                     part = self.term(kind, lam, c).sum()
-                if mode == "per-sample":
+                if ids is not None:
                     part = part / c.shape[0]
                 total = part if total is None else total + part
                 if record:
-                    self._records.setdefault(key, []).append((c.detach(), ids))
-                    self._last_keys.append(key)
+                    module.records.append((c.detach(), ids))
+                    self._pending.append(module)
         return total
 
     def _discard_loss(self) -> None:
-        for key in self._last_keys:
-            self._records[key].pop()
-            if not self._records[key]:
-                del self._records[key]
-        self._last_keys = []
+        for module in self._pending:
+            module.records.pop()
+        self._pending = []
 
     def _discard_step(self) -> None:
-        self._records, self._last_keys = {}, []
+        for module in self._modules():
+            module.records = []
+        self._pending = []
 
-    def _check_records(self, records: dict[str, list[tuple[Tensor, Tensor | None]]], eta: float) -> None:
+    def _check_records(self, active: list[Multiplier], eta: float) -> None:
         r"""Raise FloatingPointError naming the step and constraint if a recorded defect is not finite, or if
         the dual step could overflow: :math:`\max|\nu| + \eta \sum |c|` bounds every updated multiplier, so
-        a finite bound keeps every multiplier finite (one host synchronisation for all keys)."""
-        if len(records) == 1:  # one multiplier and one defect (a shared scalar constraint): two item() reads
-            ((key, recs),) = records.items()  # instead of eight small kernels; anything else takes the path below
-            lam = self._lam[key]
+        a finite bound keeps every multiplier finite (one host synchronisation for all multipliers)."""
+        if len(active) == 1:  # one multiplier and one defect (a shared scalar constraint): two item() reads
+            (module,) = active  # instead of eight small kernels; anything else takes the path below
+            lam, recs = module.value, module.records
             if len(recs) == 1 and lam.numel() == 1 and recs[0][0].numel() == 1:
                 bound = abs(lam.item()) + eta * abs(recs[0][0].item())  # NaN / Inf fail the test
                 if bound <= 0.5 * torch.finfo(lam.dtype).max:
                     return
         bounds = [  # per-sample tables: only the rows this step updates
-            (self._lam[key] if recs[0][1] is None else self._lam[key][torch.cat([i for _, i in recs])]).abs().amax()  # type: ignore[misc]
-            + eta * sum(c.abs().sum() for c, _ in recs)
-            for key, recs in records.items()
+            (m.value if m.records[0][1] is None else m.value[m.rows_record()[0]]).abs().amax()
+            + eta * sum(c.abs().sum() for c, _ in m.records)
+            for m in active
         ]
         if not bounds or bool(torch.isfinite(torch.stack([b.to(bounds[0]) for b in bounds])).all()):
             return
-        for key, recs in records.items():
-            index, kind = key.split(":")
-            label = self.targets[int(index)].label
-            if not all(bool(torch.isfinite(c).all()) for c, _ in recs):
+        for m in active:
+            if not all(bool(torch.isfinite(c).all()) for c, _ in m.records):
                 raise FloatingPointError(
-                    f"strategy {self.name!r}: the {kind} constraint values of {label} are not "
-                    f"finite at step {self.steps}; no multiplier was updated. Lower the learning rates or check "
+                    f"strategy {self.name!r}: the {m.kind.value} constraint values of {self.targets[m.index].label} are "
+                    f"not finite at step {self.steps}; no multiplier was updated. Lower the learning rates or check "
                     f"the model."
                 )
         raise FloatingPointError(
             f"strategy {self.name!r}: the dual step at step {self.steps} would overflow the multipliers of "
-            f"{', '.join(self.targets[int(k.split(':')[0])].label for k in records)} (dual_lr {eta:g} times constraint "
-            f"values near the largest {next(iter(self._lam.values())).dtype} number); no multiplier was updated. "
-            f"Lower dual_lr or rescale the constraint."
+            f"{', '.join(self.targets[m.index].label for m in active)} (dual_lr {eta:g} times constraint values near "
+            f"the largest {active[0].value.dtype} number); no multiplier was updated. Lower dual_lr or rescale the "
+            f"constraint."
         )
 
     # ----------------------------------------------------------------- dual step
     @torch.no_grad()
     def _after_step(self) -> None:
-        records, self._records, self._last_keys = self._records, {}, []
-        eta = self.current_dual_lr()
-        self._check_records(records, eta)  # validate everything before touching any multiplier
-        if _distributed.active():
-            records = self._combine_ranks(records)
-        if self._dual_factory is not None:
-            self._optimizer_step(records, eta)
-            self._after_dual_step()
-            return
-        for key, recs in records.items():
-            lam = self._lam[key]
-            clip = key.endswith(":inequality")
-            if recs[0][1] is None:  # shared or parameter: one step on the mean of the recorded defects
-                c = recs[0][0] if len(recs) == 1 else torch.stack([r[0] for r in recs]).mean(0)
-                lam.add_(c.to(lam), alpha=eta)
-                if clip:
-                    lam.clamp_min_(0)
-            else:  # per-sample: each sample's row ascends on its own defect
-                ids = torch.cat([r[1] for r in recs]).to(lam.device)  # type: ignore[misc]
-                c = torch.cat([r[0] for r in recs]).to(lam)
-                lam.index_add_(0, ids, c, alpha=eta)
-                if clip:
-                    lam[ids] = lam[ids].clamp_min(0)
+        active = [m for m in self._modules() if m.records]
+        self._pending = []
+        try:
+            eta = self.current_dual_lr()
+            self._check_records(active, eta)  # validate everything before touching any multiplier
+            if _distributed.active():
+                active = self._combine_ranks()
+            if self._dual_factory is not None:
+                self._optimizer_step(active, eta)
+            else:
+                for module in active:
+                    module.ascend(eta)
+        finally:
+            self._discard_step()
         self._after_dual_step()
 
-    def _optimizer_step(self, records: dict[str, list[tuple[Tensor, Tensor | None]]], eta: float) -> None:
-        """The dual step through ``dual_optimizer``: ``lam.grad = -c`` (ascent as descent), ``step()``, clip.
+    def _dual(self) -> torch.optim.Optimizer:
+        """The dual optimizer over every multiplier tensor (built on first use; its state recast to the
+        multipliers' dtype and device when they moved)."""
+        assert self._dual_factory is not None
+        if self._dual_opt is None:
+            opt = self._dual_factory(list(self.dual_parameters()))
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"dual_optimizer must build a torch.optim.Optimizer, got {type(opt).__name__}.")
+            self._dual_opt = opt
+        if any(m.moved for m in self._modules()):
+            self._dual_opt.load_state_dict(self._dual_opt.state_dict())  # casts its state to the parameters
+            for m in self._modules():
+                m.moved = False
+        return self._dual_opt
+
+    def _optimizer_step(self, active: list[Multiplier], eta: float) -> None:
+        """The dual step through ``dual_optimizer``: ``value.grad = -c`` (ascent as descent), ``step()``, clip.
         Per-sample tables get the batch's rows (the others a zero gradient)."""
-        for key, recs in records.items():
-            lam = self._lam[key]
-            opt = self._dual_opts.get(key)
-            if opt is None or opt.param_groups[0]["params"][0] is not lam:
-                opt = self._dual_opts[key] = self._new_dual_optimizer(lam, opt)
-            if self._dual_follows_lr:
-                for group in opt.param_groups:
-                    group["lr"] = eta
-            if recs[0][1] is None:
-                c = recs[0][0] if len(recs) == 1 else torch.stack([r[0] for r in recs]).mean(0)
-                lam.grad = c.to(lam).neg()
-            else:
-                ids = torch.cat([r[1] for r in recs]).to(lam.device)  # type: ignore[misc]
-                lam.grad = torch.zeros_like(lam).index_add_(0, ids, torch.cat([r[0] for r in recs]).to(lam), alpha=-1)
-            opt.step()
-            lam.grad = None
-            if key.endswith(":inequality"):
-                lam.clamp_min_(0)
-            if not bool(torch.isfinite(lam).all()):
+        opt = self._dual()
+        if self._dual_follows_lr:
+            for group in opt.param_groups:
+                group["lr"] = eta
+        for module in active:
+            module.set_descent_grad()
+        opt.step()
+        for module in active:
+            module.value.grad = None
+            module.clip_()
+            if not bool(torch.isfinite(module.value).all()):
                 raise FloatingPointError(
                     f"strategy {self.name!r}: the dual optimizer made the multipliers of "
-                    f"{self.targets[int(key.split(':')[0])].label} non-finite at step {self.steps}; lower dual_lr."
+                    f"{self.targets[module.index].label} non-finite at step {self.steps}; lower dual_lr."
                 )
 
-    def _new_dual_optimizer(self, lam: Tensor, old: torch.optim.Optimizer | None) -> torch.optim.Optimizer:
-        """The optimizer of one multiplier tensor (keeping ``old``'s state when the tensor was moved or
-        reloaded: same shape, new object)."""
-        assert self._dual_factory is not None
-        opt = self._dual_factory([lam])
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"dual_optimizer must build a torch.optim.Optimizer, got {type(opt).__name__}.")
-        if old is not None:
-            opt.load_state_dict(old.state_dict())
-        return opt
-
-    def _combine_ranks(
-        self, records: dict[str, list[tuple[Tensor, Tensor | None]]]
-    ) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
-        """Under torch.distributed: every rank's defects, so that every rank takes the same dual step.
+    def _combine_ranks(self) -> list[Multiplier]:
+        """Under torch.distributed: every rank's defects, so that every rank takes the same dual step; returns
+        the multipliers with records.
 
         Shared multipliers step on the mean over the ranks of each rank's batch mean (the global batch
         mean when the ranks' batches are equally large, as with DistributedSampler): one all-reduce for
         all of them. Per-sample multipliers step on every rank's (ids, defects), gathered in rank order.
         Parameter multipliers need nothing: DDP keeps the parameters, hence their defects, identical.
-        Keys are visited in sorted order of the multiplier table, the same on every rank (created by the
-        first loss); a rank that recorded nothing for a key contributes no defect.
+        Multipliers are visited in the order of the module table, the same on every rank; a rank that
+        recorded nothing for one contributes no defect.
         """
-        combined = {k: v for k, v in records.items() if self.mode(self.targets[int(k.split(":")[0])]).startswith("parameter")}
-        keys = sorted(k for k in self._lam if not self.mode(self.targets[int(k.split(":")[0])]).startswith("parameter"))
-        shared = [k for k in keys if self.mode(self.targets[int(k.split(":")[0])]) in ("shared", "mean")]
-        means, weights = [], []
-        for key in shared:
-            recs = records.get(key)
-            if recs:
-                means.append(recs[0][0] if len(recs) == 1 else torch.stack([r[0] for r in recs]).mean(0))
-                weights.append(1.0)
-            else:
-                means.append(torch.zeros_like(self._lam[key]))
-                weights.append(0.0)
-        for key, mean in zip(shared, _distributed.all_mean(means, weights), strict=True):
-            if mean is not None:  # some rank recorded a defect
-                combined[key] = [(mean, None)]
-        for key in keys:
-            if key in shared:
+        modules = [m for m in self._modules() if m.value.numel()]  # sized by the same first loss on every rank
+        shared = [m for m in modules if m.layout in (Layout.SHARED, Layout.MEAN)]
+        means = [m.mean_record() if m.records else torch.zeros_like(m.value) for m in shared]
+        weights = [1.0 if m.records else 0.0 for m in shared]
+        for module, mean in zip(shared, _distributed.all_mean(means, weights), strict=True):
+            module.records = [] if mean is None else [(mean, None)]  # None: no rank recorded a defect
+        for module in modules:
+            if module.layout is not Layout.PER_SAMPLE:
                 continue
-            recs = records.get(key, [])
-            lam = self._lam[key]
-            ids = torch.cat([r[1] for r in recs]) if recs else torch.zeros(0, dtype=torch.long)  # type: ignore[misc]
-            c = torch.cat([r[0] for r in recs]) if recs else lam.new_zeros(0, lam.shape[-1])
+            value = module.value
+            if module.records:
+                ids, c = module.rows_record()
+            else:
+                ids, c = torch.zeros(0, dtype=torch.long, device=value.device), value.new_zeros(0, value.shape[-1])
             ids, c = _distributed.all_gather_rows(ids, c)
-            if ids.numel():
-                combined[key] = [(c, ids)]
-        return combined
+            module.records = [(c, ids)] if ids.numel() else []
+        return [m for m in self._modules() if m.records]
 
     def _after_dual_step(self) -> None:
         """Schedules after the dual step (penalty growth)."""
 
     # ----------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"multipliers": {k: v.detach().clone() for k, v in self._lam.items()}}
-        if self._dual_opts:
-            state["dual_optimizer"] = {k: _clone_state(o.state_dict()) for k, o in self._dual_opts.items()}
+        state: dict[str, Any] = {"multipliers": {m.key: m.value.detach().clone() for m in self._modules() if m.value.numel()}}
+        if self._dual_opt is not None:
+            state["dual_optimizer"] = clone_state(self._dual_opt.state_dict())
         return state
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        if "multipliers" not in state:
-            raise KeyError(f"strategy {self.name!r}: state has no 'multipliers'; it comes from another strategy.")
-        lam = state.pop("multipliers")
-        dual = state.pop("dual_optimizer", {})
-        if dual and self._dual_factory is None:
-            raise KeyError(
-                f"strategy {self.name!r}: the state holds dual optimizer states but this strategy has no "
-                f"dual_optimizer; build it with the same dual_optimizer before load_state_dict."
-            )
+    def _check_saved_multipliers(self, lam: Any) -> None:
         if not isinstance(lam, dict):
             raise TypeError(f"strategy {self.name!r}: state['multipliers'] must be a dict of tensors, got {type(lam).__name__}.")
         for key, value in lam.items():
-            index, _, kind = str(key).partition(":")
-            if not index.isdigit() or int(index) >= len(self.targets) or kind not in _KINDS:
+            module = self.multiplier_modules[key] if isinstance(key, str) and key in self.multiplier_modules else None
+            if not isinstance(module, Multiplier):
                 raise KeyError(
                     f"strategy {self.name!r}: multiplier {key!r} does not fit the {len(self.targets)} attached "
                     f"constraint(s); attach the same constraints before load_state_dict."
                 )
             if not isinstance(value, Tensor) or not value.is_floating_point():
                 raise TypeError(f"strategy {self.name!r}: multiplier {key!r} must be a floating-point tensor.")
-            if not bool(torch.isfinite(value).all()) or (kind == "inequality" and bool((value < 0).any())):
+            if not bool(torch.isfinite(value).all()) or (module.kind.clipped and bool((value < 0).any())):
                 raise ValueError(
                     f"strategy {self.name!r}: multiplier {key!r} in the state is "
                     f"{'negative' if bool(torch.isfinite(value).all()) else 'not finite'}; inequality multipliers are "
                     f">= 0 and all are finite. The state is corrupt: load one saved by strategy.state_dict()."
                 )
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if "multipliers" not in state:
+            raise KeyError(f"strategy {self.name!r}: state has no 'multipliers'; it comes from another strategy.")
+        lam = state.pop("multipliers")
+        dual = state.pop("dual_optimizer", None)
+        if dual is not None and self._dual_factory is None:
+            raise KeyError(
+                f"strategy {self.name!r}: the state holds dual optimizer states but this strategy has no "
+                f"dual_optimizer; build it with the same dual_optimizer before load_state_dict."
+            )
+        self._check_saved_multipliers(lam)
         self._load_extra(state)
-        self._lam = {k: v.detach().clone() for k, v in lam.items()}
-        self._records = {}
-        self._dual_opts = {}
-        for key, opt_state in dual.items():
-            if key not in self._lam:
-                raise KeyError(f"strategy {self.name!r}: dual optimizer state {key!r} has no multiplier in the state.")
-            opt = self._new_dual_optimizer(self._lam[key], None)
-            opt.load_state_dict(_clone_state(opt_state))
-            self._dual_opts[key] = opt
+        for module in self._modules():
+            saved = lam.get(module.key)
+            module.value.data = torch.zeros(0) if saved is None else saved.detach().clone()
+            module.records, module.moved = [], False
+        self._pending = []
+        self._dual_opt = None
+        if dual is not None:
+            self._dual().load_state_dict(clone_state(dual))
 
     def _load_extra(self, state: dict[str, Any]) -> None:
         if state:
             raise KeyError(f"strategy {self.name!r} has no state entries {sorted(state)}.")
-
-
-def _clone_state(state: Any) -> Any:
-    """A deep copy of an optimizer state_dict (tensors cloned), so that saved and live states never alias."""
-    if isinstance(state, Tensor):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {k: _clone_state(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_clone_state(v) for v in state]
-    return state
 
 
 @register("lagrangian")
@@ -471,8 +439,13 @@ class AugmentedLagrangian(LagrangianStrategy):
 
     :math:`f + \frac{1}{2\rho}\sum(\max(0, \lambda + \rho g)^2 - \lambda^2) + \sum(\mu h + \frac\rho2 h^2)`;
     after each step :math:`\lambda \leftarrow \max(0, \lambda + \eta g)`, :math:`\mu \leftarrow \mu + \eta h`
-    with :math:`\eta` = ``dual_lr`` (default: the current :math:`\rho`), then
+    with :math:`\eta` = ``dual_lr`` (``None``: the current :math:`\rho`), then
     :math:`\rho \leftarrow \rho \cdot` ``penalty_growth``.
+
+    Defaults ``penalty=10``, ``dual_lr=0.5``: a dual step half the plain Lagrangian's (whose default is 1),
+    a twentieth of the penalty. A dual step equal to the penalty (the method of multipliers) diverges on
+    Cooper's min-norm example with SGD and momentum; 0.1 converged there but left the mean-violation
+    multiplier of an output L1 ball too slow against Adam's chatter (1.5e-2 of the scale after 1000 steps).
     """
 
     summary = "PHR augmented Lagrangian: multipliers plus quadratic penalty rho; dual step rho, rho may grow"
@@ -483,7 +456,7 @@ class AugmentedLagrangian(LagrangianStrategy):
         self,
         *,
         penalty: float = 10.0,
-        dual_lr: float | None = 0.1,
+        dual_lr: float | None = 0.5,
         multipliers: Multipliers = "shared",
         num_samples: int | None = None,
         penalty_growth: float = 1.0,
@@ -504,9 +477,9 @@ class AugmentedLagrangian(LagrangianStrategy):
     def current_dual_lr(self) -> float:
         return self.penalty if self.dual_lr_option is None else self.dual_lr
 
-    def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:
+    def term(self, kind: Kind, lam: Tensor, c: Tensor) -> Tensor:
         rho = self.penalty
-        if kind == "inequality":
+        if kind is Kind.INEQUALITY:
             return ((lam + rho * c).clamp_min(0).square() - lam.square()) / (2 * rho)
         return lam * c + (0.5 * rho) * c.square()
 
@@ -525,182 +498,3 @@ class AugmentedLagrangian(LagrangianStrategy):
             raise ValueError(f"strategy {self.name!r}: state['penalty'] must be a positive number, got {penalty!r}.")
         super()._load_extra(state)
         self.penalty = float(penalty)
-
-
-def _slack_name(index: int) -> str:
-    return f"constraint_slack_{index}"
-
-
-def _resize_lazy_slacks(names: list[str]) -> Any:
-    """A load_state_dict pre-hook: give a not-yet-sized output slack the saved slack's shape."""
-
-    def hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-        for name in names:
-            param, value = module._parameters.get(name), state_dict.get(prefix + name)
-            if param is not None and isinstance(value, Tensor) and param.numel() == 0 and value.shape != param.shape:
-                param.data = torch.empty(value.shape, dtype=param.dtype, device=param.device)
-
-    return hook
-
-
-@register("slack-lagrangian")
-class SlackLagrangian(LagrangianStrategy):
-    r"""Inequalities as equalities :math:`g + s^2 = 0` with trainable slacks :math:`s`:
-
-    :math:`f + \sum \nu (g + s^2) + \sum \mu h`; :math:`\nu \leftarrow \nu + \eta (g + s^2)` and
-    :math:`\mu \leftarrow \mu + \eta h` (no clipping). The slacks are parameters of the model,
-    ``model.constraint_slack_<i>`` for the i-th target (registered on the model itself, not as a
-    submodule, so an ``nn.Sequential`` still runs; build the optimizer *after* attach so that it
-    trains them; ``model.to()`` and ``model.state_dict()`` include them);
-    parameter slacks start at :math:`s = \sqrt{\max(-g, 0) + \epsilon}` with
-    :math:`\epsilon = 10^{-4}` (a slack at exactly 0 has zero gradient and could never grow),
-    output slacks the same on the first batch each sample appears in.
-
-    ``penalty`` :math:`\rho \ge 0` adds :math:`\frac\rho2 (g + s^2)^2 + \frac\rho2 h^2` (0: the plain
-    form). Without it the saddle is degenerate at an inactive constraint (the Lagrangian's
-    curvature in :math:`s` is :math:`2\nu = 0` there) and :math:`(s^2, \nu)` cycle like a
-    predator-prey system under gradient descent-ascent, damped only through the objective;
-    :math:`\rho > 0` removes the cycle, so the default is :math:`\rho = 1` (the penalized form).
-
-    ``output_width``: the number of outputs per sample, so that the slacks of output constraints
-    are created by :meth:`attach` rather than on the first batch. Needed under
-    ``DistributedDataParallel`` (which must see every parameter at its final size when it wraps the
-    model); there the slacks are initialised identically on every rank (batch means all-reduced,
-    per-sample first defects all-gathered).
-    """
-
-    summary = "inequalities as g + s^2 = 0 with slacks trained by the optimizer; unclipped equality multipliers"
-
-    #: Floor under :math:`s^2` at initialisation: a slack at exactly 0 is a stationary point.
-    slack_floor = 1e-4
-
-    def __init__(
-        self,
-        *,
-        dual_lr: float = 1.0,
-        multipliers: Multipliers = "shared",
-        num_samples: int | None = None,
-        penalty: float = 1.0,
-        output_width: int | None = None,
-        dual_optimizer: DualOptimizer | None = None,
-        dual_kp: float = 4.0,
-    ) -> None:
-        super().__init__(
-            dual_lr=dual_lr, multipliers=multipliers, num_samples=num_samples, dual_optimizer=dual_optimizer, dual_kp=dual_kp
-        )
-        if not math.isfinite(penalty) or penalty < 0:
-            raise ValueError(f"penalty must be >= 0 and finite, got {penalty}.")
-        if output_width is not None and (
-            isinstance(output_width, bool) or not isinstance(output_width, int) or output_width <= 0
-        ):
-            raise ValueError(f"output_width must be a positive int (outputs per sample), got {output_width!r}.")
-        self.penalty = float(penalty)
-        self.output_width = output_width
-        self.linear_terms = self.penalty == 0  # type: ignore[misc]
-        self._all_seen: set[int] = set()  # output targets whose every sample has its slack initialised
-
-    def term(self, kind: str, lam: Tensor, c: Tensor) -> Tensor:
-        if self.penalty == 0:
-            return lam * c
-        return lam * c + (0.5 * self.penalty) * c.square()
-
-    def _attach(self) -> None:
-        super()._attach()
-        model = self._require_model()
-        taken = [_slack_name(i) for i, t in enumerate(self.targets) if t.set.has_inequalities and hasattr(model, _slack_name(i))]
-        if taken:
-            raise ValueError(
-                f"slack-lagrangian registers its slack variables on the model as {', '.join(taken)}, but the model "
-                f"already has that attribute (another slack strategy attached?); attach one slack strategy per model."
-            )
-        reference = next(iter(model.parameters()), None)
-        factory: dict[str, Any] = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
-        lazy = []
-        for index, target in enumerate(self.targets):
-            if not target.set.has_inequalities:
-                continue
-            name = _slack_name(index)
-            if isinstance(target, ParameterTarget):
-                with torch.no_grad():
-                    g, _ = constraint_values(target, target.gather(model).detach())
-                model.register_parameter(name, nn.Parameter(self._initial_slack(g)))
-            elif self.output_width is not None:  # sized now, initialised from the first batch
-                with torch.no_grad():
-                    width = target.set.inequality(torch.zeros(1, self.output_width, **factory)).shape[-1]
-                rows = (self.num_samples,) if self.multiplier_mode == "per-sample" else ()
-                start = torch.full((*rows, width), math.sqrt(self.slack_floor), **factory)  # type: ignore[arg-type]
-                model.register_parameter(name, nn.Parameter(start))
-                seen = torch.zeros(rows[0] if rows else 1, dtype=torch.bool, device=factory.get("device"))
-                model.register_buffer(f"{name}_seen", seen)
-            else:  # sized on the first batch (the output width is not known before)
-                model.register_parameter(name, nn.Parameter(torch.empty(0, **factory)))
-                lazy.append(name)
-                if self.multiplier_mode == "per-sample":
-                    assert self.num_samples is not None
-                    seen = torch.zeros(self.num_samples, dtype=torch.bool, device=factory.get("device"))
-                    model.register_buffer(f"{name}_seen", seen)
-        if lazy:
-            model.register_load_state_dict_pre_hook(_resize_lazy_slacks(lazy))
-
-    def _initial_slack(self, g: Tensor) -> Tensor:
-        r""":math:`\sqrt{\max(-g, 0) + \epsilon}`; a non-finite defect (a NaN batch) gets the floor, so that a
-        step skipped or refused for non-finite values leaves no NaN in the slacks."""
-        slack = (-g).clamp_min(0)
-        return torch.where(torch.isfinite(slack), slack, 0).add(self.slack_floor).sqrt()
-
-    def slack(self, index: int) -> Tensor:
-        """The slack parameter of the ``index``-th constraint target (``model.constraint_slack_<index>``)."""
-        return getattr(self._require_model(), _slack_name(index))
-
-    def _constraints(
-        self, index: int, target: Target, g: Tensor | None, h: Tensor | None, ids: Tensor | None
-    ) -> Iterator[tuple[str, Tensor | None]]:
-        if g is not None and g.numel():
-            s = self.slack(index)
-            if s.numel() == 0:  # first batch of an output target: size and initialise the slacks
-                if _distributed.active():
-                    raise RuntimeError(
-                        f"slack-lagrangian under torch.distributed: the slack of {target.label} would be created on "
-                        f"the first batch, after DistributedDataParallel wrapped the model. Pass "
-                        f"output_width=<outputs per sample> to strategies.get so that attach creates it."
-                    )
-                shape = (self.num_samples, g.shape[-1]) if ids is not None else tuple(g.shape)
-                with torch.no_grad():
-                    s.data = torch.full(shape, math.sqrt(self.slack_floor), dtype=s.dtype, device=s.device)
-                    if ids is None:
-                        s.copy_(self._initial_slack(g.detach()))
-            elif isinstance(target, OutputTarget) and index not in self._all_seen:
-                if s.shape[-1] != g.shape[-1]:
-                    raise ValueError(
-                        f"slack-lagrangian: output_width={self.output_width} gives {target.label} {s.shape[-1]} "
-                        f"inequalities per sample, but these outputs give {g.shape[-1]}; pass the model's output width."
-                    )
-                if ids is None:  # created by attach (output_width): initialise from the first batch mean
-                    seen = getattr(self._require_model(), f"{_slack_name(index)}_seen", None)
-                    if seen is not None and not bool(seen.all()):
-                        with torch.no_grad():
-                            s.copy_(self._initial_slack(_distributed.all_mean([g.detach()])[0]))
-                            seen.fill_(True)
-                    self._all_seen.add(index)
-            if ids is not None:
-                if index not in self._all_seen:  # a sample's slack starts from its first defect
-                    seen = getattr(self._require_model(), f"{_slack_name(index)}_seen")
-                    fresh = ~seen[ids.to(seen.device)]
-                    if _distributed.active():  # every rank initialises every rank's fresh samples
-                        new_ids = ids[fresh.to(ids.device)]
-                        new_ids, values = _distributed.all_gather_rows(
-                            new_ids, self._initial_slack(g.detach()[fresh.to(g.device)])
-                        )
-                        with torch.no_grad():
-                            s[new_ids.to(s.device)] = values.to(s)
-                            seen[new_ids.to(seen.device)] = True
-                    elif bool(fresh.any()):
-                        with torch.no_grad():
-                            new_ids = ids[fresh.to(ids.device)]
-                            s[new_ids.to(s.device)] = self._initial_slack(g.detach()[fresh.to(g.device)]).to(s)
-                            seen[new_ids.to(seen.device)] = True
-                    if bool(seen.all()):
-                        self._all_seen.add(index)
-                s = s[ids.to(s.device)]
-            yield "slack", g + s.to(g).square()  # an equality: its multiplier is not clipped
-        yield "equality", h

@@ -8,15 +8,17 @@ parameters; add ``"sample_ids"`` for per-sample multipliers). The callback then 
 calls of the strategy protocol at the right moments of Lightning's loop:
 
 - ``setup`` (before ``configure_optimizers``): ``strategy.attach(module, constraints)``, so that
-  parameters the strategy adds (slacks, reparameterizations) are in the optimizer;
+  parameters a reparameterization adds to the module are in the optimizer (the Lagrangian family
+  adds none: its multipliers and slacks are modules of the strategy, stepped in ``after_step``);
 - each training step: the loss Lightning back-propagates is ``strategy.loss(loss, outputs,
   sample_ids)`` (penalty and multiplier terms added);
 - after each optimizer step (not after accumulation-only batches): ``strategy.after_step()``
   (projection, dual ascent, schedules), then ``strategy.report(outputs)`` logged as
   ``constraint/<label>`` metrics (the largest violation of each constraint);
-- checkpoints: ``strategy.state_dict()`` (multipliers, schedules, step counts) is saved in every
-  Lightning checkpoint and restored on ``trainer.fit(..., ckpt_path=...)``; what the strategy
-  added to the module (slacks, parametrizations) is in the module's own ``state_dict``.
+- checkpoints: ``strategy.state_dict()`` (multipliers, slacks, dual and slack optimizer states,
+  schedules, step counts) is saved in every Lightning checkpoint and restored on
+  ``trainer.fit(..., ckpt_path=...)``; what a reparameterization added to the module
+  (parametrizations) is in the module's own ``state_dict``.
 
 Automatic optimization only (with ``automatic_optimization = False`` call the strategy yourself).
 The strategy stays attached after ``fit``: projection layers and reparameterizations keep holding

@@ -183,15 +183,15 @@ def test_multipliers_stay_finite_and_non_negative_under_wild_defects(name: str, 
         scale = 10.0 ** float(torch.randint(-3, 38, (), generator=g))  # up to float32's largest numbers
         outputs = torch.randn(4, 3, generator=g) * scale
         ids = torch.randint(0, 6, (4,), generator=g)
-        before = {k: v.clone() for k, v in strategy._lam.items()}
+        before = strategy.state_dict()["multipliers"]
         try:
             strategy.loss(outputs.square().mean(), outputs, sample_ids=ids)
             strategy.after_step()
         except FloatingPointError:
             strategy._discard_step()  # refused: nothing moved
             for key, value in before.items():
-                assert torch.equal(strategy._lam[key], value)
-        for key, lam in strategy._lam.items():
+                assert torch.equal(strategy.state_dict()["multipliers"][key], value)
+        for key, lam in strategy.state_dict()["multipliers"].items():
             assert bool(torch.isfinite(lam).all()), f"step {step}: {key} not finite"
             if key.endswith(":inequality"):
                 assert bool((lam >= 0).all()), f"step {step}: {key} negative"

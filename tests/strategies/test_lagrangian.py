@@ -4,6 +4,7 @@ the dual step, per-sample multipliers, state round trips, dtypes and error messa
 from __future__ import annotations
 
 import functools
+import io
 import math
 
 import cvxpy as cp
@@ -91,6 +92,8 @@ def _train(name: str, cell: str, steps: int, lr: float, check_signs: bool = Fals
         options.update(multipliers="per-sample", num_samples=N)
     else:  # the exact form: one multiplier per entry (parameters), on the batch mean (outputs)
         options.setdefault("multipliers", "mean")
+    if name == "slack-lagrangian":  # the slacks at the model's pace (plain gradient descent, the same step)
+        options.update(slack_optimizer="sgd", slack_lr=lr)
     torch.manual_seed(0)
     strategy = strategies.get(name, **options)
     model = strategy.attach(nn.Linear(D, M).double(), [target])
@@ -423,30 +426,82 @@ def test_model_to_float64_keeps_working(name: str) -> None:
         step(X.double())
     assert all(lam.dtype == torch.float64 for lam in strategy.multipliers().values())
     assert all(p.dtype == torch.float64 for p in net.parameters())
-    if name == "slack-lagrangian":
-        names = dict(net.named_parameters())
-        assert {"constraint_slack_0", "constraint_slack_1"} <= set(names)
-        assert names["constraint_slack_0"].shape == (8, 2)  # per-sample output slacks
-        assert names["constraint_slack_1"].shape == (2, 1)  # one per weight row
+    if name == "slack-lagrangian":  # the slacks follow the model into float64, in the strategy
+        assert strategy.slack(0).shape == (8, 2) and strategy.slack(0).dtype == torch.float64  # per-sample output slacks
+        assert strategy.slack(1).shape == (2, 1)  # one per weight row
 
 
-def test_slacks_live_on_the_model_and_load_before_and_after_the_first_batch() -> None:
+def test_slacks_live_in_the_strategy_and_load_before_and_after_the_first_batch() -> None:
     def build():
         strategy = strategies.get("slack-lagrangian")
-        net = nn.Sequential(nn.Linear(3, 2))  # slacks are parameters, not a submodule: Sequential still runs
+        net = nn.Sequential(nn.Linear(3, 2))
         net[0].weight.data = torch.tensor([[-1.0, 0.5, 0.0], [2.0, -0.25, 1.0]])
-        return strategy, strategy.attach(net, [on_output(NonNegative()), on_parameter("0.weight", NonNegative())])
+        before = ([n for n, _ in net.named_parameters()], list(net.state_dict()), len(net._load_state_dict_pre_hooks))
+        strategy.attach(net, [on_output(NonNegative()), on_parameter("0.weight", NonNegative())])
+        after = ([n for n, _ in net.named_parameters()], list(net.state_dict()), len(net._load_state_dict_pre_hooks))
+        assert before == after  # no parameter, buffer or load hook added to the model
+        return strategy, net
 
     strategy, net = build()
     expected = (torch.tensor([[-1.0, 0.5, 0.0], [2.0, -0.25, 1.0]]).clamp_min(0) + 1e-4).sqrt()
-    assert torch.allclose(net.constraint_slack_1, expected)  # sqrt(max(-g, 0)) with a small floor, g = -w
-    assert net.constraint_slack_0.shape == (0,)  # output slacks are sized on the first batch
-    _, fresh = build()
-    fresh.load_state_dict(net.state_dict())  # saved before the first batch
+    assert torch.allclose(strategy.slack(1), expected)  # sqrt(max(-g, 0)) with a small floor, g = -w
+    assert strategy.slack(0).shape == (0,)  # output slacks are sized on the first batch
+    assert {id(p) for p in strategy.slack_parameters()} == {id(strategy.slack(0)), id(strategy.slack(1))}
+    fresh, _ = build()
+    fresh.load_state_dict(strategy.state_dict())  # saved before the first batch
+    assert fresh.slack(0).shape == (0,)
     out = net(torch.randn(5, 3))
     strategy.loss(out.sum(), out).backward()
-    assert net.constraint_slack_0.shape == (2,) and net.constraint_slack_0.grad is not None
-    _, fresh = build()
-    fresh.load_state_dict(net.state_dict())  # saved after it: the unsized slack takes the saved shape
-    assert torch.equal(fresh.constraint_slack_0, net.constraint_slack_0)
-    assert len(net) == 1 and [n for n, _ in net.named_parameters()][:2] == ["constraint_slack_0", "constraint_slack_1"]
+    assert strategy.slack(0).shape == (2,) and strategy.slack(0).grad is not None
+    before = strategy.slack(0).detach().clone()
+    strategy.after_step()  # the strategy steps its slacks (Adam, lr 1e-2) and clears their gradients
+    assert strategy.slack(0).grad is None
+    assert torch.allclose((strategy.slack(0) - before).abs(), torch.full((2,), 1e-2))  # Adam's first step: lr
+    fresh, _ = build()
+    fresh.load_state_dict(strategy.state_dict())  # saved after it: the unsized slack takes the saved shape
+    assert torch.equal(fresh.slack(0), strategy.slack(0)) and torch.equal(fresh.slack(1), strategy.slack(1))
+
+
+def test_the_optimizer_built_right_after_attach_trains_and_a_checkpoint_resumes_bit_for_bit() -> None:
+    """Checkpoint = model.state_dict() + optimizer + strategy.state_dict(): resuming from it equals the run that
+    went on, exactly (lazily sized per-sample output slacks, slack and dual optimizer states included)."""
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.randn(12, 3, generator=g), 3 * torch.randn(12, 2, generator=g)
+    constraints = [on_output(L1Ball(1.0)), on_parameter("0.weight", NonNegative())]
+
+    def build(seed: int):
+        torch.manual_seed(seed)
+        strategy = strategies.get("slack-lagrangian", multipliers="per-sample", num_samples=12, dual_optimizer="nupi")
+        net = strategy.attach(nn.Sequential(nn.Linear(3, 2)), constraints)
+        return net, strategy, torch.optim.Adam(net.parameters(), lr=1e-2)  # right after attach
+
+    def run(net, strategy, opt, steps: range) -> None:
+        for step in steps:
+            ids = torch.arange(12)[(step % 3) * 4 :][:4]
+            out = net(X[ids])
+            loss = strategy.loss(nn.functional.mse_loss(out, Y[ids]), out, sample_ids=ids)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            strategy.after_step()
+
+    net, strategy, opt = build(0)
+    run(net, strategy, opt, range(10))
+    first, first_strategy, first_opt = build(0)
+    run(first, first_strategy, first_opt, range(5))
+    buffer = io.BytesIO()
+    torch.save(
+        {"model": first.state_dict(), "optimizer": first_opt.state_dict(), "strategy": first_strategy.state_dict()}, buffer
+    )
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=False)
+    again, again_strategy, again_opt = build(7)
+    again.load_state_dict(checkpoint["model"])
+    again_opt.load_state_dict(checkpoint["optimizer"])
+    again_strategy.load_state_dict(checkpoint["strategy"])
+    run(again, again_strategy, again_opt, range(5, 10))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), again.parameters(), strict=True))
+    assert torch.equal(strategy.slack(0), again_strategy.slack(0)) and torch.equal(strategy.slack(1), again_strategy.slack(1))
+    for key, lam in strategy.multipliers().items():
+        assert torch.equal(lam, again_strategy.multipliers()[key]), key
+    assert not torch.equal(strategy.slack(0), torch.full_like(strategy.slack(0), 1e-2))  # the slacks did move
