@@ -103,7 +103,7 @@ class Entry:
 
     def options_text(self) -> str:
         """``k=v, ...`` for the table (``num_samples=@n_train`` is implied by per-sample multipliers)."""
-        shown = {k: v for k, v in self.options.items() if v is not TRAINING_SAMPLES}
+        shown = {k: v for k, v in self.options.items() if v != TRAINING_SAMPLES}
         text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         return ", ".join(p for p in (text, self.note) if p) or "-"
 
@@ -120,10 +120,19 @@ class RunValue:
         return self.name
 
 
+def _learning_rate(problem: Problem) -> float:
+    return problem.lr
+
+
+def _training_samples(problem: Problem) -> int:
+    return int(problem.X_train.shape[0])
+
+
+# (module-level functions, not lambdas: entries travel to worker processes by pickle)
 #: The problem's (initial) learning rate.
-LEARNING_RATE = RunValue("@lr", lambda problem: problem.lr)
+LEARNING_RATE = RunValue("@lr", _learning_rate)
 #: The number of training samples (per-sample multipliers).
-TRAINING_SAMPLES = RunValue("@n_train", lambda problem: int(problem.X_train.shape[0]))
+TRAINING_SAMPLES = RunValue("@n_train", _training_samples)
 
 
 _PER_SAMPLE = {"multipliers": "per-sample", "num_samples": TRAINING_SAMPLES}

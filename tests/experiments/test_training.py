@@ -175,3 +175,18 @@ def test_the_catalogue_is_the_one_list_of_kinds() -> None:
     assert float(tie.set.violation(w.reshape(1, -1)).max()) > 0.5
     with pytest.raises(KeyError, match="output-l1"):
         catalogue.kind("bogus")
+
+
+def test_study_entries_with_run_values_pickle_for_worker_processes() -> None:
+    import pickle
+
+    from experiments import study
+    from experiments.problems import get_problem
+
+    problem = get_problem("lin-weight-l1")
+    for entry in study.ENTRIES:
+        copy = pickle.loads(pickle.dumps(entry))
+        assert study.resolve_options(copy, problem) == study.resolve_options(entry, problem)
+        assert copy.options_text() == entry.options_text() and copy.stored_options() == entry.stored_options()
+    l1 = next(e for e in study.ENTRIES if e.label == "l1-proximal")
+    assert study.resolve_options(l1, problem)["lr"] == problem.lr and l1.stored_options()["lr"] == "@lr"
