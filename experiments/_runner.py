@@ -75,7 +75,7 @@ def handle_interrupts() -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def _block_interrupts() -> set[signal.Signals] | None:
+def _block_interrupts() -> set[int | signal.Signals] | None:
     """Block SIGINT in this thread (POSIX, main thread only); the previous mask, None if nothing changed."""
     if not (_main_thread() and hasattr(signal, "pthread_sigmask")):
         return None

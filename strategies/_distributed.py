@@ -82,13 +82,13 @@ class _AllReduceSum(torch.autograd.Function):
     depends on every rank's input)."""
 
     @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t: Tensor) -> Tensor:
         out = t.detach().to(_device(), copy=True)
         torch.distributed.all_reduce(out)
         return out.to(t.device)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         out = grad.to(_device(), copy=True)
         torch.distributed.all_reduce(out)
         return out.to(grad.device)

@@ -95,7 +95,8 @@ def dual_factory(
     if isinstance(spec, type):
         if not issubclass(spec, torch.optim.Optimizer):
             raise TypeError(f"dual_optimizer class must subclass torch.optim.Optimizer, got {spec.__name__}.")
-        return (lambda params: spec(params, lr=lr)), True
+        optimizer_class: Callable[..., torch.optim.Optimizer] = spec  # a subclass: it takes lr (checked above)
+        return (lambda params: optimizer_class(params, lr=lr)), True
     if callable(spec):
         return spec, False
     raise TypeError(f"dual_optimizer must be a name, a torch optimizer class or a factory, got {type(spec).__name__}.")

@@ -36,8 +36,9 @@ from torch import Tensor, nn
 from constrain import OutputTarget, ParameterTarget
 from strategies import _distributed
 from strategies._base import Strategy, Target, all_finite, constraint_values, target_rows
+from strategies._optimizer_metric import OptimizerWatch
 from strategies._options import check_positive as _check_positive
-from strategies._penalty_prox import OptimizerWatch, exact_penalty_prox, has_prox
+from strategies._penalty_prox import exact_penalty_prox, has_prox
 from strategies._registry import register
 
 
@@ -426,6 +427,7 @@ class ExactPenalty(PenaltyStrategy):
         params = [p for t in self.targets if self._proximal(t) for p in t.tensors(model)]  # type: ignore[union-attr]
         if params:
             self._watch = OptimizerWatch(params)
+            self._handles.append(self._watch.handle)  # detach() removes it
             weakref.finalize(self, self._watch.remove)
 
     def _after_step(self) -> None:
@@ -459,11 +461,6 @@ class ExactPenalty(PenaltyStrategy):
             stacklevel=3,
         )
         self.form = "subgradient"
-
-    def detach(self) -> None:
-        """Remove the optimizer-step hook that finds the optimizer's metric (the proximal form installs it)."""
-        if self._watch is not None:
-            self._watch.remove()
 
 
 @register("log-barrier")

@@ -28,15 +28,11 @@ Adam instead chatters around the boundary at the size of the step.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch import Tensor
 
-from constrain import Affine, ConstraintSet, L1Ball, NonNegative, ParameterTarget, parameter_rows, project_l1_ball_metric
-from strategies._projected import optimizer_diagonal
+from constrain import Affine, ConstraintSet, L1Ball, NonNegative, project_l1_ball_metric
 
 #: The sets whose penalty has a proximal step here; others keep the subgradient form.
 PROX_SETS = (NonNegative, L1Ball, Affine)
@@ -96,55 +92,3 @@ def _box_least_squares(B: Tensor, r: Tensor, mu: float) -> Tensor:
     b = (Q[:, keep].T @ r.cpu().numpy()) / root
     result = lsq_linear(M, b, bounds=(-mu, mu), method="bvls", tol=1e-14)
     return torch.as_tensor(np.clip(result.x, -mu, mu), dtype=torch.float64, device=B.device)
-
-
-class OptimizerWatch:
-    """Finds the optimizer that steps ``params`` (a global ``optimizer.step`` post-hook, holding the
-    optimizer weakly) and reads its per-coordinate step sizes :math:`t` after its step."""
-
-    def __init__(self, params: list[Tensor]) -> None:
-        watched = {id(p) for p in params}
-        self._optimizer: weakref.ref | None = None
-
-        def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            known = self._optimizer() if self._optimizer is not None else None
-            if known is not optimizer and any(id(p) in watched for g in optimizer.param_groups for p in g["params"]):
-                self._optimizer = weakref.ref(optimizer)
-
-        self._handle = register_optimizer_step_post_hook(hook)
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-    def step_sizes(self, target: ParameterTarget, model: nn.Module) -> Tensor | None:
-        """The steps :math:`t` in ``target.gather``'s layout, or None (no optimizer seen, or one whose
-        step is not a diagonal scaling of its direction: then there is no metric to take the prox in)."""
-        optimizer = self._optimizer() if self._optimizer is not None else None
-        if optimizer is None:
-            return None
-        parts = []
-        for param in target.tensors(model):
-            t = _param_steps(optimizer, param)
-            if t is None:
-                return None
-            parts.append(t)
-        if target.set.acts_on_flat_vector:
-            return torch.cat([t.reshape(-1) for t in parts]).unsqueeze(0)
-        return parameter_rows(parts[0])
-
-
-@torch.no_grad()
-def _param_steps(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor | None:
-    """Adam, AdamW, RMSprop: lr / D; Adagrad: its decayed lr / D; SGD: lr everywhere; None otherwise."""
-    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
-    if group is None:
-        return None
-    lr = float(group["lr"])
-    if type(optimizer) is torch.optim.SGD:
-        return torch.full_like(param, lr)
-    d = optimizer_diagonal(optimizer, param)
-    if d is None:
-        return None
-    if isinstance(optimizer, torch.optim.Adagrad):
-        lr /= 1.0 + (float(optimizer.state[param]["step"]) - 1.0) * float(group.get("lr_decay", 0.0))
-    return d.reciprocal().mul_(lr)

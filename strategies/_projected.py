@@ -28,13 +28,11 @@ recommends in place of differentiable sorting.
 
 from __future__ import annotations
 
-import weakref
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from constrain import (
     Affine,
@@ -47,6 +45,7 @@ from constrain import (
     project_metric,
 )
 from strategies._base import Strategy, Target, install_output_map
+from strategies._optimizer_metric import OptimizerWatch, optimizer_diagonal
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
@@ -86,7 +85,7 @@ class Projected(Strategy):
         self.mode = mode
         self.jacobian = jacobian
         self.metric = metric
-        self._optimizer: weakref.ref | None = None  # the optimizer that steps the constrained parameters
+        self._watch: OptimizerWatch | None = None  # finds the optimizer that steps the constrained parameters
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
@@ -115,29 +114,17 @@ class Projected(Strategy):
                     )
                 self._handles.extend(_project_gradients(model, target))
         if self.metric == "optimizer" and any(_metric_applies(t) for t in self.targets):
-            watched = {id(p) for t in self.targets if isinstance(t, ParameterTarget) for p in t.tensors(model)}
-            self._handles.append(register_optimizer_step_post_hook(self._remember(watched)))
+            self._watch = OptimizerWatch([p for t in self.targets if isinstance(t, ParameterTarget) for p in t.tensors(model)])
+            self._handles.append(self._watch.handle)  # detach() removes it
         self._project_parameters()  # start feasible
-
-    def _remember(self, watched: set[int]):
-        """The global step post-hook: remember the optimizer whose groups hold a constrained parameter."""
-
-        def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            known = self._optimizer() if self._optimizer is not None else None
-            if known is optimizer:
-                return
-            if any(id(p) in watched for group in optimizer.param_groups for p in group["params"]):
-                self._optimizer = weakref.ref(optimizer)
-
-        return hook
 
     def current_metric(self, target: ParameterTarget) -> Tensor | None:
         r"""The diagonal :math:`D` of the remembered optimizer for ``target``'s rows (the layout of
         ``target.gather``), or None: Euclidean (no diagonal optimizer seen, ``metric="euclidean"``, or a set
         the metric does not change)."""
-        if self.metric != "optimizer" or self._optimizer is None or not _metric_applies(target):
+        if self.metric != "optimizer" or self._watch is None or not _metric_applies(target):
             return None
-        optimizer = self._optimizer()
+        optimizer = self._watch.optimizer
         if optimizer is None:
             return None
         parts = []
@@ -188,40 +175,6 @@ def _metric_applies(target: Target) -> bool:
     """Whether the projection of ``target`` depends on the metric: parameter targets on an L1 ball or an
     affine set (the orthant is separable; other sets keep the Euclidean projection)."""
     return isinstance(target, ParameterTarget) and isinstance(target.set, (L1Ball, Affine))
-
-
-@torch.no_grad()
-def optimizer_diagonal(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor | None:
-    r"""The diagonal :math:`D` by which ``optimizer`` divided its last step of ``param``, or None.
-
-    Adam / AdamW: :math:`\sqrt{v / (1 - \beta_2^t)} + \epsilon` (``max_exp_avg_sq`` with amsgrad);
-    RMSprop: :math:`\sqrt{s} + \epsilon` (centered: :math:`\sqrt{s - \bar g^2} + \epsilon`);
-    Adagrad: :math:`\sqrt{G} + \epsilon`. None for any other optimizer, or before its first step.
-    """
-    state = optimizer.state.get(param)
-    if not state:
-        return None
-    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
-    if group is None:
-        return None
-    eps = float(group.get("eps", 0.0))
-    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        v = state.get("max_exp_avg_sq") if group.get("amsgrad") else state.get("exp_avg_sq")
-        if v is None or "step" not in state:
-            return None
-        correction = 1.0 - group["betas"][1] ** float(state["step"])
-        return v.div(correction).sqrt_().add_(eps)
-    if isinstance(optimizer, torch.optim.RMSprop):
-        s = state.get("square_avg")
-        if s is None:
-            return None
-        if group.get("centered"):
-            s = s - state["grad_avg"].square()
-        return s.sqrt().add_(eps)
-    if isinstance(optimizer, torch.optim.Adagrad):
-        s = state.get("sum")
-        return None if s is None else s.sqrt().add_(eps)
-    return None
 
 
 def _project_gradients(model: nn.Module, target: ParameterTarget) -> list:

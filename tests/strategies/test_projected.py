@@ -147,7 +147,7 @@ def test_projection_in_adams_metric_reaches_the_constrained_optimum(problem, cel
 
 def test_metric_follows_the_optimizer(problem):
     """The strategy finds the optimizer by itself: Adam's diagonal after its step; SGD keeps the Euclidean metric."""
-    from strategies._projected import optimizer_diagonal
+    from strategies._optimizer_metric import optimizer_diagonal
 
     for make, diagonal in ((lambda p: torch.optim.Adam(p, lr=0.01), True), (lambda p: torch.optim.SGD(p, lr=0.01), False)):
         s = strategies.get("projected")
