@@ -13,8 +13,14 @@ r"""Reparameterizations of outputs onto polyhedra and boxes: maps :math:`\mathbb
 
   the identity (up to the completion) inside the set and a radial retraction towards :math:`y_0`
   outside. :math:`y_0` is given (``interior``: a tensor ``(n,)`` / ``(batch, n)`` or a callable of the
-  model's input) or the Chebyshev centre of each sample's polytope (``interior="chebyshev"``: one LP per
-  sample on the CPU when the right-hand sides vary, once when they are constant). A box uses its
+  model's input), the least-norm point :math:`y_0 = A^+ b` of each sample (``interior="pinv"``: two matrix
+  products, no LP; :math:`y_0 = 0` without equalities; it must be strictly feasible, which holds for
+  DC3's family when :math:`|x_j| < 1`: there :math:`h_i = \sum_j |(G A^+)_{ij}|`, so
+  :math:`h_i - (G y_0)_i \ge \sum_j |(G A^+)_{ij}| (1 - |x_j|) > 0`), or the Chebyshev centre of each
+  sample's polytope (``interior="chebyshev"``, the general fallback: one LP per sample on the CPU when the
+  right-hand sides vary, once when they are constant). Every :math:`y_0` is certified before use:
+  a slack :math:`h - G y_0` not clearly positive (relative to the rounding of :math:`G y_0`) or a defect in
+  :math:`A y_0 = b` raises ``ValueError`` naming the sample. A box uses its
   centre (two-sided) or :math:`l + \operatorname{softplus}(z - l)` / :math:`u - \operatorname{softplus}(u - z)`
   (one-sided).
 
@@ -36,10 +42,14 @@ from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
 Interior = str | Tensor | Callable[..., Tensor]
+#: The interior points chosen by name (serialisable: a study config can name them).
+INTERIORS = ("chebyshev", "pinv")
 
 
 def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, cache: dict) -> Tensor:
     """The strictly feasible point of each row: given, or the Chebyshev centre (cached when constant)."""
+    if isinstance(interior, str) and interior == "pinv":
+        return s.complete(torch.zeros_like(rows))  # A^+ b per row (0 without equalities)
     if isinstance(interior, str):
         constant = not any(side is not None and (side.per_row or side.is_callable) for side in (s._b, s._h))
         key = (id(s), rows.device, rows.dtype)
@@ -64,12 +74,7 @@ def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
     r"""RAYEN's ray map of rows ``z`` onto ``s`` from strictly feasible rows ``y0`` (see the module doc)."""
     v = s.complete(z) - y0
     slack = -s.inequality(y0)  # h - G y0 > 0
-    if bool((slack.detach() <= 0).any()):
-        i = int((slack.detach() <= 0).any(-1).nonzero()[0])
-        raise ValueError(
-            f"the interior point of sample {i} is not strictly inside {s!r} (min slack {float(slack[i].min()):.3g}); "
-            f"give a strictly feasible interior or use interior='chebyshev'."
-        )
+    _certify_slack(s, slack.detach(), y0.detach())
     if s.A is not None:
         defect = s.equality(y0).detach().abs().amax(-1)
         scale = 1e3 * torch.finfo(y0.dtype).eps * (1 + y0.detach().abs().amax(-1))
@@ -79,6 +84,20 @@ def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
     G = s.G.to(v)  # type: ignore[union-attr]
     kappa = ((v @ G.T) / slack).amax(-1, keepdim=True)
     return y0 + v / kappa.clamp_min(1.0)
+
+
+def _certify_slack(s: Polyhedron, slack: Tensor, y0: Tensor) -> None:
+    """Raise ``ValueError`` naming the first sample whose slack ``h - G y0`` is not clearly positive: it must
+    exceed the rounding error of ``G y0``, ``1e3 eps (|h| + |G| |y0|)`` row by row."""
+    G = s.G.to(y0)  # type: ignore[union-attr]
+    rounding = 1e3 * torch.finfo(y0.dtype).eps * ((slack + y0 @ G.T).abs() + y0.abs() @ G.abs().T)
+    bad = (slack <= rounding).any(-1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"the interior point of sample {i} is not strictly inside {s!r} (min slack {float(slack[i].min()):.3g}); "
+            f"give a strictly feasible interior or use interior='chebyshev' (the Chebyshev centre of each sample)."
+        )
 
 
 def box_map(s: Box, z: Tensor) -> Tensor:
@@ -152,14 +171,18 @@ class CompletionReparameterization(_OutputPolytopeStrategy):
 @register("reparam-gauge")
 class GaugeReparameterization(_OutputPolytopeStrategy):
     r"""``Polyhedron`` with inequalities (equalities by completion) and ``Box``, on outputs: the ray map from an
-    interior point (module doc). ``interior``: ``"chebyshev"`` (default), a tensor or a callable of the input."""
+    interior point (module doc). ``interior``: ``"chebyshev"`` (default), ``"pinv"`` (:math:`A^+ b`), a tensor or a
+    callable of the input."""
 
     summary = "Polyhedron/Box on outputs by the ray (gauge) map y0 + v / max(1, max_i (Gv)_i/(h-Gy0)_i) (RAYEN)"
 
     def __init__(self, *, interior: Interior = "chebyshev") -> None:
         super().__init__()
-        if isinstance(interior, str) and interior != "chebyshev":
-            raise ValueError(f"interior must be 'chebyshev', a tensor or a callable of the model's input; got {interior!r}.")
+        if isinstance(interior, str) and interior not in INTERIORS:
+            raise ValueError(
+                f"interior must be one of {', '.join(map(repr, INTERIORS))}, a tensor or a callable of the model's input; "
+                f"got {interior!r}."
+            )
         self.interior = interior
 
     @classmethod

@@ -134,6 +134,51 @@ def test_gauge_map_with_a_given_interior_and_a_bad_one():
         model(torch.rand(3, N_IN))
 
 
+def _dc3_like(n: int = 6, m_eq: int = 2, m_in: int = 5) -> tuple[Polyhedron, torch.Tensor, torch.Tensor]:
+    """DC3's construction on a small scale: A y = x, G y <= h with h_i = sum_j |(G A^+)_ij|, so that
+    A^+ x is strictly feasible for every |x_j| < 1 (float64)."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(m_eq, n, generator=g, dtype=torch.float64)
+    G = torch.randn(m_in, n, generator=g, dtype=torch.float64)
+    h = (G @ torch.linalg.pinv(A)).abs().sum(1)
+    return Polyhedron(A=A, b=lambda x: x, G=G, h=h), A, G
+
+
+def test_gauge_map_with_the_pinv_interior_holds_and_refuses_by_sample():
+    P, A, G = _dc3_like()
+    strategy = strategies.get("reparam-gauge", interior="pinv")
+    model = strategy.attach(torch.nn.Linear(2, 6).double(), [on_output(P)])
+    x = 2 * torch.rand(50, 2, dtype=torch.float64) - 1  # |x_j| < 1
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()  # z = 0: the completion of 0 is A^+ x = y0 itself, so the map returns y0
+    y0 = model(x).detach()
+    torch.testing.assert_close(y0, x @ torch.linalg.pinv(A).T)  # the least-norm point, independently
+    assert float((y0 @ G.T - P.h).max()) < 0  # strictly feasible, as the construction of h promises
+    with torch.no_grad():
+        model.bias.fill_(50.0)  # far outside: the map pulls every row back onto the polytope
+    y = model(x).detach()
+    assert float((y @ A.T - x).abs().max()) <= 1e-10 and float((y @ G.T - P.h).max()) <= 1e-10
+    far = x.clone()
+    far[7] = 10 * far[7].sign()  # sample 7 far outside [-1, 1]: A^+ x is not strictly feasible there
+    with pytest.raises(ValueError, match="sample 7 is not strictly inside"):
+        model(far)
+
+
+def test_gauge_map_pinv_without_equalities_uses_the_origin_and_bad_names():
+    P = Polyhedron(G=torch.eye(3), h=lambda x: x.abs() + 0.1)  # 0 is strictly inside for every x
+    model = strategies.get("reparam-gauge", interior="pinv").attach(torch.nn.Linear(3, 3), [on_output(P)])
+    x = torch.randn(20, 3)
+    y = model(x)
+    assert bool(P.bind(x).contains(y, 1e-6).all())
+    with pytest.raises(ValueError, match="sample 0 is not strictly inside"):
+        strategies.get("reparam-gauge", interior="pinv").attach(
+            torch.nn.Linear(3, 3), [on_output(Polyhedron(G=torch.eye(3), h=lambda x: x.abs()))]
+        )(torch.zeros(2, 3))  # h = 0 for sample 0: the origin is on the boundary
+    with pytest.raises(ValueError, match="'chebyshev', 'pinv'"):
+        strategies.get("reparam-gauge", interior="centre")
+
+
 def test_penalty_on_the_outputs_of_a_view_uses_the_right_inputs():
     """The right-hand side is evaluated on the input of the forward that produced the outputs, also when
     another forward ran in between (validation) and when the outputs are a view."""
