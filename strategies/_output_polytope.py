@@ -1,6 +1,6 @@
 r"""Reparameterizations of outputs onto polyhedra and boxes: maps :math:`\mathbb{R}^n \to C`, row by row.
 
-- ``reparam-completion`` (``Polyhedron`` with equalities only): the null-space completion
+- ``reparam-completion`` (``Polyhedron`` with equalities only, or ``Affine``): the null-space completion
   :math:`y = A^+ b + N N^\top z` (:math:`N` an orthonormal null-space basis of :math:`A`): the model's
   output :math:`z` gives the free coordinates :math:`N^\top z` and the equalities fix the rest, for every
   right-hand side :math:`b` (one per sample, or :math:`b(x)`). For an affine set this map coincides
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from constrain import Box, ConstraintSet, OutputTarget, Polyhedron
+from constrain import Affine, Box, ConstraintSet, OutputTarget, Polyhedron
 from strategies._base import Strategy, Target, install_output_map
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
@@ -145,15 +145,19 @@ class _OutputPolytopeStrategy(Strategy):
 
 @register("reparam-completion")
 class CompletionReparameterization(_OutputPolytopeStrategy):
-    r"""``Polyhedron`` with equalities only, on outputs: :math:`y = A^+ b + N N^\top z`."""
+    r"""``Polyhedron`` with equalities only, or ``Affine``, on outputs: :math:`y = A^+ b + N N^\top z`."""
 
-    summary = "Polyhedron A y = b on outputs as y = A^+ b + N N^T z (null-space completion; b per sample or b(x))"
+    summary = (
+        "Polyhedron A y = b or Affine A y = c on outputs as y = A^+ b + N N^T z (null-space completion; b per sample or b(x))"
+    )
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
         s = target.set
         if not isinstance(target, OutputTarget):
             return "the completion is an output map; for A vec(W) = c on weights use 'reparam-null-space'."
+        if isinstance(s, Affine):
+            return None
         if not isinstance(s, Polyhedron) or s.G is not None or s.A is None:
             return (
                 f"the null-space completion covers a Polyhedron with equalities only (A y = b); {s!r} needs "

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import strategies
-from constrain import Box, Polyhedron, on_output
+from constrain import Affine, Box, Polyhedron, on_output, on_parameter
 from strategies import UnsupportedConstraint
 
 N_IN, N_OUT = 3, 4
@@ -132,6 +132,57 @@ def test_gauge_map_with_a_given_interior_and_a_bad_one():
     )
     with pytest.raises(ValueError, match="not strictly inside"):
         model(torch.rand(3, N_IN))
+
+
+def _affine() -> Affine:
+    """Affine on outputs with c from the input: the same equalities as _equalities(), written as Affine(A, c(x))."""
+    A = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 0.0, 0.0]])
+    return Affine(A, lambda x: torch.stack([x.sum(-1), x[:, 0]], -1))
+
+
+@pytest.mark.parametrize("name", ["projected", "reparam-completion"])
+def test_affine_with_c_from_the_input_holds_everywhere(name):
+    model, _, first, train, unseen = _train(name, _affine(), steps=40)
+    assert max(first, train, unseen) <= 1e-5
+    x = 3 * torch.rand(16, N_IN)
+    y = model(x).detach()
+    A = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 0.0, 0.0]])
+    torch.testing.assert_close(y @ A.T, torch.stack([x.sum(-1), x[:, 0]], -1), atol=1e-5, rtol=0)  # independently
+    # the map agrees with the exact projection onto each sample's own set (cvxpy, one sample at a time)
+    z = torch.randn(3, N_OUT, dtype=torch.float64)
+    u = torch.rand(3, N_IN, dtype=torch.float64)
+    bound = _affine().bind(u)
+    for i, row in enumerate(bound.row_sets(z)):
+        ref = row.reference_projection(z[i : i + 1], method="cvxpy")[0]
+        assert float((bound.project(z)[i] - ref).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("quadratic-penalty", {"weight": 20.0}),
+        ("exact-penalty", {"weight": 2.0, "growth": 1.0}),
+        ("augmented-lagrangian", {"penalty": 5.0, "dual_lr": 0.5}),
+        ("lagrangian", {"dual_lr": 0.05}),
+        ("lagrangian", {"dual_lr": 0.01, "multipliers": "per-sample", "num_samples": 64}),
+    ],
+)
+def test_affine_with_c_from_the_input_soft_families(name, options):
+    _, strategy, first, train, _ = _train(name, _affine(), steps=300, **options)
+    assert train < 0.5 * first
+    _, _, first_p, train_p, _ = _train(name, _equalities(), steps=300, **options)  # the same set as a Polyhedron
+    assert (first, train) == pytest.approx((first_p, train_p), rel=1e-5)
+    if options.get("multipliers") == "per-sample":
+        assert [tuple(m.shape) for m in strategy.multipliers().values()] == [(64, 2)]
+
+
+def test_affine_with_c_from_the_input_bad_callable():
+    bad = Affine(torch.ones(2, N_OUT), lambda x: x)  # 3 columns for 2 rows of A
+    model = strategies.get("projected").attach(torch.nn.Linear(N_IN, N_OUT), [on_output(bad)])
+    with pytest.raises(ValueError, match=r"c\(inputs\) has shape \(5, 3\)"):
+        model(torch.rand(5, N_IN))
+    with pytest.raises(ValueError, match="outputs only"):
+        strategies.get("quadratic-penalty").attach(torch.nn.Linear(N_IN, N_OUT), [on_parameter("weight", bad)])
 
 
 def _dc3_like(n: int = 6, m_eq: int = 2, m_in: int = 5) -> tuple[Polyhedron, torch.Tensor, torch.Tensor]:
