@@ -400,7 +400,7 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
     torch.manual_seed(spec.seed)
     X_train, X_test = family.tensors("train"), family.tensors("test")
     f_star_t = torch.from_numpy(f_star)
-    step, train_time = 0, 0.0
+    step, train_time, cpu = 0, 0.0, time.process_time()
     try:
         model = DC3Net(family.eq, family.variables, budget.hidden, budget.dropout).double()
         strategy = strategies.get(spec.entry.strategy, **spec.entry.options)
@@ -438,6 +438,7 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
             traceback=traceback.format_exc(limit=6),
         )
     record["train_time"] = train_time
+    record["cpu_time"] = time.process_time() - cpu  # this process's CPU seconds (training and evaluations): load-independent
     return record
 
 
@@ -600,6 +601,7 @@ def markdown_table(
     skipped: Sequence[tuple[str, str]],
     command: str,
     wall: float,
+    cpu: float | None = None,
 ) -> str:
     """The results table with the published rows, as markdown."""
     f_star = float(np.mean(optimum["objective"]))
@@ -609,8 +611,10 @@ def markdown_table(
         "",
         f"`{command}`: budget `{budget.name}` ({budget.steps} Adam steps of batch {budget.batch}, lr {budget.lr:g}"
         + (f" decayed linearly to {budget.lr * budget.lr_final_fraction:g}" if budget.lr_final_fraction != 1 else "")
-        + f"), seeds {', '.join(map(str, seeds))} (medians), {wall:.0f} s wall on {os.cpu_count()} CPU(s), "
-        f"torch {torch.__version__}. Test set: {n_test} instances.",
+        + f"), seeds {', '.join(map(str, seeds))} (medians), {wall:.0f} s wall on {os.cpu_count()} CPU(s)"
+        + (f" (load average {os.getloadavg()[0]:.1f} at the end)" if hasattr(os, "getloadavg") else "")
+        + ("" if cpu is None else f", the runs {cpu:.0f} CPU-seconds in all")
+        + f", torch {torch.__version__}. Test set: {n_test} instances.",
         "",
         "| strategy | test objective | gap % | eq max | eq mean | ineq max | ineq mean | far max | train s | "
         "inference s | options |",
@@ -764,7 +768,8 @@ def run(args: argparse.Namespace) -> int:
     if (family.eq, family.ineq, family.instances) != (50, 50, 10000):
         command += f" --eq {family.eq} --ineq {family.ineq} --instances {family.instances}"
     prefix = "dc3" if (family.eq, family.ineq, family.instances) == (50, 50, 10000) else f"dc3-{family.name}"
-    text = markdown_table(family, budget, rows, optimum, seeds, skipped, command, time.perf_counter() - tic)
+    cpu = sum(r.get("cpu_time") or 0.0 for r in records)
+    text = markdown_table(family, budget, rows, optimum, seeds, skipped, command, time.perf_counter() - tic, cpu)
     (Path(folder) / f"{prefix}.md").write_text(text)
     paths = figures(records, Path(folder), prefix)
     print(text)
