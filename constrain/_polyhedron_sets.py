@@ -131,6 +131,12 @@ class RightHandSideValue:
         return f"tensor{tuple(self.value.shape)}"  # type: ignore[union-attr]
 
 
+def _tensor(value: Tensor | float | None) -> Tensor:
+    """A Polyhedron's right-hand side as the tensor it always is (floats are for Box bounds only)."""
+    assert isinstance(value, Tensor), "Polyhedron right-hand sides are tensors"
+    return value
+
+
 def _rows_of(x: Tensor, n: int, what: str) -> Tensor:
     x = check_tensor(x)
     if x.dim() == 0 or x.shape[-1] != n:
@@ -193,8 +199,8 @@ class Polyhedron(ConstraintSet):
             if G64 is None
             else RightHandSideValue(torch.zeros(G64.shape[0], dtype=torch.float64) if h is None else h, "h", G64.shape[0])
         )
-        self.has_equalities = A64 is not None
-        self.has_inequalities = G64 is not None
+        self.has_equalities = A64 is not None  # type: ignore[misc]  # per instance: a Polyhedron may lack either part
+        self.has_inequalities = G64 is not None  # type: ignore[misc]  # (the base class states it per class)
 
     @classmethod
     def _with(cls, like: Polyhedron, b: RightHandSideValue | None, h: RightHandSideValue | None) -> Polyhedron:
@@ -218,11 +224,11 @@ class Polyhedron(ConstraintSet):
 
     @property
     def b(self) -> Tensor | Callable | None:
-        return None if self._b is None else (self._b.fn or self._b.value)
+        return None if self._b is None else (self._b.fn or _tensor(self._b.value))
 
     @property
     def h(self) -> Tensor | Callable | None:
-        return None if self._h is None else (self._h.fn or self._h.value)
+        return None if self._h is None else (self._h.fn or _tensor(self._h.value))
 
     @property
     def needs_inputs(self) -> bool:
@@ -237,9 +243,9 @@ class Polyhedron(ConstraintSet):
 
     def _sides(self, rows: Tensor, finite: bool = False) -> tuple[Tensor | None, Tensor | None]:
         B = rows.shape[0]
-        b = None if self._b is None else self._b.rows(rows, B, finite)
-        h = None if self._h is None else self._h.rows(rows, B, finite)
-        return b, h  # type: ignore[return-value]
+        b = None if self._b is None else _tensor(self._b.rows(rows, B, finite))
+        h = None if self._h is None else _tensor(self._h.rows(rows, B, finite))
+        return b, h
 
     def project(self, x: Tensor) -> Tensor:
         rows = _rows_of(x, self.size, repr(self))
@@ -257,6 +263,7 @@ class Polyhedron(ConstraintSet):
         if self.A is None:
             return x
         b, _ = self._sides(rows)
+        assert b is not None and self._factor.V is not None and self._factor.E is not None, "A comes with b, V and E"
         V, E = self._factor.V.to(rows), self._factor.E.to(rows)
         return (rows - (rows @ V.T) @ V + b @ E.T).reshape(x.shape)
 
@@ -272,6 +279,7 @@ class Polyhedron(ConstraintSet):
             raise ValueError(f"{self!r} has no inequalities: every point of A y = b is a centre; use complete(x).")
         rows = _rows_of(x, self.size, repr(self))
         b, h = self._sides(rows.detach().double())
+        assert h is not None, "G comes with h"
         n, B = self.size, rows.shape[0]
         G = self.G.cpu().numpy()
         norms = np.linalg.norm(G, axis=1)
@@ -306,6 +314,7 @@ class Polyhedron(ConstraintSet):
             return None
         rows = _rows_of(x, self.size, repr(self))
         _, h = self._sides(rows)
+        assert h is not None, "G comes with h"
         return (rows @ self.G.to(rows).T - h).reshape(*x.shape[:-1], -1)
 
     def equality(self, x: Tensor) -> Tensor | None:
@@ -313,6 +322,7 @@ class Polyhedron(ConstraintSet):
             return None
         rows = _rows_of(x, self.size, repr(self))
         b, _ = self._sides(rows)
+        assert b is not None, "A comes with b"
         return (rows @ self.A.to(rows).T - b).reshape(*x.shape[:-1], -1)
 
     def cvxpy_constraint(self, var: Any) -> list:

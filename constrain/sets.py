@@ -181,7 +181,7 @@ class _RadiusSet(ConstraintSet):
         return self.radius_like(x.detach().double()).squeeze(-1)
 
     #: ``(row, radius) -> projection`` of one 1-d float64 array, exact (see :mod:`constrain.reference`).
-    _exact_row: ClassVar[Callable[[np.ndarray, float], np.ndarray]]
+    _exact_row: ClassVar[staticmethod[[np.ndarray, float], np.ndarray]]
 
     def exact_projection(self, x: Tensor) -> Tensor:
         x64 = check_tensor(x).detach().to("cpu", torch.float64)

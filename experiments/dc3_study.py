@@ -402,9 +402,8 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
     f_star_t = torch.from_numpy(f_star)
     step, train_time, cpu = 0, 0.0, time.process_time()
     try:
-        model = DC3Net(family.eq, family.variables, budget.hidden, budget.dropout).double()
         strategy = strategies.get(spec.entry.strategy, **spec.entry.options)
-        model = strategy.attach(model, [_target(family)])
+        model = strategy.attach(DC3Net(family.eq, family.variables, budget.hidden, budget.dropout).double(), [_target(family)])
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
         generator = torch.Generator().manual_seed(spec.seed)
@@ -656,7 +655,7 @@ def figures(records: Sequence[dict[str, Any]], folder: Path, prefix: str) -> lis
     for r in records:
         if r["status"] == "done" and r["log"]:
             by.setdefault(r["label"], []).append(r)
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("Dark2")(i) for i in range(8)]
     paths = []
     for name, keys, ylabel in (
         ("gap", ("gap",), "mean optimality gap (test), |f - f*| / |f*|"),

@@ -73,10 +73,12 @@ def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, ca
 def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
     r"""RAYEN's ray map of rows ``z`` onto ``s`` from strictly feasible rows ``y0`` (see the module doc)."""
     v = s.complete(z) - y0
-    slack = -s.inequality(y0)  # h - G y0 > 0
+    g0, e0 = s.inequality(y0), s.equality(y0)
+    assert g0 is not None, "the gauge map is offered for sets with inequalities only"
+    slack = -g0  # h - G y0 > 0
     _certify_slack(s, slack.detach(), y0.detach())
-    if s.A is not None:
-        defect = s.equality(y0).detach().abs().amax(-1)
+    if e0 is not None:
+        defect = e0.detach().abs().amax(-1)
         scale = 1e3 * torch.finfo(y0.dtype).eps * (1 + y0.detach().abs().amax(-1))
         if bool((defect > scale).any()):
             i = int((defect > scale).nonzero()[0])
@@ -107,11 +109,12 @@ def box_map(s: Box, z: Tensor) -> Tensor:
         center, half = (lo + up) / 2, (up - lo) / 2
         v = z - center
         if bool((torch.as_tensor(half) <= 0).any()):
-            return torch.maximum(torch.minimum(z, up), lo) if not isinstance(lo, float) else z.clamp(lo, up)
+            return s.project(z)  # a flat box (lower = upper somewhere): the clamp itself
         kappa = (v.abs() / half).amax(-1, keepdim=True)
         return center + v / kappa.clamp_min(1.0)
     if lo is not None:
         return lo + F.softplus(z - lo)
+    assert up is not None, "a Box has a lower or an upper bound"
     return up - F.softplus(up - z)
 
 
