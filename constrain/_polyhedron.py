@@ -36,6 +36,8 @@ certified raises: ``ValueError`` naming the sample when its polytope is empty (c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -63,7 +65,17 @@ class PolyhedronFactor:
 
     def __init__(self, A: Tensor | None, G: Tensor | None, n: int) -> None:
         self.n = n
-        device = (A if A is not None else G).device  # type: ignore[union-attr]
+        self.V: Tensor | None
+        self.E: Tensor | None
+        self.A: Tensor | None
+        self.gnorm: Tensor | None
+        self.Gn: Tensor | None
+        self.W: Tensor | None
+        self.K: Tensor | None
+        self.constant: Tensor | None
+        some = A if A is not None else G
+        assert some is not None, "Polyhedron checks that A or G is given"
+        device = some.device
         eye = torch.eye(n, dtype=torch.float64, device=device)
         if A is not None and A.shape[0]:
             U, S, Vh = torch.linalg.svd(A, full_matrices=False)
@@ -104,7 +116,7 @@ class PolyhedronFactor:
     def has_inequalities(self) -> bool:
         return self.K is not None
 
-    def on(self, device: torch.device) -> dict[str, Tensor | None]:
+    def on(self, device: torch.device) -> dict[str, Tensor | None]:  # None: that part is absent
         """The float64 matrices on ``device`` (cached)."""
         if device not in self._cache:
             names = ("V", "E", "A", "gnorm", "Gn", "W", "K", "constant")
@@ -114,17 +126,18 @@ class PolyhedronFactor:
     # ------------------------------------------------------------------ forward pieces
     def affine_part(self, x: Tensor, b: Tensor | None) -> Tensor:
         r""":math:`p = P x + E b` for rows ``x`` (B, n) and ``b`` (B, m_e) (float64)."""
-        m = self.on(x.device)
-        if m["V"] is None:
+        V, E = _parts(self.on(x.device), "V", "E", optional=True)
+        if V is None:
             return x
-        p = x - (x @ m["V"].T) @ m["V"]
-        return p + b @ m["E"].T
+        assert E is not None and b is not None, "E comes with V; a set with equalities has b"
+        p = x - (x @ V.T) @ V
+        return p + b @ E.T
 
     def check_consistent(self, b: Tensor) -> None:
         """Raise ``ValueError`` naming the first row whose ``A y = b`` has no solution."""
-        m = self.on(b.device)
-        y0 = b @ m["E"].T
-        residual = torch.linalg.vector_norm(y0 @ m["A"].T - b, dim=-1)
+        E, A = _parts(self.on(b.device), "E", "A")
+        y0 = b @ E.T
+        residual = torch.linalg.vector_norm(y0 @ A.T - b, dim=-1)
         scale = torch.linalg.vector_norm(b, dim=-1) + self.A_norm * torch.linalg.vector_norm(y0, dim=-1)
         bad = residual > 1e-9 * scale
         if bool(bad.any()):
@@ -133,6 +146,14 @@ class PolyhedronFactor:
                 f"Polyhedron is empty for sample {i}: A y = b[{i}] has no solution (b[{i}] is not in the range of A; "
                 f"least-squares residual {float(residual[i]):.3g}). Fix that row of b or the rows of A."
             )
+
+
+def _parts(m: dict[str, Tensor | None], *names: str, optional: bool = False) -> list[Any]:
+    """The matrices ``names`` of :meth:`PolyhedronFactor.on`; each must be present unless ``optional``."""
+    out = [m[k] for k in names]
+    if not optional and any(t is None for t in out):
+        raise RuntimeError(f"the polyhedron has no {', '.join(k for k, t in zip(names, out, strict=True) if t is None)}")
+    return out
 
 
 def _masked_solve(K: Tensor, rhs: Tensor, mask: Tensor) -> Tensor:
@@ -181,7 +202,9 @@ def _active_set(
     repeats and its active constraints hold with equality (a consistent active system)."""
     B = r.shape[0]
     Kr = K + rho * torch.eye(K.shape[0], dtype=K.dtype, device=K.device) if rho else K
-    rhs = r + rho * center if rho else r
+    if rho:
+        assert center is not None, "a proximal term needs its centre"
+    rhs = r + rho * center if rho and center is not None else r
     lam = r.new_zeros(r.shape)
     settled = torch.zeros(B, dtype=torch.bool, device=r.device)
     todo = torch.arange(B, device=r.device)
@@ -264,11 +287,12 @@ def solve(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | Non
     p = factor.affine_part(x, b)
     if not factor.has_inequalities:
         return p, None, None
+    assert h is not None, "a set with inequalities has h"
     m = factor.on(x.device)
-    K, W = m["K"], m["W"]
-    hn = h / m["gnorm"]
-    r = p @ m["Gn"].T - hn
-    free = ~m["constant"].expand_as(r)
+    K, W, gnorm, Gn, constant = _parts(m, "K", "W", "gnorm", "Gn", "constant")
+    hn = h / gnorm
+    r = p @ Gn.T - hn
+    free = ~constant.expand_as(r)
     tol = _row_tolerance(r, p, p, hn)
     lam, active, settled = _active_set(K, r, r > tol[:, None], tol, free)
     if not bool(settled.all()):
@@ -278,12 +302,13 @@ def solve(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor | Non
         lam_r, act_r, ok_e = _active_set(K, r[rows], start, tol[rows], free[rows], iterations=3)
         lam[rows], active[rows], settled[rows] = lam_r, act_r, ok_r & ok_e
     y = p - lam @ W
-    g = y @ m["Gn"].T - hn  # the certificate is checked on y itself, in distance units
+    g = y @ Gn.T - hn  # the certificate is checked on y itself, in distance units
     tol = _row_tolerance(r, y, p, hn)
     dual_tol = torch.maximum(tol, _CERT_TOL * lam.abs().amax(-1))
     ok = settled & (g <= tol[:, None]).all(-1) & (lam >= -dual_tol[:, None]).all(-1)
     if b is not None:
-        ok &= torch.linalg.vector_norm(y @ m["A"].T - b, dim=-1) <= _CERT_TOL * 1e3 * (
+        (A,) = _parts(m, "A")
+        ok &= torch.linalg.vector_norm(y @ A.T - b, dim=-1) <= _CERT_TOL * 1e3 * (
             torch.linalg.vector_norm(b, dim=-1) + factor.A_norm * torch.linalg.vector_norm(y, dim=-1)
         )
     if not bool(ok.all()):
@@ -296,6 +321,7 @@ def _refuse(factor: PolyhedronFactor, x: Tensor, b: Tensor | None, h: Tensor, i:
     from scipy.optimize import linprog
 
     A = None if factor.A is None else factor.A.cpu().numpy()
+    assert factor.Gn is not None and factor.gnorm is not None, "only sets with inequalities are refused here"
     G = (factor.Gn * factor.gnorm[:, None]).cpu().numpy()
     bi = None if b is None else b[i].cpu().numpy()
     result = linprog(
@@ -324,7 +350,7 @@ class _Projection(torch.autograd.Function):
     """The projection with the exact KKT backward on the active set (see the module doc)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, b: Tensor | None, h: Tensor | None, factor: PolyhedronFactor):  # type: ignore[override]
+    def forward(ctx, x: Tensor, b: Tensor | None, h: Tensor | None, factor: PolyhedronFactor) -> Tensor:
         y, lam, active = solve(factor, x, b, h)
         ctx.factor = factor
         ctx.save_for_backward(active if active is not None else torch.empty(0))
@@ -333,19 +359,21 @@ class _Projection(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, v: Tensor):  # type: ignore[override]
+    def backward(ctx, v: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, None]:
         factor: PolyhedronFactor = ctx.factor
         m = factor.on(v.device)
         (active,) = ctx.saved_tensors
         dp = v
         dh = None
         if ctx.has_active:
-            z = v @ m["W"].T  # W_S v for every constraint; the solve masks it to S
-            w = _masked_solve(m["K"], z, active)
-            dp = v - w @ m["Gn"]
-            dh = w / m["gnorm"]
-        dx = dp if m["V"] is None else dp - (dp @ m["V"].T) @ m["V"]
-        db = None if m["E"] is None else dp @ m["E"]
+            W, K, Gn, gnorm = _parts(m, "W", "K", "Gn", "gnorm")
+            z = v @ W.T  # W_S v for every constraint; the solve masks it to S
+            w = _masked_solve(K, z, active)
+            dp = v - w @ Gn
+            dh = w / gnorm
+        V, E = _parts(m, "V", "E", optional=True)
+        dx = dp if V is None else dp - (dp @ V.T) @ V
+        db = None if E is None else dp @ E
         return dx, db, dh, None
 
 

@@ -31,7 +31,7 @@ from constrain.sets import ConstraintSet
 RightHandSide = Tensor | np.ndarray | list | float | Callable[..., Tensor] | None
 
 
-class _Side:
+class RightHandSideValue:
     """One right-hand side: a float, a ``(m,)`` or ``(batch, m)`` tensor, or a callable of the inputs."""
 
     def __init__(self, value: Any, name: str, size: int | None, scalar_ok: bool = False) -> None:
@@ -76,11 +76,11 @@ class _Side:
     def per_row(self) -> bool:
         return isinstance(self.value, Tensor) and self.value.dim() == 2
 
-    def bound(self, inputs: tuple) -> _Side:
+    def bound(self, inputs: tuple) -> RightHandSideValue:
         """This side with a callable evaluated on ``inputs``."""
         if self.fn is None:
             return self
-        out = _Side.__new__(_Side)
+        out = RightHandSideValue.__new__(RightHandSideValue)
         out.name, out.size, out.fn = f"{self.name}(inputs)", self.size, None
         # non-finite values are let through here (a NaN input gives NaN constraint values, which the strategies
         # report as a non-finite step); project() refuses them
@@ -113,8 +113,8 @@ class _Side:
         """Row ``i`` of a per-row side (the constant otherwise)."""
         return self.value[i] if self.per_row else self.value  # type: ignore[index]
 
-    def scaled(self, t: float) -> _Side:
-        out = _Side.__new__(_Side)
+    def scaled(self, t: float) -> RightHandSideValue:
+        out = RightHandSideValue.__new__(RightHandSideValue)
         out.name, out.size = self.name, self.size
         if self.fn is not None:
             fn = self.fn
@@ -129,6 +129,12 @@ class _Side:
         if isinstance(self.value, float):
             return f"{self.value:g}"
         return f"tensor{tuple(self.value.shape)}"  # type: ignore[union-attr]
+
+
+def _tensor(value: Tensor | float | None) -> Tensor:
+    """A Polyhedron's right-hand side as the tensor it always is (floats are for Box bounds only)."""
+    assert isinstance(value, Tensor), "Polyhedron right-hand sides are tensors"
+    return value
 
 
 def _rows_of(x: Tensor, n: int, what: str) -> Tensor:
@@ -184,16 +190,20 @@ class Polyhedron(ConstraintSet):
         self.A, self.G = A64, G64
         self._factor = PolyhedronFactor(A64, G64, n)
         self._b = (
-            None if A64 is None else _Side(torch.zeros(A64.shape[0], dtype=torch.float64) if b is None else b, "b", A64.shape[0])
+            None
+            if A64 is None
+            else RightHandSideValue(torch.zeros(A64.shape[0], dtype=torch.float64) if b is None else b, "b", A64.shape[0])
         )
         self._h = (
-            None if G64 is None else _Side(torch.zeros(G64.shape[0], dtype=torch.float64) if h is None else h, "h", G64.shape[0])
+            None
+            if G64 is None
+            else RightHandSideValue(torch.zeros(G64.shape[0], dtype=torch.float64) if h is None else h, "h", G64.shape[0])
         )
-        self.has_equalities = A64 is not None
-        self.has_inequalities = G64 is not None
+        self.has_equalities = A64 is not None  # type: ignore[misc]  # per instance: a Polyhedron may lack either part
+        self.has_inequalities = G64 is not None  # type: ignore[misc]  # (the base class states it per class)
 
     @classmethod
-    def _with(cls, like: Polyhedron, b: _Side | None, h: _Side | None) -> Polyhedron:
+    def _with(cls, like: Polyhedron, b: RightHandSideValue | None, h: RightHandSideValue | None) -> Polyhedron:
         new = cls.__new__(cls)
         new.__dict__.update(like.__dict__)
         new._b, new._h = b, h
@@ -214,11 +224,11 @@ class Polyhedron(ConstraintSet):
 
     @property
     def b(self) -> Tensor | Callable | None:
-        return None if self._b is None else (self._b.fn or self._b.value)
+        return None if self._b is None else (self._b.fn or _tensor(self._b.value))
 
     @property
     def h(self) -> Tensor | Callable | None:
-        return None if self._h is None else (self._h.fn or self._h.value)
+        return None if self._h is None else (self._h.fn or _tensor(self._h.value))
 
     @property
     def needs_inputs(self) -> bool:
@@ -233,9 +243,9 @@ class Polyhedron(ConstraintSet):
 
     def _sides(self, rows: Tensor, finite: bool = False) -> tuple[Tensor | None, Tensor | None]:
         B = rows.shape[0]
-        b = None if self._b is None else self._b.rows(rows, B, finite)
-        h = None if self._h is None else self._h.rows(rows, B, finite)
-        return b, h  # type: ignore[return-value]
+        b = None if self._b is None else _tensor(self._b.rows(rows, B, finite))
+        h = None if self._h is None else _tensor(self._h.rows(rows, B, finite))
+        return b, h
 
     def project(self, x: Tensor) -> Tensor:
         rows = _rows_of(x, self.size, repr(self))
@@ -253,6 +263,7 @@ class Polyhedron(ConstraintSet):
         if self.A is None:
             return x
         b, _ = self._sides(rows)
+        assert b is not None and self._factor.V is not None and self._factor.E is not None, "A comes with b, V and E"
         V, E = self._factor.V.to(rows), self._factor.E.to(rows)
         return (rows - (rows @ V.T) @ V + b @ E.T).reshape(x.shape)
 
@@ -268,6 +279,7 @@ class Polyhedron(ConstraintSet):
             raise ValueError(f"{self!r} has no inequalities: every point of A y = b is a centre; use complete(x).")
         rows = _rows_of(x, self.size, repr(self))
         b, h = self._sides(rows.detach().double())
+        assert h is not None, "G comes with h"
         n, B = self.size, rows.shape[0]
         G = self.G.cpu().numpy()
         norms = np.linalg.norm(G, axis=1)
@@ -302,6 +314,7 @@ class Polyhedron(ConstraintSet):
             return None
         rows = _rows_of(x, self.size, repr(self))
         _, h = self._sides(rows)
+        assert h is not None, "G comes with h"
         return (rows @ self.G.to(rows).T - h).reshape(*x.shape[:-1], -1)
 
     def equality(self, x: Tensor) -> Tensor | None:
@@ -309,6 +322,7 @@ class Polyhedron(ConstraintSet):
             return None
         rows = _rows_of(x, self.size, repr(self))
         b, _ = self._sides(rows)
+        assert b is not None, "A comes with b"
         return (rows @ self.A.to(rows).T - b).reshape(*x.shape[:-1], -1)
 
     def cvxpy_constraint(self, var: Any) -> list:
@@ -336,8 +350,8 @@ class Polyhedron(ConstraintSet):
         return (
             self._with(
                 self,
-                None if self._b is None else _Side(self._b.row(i).detach(), "b", self._b.size),
-                None if self._h is None else _Side(self._h.row(i).detach(), "h", self._h.size),
+                None if self._b is None else RightHandSideValue(self._b.row(i).detach(), "b", self._b.size),
+                None if self._h is None else RightHandSideValue(self._h.row(i).detach(), "h", self._h.size),
             )
             for i in range(rows)
         )
@@ -364,8 +378,8 @@ class Box(ConstraintSet):
                     if size is not None and shape[-1] != size:
                         raise ValueError(f"lower and upper have {size} and {shape[-1]} entries per row; they must match.")
                     size = shape[-1]
-        self._lower = None if lower is None else _Side(lower, "lower", size, scalar_ok=True)
-        self._upper = None if upper is None else _Side(upper, "upper", size, scalar_ok=True)
+        self._lower = None if lower is None else RightHandSideValue(lower, "lower", size, scalar_ok=True)
+        self._upper = None if upper is None else RightHandSideValue(upper, "upper", size, scalar_ok=True)
         self._check_order()
 
     def __repr__(self) -> str:
@@ -466,8 +480,12 @@ class Box(ConstraintSet):
 
         def one(i: int) -> Box:
             new = Box.__new__(Box)
-            new._lower = None if self._lower is None else _Side(_plain(self._lower.row(i)), "lower", self._lower.size, True)
-            new._upper = None if self._upper is None else _Side(_plain(self._upper.row(i)), "upper", self._upper.size, True)
+            new._lower = (
+                None if self._lower is None else RightHandSideValue(_plain(self._lower.row(i)), "lower", self._lower.size, True)
+            )
+            new._upper = (
+                None if self._upper is None else RightHandSideValue(_plain(self._upper.row(i)), "upper", self._upper.size, True)
+            )
             return new
 
         return (one(i) for i in range(rows.shape[0]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -278,19 +278,18 @@ class Affine(ConstraintSet):
 
     ``A`` (m, n) may be rank deficient as long as the system is consistent; an inconsistent
     system raises ``ValueError`` at construction. The factorization is computed once.
+
+    ``c`` is a constant (a float for every entry, or shape ``(m,)``) or, on outputs only, one row per
+    sample ``(batch, m)`` or a callable ``f(*inputs) -> (batch, m)`` of the model's input, exactly as the
+    right-hand sides of :class:`constrain.Polyhedron` (whose machinery carries it: :meth:`bind`, the
+    per-sample projection :math:`x - V^\top V x + A^+ c_i`, the per-sample consistency check).
     """
 
     acts_on_flat_vector = True
     has_inequalities = False
     has_equalities = True
 
-    def __init__(
-        self,
-        A: Tensor | np.ndarray | Sequence,
-        c: Tensor | np.ndarray | Sequence | float = 0.0,
-        *,
-        shape: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, A: Tensor | np.ndarray | Sequence, c: Any = 0.0, *, shape: Sequence[int] | None = None) -> None:
         A_t = as_real_tensor(A, "A")
         if A_t.dim() == 1:
             A_t = A_t.unsqueeze(0)
@@ -298,17 +297,40 @@ class Affine(ConstraintSet):
             raise ValueError(f"A must be a matrix of shape (m, n) or one row of shape (n,), got shape {tuple(A_t.shape)}.")
         if isinstance(c, (int, float)):
             c = torch.full((A_t.shape[0],), float(c), dtype=torch.float64)
+        self._varying: Any = None  # a Polyhedron(A, b=c) when c is per sample or a callable
+        if callable(c) or as_real_tensor(c, "c").dim() == 2:
+            from constrain._polyhedron_sets import Polyhedron, RightHandSideValue
+
+            zero = torch.zeros(A_t.shape[0], dtype=torch.float64)
+            self._varying = Polyhedron._with(Polyhedron(A=A_t), RightHandSideValue(c, "c", A_t.shape[0]), None)
+            c = zero
         c_t = as_real_tensor(c, "c")
         self.factor = AffineFactor.of(A_t, c_t)
         self.A = A_t.detach().to(device=self.factor.row_basis.device, dtype=torch.float64)
-        self.c = c_t.detach().reshape(-1).to(device=self.factor.row_basis.device, dtype=torch.float64)
+        self._c = c_t.detach().reshape(-1).to(device=self.factor.row_basis.device, dtype=torch.float64)
         self._shape = _check_shape(shape, self.factor.size) if shape is not None else None
 
     @classmethod
     def _from_factor(cls, A: Tensor, c: Tensor, factor: AffineFactor, shape: tuple[int, ...] | None) -> Affine:
         new = cls.__new__(cls)
-        new.A, new.c, new.factor, new._shape = A, c, factor, shape
+        new.A, new._c, new.factor, new._shape, new._varying = A, c, factor, shape, None
         return new
+
+    def _with_varying(self, varying: Any) -> Affine:
+        """This set with another per-sample or callable right-hand side (a bound or scaled Polyhedron)."""
+        new = Affine._from_factor(self.A, self._c, self.factor, self._shape)
+        new._varying = varying
+        return new
+
+    @property
+    def c(self) -> Tensor | Callable[..., Tensor]:
+        """The right-hand side: the constant ``(m,)``, the per-sample ``(batch, m)`` or the callable."""
+        return self._c if self._varying is None else self._varying.b
+
+    @property
+    def per_sample(self) -> bool:
+        """True when ``c`` is one row per sample or a callable of the model's input (outputs only)."""
+        return self._varying is not None
 
     @classmethod
     def tie(cls, shape: Sequence[int] | int, groups: Iterable[Sequence[Sequence[int] | int]]) -> Affine:
@@ -346,7 +368,8 @@ class Affine(ConstraintSet):
 
     def __repr__(self) -> str:
         shape = f", shape {self._shape}" if self._shape is not None else ""
-        return f"Affine(A: {tuple(self.A.shape)}, rank {self.factor.rank}{shape})"
+        varying = f", c: {self._varying._b.describe()}" if self._varying is not None else ""
+        return f"Affine(A: {tuple(self.A.shape)}, rank {self.factor.rank}{varying}{shape})"
 
     @property
     def size(self) -> int:
@@ -358,6 +381,15 @@ class Affine(ConstraintSet):
         """The parameter shape given at construction (``Affine.tie`` always gives one), or None."""
         return self._shape
 
+    @property
+    def needs_inputs(self) -> bool:
+        return self._varying is not None and self._varying.needs_inputs
+
+    def bind(self, *inputs: Any) -> Affine:
+        if not self.needs_inputs:
+            return self
+        return self._with_varying(self._varying.bind(*inputs))
+
     def check_length(self, n: int, what: str) -> None:
         if n != self.size:
             raise ValueError(
@@ -365,7 +397,20 @@ class Affine(ConstraintSet):
                 f"of vec(W) (row-major flattening)."
             )
 
+    def check_parameters(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        if self._varying is not None:
+            raise ValueError(
+                f"on_parameter: {self!r} has a right-hand side per sample or from the model's input, which applies to "
+                f"outputs only; give a parameter constraint a constant c of shape ({self.A.shape[0]},)."
+            )
+        super().check_parameters(shapes)
+
     def own_scale(self, x: Tensor) -> Tensor:
+        if self._varying is not None:  # max_i |(A^+ c)_i| of each row's own c
+            rows = x.detach().double().reshape(-1, self.size)
+            c = self._varying._b.rows(rows, rows.shape[0])
+            scale = (c @ self._varying._factor.E.to(c).T).abs().amax(-1)
+            return scale.expand(rows.shape[0]).reshape(x.shape[:-1])
         particular = self.factor.particular
         scale = float(particular.abs().max()) if particular.numel() else 0.0
         return torch.full(x.shape[:-1], scale, dtype=torch.float64, device=x.device)
@@ -373,21 +418,42 @@ class Affine(ConstraintSet):
     def project(self, x: Tensor) -> Tensor:
         x = check_tensor(x)
         check_dims(x, self.size)
+        if self._varying is not None:  # x - V^T V x + A^+ c_i per row; an inconsistent c_i names its sample
+            return self._varying.project(x)
         if x.numel():
             check_finite(x.sum(-1))
         return self.factor.project(x)
 
+    def complete(self, x: Tensor) -> Tensor:
+        r"""The null-space completion :math:`x - V^\top V x + A^+ c` of each row, as plain differentiable
+        matrix products (for an affine set it is the projection, without the finiteness checks)."""
+        check_dims(x, self.size)
+        if self._varying is not None:
+            return self._varying.complete(x)
+        return self.factor.project(x)
+
     def equality(self, x: Tensor) -> Tensor:
         check_dims(x, self.size)
-        A, c = self.A.to(device=x.device, dtype=x.dtype), self.c.to(device=x.device, dtype=x.dtype)
+        if self._varying is not None:
+            return self._varying.equality(x)
+        A, c = self.A.to(device=x.device, dtype=x.dtype), self._c.to(device=x.device, dtype=x.dtype)
         return x @ A.T - c
 
     def cvxpy_constraint(self, var: Any) -> list:
-        return [self.A.cpu().numpy() @ var == self.c.cpu().numpy()]
+        if self._varying is not None:
+            raise ValueError(f"{self!r} has one c per row; take the set of one row from row_sets(x).")
+        return [self.A.cpu().numpy() @ var == self._c.cpu().numpy()]
+
+    def row_sets(self, x: Tensor) -> Iterator[ConstraintSet]:
+        if self._varying is None:
+            return itertools.repeat(self)
+        return (Affine(self.A, row.b) for row in self._varying.row_sets(x))
 
     def scaled(self, t: float) -> Affine:
+        if self._varying is not None:
+            return self._with_varying(self._varying.scaled(t))
         factor = AffineFactor(self.factor.row_basis, self.factor.particular * t)
-        return Affine._from_factor(self.A, self.c * t, factor, self._shape)
+        return Affine._from_factor(self.A, self._c * t, factor, self._shape)
 
 
 def _as_shape(shape: Sequence[int] | int) -> tuple[int, ...]:

@@ -269,13 +269,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("dc3", "dc3", {}, note="DC3's published settings"),
     Entry("dc3 (completion only)", "dc3", {"steps": 0}, note="no correction: DC3's 'Eq. NN' row"),
     Entry("hardnet-aff", "hardnet-aff", {}),
+    Entry("reparam-gauge", "reparam-gauge", {"interior": "pinv"}, note="y0 = A^+ x, strictly feasible for |x_j| < 1"),
 )
-
-#: Registered strategies the study does not run, and why (listed under "Not run" in the table).
-NOT_RUN: dict[str, str] = {
-    "reparam-gauge": "its default interior point, each sample's Chebyshev centre, costs one LP per sample and "
-    "forward (about 30 min per run at this budget); the study has no interior option for it yet",
-}
 
 #: DC3's published test results on the 100/50/50 family (means over its test set).
 PUBLISHED: tuple[dict[str, Any], ...] = (
@@ -297,7 +292,7 @@ def entries(family: QPFamily, wanted: Sequence[str] | None = None) -> tuple[list
         if wanted and not any(w in (entry.label, entry.strategy) for w in wanted):
             continue
         cls = strategies.strategy_class(entry.strategy)
-        reason = cls.unsupported_reason(target) or NOT_RUN.get(entry.strategy)
+        reason = cls.unsupported_reason(target)
         if reason is None and cls.family == "l1-regularization":
             reason = "L1 regularization acts on weights"
         if reason is None:
@@ -365,6 +360,30 @@ def _evaluate(model: nn.Module, family: QPFamily, X: Tensor, f_star: Tensor) -> 
     }
 
 
+def _final_metrics(model: nn.Module, family: QPFamily, X_test: Tensor, f_star: Tensor, X_far: Tensor) -> dict[str, Any]:
+    """After training: the test metrics (``final``), the inference time of the whole test set (best of 3),
+    and the largest violation on the far inputs (``far_max``; ``far_error`` instead when the strategy
+    refuses them, e.g. an interior point that is not strictly feasible there)."""
+    model.eval()
+    out: dict[str, Any] = {"final": _evaluate(model, family, X_test, f_star), "far_max": None}
+    timings = []
+    with torch.no_grad():
+        for _ in range(3):
+            tic = time.perf_counter()
+            model(X_test)
+            timings.append(time.perf_counter() - tic)
+        out["inference"] = min(timings)
+        if X_far.shape[0]:
+            try:
+                Y_far = model(X_far)
+            except ValueError as error:  # a refusal is a result: recorded, not a failed run
+                out["far_error"] = str(error)
+            else:
+                eq, ineq = family.violations(Y_far, X_far)
+                out["far_max"] = float(torch.maximum(eq, ineq).max())
+    return out
+
+
 def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any]:
     """Train ``spec``'s strategy on the family; the record of its logged and final test metrics."""
     family, budget = spec.family, spec.budget
@@ -381,11 +400,10 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
     torch.manual_seed(spec.seed)
     X_train, X_test = family.tensors("train"), family.tensors("test")
     f_star_t = torch.from_numpy(f_star)
-    step, train_time = 0, 0.0
+    step, train_time, cpu = 0, 0.0, time.process_time()
     try:
-        model = DC3Net(family.eq, family.variables, budget.hidden, budget.dropout).double()
         strategy = strategies.get(spec.entry.strategy, **spec.entry.options)
-        model = strategy.attach(model, [_target(family)])
+        model = strategy.attach(DC3Net(family.eq, family.variables, budget.hidden, budget.dropout).double(), [_target(family)])
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
         generator = torch.Generator().manual_seed(spec.seed)
@@ -410,21 +428,7 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
             train_time += time.perf_counter() - tic
             if step + 1 in at:
                 record["log"].append({"step": step + 1, "time": train_time, **_evaluate(model, family, X_test, f_star_t)})
-        model.eval()
-        record["final"] = _evaluate(model, family, X_test, f_star_t)
-        timings = []
-        with torch.no_grad():
-            for _ in range(3):
-                tic = time.perf_counter()
-                model(X_test)
-                timings.append(time.perf_counter() - tic)
-            record["inference"] = min(timings)
-            if X_far.shape[0]:
-                Y_far = model(X_far)
-                eq, ineq = family.violations(Y_far, X_far)
-                record["far_max"] = float(torch.maximum(eq, ineq).max())
-            else:
-                record["far_max"] = None
+        record.update(_final_metrics(model, family, X_test, f_star_t, X_far))
     except Exception as error:  # a failing strategy is a result, recorded as such
         record.update(
             status="failed",
@@ -433,6 +437,7 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
             traceback=traceback.format_exc(limit=6),
         )
     record["train_time"] = train_time
+    record["cpu_time"] = time.process_time() - cpu  # this process's CPU seconds (training and evaluations): load-independent
     return record
 
 
@@ -455,6 +460,26 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+
+
+def _run_in_pool(
+    todo: Sequence[RunSpec], out: Path, f_star: np.ndarray, X_far: Tensor, workers: int, records: dict, bar: Any
+) -> None:
+    """Run ``todo`` in ``workers`` spawned processes (one thread each), storing each record as it finishes."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    try:
+        pending = {pool.submit(_run_and_store, spec, out, f_star, X_far): spec for spec in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec = pending.pop(future)
+                records[spec.key] = future.result()
+                bar.set_postfix_str(spec.entry.label, refresh=False)
+                bar.update()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def execute(
@@ -500,22 +525,7 @@ def execute(
             finally:
                 torch.set_num_threads(threads)
         else:
-            pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
-            )
-            try:
-                pending = {pool.submit(_run_and_store, spec, out, f_star, X_far): spec for spec in todo}
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        spec = pending.pop(future)
-                        records[spec.key] = future.result()
-                        bar.set_postfix_str(spec.entry.label, refresh=False)
-                        bar.update()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
+            _run_in_pool(todo, out, f_star, X_far, workers, records, bar)
     finally:
         bar.close()
     return [records[s.key] for s in specs]
@@ -562,6 +572,25 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _row_line(row: dict[str, Any]) -> str:
+    """One strategy's row of the table (its options, notes, failures and far-input refusals last)."""
+    options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "defaults"
+    options += f"; {row['note']}" if row["note"] else ""
+    if row["failed"]:
+        options += f"; {len(row['failed'])} failed: {row['failed'][0]['error'][:120]}"
+    if not row["runs"]:
+        return f"| {row['label']} | failed | | | | | | | | | {options} |"
+    refused = [r["far_error"] for r in row["runs"] if r.get("far_error")]
+    if refused:
+        options += f"; far inputs refused: {refused[0][:110]}"
+    gap = None if row["gap"] is None else 100 * row["gap"]
+    return (
+        f"| {row['label']} | {_fmt(row['objective'])} | {_fmt(gap, 2)} | {_fmt(row['eq_max'])} | "
+        f"{_fmt(row['eq_mean'])} | {_fmt(row['ineq_max'])} | {_fmt(row['ineq_mean'])} | {_fmt(row['far_max'])} | "
+        f"{_fmt(row['train_time'], 1)} | {_fmt(row['inference'])} | {options} |"
+    )
+
+
 def markdown_table(
     family: QPFamily,
     budget: Budget,
@@ -571,6 +600,7 @@ def markdown_table(
     skipped: Sequence[tuple[str, str]],
     command: str,
     wall: float,
+    cpu: float | None = None,
 ) -> str:
     """The results table with the published rows, as markdown."""
     f_star = float(np.mean(optimum["objective"]))
@@ -580,8 +610,10 @@ def markdown_table(
         "",
         f"`{command}`: budget `{budget.name}` ({budget.steps} Adam steps of batch {budget.batch}, lr {budget.lr:g}"
         + (f" decayed linearly to {budget.lr * budget.lr_final_fraction:g}" if budget.lr_final_fraction != 1 else "")
-        + f"), seeds {', '.join(map(str, seeds))} (medians), {wall:.0f} s wall on {os.cpu_count()} CPU(s), "
-        f"torch {torch.__version__}. Test set: {n_test} instances.",
+        + f"), seeds {', '.join(map(str, seeds))} (medians), {wall:.0f} s wall on {os.cpu_count()} CPU(s)"
+        + (f" (load average {os.getloadavg()[0]:.1f} at the end)" if hasattr(os, "getloadavg") else "")
+        + ("" if cpu is None else f", the runs {cpu:.0f} CPU-seconds in all")
+        + f", torch {torch.__version__}. Test set: {n_test} instances.",
         "",
         "| strategy | test objective | gap % | eq max | eq mean | ineq max | ineq mean | far max | train s | "
         "inference s | options |",
@@ -589,20 +621,7 @@ def markdown_table(
         f"| cvxpy (OSQP, polished), optimum | {f_star:.3f} | 0 | - | - | - | - | - | - | "
         f"{optimum['seconds']:.2f} | one solve per instance |",
     ]
-    for row in rows:
-        options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "defaults"
-        options += f"; {row['note']}" if row["note"] else ""
-        if row["failed"]:
-            options += f"; {len(row['failed'])} failed: {row['failed'][0]['error'][:120]}"
-        if not row["runs"]:
-            lines.append(f"| {row['label']} | failed | | | | | | | | | {options} |")
-            continue
-        gap = None if row["gap"] is None else 100 * row["gap"]
-        lines.append(
-            f"| {row['label']} | {_fmt(row['objective'])} | {_fmt(gap, 2)} | {_fmt(row['eq_max'])} | "
-            f"{_fmt(row['eq_mean'])} | {_fmt(row['ineq_max'])} | {_fmt(row['ineq_mean'])} | {_fmt(row['far_max'])} | "
-            f"{_fmt(row['train_time'], 1)} | {_fmt(row['inference'])} | {options} |"
-        )
+    lines += [_row_line(row) for row in rows]
     if (family.variables, family.eq, family.ineq, family.instances) == (100, 50, 50, 10000):
         for p in PUBLISHED:
             gap = None if p["objective"] is None else 100 * (p["objective"] - (-15.047)) / 15.047
@@ -636,7 +655,7 @@ def figures(records: Sequence[dict[str, Any]], folder: Path, prefix: str) -> lis
     for r in records:
         if r["status"] == "done" and r["log"]:
             by.setdefault(r["label"], []).append(r)
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("Dark2")(i) for i in range(8)]
     paths = []
     for name, keys, ylabel in (
         ("gap", ("gap",), "mean optimality gap (test), |f - f*| / |f*|"),
@@ -748,7 +767,8 @@ def run(args: argparse.Namespace) -> int:
     if (family.eq, family.ineq, family.instances) != (50, 50, 10000):
         command += f" --eq {family.eq} --ineq {family.ineq} --instances {family.instances}"
     prefix = "dc3" if (family.eq, family.ineq, family.instances) == (50, 50, 10000) else f"dc3-{family.name}"
-    text = markdown_table(family, budget, rows, optimum, seeds, skipped, command, time.perf_counter() - tic)
+    cpu = sum(r.get("cpu_time") or 0.0 for r in records)
+    text = markdown_table(family, budget, rows, optimum, seeds, skipped, command, time.perf_counter() - tic, cpu)
     (Path(folder) / f"{prefix}.md").write_text(text)
     paths = figures(records, Path(folder), prefix)
     print(text)

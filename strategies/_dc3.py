@@ -199,9 +199,12 @@ class _LinearOutputStrategy(Strategy):
                 f"{self.name} takes one polyhedron on the outputs; stack the rows of A, b, G and h into "
                 f"one Polyhedron instead of {len(self.targets)} targets."
             )
-        A, _, G, _ = linear_parts(self.targets[0].set)
-        n = (A if A is not None else G).shape[-1]  # type: ignore[union-attr]
-        self._n = int(n)
+        polyhedron = self.targets[0].set
+        assert isinstance(polyhedron, Polyhedron), "unsupported_reason admits a Polyhedron only"
+        A, _, G, _ = linear_parts(polyhedron)
+        some = A if A is not None else G
+        assert some is not None, "a Polyhedron has A or G"
+        self._n = int(some.shape[-1])
         self._prepare(A, G)
         self._handles.append(self._require_model().register_forward_hook(self._hook))
 
@@ -217,6 +220,7 @@ class _LinearOutputStrategy(Strategy):
         constraint_set = self.targets[0].set
         if constraint_set.needs_inputs:
             constraint_set = constraint_set.bind(*inputs)  # evaluates and checks the callable sides
+        assert isinstance(constraint_set, Polyhedron), "unsupported_reason admits a Polyhedron only"
         A, b, G, h = linear_parts(constraint_set)
         b_t = rhs_rows(b, rows, "b") if A is not None else None
         h_t = rhs_rows(h, rows, "h") if G is not None else None

@@ -1,6 +1,6 @@
 r"""Reparameterizations of outputs onto polyhedra and boxes: maps :math:`\mathbb{R}^n \to C`, row by row.
 
-- ``reparam-completion`` (``Polyhedron`` with equalities only): the null-space completion
+- ``reparam-completion`` (``Polyhedron`` with equalities only, or ``Affine``): the null-space completion
   :math:`y = A^+ b + N N^\top z` (:math:`N` an orthonormal null-space basis of :math:`A`): the model's
   output :math:`z` gives the free coordinates :math:`N^\top z` and the equalities fix the rest, for every
   right-hand side :math:`b` (one per sample, or :math:`b(x)`). For an affine set this map coincides
@@ -13,8 +13,14 @@ r"""Reparameterizations of outputs onto polyhedra and boxes: maps :math:`\mathbb
 
   the identity (up to the completion) inside the set and a radial retraction towards :math:`y_0`
   outside. :math:`y_0` is given (``interior``: a tensor ``(n,)`` / ``(batch, n)`` or a callable of the
-  model's input) or the Chebyshev centre of each sample's polytope (``interior="chebyshev"``: one LP per
-  sample on the CPU when the right-hand sides vary, once when they are constant). A box uses its
+  model's input), the least-norm point :math:`y_0 = A^+ b` of each sample (``interior="pinv"``: two matrix
+  products, no LP; :math:`y_0 = 0` without equalities; it must be strictly feasible, which holds for
+  DC3's family when :math:`|x_j| < 1`: there :math:`h_i = \sum_j |(G A^+)_{ij}|`, so
+  :math:`h_i - (G y_0)_i \ge \sum_j |(G A^+)_{ij}| (1 - |x_j|) > 0`), or the Chebyshev centre of each
+  sample's polytope (``interior="chebyshev"``, the general fallback: one LP per sample on the CPU when the
+  right-hand sides vary, once when they are constant). Every :math:`y_0` is certified before use:
+  a slack :math:`h - G y_0` not clearly positive (relative to the rounding of :math:`G y_0`) or a defect in
+  :math:`A y_0 = b` raises ``ValueError`` naming the sample. A box uses its
   centre (two-sided) or :math:`l + \operatorname{softplus}(z - l)` / :math:`u - \operatorname{softplus}(u - z)`
   (one-sided).
 
@@ -30,23 +36,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from constrain import Box, ConstraintSet, OutputTarget, Polyhedron
+from constrain import Affine, Box, ConstraintSet, OutputTarget, Polyhedron
 from strategies._base import Strategy, Target, install_output_map
 from strategies._options import check_choice
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
 
 Interior = str | Tensor | Callable[..., Tensor]
+#: The interior points chosen by name (serialisable: a study config can name them).
+INTERIORS = ("chebyshev", "pinv")
 
 
 def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, cache: dict) -> Tensor:
     """The strictly feasible point of each row: given, or the Chebyshev centre (cached when constant)."""
+    if isinstance(interior, str) and interior == "pinv":
+        return s.complete(torch.zeros_like(rows))  # A^+ b per row (0 without equalities)
     if isinstance(interior, str):
         constant = not any(side is not None and (side.per_row or side.is_callable) for side in (s._b, s._h))
         key = (id(s), rows.device, rows.dtype)
         if constant and key in cache:
             return cache[key].expand(rows.shape[0], -1)
         center, _ = s.chebyshev_center(rows[:1] if constant else rows)
+        # the LP meets A y = b only to its tolerance (1e-10 at |b| ~ 10 on DC3's far inputs): snap the centre
+        # onto it exactly; the move is that small, and the slack check below still certifies the result
+        center = s.complete(center.contiguous())
         if constant:
             cache[key] = center[:1]
         return center.expand(rows.shape[0], -1)
@@ -64,15 +77,12 @@ def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, ca
 def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
     r"""RAYEN's ray map of rows ``z`` onto ``s`` from strictly feasible rows ``y0`` (see the module doc)."""
     v = s.complete(z) - y0
-    slack = -s.inequality(y0)  # h - G y0 > 0
-    if bool((slack.detach() <= 0).any()):
-        i = int((slack.detach() <= 0).any(-1).nonzero()[0])
-        raise ValueError(
-            f"the interior point of sample {i} is not strictly inside {s!r} (min slack {float(slack[i].min()):.3g}); "
-            f"give a strictly feasible interior or use interior='chebyshev'."
-        )
-    if s.A is not None:
-        defect = s.equality(y0).detach().abs().amax(-1)
+    g0, e0 = s.inequality(y0), s.equality(y0)
+    assert g0 is not None, "the gauge map is offered for sets with inequalities only"
+    slack = -g0  # h - G y0 > 0
+    _certify_slack(s, slack.detach(), y0.detach())
+    if e0 is not None:
+        defect = e0.detach().abs().amax(-1)
         scale = 1e3 * torch.finfo(y0.dtype).eps * (1 + y0.detach().abs().amax(-1))
         if bool((defect > scale).any()):
             i = int((defect > scale).nonzero()[0])
@@ -82,6 +92,20 @@ def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
     return y0 + v / kappa.clamp_min(1.0)
 
 
+def _certify_slack(s: Polyhedron, slack: Tensor, y0: Tensor) -> None:
+    """Raise ``ValueError`` naming the first sample whose slack ``h - G y0`` is not clearly positive: it must
+    exceed the rounding error of ``G y0``, ``1e3 eps (|h| + |G| |y0|)`` row by row."""
+    G = s.G.to(y0)  # type: ignore[union-attr]
+    rounding = 1e3 * torch.finfo(y0.dtype).eps * ((slack + y0 @ G.T).abs() + y0.abs() @ G.abs().T)
+    bad = (slack <= rounding).any(-1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"the interior point of sample {i} is not strictly inside {s!r} (min slack {float(slack[i].min()):.3g}); "
+            f"give a strictly feasible interior or use interior='chebyshev' (the Chebyshev centre of each sample)."
+        )
+
+
 def box_map(s: Box, z: Tensor) -> Tensor:
     """Two-sided: the ray map from the centre, :math:`m + v / \\max(1, \\max_i |v_i| / r_i)`; one-sided: softplus."""
     _, lo, up = s._bounds(z)
@@ -89,11 +113,12 @@ def box_map(s: Box, z: Tensor) -> Tensor:
         center, half = (lo + up) / 2, (up - lo) / 2
         v = z - center
         if bool((torch.as_tensor(half) <= 0).any()):
-            return torch.maximum(torch.minimum(z, up), lo) if not isinstance(lo, float) else z.clamp(lo, up)
+            return s.project(z)  # a flat box (lower = upper somewhere): the clamp itself
         kappa = (v.abs() / half).amax(-1, keepdim=True)
         return center + v / kappa.clamp_min(1.0)
     if lo is not None:
         return lo + F.softplus(z - lo)
+    assert up is not None, "a Box has a lower or an upper bound"
     return up - F.softplus(up - z)
 
 
@@ -120,15 +145,19 @@ class _OutputPolytopeStrategy(Strategy):
 
 @register("reparam-completion")
 class CompletionReparameterization(_OutputPolytopeStrategy):
-    r"""``Polyhedron`` with equalities only, on outputs: :math:`y = A^+ b + N N^\top z`."""
+    r"""``Polyhedron`` with equalities only, or ``Affine``, on outputs: :math:`y = A^+ b + N N^\top z`."""
 
-    summary = "Polyhedron A y = b on outputs as y = A^+ b + N N^T z (null-space completion; b per sample or b(x))"
+    summary = (
+        "Polyhedron A y = b or Affine A y = c on outputs as y = A^+ b + N N^T z (null-space completion; b per sample or b(x))"
+    )
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
         s = target.set
         if not isinstance(target, OutputTarget):
             return "the completion is an output map; for A vec(W) = c on weights use 'reparam-null-space'."
+        if isinstance(s, Affine):
+            return None
         if not isinstance(s, Polyhedron) or s.G is not None or s.A is None:
             return (
                 f"the null-space completion covers a Polyhedron with equalities only (A y = b); {s!r} needs "
@@ -146,14 +175,15 @@ class CompletionReparameterization(_OutputPolytopeStrategy):
 @register("reparam-gauge")
 class GaugeReparameterization(_OutputPolytopeStrategy):
     r"""``Polyhedron`` with inequalities (equalities by completion) and ``Box``, on outputs: the ray map from an
-    interior point (module doc). ``interior``: ``"chebyshev"`` (default), a tensor or a callable of the input."""
+    interior point (module doc). ``interior``: ``"chebyshev"`` (default), ``"pinv"`` (:math:`A^+ b`), a tensor or a
+    callable of the input."""
 
     summary = "Polyhedron/Box on outputs by the ray (gauge) map y0 + v / max(1, max_i (Gv)_i/(h-Gy0)_i) (RAYEN)"
 
     def __init__(self, *, interior: Interior = "chebyshev") -> None:
         super().__init__()
         if isinstance(interior, str):  # else a tensor or a callable of the model's input
-            check_choice("interior", interior, ("chebyshev",), self.name)
+            check_choice("interior", interior, INTERIORS, self.name)
         self.interior = interior
 
     @classmethod

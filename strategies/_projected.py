@@ -89,7 +89,7 @@ class Projected(Strategy):
 
     @classmethod
     def unsupported_reason(cls, target: Target) -> str | None:
-        if isinstance(target, OutputTarget) and target.set.acts_on_flat_vector:
+        if isinstance(target, OutputTarget) and target.set.acts_on_flat_vector and not isinstance(target.set, Affine):
             return "a projection layer acts on each output row; flat-vector sets constrain parameters."
         return None
 

@@ -273,3 +273,61 @@ def test_cvxpy_constraint_needs_one_polytope():
     with pytest.raises(ValueError, match="one polytope per row"):
         P.cvxpy_constraint(None)
     assert np.isclose(len(Polyhedron(G=torch.eye(2), h=torch.ones(2)).cvxpy_constraint(__import__("cvxpy").Variable(2))), 1)
+
+
+# ---------------------------------------------------------------- Affine with a per-sample or callable c
+def _affine_system(seed: int = 5, m: int = 3, n: int = 7) -> torch.Tensor:
+    return torch.randn(m, n, dtype=F64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["per_sample", "callable"])
+def test_affine_with_varying_c_agrees_with_cvxpy_per_sample(kind):
+    from constrain import Affine
+
+    A = _affine_system()
+    g = torch.Generator().manual_seed(6)
+    inputs, x = torch.randn(6, 4, dtype=F64, generator=g), 3 * torch.randn(6, 7, dtype=F64, generator=g)
+    C = inputs[:, :3] * 2 - 1  # c of each sample
+    S = Affine(A, C) if kind == "per_sample" else Affine(A, lambda u: u[:, :3] * 2 - 1).bind(inputs)
+    y = S.project(x)
+    for i, row in enumerate(S.row_sets(x)):  # the set of sample i, solved by cvxpy on its own
+        assert isinstance(row, Affine)
+        torch.testing.assert_close(row.c, C[i])
+        ref = row.reference_projection(x[i : i + 1], method="cvxpy")
+        assert float((y[i] - ref[0]).abs().max()) <= 1e-6 * _scale(x, C)
+    torch.testing.assert_close(S.equality(y), torch.zeros(6, 3, dtype=F64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(S.equality(x), x @ A.T - C)
+    assert float(S.violation(y).max()) <= 1e-12 and S.own_scale(x).shape == (6,)
+
+
+def test_affine_with_per_sample_c_gradcheck_in_x_and_c():
+    from constrain import Affine
+
+    A = _affine_system(m=2, n=4)
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    c = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, c: Affine(A, c).project(x), (x, c))
+
+
+def test_affine_with_varying_c_bad_input():
+    from constrain import Affine
+
+    A = _affine_system()
+    with pytest.raises(ValueError, match=r"c\(inputs\) has shape \(4, 2\)"):
+        Affine(A, lambda u: u[:, :2]).bind(torch.randn(4, 5))  # the callable returns 2 columns for 3 rows of A
+    with pytest.raises(ValueError, match="one row per sample"):
+        Affine(A, torch.zeros(4, 3)).project(torch.randn(5, 7))  # 4 rows of c for 5 samples
+    with pytest.raises(ValueError, match="bind the set first"):
+        Affine(A, lambda u: u[:, :3]).project(torch.randn(2, 7))
+    bound = Affine(A, lambda u: u[:, :3]).bind(torch.tensor([[0.0, float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match="NaN|finite"):
+        bound.project(torch.randn(1, 7, dtype=F64))
+    with pytest.raises(ValueError, match="finite|NaN"):
+        Affine(A, torch.full((2, 3), float("inf"))).project(torch.randn(2, 7))
+    deficient = torch.cat([A[:2], A[:1]])  # row 3 repeats row 1: c_3 must equal c_1
+    c = torch.zeros(3, 3, dtype=F64)
+    c[2, 2] = 1.0
+    with pytest.raises(ValueError, match="sample 2"):
+        Affine(deficient, c).project(torch.randn(3, 7, dtype=F64))
+    with pytest.raises(ValueError, match="outputs only"):
+        Affine(A, torch.zeros(2, 3)).check_parameters({"w": (7,)})

@@ -84,7 +84,7 @@ def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
             "1",
             "--no-progress",
             "--strategies",
-            "dc3,hardnet-aff,projected,quadratic-penalty",
+            "dc3,hardnet-aff,projected,quadratic-penalty,reparam-gauge",
             "--out",
             str(out),
         ]
@@ -94,18 +94,23 @@ def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
     md = out / f"dc3-{family.name}.md"
     assert md.exists() and (out / f"dc3-{family.name}-gap.png").exists()
     text = md.read_text()
-    labels = {"dc3", "dc3 (completion only)", "hardnet-aff", "projected", "quadratic-penalty"}  # "dc3" names both
+    labels = {"dc3", "dc3 (completion only)", "hardnet-aff", "projected", "quadratic-penalty", "reparam-gauge"}  # "dc3": both
     for label in labels:
         assert f"| {label} |" in text
     assert "| cvxpy (OSQP, polished), optimum |" in text and "*published:" not in text  # not the published family
+    assert "far inputs refused: the interior point of sample" in text and "CPU-seconds in all" in text
     records = [json.loads(p.read_text()) for p in (out / family.name).glob("*.json")]
     assert {r["label"] for r in records} == labels
     for r in records:
         assert r["status"] == "done", r.get("error")
         assert len(r["log"]) >= 2 and r["log"][-1]["step"] == 4
+        assert r["cpu_time"] > 0
         if r["label"] in HARD:
             assert r["final"]["eq_max"] <= 1e-6 and r["final"]["ineq_max"] <= 1e-6
             assert r["far_max"] is not None and r["far_max"] <= 1e-6
+        if r["label"] == "reparam-gauge":  # exact on the test set; y0 = A^+ x is not strictly feasible at 10 x
+            assert r["final"]["eq_max"] <= 1e-6 and r["final"]["ineq_max"] <= 1e-6
+            assert r["far_max"] is None and "not strictly inside" in r["far_error"]
         if r["label"] == "dc3":
             assert r["final"]["eq_max"] <= 1e-6  # completion holds the equalities on every instance
             assert r["far_max"] is not None
@@ -125,7 +130,7 @@ def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
                 "1",
                 "--no-progress",
                 "--strategies",
-                "dc3,hardnet-aff,projected,quadratic-penalty",
+                "dc3,hardnet-aff,projected,quadratic-penalty,reparam-gauge",
                 "--out",
                 str(out),
             ]
@@ -155,3 +160,11 @@ def test_published_rows_are_marked_and_only_for_the_published_family():
     assert "| *published: DC3* | -13.455 | 10.58 |" in text
     other = d.markdown_table(d.QPFamily(eq=30), d.BUDGETS["quick"], [], optimum, [0], [], "cmd", 1.0)
     assert "*published:" not in other
+
+
+def test_every_applicable_strategy_runs_gauge_with_the_pinv_interior():
+    run, skipped = d.entries(d.QPFamily(instances=200))
+    gauge = [e for e in run if e.strategy == "reparam-gauge"]
+    assert len(gauge) == 1 and gauge[0].options == {"interior": "pinv"}  # by name: JSON and worker processes
+    assert "reparam-gauge" not in {label for label, _ in skipped}
+    assert {label for label, _ in skipped} >= {"log-barrier", "l1-proximal"}  # an equality has no interior; weights only

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import strategies
-from constrain import Box, Polyhedron, on_output
+from constrain import Affine, Box, Polyhedron, on_output, on_parameter
 from strategies import UnsupportedConstraint
 
 N_IN, N_OUT = 3, 4
@@ -136,6 +136,102 @@ def test_gauge_map_with_a_given_interior_and_a_bad_one():
     )
     with pytest.raises(ValueError, match="not strictly inside"):
         model(torch.rand(3, N_IN))
+
+
+def _affine() -> Affine:
+    """Affine on outputs with c from the input: the same equalities as _equalities(), written as Affine(A, c(x))."""
+    A = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 0.0, 0.0]])
+    return Affine(A, lambda x: torch.stack([x.sum(-1), x[:, 0]], -1))
+
+
+@pytest.mark.parametrize("name", ["projected", "reparam-completion"])
+def test_affine_with_c_from_the_input_holds_everywhere(name):
+    model, _, first, train, unseen = _train(name, _affine(), steps=40)
+    assert max(first, train, unseen) <= 1e-5
+    x = 3 * torch.rand(16, N_IN)
+    y = model(x).detach()
+    A = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 0.0, 0.0]])
+    torch.testing.assert_close(y @ A.T, torch.stack([x.sum(-1), x[:, 0]], -1), atol=1e-5, rtol=0)  # independently
+    # the map agrees with the exact projection onto each sample's own set (cvxpy, one sample at a time)
+    z = torch.randn(3, N_OUT, dtype=torch.float64)
+    u = torch.rand(3, N_IN, dtype=torch.float64)
+    bound = _affine().bind(u)
+    for i, row in enumerate(bound.row_sets(z)):
+        ref = row.reference_projection(z[i : i + 1], method="cvxpy")[0]
+        assert float((bound.project(z)[i] - ref).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("quadratic-penalty", {"weight": 20.0}),
+        ("exact-penalty", {"weight": 2.0, "growth": 1.0}),
+        ("augmented-lagrangian", {"penalty": 5.0, "dual_lr": 0.5}),
+        ("lagrangian", {"dual_lr": 0.05}),
+        ("lagrangian", {"dual_lr": 0.01, "multipliers": "per-sample", "num_samples": 64}),
+    ],
+)
+def test_affine_with_c_from_the_input_soft_families(name, options):
+    _, strategy, first, train, _ = _train(name, _affine(), steps=300, **options)
+    assert train < 0.5 * first
+    _, _, first_p, train_p, _ = _train(name, _equalities(), steps=300, **options)  # the same set as a Polyhedron
+    assert (first, train) == pytest.approx((first_p, train_p), rel=1e-5)
+    if options.get("multipliers") == "per-sample":
+        assert [tuple(m.shape) for m in strategy.multipliers().values()] == [(64, 2)]
+
+
+def test_affine_with_c_from_the_input_bad_callable():
+    bad = Affine(torch.ones(2, N_OUT), lambda x: x)  # 3 columns for 2 rows of A
+    model = strategies.get("projected").attach(torch.nn.Linear(N_IN, N_OUT), [on_output(bad)])
+    with pytest.raises(ValueError, match=r"c\(inputs\) has shape \(5, 3\)"):
+        model(torch.rand(5, N_IN))
+    with pytest.raises(ValueError, match="outputs only"):
+        strategies.get("quadratic-penalty").attach(torch.nn.Linear(N_IN, N_OUT), [on_parameter("weight", bad)])
+
+
+def _dc3_like(n: int = 6, m_eq: int = 2, m_in: int = 5) -> tuple[Polyhedron, torch.Tensor, torch.Tensor]:
+    """DC3's construction on a small scale: A y = x, G y <= h with h_i = sum_j |(G A^+)_ij|, so that
+    A^+ x is strictly feasible for every |x_j| < 1 (float64)."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(m_eq, n, generator=g, dtype=torch.float64)
+    G = torch.randn(m_in, n, generator=g, dtype=torch.float64)
+    h = (G @ torch.linalg.pinv(A)).abs().sum(1)
+    return Polyhedron(A=A, b=lambda x: x, G=G, h=h), A, G
+
+
+def test_gauge_map_with_the_pinv_interior_holds_and_refuses_by_sample():
+    P, A, G = _dc3_like()
+    strategy = strategies.get("reparam-gauge", interior="pinv")
+    model = strategy.attach(torch.nn.Linear(2, 6).double(), [on_output(P)])
+    x = 2 * torch.rand(50, 2, dtype=torch.float64) - 1  # |x_j| < 1
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()  # z = 0: the completion of 0 is A^+ x = y0 itself, so the map returns y0
+    y0 = model(x).detach()
+    torch.testing.assert_close(y0, x @ torch.linalg.pinv(A).T)  # the least-norm point, independently
+    assert float((y0 @ G.T - P.h).max()) < 0  # strictly feasible, as the construction of h promises
+    with torch.no_grad():
+        model.bias.fill_(50.0)  # far outside: the map pulls every row back onto the polytope
+    y = model(x).detach()
+    assert float((y @ A.T - x).abs().max()) <= 1e-10 and float((y @ G.T - P.h).max()) <= 1e-10
+    far = x.clone()
+    far[7] = 10 * far[7].sign()  # sample 7 far outside [-1, 1]: A^+ x is not strictly feasible there
+    with pytest.raises(ValueError, match="sample 7 is not strictly inside"):
+        model(far)
+
+
+def test_gauge_map_pinv_without_equalities_uses_the_origin_and_bad_names():
+    P = Polyhedron(G=torch.eye(3), h=lambda x: x.abs() + 0.1)  # 0 is strictly inside for every x
+    model = strategies.get("reparam-gauge", interior="pinv").attach(torch.nn.Linear(3, 3), [on_output(P)])
+    x = torch.randn(20, 3)
+    y = model(x)
+    assert bool(P.bind(x).contains(y, 1e-6).all())
+    with pytest.raises(ValueError, match="sample 0 is not strictly inside"):
+        strategies.get("reparam-gauge", interior="pinv").attach(
+            torch.nn.Linear(3, 3), [on_output(Polyhedron(G=torch.eye(3), h=lambda x: x.abs()))]
+        )(torch.zeros(2, 3))  # h = 0 for sample 0: the origin is on the boundary
+    with pytest.raises(ValueError, match="'chebyshev', 'pinv'"):
+        strategies.get("reparam-gauge", interior="centre")
 
 
 def test_penalty_on_the_outputs_of_a_view_uses_the_right_inputs():
