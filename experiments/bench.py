@@ -296,36 +296,37 @@ def _environment_line(env: dict) -> str:
     )
 
 
-def run_projections(args: argparse.Namespace) -> int:
-    """``constrain bench projections``: print the machine and the table, optionally write JSON;
-    1 if ``--check`` and a target misses."""
+def _projection_batches(args: argparse.Namespace) -> list[int]:
+    """Rows per size: ``--batch`` (one value, or one per size), else about ``DEFAULT_VALUES`` values per call."""
     sizes = args.sizes
     if args.batch is None:
-        batches = [max(1, round(DEFAULT_VALUES / n)) for n in sizes]
-    elif len(args.batch) == 1:
-        batches = args.batch * len(sizes)
-    elif len(args.batch) == len(sizes):
-        batches = args.batch
-    else:
-        raise ValueError(f"--batch takes one value or one per size; got {len(args.batch)} for {len(sizes)} sizes.")
+        return [max(1, round(DEFAULT_VALUES / n)) for n in sizes]
+    if len(args.batch) == 1:
+        return args.batch * len(sizes)
+    if len(args.batch) == len(sizes):
+        return args.batch
+    raise ValueError(f"--batch takes one value or one per size; got {len(args.batch)} for {len(sizes)} sizes.")
+
+
+def _check_projection_args(args: argparse.Namespace) -> None:
     try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
+        torch.empty(0, device=torch.device(args.device))
     except (RuntimeError, AssertionError) as error:
         raise ValueError(f"--device {args.device!r} is not usable here: {error}") from None
     if any(t < 0 for t in args.threads):
         raise ValueError(f"--threads takes 0 (torch's default) or positive counts, got {args.threads}.")
-    env = _environment()
-    print(_environment_line(env), flush=True)
+
+
+def _bench_every_thread_count(args: argparse.Namespace, batches: list[int]) -> list[dict]:
+    """The records of :func:`bench_projections` at each ``--threads`` count (0: torch's default)."""
     threads_before = torch.get_num_threads()
-    records = []
-    start = time.perf_counter()
+    records: list[dict] = []
     try:
         for threads in args.threads:
             torch.set_num_threads(threads or threads_before)
             records += bench_projections(
                 args.sets,
-                sizes,
+                args.sizes,
                 batches,
                 args.dtypes,
                 args.repeats,
@@ -337,7 +338,11 @@ def run_projections(args: argparse.Namespace) -> int:
             )
     finally:
         torch.set_num_threads(threads_before)
-    seconds = time.perf_counter() - start
+    return records
+
+
+def _print_projection_report(args: argparse.Namespace, records: list[dict], seconds: float) -> list[str]:
+    """Print the table, its legend and the missed targets; return the missed targets."""
     print(
         f"constrain bench projections: median of {args.repeats} interleaved repeats per method, ms per call "
         f"(x: batch rows of n N(0,1) values, radius 1; thr = threads; device {args.device})"
@@ -357,24 +362,33 @@ def run_projections(args: argparse.Namespace) -> int:
         if not ok
     ]
     print(f"targets missed: {len(missed)}" + ("" if not missed else " (" + "; ".join(missed) + ")"))
+    return missed
+
+
+def run_projections(args: argparse.Namespace) -> int:
+    """``constrain bench projections``: print the machine and the table, optionally write JSON;
+    1 if ``--check`` and a target misses."""
+    batches = _projection_batches(args)
+    _check_projection_args(args)
+    env = _environment()
+    print(_environment_line(env), flush=True)
+    start = time.perf_counter()
+    records = _bench_every_thread_count(args, batches)
+    seconds = time.perf_counter() - start
+    missed = _print_projection_report(args, records, seconds)
     if args.json:
-        payload = {
-            "benchmark": "projections",
-            "config": {
-                "sets": list(args.sets),
-                "sizes": list(sizes),
-                "batches": list(batches),
-                "dtypes": list(args.dtypes),
-                "repeats": args.repeats,
-                "cvxpy_rows": args.cvxpy_rows,
-                "seed": args.seed,
-                "device": args.device,
-                "threads": list(args.threads),
-            },
-            "environment": env,
-            "seconds": seconds,
-            "results": records,
+        config = {
+            "sets": list(args.sets),
+            "sizes": list(args.sizes),
+            "batches": list(batches),
+            "dtypes": list(args.dtypes),
+            "repeats": args.repeats,
+            "cvxpy_rows": args.cvxpy_rows,
+            "seed": args.seed,
+            "device": args.device,
+            "threads": list(args.threads),
         }
+        payload = {"benchmark": "projections", "config": config, "environment": env, "seconds": seconds, "results": records}
         with open(args.json, "w") as handle:
             json.dump(payload, handle, indent=2)
         print(f"wrote {args.json}")

@@ -389,6 +389,7 @@ def tied_constraint(d: int = LINEAR_DATA["d"], k: int = LINEAR_DATA["k"]) -> Aff
     row_sum = np.zeros(k * d)
     row_sum[(k - 1) * d :] = 1.0
     A = np.vstack([tie.A.numpy(), row_sum])
+    assert isinstance(tie.c, torch.Tensor)  # Affine.tie's right-hand side is a constant tensor
     c = np.concatenate([tie.c.numpy(), [1.0]])
     return Affine(A, c)
 

@@ -69,6 +69,7 @@ def _prox_l1_hinge(constraint_set: L1Ball, z: Tensor, t: Tensor, mu: float) -> T
 def _prox_affine_l1(constraint_set: Affine, z: Tensor, t: Tensor, mu: float) -> Tensor:
     """The dual box QP (module doc); float64 for the k x k system."""
     A = constraint_set.A.to(device=z.device, dtype=torch.float64)
+    assert isinstance(constraint_set.c, Tensor)  # on a parameter, c is constant (Affine refuses the others there)
     c = constraint_set.c.to(device=z.device, dtype=torch.float64)
     flat, steps = z.reshape(-1).double(), t.reshape(-1).double()
     residual = A @ flat - c
