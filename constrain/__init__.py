@@ -8,7 +8,7 @@ from constrain._affine import AffineFactor, project_affine
 from constrain._metric import l1_ball_metric_threshold, project_affine_metric, project_l1_ball_metric, project_metric
 from constrain._orthant import project_nonnegative
 from constrain._polyhedron_sets import Box, Polyhedron
-from constrain._simplex import l1_ball_threshold, project_l1_ball, project_simplex
+from constrain._simplex import l1_ball_threshold, numba_available, project_l1_ball, project_simplex
 from constrain.reference import ReferenceSolverError, reference_projection
 from constrain.sets import Affine, ConstraintSet, L1Ball, NonNegative, Simplex
 from constrain.targets import OutputTarget, ParameterTarget, on_output, on_parameter, output_rows, parameter_rows
@@ -38,5 +38,6 @@ __all__ = [
     "project_metric",
     "project_nonnegative",
     "project_simplex",
+    "numba_available",
     "reference_projection",
 ]

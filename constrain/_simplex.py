@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ from torch import Tensor
 from constrain._checks import (
     LOW_PRECISION,
     Radius,
+    check_choice,
     check_dim,
     check_finite,
     check_radius,
@@ -396,7 +398,17 @@ class _SimplexOrBallProjection(torch.autograd.Function):
         return _SimplexOrBallProjection.apply(x, radius, ball, method), (0, 0, 0)
 
 
+#: The forward paths a caller may choose (``method=`` of :func:`project_simplex` / :func:`project_l1_ball`).
+Method = Literal["auto", "numba", "torch", "sort"]
+
+
+def numba_available() -> bool:
+    """Whether the compiled kernels serve ``method="auto"`` on the CPU (numba importable, ``CONSTRAIN_NO_NUMBA`` unset)."""
+    return _numba_kernels() is not None
+
+
 def _project(x: Tensor, radius: Radius, dim: int, ball: bool, method: str) -> Tensor:
+    check_choice("method", method, tuple(_FORWARDS))
     x = check_tensor(x)
     dim = check_dim(x, dim)
     moved = x.movedim(dim, -1)
@@ -411,23 +423,28 @@ def _project(x: Tensor, radius: Radius, dim: int, ball: bool, method: str) -> Te
     return y.to(x.dtype).movedim(-1, dim)
 
 
-def project_simplex(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
+def project_simplex(x: Tensor, radius: Radius = 1.0, dim: int = -1, *, method: Method = "auto") -> Tensor:
     r"""Project each slice of ``x`` along ``dim`` onto :math:`\{y \ge 0, \sum y = r\}`.
 
     ``radius``: a positive float, or a tensor broadcastable to the other dimensions
     (one radius per row). Differentiable in ``x`` and ``radius`` with the exact Jacobian.
     float16 / bfloat16 inputs are computed in float32 and returned in their own dtype.
+    ``method``: the forward path, all exact: ``"auto"`` (numba on the CPU when available, else
+    torch), ``"numba"`` (compiled kernels; CPU, an error where unavailable), ``"torch"`` (Newton on
+    the threshold, any device, no host synchronisation inside its iterations) or ``"sort"``
+    (O(n log n), the reference).
     """
-    return _project(x, radius, dim, ball=False, method="auto")
+    return _project(x, radius, dim, ball=False, method=method)
 
 
-def project_l1_ball(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:
+def project_l1_ball(x: Tensor, radius: Radius = 1.0, dim: int = -1, *, method: Method = "auto") -> Tensor:
     r"""Project each slice of ``x`` along ``dim`` onto :math:`\{y : \|y\|_1 \le r\}`.
 
     Rows inside the ball are returned unchanged (Jacobian: identity). ``radius`` as in
     :func:`project_simplex`. Differentiable in ``x`` and ``radius`` with the exact Jacobian.
+    ``method`` as in :func:`project_simplex`.
     """
-    return _project(x, radius, dim, ball=True, method="auto")
+    return _project(x, radius, dim, ball=True, method=method)
 
 
 def l1_ball_threshold(x: Tensor, radius: Radius = 1.0, dim: int = -1) -> Tensor:

@@ -120,16 +120,14 @@ def time_interleaved(
 
 
 def _projection_methods(set_name: str, x: torch.Tensor, buf: torch.Tensor) -> dict[str, Callable[[], object]]:
-    from constrain import project_l1_ball, project_simplex
-    from constrain._simplex import _numba_kernels, _project
+    from constrain import numba_available, project_l1_ball, project_simplex
 
-    ball = set_name == "l1ball"
-    public = project_l1_ball if ball else project_simplex
+    public = project_l1_ball if set_name == "l1ball" else project_simplex
     methods: dict[str, Callable[[], object]] = {"abs": lambda: torch.abs(x, out=buf), "ours": lambda: public(x, 1.0)}
-    if _numba_kernels() is not None and x.device.type == "cpu":
-        methods["numba"] = lambda: _project(x, 1.0, -1, ball, "numba")
-    methods["torch"] = lambda: _project(x, 1.0, -1, ball, "torch")
-    methods["sort"] = lambda: _project(x, 1.0, -1, ball, "sort")
+    if numba_available() and x.device.type == "cpu":
+        methods["numba"] = lambda: public(x, 1.0, method="numba")
+    methods["torch"] = lambda: public(x, 1.0, method="torch")
+    methods["sort"] = lambda: public(x, 1.0, method="sort")
     return methods
 
 
@@ -161,9 +159,9 @@ def bench_projections(
     threads: int | None = None,
 ) -> list[dict]:
     """One record per (set, n, batch, dtype): median milliseconds per call and the ratios (``threads``: recorded)."""
-    from constrain._simplex import _numba_kernels
+    from constrain import numba_available
 
-    if _numba_kernels() is not None and progress:
+    if numba_available() and progress:
         print("(loading the numba kernels; the very first run on a machine compiles them)", file=sys.stderr, flush=True)
     records = []
     generator = torch.Generator().manual_seed(seed)
@@ -264,10 +262,10 @@ def _environment() -> dict:
 
     import numpy
 
-    from constrain._simplex import _numba_kernels
+    from constrain import numba_available
 
     numba_version = numba_threads = None
-    if _numba_kernels() is not None:
+    if numba_available():
         import numba
 
         numba_version, numba_threads = numba.__version__, numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at import from the environment

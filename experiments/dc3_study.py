@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 import constrain
 import strategies
+from experiments._training import TrainResult, reshuffled_batches, train
 from experiments.study import write_json_atomic
 
 #: Bump when the record layout or the training loop changes: old run files are then ignored.
@@ -400,43 +401,41 @@ def train_run(spec: RunSpec, f_star: np.ndarray, X_far: Tensor) -> dict[str, Any
     torch.manual_seed(spec.seed)
     X_train, X_test = family.tensors("train"), family.tensors("test")
     f_star_t = torch.from_numpy(f_star)
-    step, train_time, cpu = 0, 0.0, time.process_time()
+    cpu, result = time.process_time(), None
     try:
         strategy = strategies.get(spec.entry.strategy, **spec.entry.options)
         model = strategy.attach(DC3Net(family.eq, family.variables, budget.hidden, budget.dropout).double(), [_target(family)])
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
-        generator = torch.Generator().manual_seed(spec.seed)
-        order = torch.randperm(X_train.shape[0], generator=generator)
         at = set(np.unique(np.geomspace(1, budget.steps, budget.evaluations).round().astype(int)).tolist())
-        record["log"].append({"step": 0, "time": 0.0, **_evaluate(model, family, X_test, f_star_t)})
-        position = 0
-        for step in range(budget.steps):
-            if position + budget.batch > order.numel():  # a new epoch (DC3 keeps the last short batch; we drop it)
-                order, position = torch.randperm(X_train.shape[0], generator=generator), 0
-            xb = X_train[order[position : position + budget.batch]]
-            position += budget.batch
-            tic = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = budget.lr_at(step)
-            out = model(xb)
-            loss = strategy.loss(family.objective(out).mean(), out)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            strategy.after_step()
-            train_time += time.perf_counter() - tic
-            if step + 1 in at:
-                record["log"].append({"step": step + 1, "time": train_time, **_evaluate(model, family, X_test, f_star_t)})
+
+        def log(t: int, progress: TrainResult) -> None:
+            record["log"].append({"step": t, "time": progress.wall, **_evaluate(model, family, X_test, f_star_t)})
+
+        result = train(
+            model,
+            torch.optim.Adam(model.parameters(), lr=budget.lr),
+            lambda out, batch: family.objective(out).mean(),
+            # a new shuffle each epoch; DC3 keeps the last short batch of an epoch, we drop it
+            reshuffled_batches(X_train, None, budget.batch, torch.Generator().manual_seed(spec.seed), sample_ids=False),
+            budget.steps,
+            strategy=strategy,
+            lr=budget.lr_at,
+            log_at=at | {0},
+            on_log=log,
+            record_errors=True,
+        )
+        if result.error is not None:
+            raise result.error
         record.update(_final_metrics(model, family, X_test, f_star_t, X_far))
     except Exception as error:  # a failing strategy is a result, recorded as such
+        own = result is not None and result.error is error
         record.update(
             status="failed",
             error=f"{type(error).__name__}: {error}".strip(),
-            failed_at=step,
-            traceback=traceback.format_exc(limit=6),
+            failed_at=result.steps if result is not None else 0,
+            traceback=result.traceback if own and result is not None else traceback.format_exc(limit=6),
         )
-    record["train_time"] = train_time
+    record["train_time"] = result.wall if result is not None else 0.0
     record["cpu_time"] = time.process_time() - cpu  # this process's CPU seconds (training and evaluations): load-independent
     return record
 

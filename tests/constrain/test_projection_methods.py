@@ -1,0 +1,32 @@
+"""The public ``method=`` of the L1-ball and simplex projections: every path gives the exact answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from constrain import L1Ball, Simplex, numba_available, project_l1_ball, project_simplex
+
+METHODS = ["auto", "torch", "sort"] + (["numba"] if numba_available() else [])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_method_matches_the_exact_reference(method: str, dtype: torch.dtype) -> None:
+    x = torch.randn(64, 37, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 3
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for project, constraint in ((project_l1_ball, L1Ball(1.5)), (project_simplex, Simplex(1.5))):
+        y = project(x.to(dtype), 1.5, method=method)
+        torch.testing.assert_close(y.double(), constraint.exact_projection(x), rtol=0, atol=tolerance)
+
+
+def test_an_unknown_method_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="option 'method' must be one of 'auto', 'numba', 'torch', 'sort'; got 'fast'"):
+        project_l1_ball(torch.randn(2, 3), method="fast")  # type: ignore[arg-type]  # the wrong value is the point
+
+
+def test_numba_where_it_cannot_run_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSTRAIN_NO_NUMBA", "1")
+    assert not numba_available()
+    with pytest.raises(RuntimeError, match="numba kernels need numba"):
+        project_simplex(torch.randn(2, 3), method="numba")
