@@ -10,6 +10,7 @@ per-coordinate steps :math:`t = \eta / D` (:func:`param_steps`); both find the o
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -92,18 +93,25 @@ class OptimizerWatch:
     def remove(self) -> None:
         self.handle.remove()
 
-    def step_sizes(self, target: ParameterTarget, model: nn.Module) -> Tensor | None:
-        """The steps :math:`t` in ``target.gather``'s layout, or None (no optimizer seen, or one whose
-        step is not a diagonal scaling of its direction: then there is no metric to take the prox in)."""
+    def rows(
+        self, target: ParameterTarget, model: nn.Module, read: Callable[[torch.optim.Optimizer, Tensor], Tensor | None]
+    ) -> Tensor | None:
+        """``read(optimizer, param)`` (:func:`optimizer_diagonal` or :func:`param_steps`) for each of ``target``'s
+        tensors, in ``target.gather``'s layout; None if no optimizer was seen or ``read`` has nothing for one."""
         optimizer = self.optimizer
         if optimizer is None:
             return None
         parts = []
         for param in target.tensors(model):
-            t = param_steps(optimizer, param)
-            if t is None:
+            part = read(optimizer, param)
+            if part is None:
                 return None
-            parts.append(t)
+            parts.append(part)
         if target.set.acts_on_flat_vector:
-            return torch.cat([t.reshape(-1) for t in parts]).unsqueeze(0)
+            return torch.cat([part.reshape(-1) for part in parts]).unsqueeze(0)
         return parameter_rows(parts[0])
+
+    def step_sizes(self, target: ParameterTarget, model: nn.Module) -> Tensor | None:
+        """The steps :math:`t` in ``target.gather``'s layout, or None (no optimizer seen, or one whose
+        step is not a diagonal scaling of its direction: then there is no metric to take the prox in)."""
+        return self.rows(target, model, param_steps)

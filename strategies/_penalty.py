@@ -404,8 +404,6 @@ class ExactPenalty(PenaltyStrategy):
         form: Literal["proximal", "subgradient"] = "proximal",
     ) -> None:
         super().__init__(weight=weight, growth=growth, weight_limit=weight_limit, tolerance=tolerance)
-        if form not in ("proximal", "subgradient"):
-            raise ValueError(f"exact-penalty: form must be 'proximal' or 'subgradient', got {form!r}.")
         self.form = form
         self._watch: OptimizerWatch | None = None
 

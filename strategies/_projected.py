@@ -41,7 +41,6 @@ from constrain import (
     OutputTarget,
     ParameterTarget,
     l1_ball_threshold,
-    parameter_rows,
     project_metric,
 )
 from strategies._base import Strategy, Target, install_output_map
@@ -124,18 +123,7 @@ class Projected(Strategy):
         the metric does not change)."""
         if self.metric != "optimizer" or self._watch is None or not _metric_applies(target):
             return None
-        optimizer = self._watch.optimizer
-        if optimizer is None:
-            return None
-        parts = []
-        for param in target.tensors(self._require_model()):
-            d = optimizer_diagonal(optimizer, param)
-            if d is None:
-                return None
-            parts.append(d)
-        if target.set.acts_on_flat_vector:
-            return torch.cat([d.reshape(-1) for d in parts]).unsqueeze(0)
-        return parameter_rows(parts[0])
+        return self._watch.rows(target, self._require_model(), optimizer_diagonal)
 
     def _output_map(self, target: OutputTarget):
         if self.jacobian == "threshold-constant":

@@ -24,6 +24,7 @@ from strategies._base import Target, constraint_values
 from strategies._dual import DualOptimizer
 from strategies._lagrangian import LagrangianStrategy, Multipliers
 from strategies._multipliers import Kind, clone_state
+from strategies._options import check_choice
 from strategies._options import check_positive as _positive
 from strategies._registry import register
 
@@ -67,10 +68,8 @@ def _slack_factory(spec: DualOptimizer | None, lr: float) -> Callable[[list[Tens
     (built with ``lr=slack_lr``), or a factory ``params -> optimizer``."""
     if spec is None:
         spec = "adam"
-    if isinstance(spec, str):
-        if spec not in _SLACK_OPTIMIZERS:
-            raise ValueError(f"slack_optimizer must be 'adam', 'sgd', a torch optimizer class or a factory; got {spec!r}.")
-        spec = _SLACK_OPTIMIZERS[spec]
+    if isinstance(spec, str):  # else a torch optimizer class or a factory
+        spec = _SLACK_OPTIMIZERS[check_choice("slack_optimizer", spec, tuple(_SLACK_OPTIMIZERS), "slack-lagrangian")]
     if isinstance(spec, type):
         if not issubclass(spec, torch.optim.Optimizer):
             raise TypeError(f"slack_optimizer class must subclass torch.optim.Optimizer, got {spec.__name__}.")

@@ -164,5 +164,5 @@ def test_unknown_optimizer_falls_back_to_the_subgradient_form():
 def test_bad_form():
     with pytest.raises(ValueError, match="option 'form' of strategy 'exact-penalty' must be one of 'proximal', 'subgradient'"):
         strategies.get("exact-penalty", form="prox")
-    with pytest.raises(ValueError, match="form must be 'proximal' or 'subgradient'"):
+    with pytest.raises(ValueError, match="option 'form' of strategy 'exact-penalty' must be one of 'proximal', 'subgradient'"):
         strategies.strategy_class("exact-penalty")(form="prox")
