@@ -99,7 +99,8 @@ class RightHandSideValue:
             )
         if isinstance(self.value, float):
             return self.value
-        v = self.value.to(device=x.device, dtype=x.dtype)  # type: ignore[union-attr]
+        assert self.value is not None  # value is None only for a callable side, refused above
+        v = self.value.to(device=x.device, dtype=x.dtype)
         if finite:
             check_finite(v.detach().sum(-1) if v.numel() else v.detach(), self.name)
         if v.dim() == 2 and v.shape[0] != rows:
@@ -111,7 +112,7 @@ class RightHandSideValue:
 
     def row(self, i: int) -> Any:
         """Row ``i`` of a per-row side (the constant otherwise)."""
-        return self.value[i] if self.per_row else self.value  # type: ignore[index]
+        return self.value[i] if self.per_row else self.value  # type: ignore[index]  # per_row holds only for a 2-d Tensor value
 
     def scaled(self, t: float) -> RightHandSideValue:
         out = RightHandSideValue.__new__(RightHandSideValue)
@@ -120,7 +121,8 @@ class RightHandSideValue:
             fn = self.fn
             out.fn, out.value = (lambda *inputs: t * fn(*inputs)), None
         else:
-            out.fn, out.value = None, self.value * t  # type: ignore[operator]
+            assert self.value is not None  # value is None only for a callable side (fn set)
+            out.fn, out.value = None, self.value * t
         return out
 
     def describe(self) -> str:
@@ -128,7 +130,8 @@ class RightHandSideValue:
             return "f(inputs)"
         if isinstance(self.value, float):
             return f"{self.value:g}"
-        return f"tensor{tuple(self.value.shape)}"  # type: ignore[union-attr]
+        assert self.value is not None  # value is None only for a callable side, handled above
+        return f"tensor{tuple(self.value.shape)}"
 
 
 def _tensor(value: Tensor | float | None) -> Tensor:
@@ -182,7 +185,7 @@ class Polyhedron(ConstraintSet):
                 f"A has {A64.shape[1]} columns and G has {G64.shape[1]}: both act on the same vector y, so they need "
                 f"the same number of columns."
             )
-        n = (A64 if A64 is not None else G64).shape[1]  # type: ignore[union-attr]
+        n = (A64 if A64 is not None else G64).shape[1]  # type: ignore[union-attr]  # A or G is given (checked above)
         if n == 0:
             raise ValueError("A and G have no columns: there is nothing to constrain.")
         if A64 is not None and G64 is not None and A64.device != G64.device:
@@ -212,9 +215,9 @@ class Polyhedron(ConstraintSet):
     def __repr__(self) -> str:
         parts = []
         if self.A is not None:
-            parts.append(f"A: {tuple(self.A.shape)}, b: {self._b.describe()}")  # type: ignore[union-attr]
+            parts.append(f"A: {tuple(self.A.shape)}, b: {self._b.describe()}")  # type: ignore[union-attr]  # _b is set whenever A is (__init__; _with keeps it)
         if self.G is not None:
-            parts.append(f"G: {tuple(self.G.shape)}, h: {self._h.describe()}")  # type: ignore[union-attr]
+            parts.append(f"G: {tuple(self.G.shape)}, h: {self._h.describe()}")  # type: ignore[union-attr]  # _h is set whenever G is (__init__; _with keeps it)
         return f"Polyhedron({'; '.join(parts)})"
 
     @property
@@ -330,9 +333,9 @@ class Polyhedron(ConstraintSet):
             raise ValueError(f"{self!r} has one polytope per row; take the set of one row from row_sets(x).")
         out = []
         if self.A is not None:
-            out.append(self.A.cpu().numpy() @ var == self._b.value.detach().cpu().double().numpy())  # type: ignore[union-attr]
+            out.append(self.A.cpu().numpy() @ var == self._b.value.detach().cpu().double().numpy())  # type: ignore[union-attr]  # _b is set with A; a tensor, not callable (refused above)
         if self.G is not None:
-            out.append(self.G.cpu().numpy() @ var <= self._h.value.detach().cpu().double().numpy())  # type: ignore[union-attr]
+            out.append(self.G.cpu().numpy() @ var <= self._h.value.detach().cpu().double().numpy())  # type: ignore[union-attr]  # _h is set with G; a tensor, not callable (refused above)
         return out
 
     def scaled(self, t: float) -> Polyhedron:
@@ -460,7 +463,7 @@ class Box(ConstraintSet):
                 continue
             if side.is_callable or side.per_row:
                 raise ValueError(f"{self!r} has one box per row; take the set of one row from row_sets(x).")
-            v = side.value if isinstance(side.value, float) else side.value.detach().cpu().double().numpy()  # type: ignore[union-attr]
+            v = side.value if isinstance(side.value, float) else side.value.detach().cpu().double().numpy()  # type: ignore[union-attr]  # None only for a callable side, refused above
             out.append(var >= v if op == "lower" else var <= v)
         return out
 

@@ -64,7 +64,7 @@ def config_from(args: argparse.Namespace, full: C, quick: C, fields: Iterable[st
         value = getattr(args, dest)
         if value is not None and value != []:
             updates[field] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(quick if args.quick else full, **updates)  # type: ignore[type-var]
+    return dataclasses.replace(quick if args.quick else full, **updates)  # type: ignore[type-var]  # C is unbound, but every study's config is a dataclass
 
 
 def output_dirs(args: argparse.Namespace, cfg: Any, full: Any) -> tuple[Path, Path]:

@@ -314,7 +314,7 @@ def path_norm_bound(net: Net, improved: bool = True) -> Tensor:
     Needs every layer L1-normalized with shared hidden lengths.
     """
     norms = [weight_norm_module(layer) for layer in net.layers]
-    if any(n is None or n.p != 1 for n in norms) or not all(n.shared_length for n in norms[:-1]):  # type: ignore[union-attr]
+    if any(n is None or n.p != 1 for n in norms) or not all(n.shared_length for n in norms[:-1]):  # type: ignore[union-attr]  # all() runs only when no n is None
         raise TypeError(
             "path_norm_bound needs a PSiLON net (every layer L1-normalized, shared hidden lengths); use path_norm_explicit."
         )

@@ -268,7 +268,7 @@ def fit(kind: str, split: Split, task: str, lam: float, recipe: Recipe, seed: in
 
     torch.manual_seed(seed)
     k = int(split.y.max()) + 1 if task == "classification" else 1
-    net = ps.build(kind, split.X.shape[1], k, recipe.hidden, recipe.hidden_layers)  # type: ignore[arg-type]
+    net = ps.build(kind, split.X.shape[1], k, recipe.hidden, recipe.hidden_layers)  # type: ignore[arg-type]  # kind: a str; build refuses one that is not a Kind
     mix = recipe.loss_mix
     strategy = None
     if ps.SPECS[kind].reg == "l1" and lam > 0:

@@ -579,7 +579,7 @@ def execute(
     for spec in plan.specs:
         record = read_run(spec.path(out)) if resume else None
         if _finished(record, retry_failed):
-            records[spec.key] = record  # type: ignore[assignment]
+            records[spec.key] = record  # type: ignore[assignment]  # _finished is False for None
         else:
             todo.append(spec)
             _remove_stale_temporaries(spec.path(out))

@@ -292,7 +292,8 @@ class DC3(_LinearOutputStrategy):
         super()._loss_terms(model, outputs, sample_ids)
         if not self._last:
             raise RuntimeError("dc3: loss() was called before a forward pass of the attached model.")
-        y = outputs.reshape(outputs.shape[0], -1)  # type: ignore[union-attr]
+        assert outputs is not None  # super() raised for None: dc3's target is on the outputs
+        y = outputs.reshape(outputs.shape[0], -1)
         b, h = self._last["b"], self._last["h"]
         if (b is not None and b.dim() == 2 and b.shape[0] != y.shape[0]) or (
             h is not None and h.dim() == 2 and h.shape[0] != y.shape[0]

@@ -81,7 +81,7 @@ class HardNetAff(_LinearOutputStrategy):
             assert isinstance(target.set, Polyhedron)  # the base class refuses every other set
             A, _, G, _ = linear_parts(target.set)
             try:
-                stacked_pseudoinverse(A, G, int((A if A is not None else G).shape[-1]))  # type: ignore[union-attr]
+                stacked_pseudoinverse(A, G, int((A if A is not None else G).shape[-1]))  # type: ignore[union-attr]  # a Polyhedron has A or G (its __init__ refuses neither)
             except ValueError as error:
                 return str(error)
         return reason

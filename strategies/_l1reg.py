@@ -64,8 +64,9 @@ class L1Regularization(Strategy):
     @torch.no_grad()
     def _after_step(self) -> None:
         for target in self.targets:
-            for w in target.tensors(self._require_model()):  # type: ignore[union-attr]
-                self._check_finite_parameters(target, w)  # type: ignore[arg-type]
+            assert isinstance(target, ParameterTarget)  # unsupported_reason admits parameter targets only
+            for w in target.tensors(self._require_model()):
+                self._check_finite_parameters(target, w)
                 w.copy_(self.shrink(w))
 
     def shrink(self, w: Tensor) -> Tensor:
@@ -80,7 +81,7 @@ class L1Subgradient(L1Regularization):
     summary = "L1 penalty in the loss (subgradient): rarely gives exact zeros"
 
     def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor:
-        return self.strength * sum(w.abs().sum() for w in self._weights())  # type: ignore[return-value]
+        return self.strength * sum(w.abs().sum() for w in self._weights())  # type: ignore[return-value]  # attach needs a target, so a Tensor sum, not 0
 
 
 @register("l1-sign-step")
@@ -144,8 +145,9 @@ class L1Cumulative(L1Regularization):
     def _after_step(self) -> None:
         weights = self._weights()
         for target in self.targets:
-            for w in target.tensors(self._require_model()):  # type: ignore[union-attr]
-                self._check_finite_parameters(target, w)  # type: ignore[arg-type]
+            assert isinstance(target, ParameterTarget)  # unsupported_reason admits parameter targets only
+            for w in target.tensors(self._require_model()):
+                self._check_finite_parameters(target, w)
         self.total += self.lr * self.strength
         for i, w in enumerate(weights):
             q = self.applied[i] = self.applied[i].to(w)

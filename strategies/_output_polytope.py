@@ -87,7 +87,8 @@ def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
         if bool((defect > scale).any()):
             i = int((defect > scale).nonzero()[0])
             raise ValueError(f"the interior point of sample {i} does not satisfy A y = b (defect {float(defect[i]):.3g}).")
-    G = s.G.to(v)  # type: ignore[union-attr]
+    assert s.G is not None  # g0 is not None (asserted above) only with inequalities
+    G = s.G.to(v)
     kappa = ((v @ G.T) / slack).amax(-1, keepdim=True)
     return y0 + v / kappa.clamp_min(1.0)
 
@@ -95,7 +96,8 @@ def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
 def _certify_slack(s: Polyhedron, slack: Tensor, y0: Tensor) -> None:
     """Raise ``ValueError`` naming the first sample whose slack ``h - G y0`` is not clearly positive: it must
     exceed the rounding error of ``G y0``, ``1e3 eps (|h| + |G| |y0|)`` row by row."""
-    G = s.G.to(y0)  # type: ignore[union-attr]
+    assert s.G is not None  # called from gauge_map, which has checked that s has inequalities
+    G = s.G.to(y0)
     rounding = 1e3 * torch.finfo(y0.dtype).eps * ((slack + y0 @ G.T).abs() + y0.abs() @ G.abs().T)
     bad = (slack <= rounding).any(-1)
     if bool(bad.any()):
@@ -167,7 +169,7 @@ class CompletionReparameterization(_OutputPolytopeStrategy):
 
     def _row_map(self, target: OutputTarget) -> Callable[..., Tensor]:
         def complete(rows: Tensor, bound: ConstraintSet = target.set) -> Tensor:
-            return bound.complete(rows)  # type: ignore[attr-defined]
+            return bound.complete(rows)  # type: ignore[attr-defined]  # an Affine or Polyhedron (unsupported_reason)
 
         return complete
 
@@ -206,8 +208,8 @@ class GaugeReparameterization(_OutputPolytopeStrategy):
                 return gauge(rows.float(), bound).to(rows.dtype)
             if isinstance(bound, Box):
                 return box_map(bound, rows)
-            y0 = _interior(bound, interior, rows, capture.get("inputs", ()), cache)  # type: ignore[arg-type]
-            return gauge_map(bound, rows, y0)  # type: ignore[arg-type]
+            y0 = _interior(bound, interior, rows, capture.get("inputs", ()), cache)  # type: ignore[arg-type]  # not a Box: a Polyhedron (unsupported_reason)
+            return gauge_map(bound, rows, y0)  # type: ignore[arg-type]  # a Polyhedron, as above
 
         if callable(interior) and not isinstance(interior, (str, Tensor)):
             model = self._require_model()

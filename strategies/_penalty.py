@@ -422,7 +422,7 @@ class ExactPenalty(PenaltyStrategy):
     def _attach(self) -> None:
         super()._attach()
         model = self._require_model()
-        params = [p for t in self.targets if self._proximal(t) for p in t.tensors(model)]  # type: ignore[union-attr]
+        params = [p for t in self.targets if isinstance(t, ParameterTarget) and self._proximal(t) for p in t.tensors(model)]
         if params:
             self._watch = OptimizerWatch(params)
             self._handles.append(self._watch.handle)  # detach() removes it

@@ -31,7 +31,7 @@ def register(name: str) -> Callable[[S], S]:
     def decorate(cls: S) -> S:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"a strategy named {name!r} is already registered ({_REGISTRY[name].__name__}).")
-        cls.name = name  # type: ignore[attr-defined]
+        cls.name = name  # type: ignore[attr-defined]  # S is bound to type; register decorates Strategy subclasses
         _REGISTRY[name] = cls
         return cls
 

@@ -128,7 +128,7 @@ class ConstraintCallback(pl.Callback):
         def training_step(*args: Any, **kwargs: Any) -> Any:
             return self._add_terms(original(*args, **kwargs))
 
-        pl_module.training_step = training_step  # type: ignore[method-assign]
+        pl_module.training_step = training_step  # type: ignore[method-assign]  # on this instance; teardown deletes it
         self._wrapped = pl_module
 
     # ------------------------------------------------------------------ the loop

@@ -190,7 +190,7 @@ class Reparameterization(Strategy):
             # torch does not call right_inverse when appending: initialise the map's own state from
             # the current value (L1 maps keep feasible values, checked in _attach).
             with torch.no_grad():
-                parametrization.right_inverse(getattr(module, attr))  # type: ignore[operator]
+                parametrization.right_inverse(getattr(module, attr))  # type: ignore[operator]  # every map of _weight_map defines right_inverse
         parametrize.register_parametrization(module, attr, parametrization)
         self._parametrized = True
 
