@@ -361,7 +361,7 @@ def format_overhead_table(result: dict) -> str:
 
 def cooper_available() -> bool:
     try:
-        import cooper  # noqa: F401
+        import cooper  # noqa: F401 - imported only to see whether it is installed
     except ImportError:
         return False
     return True

@@ -22,12 +22,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 - after matplotlib.use: no display needed
+import numpy as np  # noqa: E402 - kept with the imports above
+from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402 - after matplotlib.use
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 
-from experiments.problems import get_problem  # noqa: E402
+from experiments.problems import get_problem  # noqa: E402 - kept with the imports above
 
 #: Zero (and anything smaller) is drawn at this height on log axes.
 FLOOR = 1e-17
