@@ -14,13 +14,15 @@ if TYPE_CHECKING:
 
 
 def best_key(row: Row, convex: bool) -> tuple:
-    """Order rows of one family: meets the target, then feasible, then smallest |gap| (objective if no F*)."""
-    from experiments.study import FEASIBLE, VIOLATION_OK
+    r"""Order rows of one family. With an optimum F*: meets the target, then the nearest to it in units of the
+    target, :math:`\max(|gap| / GAP_{OK}, viol / VIOLATION_{OK})` (so neither a feasible run far from F* nor a
+    close but infeasible one wins by one measure alone), then |gap|. Without: feasible, then the objective."""
+    from experiments.study import FEASIBLE, GAP_OK, VIOLATION_OK
 
     violation = row.worst_violation if row.worst_violation is not None else math.inf
     if convex:
         gap = row.worst_gap if row.worst_gap is not None else math.inf
-        return (not row.reaches_target, violation > VIOLATION_OK, gap, violation)
+        return (not row.reaches_target, max(gap / GAP_OK, violation / VIOLATION_OK), gap, violation)
     return (violation > FEASIBLE, row.objective if row.objective is not None else math.inf, violation)
 
 
