@@ -71,25 +71,9 @@ HARD = ("projected", "hardnet-aff")
 
 def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli_main(
-        [
-            "study",
-            "dc3",
-            "--quick",
-            "--instances",
-            "240",
-            "--steps",
-            "4",
-            "--workers",
-            "1",
-            "--no-progress",
-            "--strategies",
-            "dc3,hardnet-aff,projected,quadratic-penalty,reparam-gauge",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
+    argv = ["study", "dc3", "--quick", "--instances", "240", "--steps", "4", "--workers", "1", "--no-progress"]
+    argv += ["--strategies", "dc3,hardnet-aff,projected,quadratic-penalty,reparam-gauge", "--out", str(out)]
+    assert cli_main(argv) == 0
     family = d.QPFamily(instances=240)
     md = out / f"dc3-{family.name}.md"
     assert md.exists() and (out / f"dc3-{family.name}-gap.png").exists()
@@ -116,27 +100,7 @@ def test_quick_run_end_to_end_hard_strategies_hold_everywhere(tmp_path, capsys):
             assert r["far_max"] is not None
     # a second run resumes: nothing is retrained (same files, same contents)
     before = {p.name: p.read_text() for p in (out / family.name).glob("*.json")}
-    assert (
-        cli_main(
-            [
-                "study",
-                "dc3",
-                "--quick",
-                "--instances",
-                "240",
-                "--steps",
-                "4",
-                "--workers",
-                "1",
-                "--no-progress",
-                "--strategies",
-                "dc3,hardnet-aff,projected,quadratic-penalty,reparam-gauge",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert cli_main(argv) == 0
     assert {p.name: p.read_text() for p in (out / family.name).glob("*.json")} == before
 
 
