@@ -256,3 +256,50 @@ def run_tasks(
             if on_result is not None:
                 on_result(index, value)
     return results
+
+
+def run_with_progress(
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple],
+    labels: Sequence[str],
+    on_result: Callable[[int, Any], None],
+    *,
+    workers: int,
+    total: int,
+    desc: str,
+    progress: bool = True,
+    initializer: Callable[[], None] | None = None,
+    warm_up: Callable[[], None] | None = None,
+) -> None:
+    """:func:`run_tasks` behind a progress bar of ``total`` runs (``total - len(tasks)`` already done):
+    ``on_result(i, result)`` as each task finishes, ``labels[i]`` shown beside the bar. Serially (one
+    worker or one task), in this process with one torch thread, after ``warm_up()`` if given; else in
+    ``workers`` spawned processes set up by ``initializer``."""
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total, initial=total - len(tasks), disable=not progress, desc=desc, unit="run", file=sys.stderr, dynamic_ncols=True
+    )
+
+    def finished(index: int, result: Any) -> None:
+        on_result(index, result)
+        bar.set_postfix_str(labels[index], refresh=False)
+        bar.update()
+
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                if tasks and warm_up is not None:
+                    warm_up()
+                run_tasks(fn, tasks, 1, on_result=finished)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            run_tasks(fn, tasks, workers, initializer=initializer, on_result=finished)
+    finally:
+        bar.close()

@@ -30,13 +30,11 @@ import argparse
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +46,7 @@ from torch import Tensor, nn
 
 import constrain
 import strategies
+from experiments._runner import run_with_progress
 from experiments._training import TrainResult, reshuffled_batches, train
 from experiments.study import write_json_atomic
 
@@ -461,26 +460,6 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _run_in_pool(
-    todo: Sequence[RunSpec], out: Path, f_star: np.ndarray, X_far: Tensor, workers: int, records: dict, bar: Any
-) -> None:
-    """Run ``todo`` in ``workers`` spawned processes (one thread each), storing each record as it finishes."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-    try:
-        pending = {pool.submit(_run_and_store, spec, out, f_star, X_far): spec for spec in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                spec = pending.pop(future)
-                records[spec.key] = future.result()
-                bar.set_postfix_str(spec.entry.label, refresh=False)
-                bar.update()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
-
 def execute(
     specs: Sequence[RunSpec],
     out: Path,
@@ -501,32 +480,21 @@ def execute(
             records[spec.key] = record
         else:
             todo.append(spec)
-    from tqdm import tqdm
 
-    bar = tqdm(
+    def finished(index: int, record: dict[str, Any]) -> None:
+        records[todo[index].key] = record
+
+    run_with_progress(
+        _run_and_store,
+        [(spec, out, f_star, X_far) for spec in todo],
+        [spec.entry.label for spec in todo],
+        finished,
+        workers=workers,
         total=len(specs),
-        initial=len(specs) - len(todo),
-        disable=not progress,
         desc="study dc3",
-        unit="run",
-        file=sys.stderr,
-        dynamic_ncols=True,
+        progress=progress,
+        initializer=_init_worker,
     )
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                for spec in todo:
-                    bar.set_postfix_str(spec.entry.label, refresh=False)
-                    records[spec.key] = _run_and_store(spec, out, f_star, X_far)
-                    bar.update()
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            _run_in_pool(todo, out, f_star, X_far, workers, records, bar)
-    finally:
-        bar.close()
     return [records[s.key] for s in specs]
 
 

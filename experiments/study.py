@@ -35,7 +35,6 @@ import math
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -49,6 +48,7 @@ import torch
 
 import strategies
 from experiments._family_best import family_best_lines, family_overview
+from experiments._runner import run_with_progress
 from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
 
@@ -584,56 +584,27 @@ def execute(
             todo.append(spec)
             _remove_stale_temporaries(spec.path(out))
     f_stars = {name: get_problem(name).f_star for name in {s.problem for s in todo}}
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(plan.specs),
-        initial=len(plan.specs) - len(todo),
-        disable=not progress,
-        desc="study",
-        unit="run",
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            if todo:
-                warm_up()
-            try:
-                for spec in todo:
-                    bar.set_postfix_str(f"{spec.problem} / {spec.entry.label} / seed {spec.seed}", refresh=False)
-                    records[spec.key] = run_spec(spec, out, f_stars[spec.problem])
-                    bar.update()
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            _execute_pool(todo, out, f_stars, workers, records, bar)
-    finally:
-        bar.close()
-    return records
-
-
-def _execute_pool(
-    todo: list[RunSpec], out: Path, f_stars: dict[str, float | None], workers: int, records: dict[str, dict[str, Any]], bar: Any
-) -> None:
-    from experiments._runner import run_tasks
-
     # Longest runs first (MLP problems), so the two workers finish together.
     order = sorted(
         todo, key=lambda s: -get_problem(s.problem).X_train.shape[0] * s.steps * (2 if s.problem.startswith("mlp") else 1)
     )
 
     def finished(index: int, record: dict[str, Any]) -> None:
-        spec = order[index]
-        records[spec.key] = record
-        bar.set_postfix_str(f"{spec.problem} / {spec.entry.label}", refresh=False)
-        bar.update()
+        records[order[index].key] = record
 
-    run_tasks(
-        run_spec, [(spec, out, f_stars[spec.problem]) for spec in order], workers, initializer=_init_worker, on_result=finished
+    run_with_progress(
+        run_spec,
+        [(spec, out, f_stars[spec.problem]) for spec in order],
+        [f"{spec.problem} / {spec.entry.label} / seed {spec.seed}" for spec in order],
+        finished,
+        workers=workers,
+        total=len(plan.specs),
+        desc="study",
+        progress=progress,
+        initializer=_init_worker,
+        warm_up=warm_up,
     )
+    return records
 
 
 # ====================================================================== summaries
