@@ -269,7 +269,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("dc3", "dc3", {}, note="DC3's published settings"),
     Entry("dc3 (completion only)", "dc3", {"steps": 0}, note="no correction: DC3's 'Eq. NN' row"),
     Entry("hardnet-aff", "hardnet-aff", {}),
-    Entry("reparam-gauge", "reparam-gauge", {"interior": "pinv"}, note="y0 = A^+ x, strictly feasible for |x_j| < 1"),
+    Entry(
+        "reparam-gauge",
+        "reparam-gauge",
+        {"interior": "auto"},
+        note="y0 = A^+ x where strictly feasible (every |x_j| < 1), else a phase-1 projection",
+    ),
 )
 
 #: DC3's published test results on the 100/50/50 family (means over its test set).

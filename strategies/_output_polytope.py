@@ -13,14 +13,17 @@ r"""Reparameterizations of outputs onto polyhedra and boxes: maps :math:`\mathbb
 
   the identity (up to the completion) inside the set and a radial retraction towards :math:`y_0`
   outside. :math:`y_0` is given (``interior``: a tensor ``(n,)`` / ``(batch, n)`` or a callable of the
-  model's input), the least-norm point :math:`y_0 = A^+ b` of each sample (``interior="pinv"``: two matrix
-  products, no LP; :math:`y_0 = 0` without equalities; it must be strictly feasible, which holds for
-  DC3's family when :math:`|x_j| < 1`: there :math:`h_i = \sum_j |(G A^+)_{ij}|`, so
-  :math:`h_i - (G y_0)_i \ge \sum_j |(G A^+)_{ij}| (1 - |x_j|) > 0`), or the Chebyshev centre of each
-  sample's polytope (``interior="chebyshev"``, the general fallback: one LP per sample on the CPU when the
-  right-hand sides vary, once when they are constant). Every :math:`y_0` is certified before use:
-  a slack :math:`h - G y_0` not clearly positive (relative to the rounding of :math:`G y_0`) or a defect in
-  :math:`A y_0 = b` raises ``ValueError`` naming the sample. A box uses its
+  model's input) or computed per sample: ``interior="auto"`` (the default; :mod:`strategies._reparam._interior`)
+  keeps the least-norm point :math:`A^+ b` where it is strictly inside, moves the other rows inside by a
+  batched phase 1 of the exact polytope projection, and leaves a Chebyshev LP only to rows that this
+  does not settle (it refuses, naming the sample, a polytope without interior); ``interior="pinv"`` is
+  :math:`y_0 = A^+ b` alone (two matrix products; :math:`y_0 = 0` without equalities; strictly feasible
+  for DC3's family when :math:`|x_j| < 1`: there :math:`h_i = \sum_j |(G A^+)_{ij}|`, so
+  :math:`h_i - (G y_0)_i \ge \sum_j |(G A^+)_{ij}| (1 - |x_j|) > 0`); ``interior="chebyshev"`` the
+  Chebyshev centre of each sample's polytope (one LP per sample on the CPU when the right-hand sides vary,
+  once when they are constant). Every :math:`y_0` is certified before use: a slack :math:`h - G y_0` not
+  clearly positive (relative to the rounding of :math:`G y_0`) or a defect in :math:`A y_0 = b` raises
+  ``ValueError`` naming the sample. A box uses its
   centre (two-sided) or :math:`l + \operatorname{softplus}(z - l)` / :math:`u - \operatorname{softplus}(u - z)`
   (one-sided).
 
@@ -41,28 +44,33 @@ from strategies._base import Strategy, Target, install_output_map
 from strategies._options import check_choice
 from strategies._output_maps import guard_nonfinite
 from strategies._registry import register
+from strategies._reparam._interior import auto_interior, certify_interior
 
 Interior = str | Tensor | Callable[..., Tensor]
 #: The interior points chosen by name (serialisable: a study config can name them).
-INTERIORS = ("chebyshev", "pinv")
+INTERIORS = ("auto", "chebyshev", "pinv")
 
 
 def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, cache: dict) -> Tensor:
-    """The strictly feasible point of each row: given, or the Chebyshev centre (cached when constant)."""
+    """The strictly feasible point of each row: given, ``A^+ b``, or computed (cached when the sides are constant)."""
     if isinstance(interior, str) and interior == "pinv":
         return s.complete(torch.zeros_like(rows))  # A^+ b per row (0 without equalities)
     if isinstance(interior, str):
         constant = not any(side is not None and (side.per_row or side.is_callable) for side in (s._b, s._h))
-        key = (id(s), rows.device, rows.dtype)
+        key = (id(s), rows.device, rows.dtype, interior)
         if constant and key in cache:
             return cache[key].expand(rows.shape[0], -1)
-        center, _ = s.chebyshev_center(rows[:1] if constant else rows)
-        # the LP meets A y = b only to its tolerance (1e-10 at |b| ~ 10 on DC3's far inputs): snap the centre
-        # onto it exactly; the move is that small, and the slack check below still certifies the result
-        center = s.complete(center.contiguous())
+        like = rows[:1] if constant else rows
+        if interior == "auto":
+            point = auto_interior(s, like, cache)
+        else:
+            center, _ = s.chebyshev_center(like)
+            # the LP meets A y = b only to its tolerance (1e-10 at |b| ~ 10 on DC3's far inputs): snap the centre
+            # onto it exactly; the move is that small, and the certificate still checks the result
+            point = s.complete(center.contiguous())
         if constant:
-            cache[key] = center[:1]
-        return center.expand(rows.shape[0], -1)
+            cache[key] = point[:1].detach()
+        return point.expand(rows.shape[0], -1)
     y0 = interior(*inputs) if callable(interior) and not isinstance(interior, Tensor) else interior
     if not isinstance(y0, Tensor):
         raise TypeError(f"interior must give a tensor of shape (batch, {s.size}), got {type(y0).__name__}.")
@@ -75,37 +83,14 @@ def _interior(s: Polyhedron, interior: Interior, rows: Tensor, inputs: tuple, ca
 
 
 def gauge_map(s: Polyhedron, z: Tensor, y0: Tensor) -> Tensor:
-    r"""RAYEN's ray map of rows ``z`` onto ``s`` from strictly feasible rows ``y0`` (see the module doc)."""
+    r"""RAYEN's ray map of rows ``z`` onto ``s`` from strictly feasible rows ``y0`` (see the module doc); ``y0`` is
+    certified first (:func:`certify_interior`)."""
+    certify_interior(s, y0)
     v = s.complete(z) - y0
-    g0, e0 = s.inequality(y0), s.equality(y0)
-    assert g0 is not None, "the gauge map is offered for sets with inequalities only"
-    slack = -g0  # h - G y0 > 0
-    _certify_slack(s, slack.detach(), y0.detach())
-    if e0 is not None:
-        defect = e0.detach().abs().amax(-1)
-        scale = 1e3 * torch.finfo(y0.dtype).eps * (1 + y0.detach().abs().amax(-1))
-        if bool((defect > scale).any()):
-            i = int((defect > scale).nonzero()[0])
-            raise ValueError(f"the interior point of sample {i} does not satisfy A y = b (defect {float(defect[i]):.3g}).")
-    assert s.G is not None  # g0 is not None (asserted above) only with inequalities
-    G = s.G.to(v)
-    kappa = ((v @ G.T) / slack).amax(-1, keepdim=True)
+    slack = -s.inequality(y0)  # type: ignore[operator]  # h - G y0 > 0; certify_interior checked inequalities
+    assert s.G is not None  # certified above: the set has inequalities
+    kappa = ((v @ s.G.to(v).T) / slack).amax(-1, keepdim=True)
     return y0 + v / kappa.clamp_min(1.0)
-
-
-def _certify_slack(s: Polyhedron, slack: Tensor, y0: Tensor) -> None:
-    """Raise ``ValueError`` naming the first sample whose slack ``h - G y0`` is not clearly positive: it must
-    exceed the rounding error of ``G y0``, ``1e3 eps (|h| + |G| |y0|)`` row by row."""
-    assert s.G is not None  # called from gauge_map, which has checked that s has inequalities
-    G = s.G.to(y0)
-    rounding = 1e3 * torch.finfo(y0.dtype).eps * ((slack + y0 @ G.T).abs() + y0.abs() @ G.abs().T)
-    bad = (slack <= rounding).any(-1)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"the interior point of sample {i} is not strictly inside {s!r} (min slack {float(slack[i].min()):.3g}); "
-            f"give a strictly feasible interior or use interior='chebyshev' (the Chebyshev centre of each sample)."
-        )
 
 
 def box_map(s: Box, z: Tensor) -> Tensor:
@@ -177,12 +162,12 @@ class CompletionReparameterization(_OutputPolytopeStrategy):
 @register("reparam-gauge")
 class GaugeReparameterization(_OutputPolytopeStrategy):
     r"""``Polyhedron`` with inequalities (equalities by completion) and ``Box``, on outputs: the ray map from an
-    interior point (module doc). ``interior``: ``"chebyshev"`` (default), ``"pinv"`` (:math:`A^+ b`), a tensor or a
-    callable of the input."""
+    interior point (module doc). ``interior``: ``"auto"`` (default), ``"pinv"`` (:math:`A^+ b`), ``"chebyshev"``, a
+    tensor or a callable of the input."""
 
     summary = "Polyhedron/Box on outputs by the ray (gauge) map y0 + v / max(1, max_i (Gv)_i/(h-Gy0)_i) (RAYEN)"
 
-    def __init__(self, *, interior: Interior = "chebyshev") -> None:
+    def __init__(self, *, interior: Interior = "auto") -> None:
         super().__init__()
         if isinstance(interior, str):  # else a tensor or a callable of the model's input
             check_choice("interior", interior, INTERIORS, self.name)
