@@ -116,7 +116,8 @@ def _phase_one(
     rows: Polyhedron, lifted: Polyhedron, yp: Tensor, b: Tensor | None, h: Tensor, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
     """Rows ``yp`` (float64, each row's ``b``, ``h``) moved strictly inside by the lifted projection (module doc,
-    step 2). Returns ``(points, done)``: rows not strictly inside after the last round keep ``yp``, ``done`` False."""
+    step 2). Returns ``(points, done)``: rows not strictly inside after the last round (or left when the projection
+    cannot certify a row) keep ``yp``, ``done`` False."""
     assert rows.G is not None, "interior points are for sets with inequalities"
     G = rows.G.to(yp)
     sigma = (h - yp @ G.T) / torch.linalg.vector_norm(G, dim=1)
@@ -127,7 +128,10 @@ def _phase_one(
         if todo.numel() == 0:
             break
         b_t = None if b is None else b[todo]
-        point = lifted.bind(b_t, h[todo]).project(torch.cat([yp[todo], depth], 1))[:, :-1]
+        try:
+            point = lifted.bind(b_t, h[todo]).project(torch.cat([yp[todo], depth], 1))[:, :-1]
+        except RuntimeError:  # a row the projection could not certify (ill-conditioned G): the LP takes the rest
+            break
         sub = rows.bind(b_t, h[todo])
         y = sub.complete(point)  # onto A y = b to rounding (the projection meets it to its tolerance)
         ok = strictly_inside(sub, y.to(dtype))

@@ -81,6 +81,22 @@ def test_auto_without_equalities_and_in_float32():
     assert y.dtype == torch.float32 and float((y + 1 + x.abs()).max()) <= 1e-6 * 50
 
 
+def test_rows_the_projection_cannot_certify_go_to_the_lp(monkeypatch):
+    A, G, h = _dc3_recipe(20, 10, 25)
+    x = 10 * (2 * torch.rand(6, 10, generator=torch.Generator().manual_seed(8), dtype=torch.float64) - 1)
+    keep = [i for i in range(6) if _chebyshev_radius(A.numpy(), x[i].numpy(), G.numpy(), h.numpy()) > 0]
+    assert keep and bool(((x[keep] @ torch.linalg.pinv(A).T) @ G.T > h).any(-1).all())  # phase 1 would run on each
+    s = Polyhedron(A=A, b=x[keep], G=G, h=h)
+
+    def uncertified(self, rows):
+        raise RuntimeError("could not be certified")
+
+    monkeypatch.setattr(Polyhedron, "project", uncertified)
+    y0 = auto_interior(s, torch.zeros(len(keep), 20, dtype=torch.float64), {})
+    assert float((y0 @ G.T - h).max()) < 0 and float((y0 @ A.T - x[keep]).abs().max()) <= 1e-10  # the LP centres
+    certify_interior(s, y0)
+
+
 def _box_rows(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``lower <= y <= upper`` per row as ``G y <= h``."""
     n = lower.shape[1]
