@@ -185,6 +185,12 @@ ENTRIES: tuple[Entry, ...] = (
         note="naive: no augmentation, cycles at inactive constraints",
     ),
     Entry(
+        "augmented-lagrangian (prox)",
+        "augmented-lagrangian",
+        {"penalty": 10.0, "dual_lr": 0.1, "primal": "proximal", **_PER_SAMPLE},
+        kinds=("weight-l1",),
+    ),
+    Entry(
         "lagrangian (nupi)",
         "lagrangian",
         {"dual_lr": 0.1, "dual_optimizer": "nupi", "dual_kp": 30.0, **_PER_SAMPLE},
