@@ -999,7 +999,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     print(
-        f"constrain validate: kernels vs exact and cvxpy references, {args.trials} trial(s) per instance kind, seed {args.seed}"
+        "constrain validate: kernels vs exact, KKT-certified and cvxpy references, "
+        f"{args.trials} trial(s) per instance kind, seed {args.seed}"
     )
     print(format_table(table))
     print(SCALE_NOTE)
