@@ -10,6 +10,9 @@ A reference must not give up on a valid instance, and must not share the kernels
   solved at unit scale (``s = max(max|x|, own scale)``) by Clarabel, then polished onto the active
   set and accepted with a KKT certificate; OSQP and Clarabel at tight tolerances are the fallback.
   If none is optimal, :class:`ReferenceSolverError` ("reference unavailable", not a kernel failure).
+- certified (polyhedral sets, :func:`certified_projection`): the same exact active-set solve and
+  KKT certificate without cvxpy, the first active set proposed by any guess (``constrain validate``
+  uses the float64 kernel's answer); :func:`kkt_certificate` checks a candidate on its own.
 
 cvxpy is imported on first use, so ``import constrain`` stays light.
 """
@@ -17,6 +20,8 @@ cvxpy is imported on first use, so ``import constrain`` stays light.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -115,27 +120,29 @@ def _polished_solution(problem: Any, var: Any) -> np.ndarray | None:
     # by its dual). Each guess is corrected and must end with the certificate.
     for guess in (dual[m0:] > slack[m0:], slack[m0:] <= 1e-9, slack[m0:] <= 1e-6):
         active = np.r_[np.ones(m0, dtype=bool), guess]
-        z = _polish(P, c, A, b, m0, active)
-        if z is not None:
+        polished = _polish(P, c, A, b, m0, active)
+        if polished is not None:
+            z = polished[0]
             return z[offsets[-1] : offsets[-1] + var.size].reshape(var.shape)
     return None
 
 
-def _polish(P: Any, c: np.ndarray, A: Any, b: np.ndarray, m0: int, active: np.ndarray) -> np.ndarray | None:
-    """Active-set corrections from ``active``: the certified KKT point, or None."""
-    m1 = A.shape[0] - m0
+def _polish(P: Any, c: np.ndarray, A: Any, b: np.ndarray, m0: int, active: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Active-set corrections from ``active``: the certified KKT point and its multipliers (one per row of
+    ``A``, zero on the inactive rows), or None."""
     for _ in range(POLISH_ROUNDS):
         solved = _solve_kkt(P, c, A[active], b[active])
         if solved is None:
             return None
         z, lam = solved
         gap = b - A @ z  # the slack s = b - A z: zero on equalities, >= 0 on inequalities
-        ineq_dual = np.zeros(m1)
-        ineq_dual[active[m0:]] = lam[int(active[:m0].sum()) :]
+        multipliers = np.zeros(A.shape[0])
+        multipliers[active] = lam
+        ineq_dual = multipliers[m0:]
         add = ~active[m0:] & (gap[m0:] < -POLISH_TOL)
         drop = active[m0:] & (ineq_dual < -POLISH_TOL)
         if not add.any() and not drop.any():
-            return z
+            return z, multipliers
         active[m0:] |= add
         active[m0:] &= ~drop
     return None
@@ -153,7 +160,6 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
     relative to the terms it sums, ``POLISH_TOL * (1 + |c| + |A^T| |lambda|)`` (large multipliers
     of nearly dependent rows cannot be summed more exactly).
     """
-    import qdldl
     import scipy.sparse as sp
 
     n, k = P.shape[0], A.shape[0]
@@ -161,9 +167,8 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
     magnitude_T = abs(A).T
     rhs = np.r_[-c, b]
     for delta in (1e-10, 1e-13):
-        try:
-            factor = qdldl.Solver((kkt + sp.diags(np.r_[np.full(n, delta), np.full(k, -delta)])).tocsc())
-        except (RuntimeError, ValueError):
+        factor = _regularized_factor(P, A, kkt, delta)
+        if factor is None:
             continue
         sol, best, best_sol = np.zeros(n + k), np.inf, None
         for _ in range(60):
@@ -175,10 +180,236 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
             best, best_sol = relative, sol
             if relative <= 1e-16:
                 break
-            sol = sol + factor.solve(residual)
+            sol = sol + factor(residual)
         if best_sol is not None and best <= POLISH_TOL:
             return best_sol[:n], best_sol[n:]
     return None
+
+
+#: Largest number of constraint rows for the dense Schur-complement factorization of a diagonal ``P``.
+DENSE_SCHUR_MAX_ROWS = 4000
+
+
+def _regularized_factor(P: Any, A: Any, kkt: Any, delta: float) -> Callable[[np.ndarray], np.ndarray] | None:
+    r"""A solver of :math:`[P + \delta I, A^\top; A, -\delta I] [u; v] = [r_1; r_2]`, or None if it cannot factorize.
+
+    A positive diagonal ``P`` (every projection, Euclidean or weighted) with at most ``DENSE_SCHUR_MAX_ROWS`` rows
+    in ``A``: :math:`v = S^{-1} (A D^{-1} r_1 - r_2)`, :math:`u = D^{-1} (r_1 - A^\top v)` with
+    :math:`D = P + \delta I` and the dense Cholesky factor of :math:`S = A D^{-1} A^\top + \delta I` (positive
+    definite even for dependent rows). Otherwise qdldl's sparse :math:`LDL^\top` of the whole matrix.
+    """
+    import scipy.linalg
+    import scipy.sparse as sp
+
+    n, k = P.shape[0], A.shape[0]
+    diagonal = P.diagonal()
+    if sp.csr_matrix(P).count_nonzero() == np.count_nonzero(diagonal) and (diagonal > 0).all() and k <= DENSE_SCHUR_MAX_ROWS:
+        inverse = 1.0 / (diagonal + delta)
+        A = sp.csr_matrix(A)
+        if A.nnz > 0.05 * k * n:  # a dense A: BLAS, not sparse products with dense fill
+            A = A.toarray()
+        scaled = A * inverse[None, :] if isinstance(A, np.ndarray) else A.multiply(inverse[None, :]).tocsr()  # A D^-1
+        product = scaled @ A.T
+        schur = (product if isinstance(product, np.ndarray) else product.toarray()) + delta * np.eye(k)
+        try:
+            cholesky = scipy.linalg.cho_factor(schur) if k else None
+        except np.linalg.LinAlgError:
+            return None
+
+        def solve(r: np.ndarray) -> np.ndarray:
+            r1, r2 = r[:n], r[n:]
+            v = scipy.linalg.cho_solve(cholesky, scaled @ r1 - r2) if k else np.zeros(0)
+            return np.r_[inverse * (r1 - A.T @ v), v]
+
+        return solve
+    import qdldl
+
+    try:
+        return qdldl.Solver((kkt + sp.diags(np.r_[np.full(n, delta), np.full(k, -delta)])).tocsc()).solve
+    except (RuntimeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ certified references for polyhedral sets
+#: Slack (at unit scale) under which an inequality of the guess starts in the active set.
+ACTIVE_GUESS_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class KKTCertificate:
+    r"""The KKT residuals of a candidate :math:`y` for :math:`\min \tfrac12 (y - x)^\top D (y - x)` s.t.
+    :math:`A y = b`, :math:`G y \le h`, all at unit scale (``x``, ``y``, ``b``, ``h`` divided by
+    :math:`s = \max(\max|x|, \max|y|)`; ``D`` divided by its largest entry).
+
+    - ``primal``: :math:`\max(|A y - b|_\infty, \max(G y - h)_+)`;
+    - ``dual``: :math:`\max(-\lambda)_+`, the most negative inequality multiplier;
+    - ``stationarity``: :math:`|D (y - x) + A^\top \nu + G^\top \lambda|_i`, each entry divided by the terms it
+      sums, :math:`1 + |D x|_i + (|A^\top| |\nu| + |G^\top| |\lambda|)_i` (rounding level is about 1e-16);
+    - ``complementarity``: :math:`\max_i \lambda_i (h - G y)_i / \max(1, |\lambda|_\infty)`.
+
+    Passed when all four are at most ``POLISH_TOL``: then :math:`y` is the projection to that accuracy, whatever
+    produced it (for a convex problem the KKT conditions are sufficient).
+    """
+
+    primal: float
+    dual: float
+    stationarity: float
+    complementarity: float
+
+    @property
+    def passed(self) -> bool:
+        return max(self.primal, self.dual, self.stationarity, self.complementarity) <= POLISH_TOL  # NaN fails
+
+
+def kkt_certificate(
+    x: np.ndarray,
+    y: np.ndarray,
+    A: Any = None,
+    b: np.ndarray | None = None,
+    G: Any = None,
+    h: np.ndarray | None = None,
+    multipliers: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> KKTCertificate:
+    r"""Check that the 1-d ``y`` is the projection of ``x`` onto :math:`\{A y = b, G y \le h\}` (metric
+    ``diag(weights)``, default the identity): the residuals of :class:`KKTCertificate`.
+
+    ``multipliers`` (:math:`[\nu; \lambda]`, one per row of ``A`` then of ``G``): given, they are checked as
+    they are; None, they are recovered by least squares from the stationarity condition on the rows of ``G``
+    within ``POLISH_TOL`` of equality (the active set; :math:`\lambda = 0` elsewhere). ``A``, ``G``: dense
+    arrays or scipy sparse matrices; rows of ``h`` that are infinite are ignored.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = x.shape[0]
+    s = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0))) or 1.0
+    d = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64) / float(np.max(weights))
+    me = 0 if A is None else A.shape[0]
+    M, rhs, finite = _stacked(A, b, G, h)
+    M, rhs = M[finite], rhs[finite] / s
+    xs, ys = x / s, y / s
+    residual = M @ ys - rhs  # = 0 on equalities, <= 0 on inequalities
+    ineq = np.arange(M.shape[0]) >= int(finite[:me].sum())
+    primal = max(float(np.abs(residual[~ineq]).max(initial=0.0)), float(residual[ineq].max(initial=0.0)))
+    target = d * (xs - ys)  # stationarity: M^T mu = D (x - y)
+    if multipliers is None:
+        mu = np.zeros(M.shape[0])
+        use = ~ineq | (residual >= -POLISH_TOL)
+        dense = M[use].toarray() if hasattr(M, "toarray") else np.asarray(M[use])
+        if use.any():
+            mu[use] = np.linalg.lstsq(dense.T, target, rcond=None)[0]
+    else:
+        mu = np.asarray(multipliers, dtype=np.float64)[finite]
+    lam = mu[ineq]
+    stationarity_residual = target - M.T @ mu
+    summed = 1.0 + np.abs(d * xs) + abs(M).T @ np.abs(mu)
+    return KKTCertificate(
+        primal=primal,
+        dual=float(np.maximum(-lam, 0.0).max(initial=0.0)),
+        stationarity=float((np.abs(stationarity_residual) / summed).max(initial=0.0)),
+        complementarity=float((np.abs(lam * residual[ineq])).max(initial=0.0) / max(1.0, float(np.abs(lam).max(initial=0.0)))),
+    )
+
+
+def _stacked(A: Any, b: np.ndarray | None, G: Any, h: np.ndarray | None) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``[A; G]`` (sparse CSR), ``[b; h]`` and the mask of its finite right-hand sides."""
+    import scipy.sparse as sp
+
+    blocks = [sp.csr_matrix(M) for M in (A, G) if M is not None]
+    sides = [np.asarray(v, dtype=np.float64).reshape(-1) for v in (b, h) if v is not None]
+    if len(blocks) != len(sides):
+        raise ValueError("give b with A and h with G.")
+    M = sp.vstack(blocks, format="csr")
+    rhs = np.concatenate(sides)
+    if rhs.shape[0] != M.shape[0]:
+        raise ValueError(f"[A; G] has {M.shape[0]} rows but [b; h] has {rhs.shape[0]} entries.")
+    return M, rhs, np.isfinite(rhs)
+
+
+def certified_row(
+    x: np.ndarray,
+    guess: np.ndarray,
+    A: Any = None,
+    b: np.ndarray | None = None,
+    G: Any = None,
+    h: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray | None:
+    r"""The projection of the 1-d ``x`` onto :math:`\{A y = b, G y \le h\}` (metric ``diag(weights)``), solved
+    exactly on an active set and accepted only with a passed :func:`kkt_certificate`; None without one.
+
+    ``guess`` (any approximation of the answer, e.g. the kernel's) only proposes the first active set: the
+    inequalities it meets within ``ACTIVE_GUESS_TOL``. The KKT system of that set is solved in float64 with
+    iterative refinement, violated inequalities are added and negative multipliers dropped (as the cvxpy
+    reference's polish does), and the final point and multipliers are checked: a wrong guess can cost a
+    certificate, never give a wrong reference.
+    """
+    import scipy.sparse as sp
+
+    x, guess = np.asarray(x, dtype=np.float64), np.asarray(guess, dtype=np.float64)
+    n = x.shape[0]
+    s = max(float(np.abs(x).max(initial=0.0)), float(np.nan_to_num(np.abs(guess)).max(initial=0.0))) or 1.0
+    M, rhs, finite = _stacked(A, b, G, h)
+    M, rhs = M[finite], rhs[finite] / s
+    me = int(finite[: 0 if A is None else A.shape[0]].sum())
+    d = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64) / float(np.max(weights))
+    active = np.ones(M.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        active[me:] = (M[me:] @ (guess / s)) >= rhs[me:] - ACTIVE_GUESS_TOL  # NaN guess: nothing active
+    polished = _polish(sp.diags(d, format="csr"), -d * x / s, M, rhs, me, active)
+    if polished is None:
+        return None
+    z, mu = polished
+    full = np.zeros(finite.shape[0])
+    full[finite] = mu
+    if not kkt_certificate(x / s, z, A, None if b is None else b / s, G, None if h is None else h / s, full, d).passed:
+        return None
+    return z * s
+
+
+def certified_projection(constraint_set: ConstraintSet, x: Tensor, guess: Tensor, weights: Tensor | None = None) -> Tensor:
+    r"""Every row of ``x`` projected onto a polyhedral set (``Affine``, ``Polyhedron``, ``Box``) by
+    :func:`certified_row`, ``guess`` (same shape) proposing the active sets; float64 on ``x``'s device.
+
+    ``weights`` (same shape, positive): the metric :math:`\sum_i d_i (y_i - x_i)^2` instead of the Euclidean one.
+    Raises :class:`ReferenceSolverError` naming the first row without a certificate, TypeError for other sets.
+    """
+    n = x.shape[-1]
+    A, G = _linear_parts(constraint_set, n)
+    rows = x.detach().to("cpu", torch.float64).reshape(-1, n)
+    guesses = guess.detach().to("cpu", torch.float64).reshape(-1, n).numpy()
+    d = None if weights is None else weights.detach().to("cpu", torch.float64).reshape(-1, n).numpy()
+    zeros = torch.zeros_like(rows)  # the right-hand sides: A 0 - b and G 0 - h, one row each
+    b = None if A is None else (-constraint_set.equality(zeros)).reshape(-1, A.shape[0]).numpy()  # type: ignore[operator]  # a set with A has equalities
+    h = None if G is None else (-constraint_set.inequality(zeros)).reshape(-1, G.shape[0]).numpy()  # type: ignore[operator]  # a set with G has inequalities
+    out = np.empty(rows.shape)
+    for i, row in enumerate(rows.numpy()):
+        y = certified_row(
+            row, guesses[i], A, None if b is None else b[i], G, None if h is None else h[i], None if d is None else d[i]
+        )
+        if y is None:
+            raise ReferenceSolverError(f"row {i}: no KKT certificate from the active set of the guess (nor its corrections).")
+        out[i] = y
+    return torch.from_numpy(out).reshape(x.shape).to(x.device)
+
+
+def _linear_parts(constraint_set: ConstraintSet, n: int) -> tuple[Any, Any]:
+    """``(A, G)`` of a polyhedral set on rows of length ``n`` as scipy sparse matrices (None where absent), in
+    the row order of its ``equality`` and ``inequality``; TypeError for any other set."""
+    import scipy.sparse as sp
+
+    from constrain import Affine, Box, Polyhedron
+
+    if isinstance(constraint_set, Affine):
+        return sp.csr_matrix(constraint_set.A.cpu().numpy()), None
+    if isinstance(constraint_set, Polyhedron):
+        A, G = constraint_set.A, constraint_set.G
+        return (None if A is None else sp.csr_matrix(A.cpu().numpy())), (None if G is None else sp.csr_matrix(G.cpu().numpy()))
+    if isinstance(constraint_set, Box):
+        eye = sp.identity(n, format="csr")
+        # Box.inequality is [lower - y, y - upper] for the sides it has
+        blocks = [block for side, block in ((constraint_set.lower, -eye), (constraint_set.upper, eye)) if side is not None]
+        return None, sp.vstack(blocks, format="csr")
+    raise TypeError(f"certified_projection handles Affine, Polyhedron and Box sets, not {type(constraint_set).__name__}.")
 
 
 def exact_simplex(x: np.ndarray, radius: float) -> np.ndarray:

@@ -6,9 +6,14 @@ instances: batches of rows ``x`` (float64 values exactly representable in float3
 float64 kernels see the same problem), one constraint set each. Every row is projected by the
 kernel (``set.project``) in float32 and in float64 and by a reference that shares no code with
 it: the set's ``exact_projection`` where it has one (the L1 ball and the simplex in exact rational
-arithmetic, the orthant), else cvxpy (``set.reference_projection(x, method="cvxpy")``: Clarabel
-plus an exact, KKT-certified active-set polish). An instance that the cvxpy reference cannot solve
-is reported as "reference unavailable", not as a kernel failure.
+arithmetic, the orthant); for the polyhedral sets (affine, tie, polyhedron, box, affine-metric) the
+certified KKT point (:func:`constrain.reference.certified_projection`: the KKT system of an active
+set solved exactly in float64, the active set proposed by the float64 kernel and corrected, the
+answer accepted only with a passed KKT certificate, which proves optimality whoever proposed the
+active set), and up to ``CVXPY_CHECK_MAX_N`` cvxpy on the first row of every instance as well; else
+cvxpy (``set.reference_projection(x, method="cvxpy")``: Clarabel plus the same KKT-certified
+active-set polish). A row without a certificate falls back to cvxpy; an instance that the cvxpy
+reference cannot solve is reported as "reference unavailable", not as a kernel failure.
 
 Per row, with the instance scale :math:`s`,
 
@@ -40,6 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +61,7 @@ from constrain import (
     ReferenceSolverError,
     Simplex,
 )
+from constrain.reference import certified_projection, solve_projection
 from experiments._args import positive_int
 from experiments._paths import check_output_file
 
@@ -91,8 +98,12 @@ SCALE_NOTE = (
     "s = max(max_i |x_i|, r): r = radius (l1ball, simplex), max_i |(A^+ c)_i| (affine, tie), 0 (nonnegative); "
     "s = 1 if that is 0.\n"
     "P = set.project (the kernel, in the row's dtype), P_ref = the reference (column ref): exact = the set's\n"
-    "exact_projection (l1ball, simplex: sort-based threshold in exact rational arithmetic; nonnegative: max(x, 0)),\n"
-    "cvxpy = Clarabel polished onto the active set with a KKT certificate (affine, tie).\n"
+    "exact_projection (l1ball, simplex: sort-based threshold in exact rational arithmetic; nonnegative: max(x, 0));\n"
+    "kkt = every row's KKT system solved exactly on an active set (proposed by the float64 kernel, corrected until\n"
+    "feasible with multipliers >= 0) and accepted only with a passed KKT certificate (affine, tie, polyhedron, box,\n"
+    "affine-metric), and up to n = 64 the first row of each instance (every row for affine-metric) also against\n"
+    "cvxpy; cvxpy = Clarabel polished onto the active set with a KKT certificate (l1ball-metric: Clarabel alone).\n"
+    "Metric rows (sum d (y - x)^2, d over four decades): s = max_i |x_i|, pass at 10x the tolerance below.\n"
     "pass: error <= 1e-6 (float64), <= 1e-4 (float32). The violation is reported, not thresholded: for affine sets\n"
     "it is |A y - c|, which an error e moves by up to e * max_i ||A_i||_1 (about 8e4 * e for a Gaussian A at n = 1e5).\n"
     "Offset rows (l1ball-offset, simplex-offset: randn + c, |c| = 1 to 1e8 of either sign, r from 1e-2 to 1e2):\n"
@@ -602,59 +613,90 @@ def tolerance(instance: Instance, dtype: torch.dtype) -> float:
     return OFFSET_TOLERANCE if instance.offset else TOLERANCE[dtype]
 
 
-def reference_of(constraint: ConstraintSet, x: Tensor) -> tuple[Tensor | None, str]:
-    """The reference projection of the rows ``x`` and its kind: the set's exact projection where it has
-    one, else cvxpy's; ``(None, reason)`` if the cvxpy reference cannot solve an instance."""
+#: Sets whose reference is the certified KKT point (:func:`constrain.reference.certified_projection`).
+KKT_SETS = ("affine", "tie", "polyhedron", "box", "affine-metric")
+#: Up to this n, the first row of every instance of a KKT set is also solved by cvxpy and the kernel compared with
+#: both references (every kind of every such set is checked against cvxpy at n = 1, 2, 5, 64).
+CVXPY_CHECK_MAX_N = 64
+
+
+def reference_of(constraint: ConstraintSet, x: Tensor, guess: Tensor | None = None) -> tuple[Tensor | None, str]:
+    """The reference projection of the rows ``x`` and its kind: ``"exact"`` (the set's exact projection, where it
+    has one), ``"kkt"`` (a polyhedral set and a ``guess``: the certified KKT point of every row, see
+    :func:`constrain.reference.certified_projection`), else ``"cvxpy"`` (also when a row has no certificate);
+    ``(None, reason)`` if the cvxpy reference cannot solve an instance."""
     exact = constraint.exact_projection(x)
     if exact is not None:
         return exact, "exact"
+    if guess is not None and isinstance(constraint, (Affine, Polyhedron, Box)):
+        try:
+            return certified_projection(constraint, x, guess), "kkt"
+        except ReferenceSolverError:
+            pass  # no certificate from this guess: cvxpy decides
     try:
         return constraint.reference_projection(x, method="cvxpy"), "cvxpy"
     except ReferenceSolverError as error:
         return None, str(error)
 
 
+def _kernel_outputs(constraint: ConstraintSet, x: Tensor, dtypes: Sequence[torch.dtype]) -> dict[torch.dtype, Tensor | str]:
+    """``set.project`` of the rows in each dtype, or why it failed (it raised, or returned the wrong dtype or shape)."""
+    out: dict[torch.dtype, Tensor | str] = {}
+    for dtype in dtypes:
+        try:
+            y = constraint.project(x.to(dtype))
+        except Exception as raised:  # a kernel that raises on valid input fails the instance
+            out[dtype] = f"kernel raised {raised!r}"
+            continue
+        if y.dtype != dtype or y.shape != x.shape:
+            out[dtype] = f"kernel returned {y.dtype} {tuple(y.shape)} for {dtype} {tuple(x.shape)}"
+        else:
+            out[dtype] = y.detach().double()
+    return out
+
+
+def _cvxpy_first_row(constraint: ConstraintSet, x: Tensor) -> Tensor | None:
+    """cvxpy's projection of the first row (the cross-check of the KKT references), None if it cannot solve it."""
+    first_set = next(iter(constraint.row_sets(x)))  # the set of the first row (per-row right-hand sides)
+    try:
+        return torch.from_numpy(solve_projection(first_set, x[0].detach().cpu().double().numpy())).to(x.device)[None]
+    except ReferenceSolverError:
+        return None
+
+
 def check_instance(instance: Instance, dtypes: Sequence[torch.dtype] = DTYPES) -> list[Outcome]:
     """Compare ``instance.constraint.project`` in each dtype with the reference, worst row each.
 
+    The float64 kernel output proposes the active sets of a KKT reference (:func:`reference_of`), which
+    certifies its own answer; up to ``CVXPY_CHECK_MAX_N`` the first row is compared with cvxpy too.
     A reference that cannot solve the instance gives outcomes with ``reference="unavailable"``,
     ``passed=False`` and NaN errors: the kernel was not checked (which is not a kernel failure).
     """
     x, constraint = instance.x, instance.constraint
     scale = instance_scale(instance)
-    reference, kind = reference_of(constraint, x)
+    kernels = _kernel_outputs(constraint, x, dtypes)
+    guess = kernels.get(torch.float64)
+    reference, kind = reference_of(constraint, x, guess if isinstance(guess, Tensor) else None)
+    second = _cvxpy_first_row(constraint, x) if kind == "kkt" and instance.n <= CVXPY_CHECK_MAX_N else None
 
     def outcome(dtype: torch.dtype, error: float, violation: float, passed: bool, note: str, ref: str) -> Outcome:
-        return Outcome(
-            instance.set_name,
-            instance.kind,
-            instance.n,
-            str(dtype).removeprefix("torch."),
-            x.shape[0],
-            error,
-            violation,
-            passed,
-            note,
-            ref,
-        )
+        name = str(dtype).removeprefix("torch.")
+        return Outcome(instance.set_name, instance.kind, instance.n, name, x.shape[0], error, violation, passed, note, ref)
 
     if reference is None:
         return [outcome(d, math.nan, math.nan, False, f"reference unavailable: {kind}", "unavailable") for d in dtypes]
     outcomes = []
     for dtype in dtypes:
-        try:
-            y = constraint.project(x.to(dtype))
-        except Exception as raised:  # a kernel that raises on valid input fails the instance
-            outcomes.append(outcome(dtype, math.nan, math.nan, False, f"kernel raised {raised!r}", kind))
+        y64 = kernels[dtype]
+        if isinstance(y64, str):
+            outcomes.append(outcome(dtype, math.nan, math.nan, False, y64, kind))
             continue
-        note = ""
-        if y.dtype != dtype or y.shape != x.shape:
-            note = f"kernel returned {y.dtype} {tuple(y.shape)} for {dtype} {tuple(x.shape)}"
-        y64 = y.detach().double()
-        error = ((y64 - reference).abs().amax(-1) / scale).max().item()
+        errors = (y64 - reference).abs().amax(-1) / scale
+        if second is not None:
+            errors[:1] = torch.maximum(errors[:1], (y64[:1] - second).abs().amax(-1) / scale[:1])
+        error = errors.max().item()
         violation = abs((constraint.violation(y64) / scale).max().item())  # >= 0; abs drops a -0.0
-        passed = not note and error <= tolerance(instance, dtype)  # NaN fails
-        outcomes.append(outcome(dtype, error, violation, passed, note, kind))
+        outcomes.append(outcome(dtype, error, violation, error <= tolerance(instance, dtype), "", kind))  # NaN fails
     return outcomes
 
 
@@ -665,51 +707,64 @@ METRIC_SETS = ("l1ball-metric", "affine-metric")
 CVXPY_SETS = ("affine", "tie", "polyhedron", "box", *METRIC_SETS)
 
 
-def check_metric(name: str, n: int, trials: int, seed: int) -> list[Outcome]:
-    r"""``min sum d (y - x)^2`` over the L1 ball (radius 1) or ``A y = c`` for random rows and weights ``d`` spread
-    over four decades; the kernel in each dtype against Clarabel in float64, errors relative to max|x|.
-    Pass: 10x the kernels' tolerance, since this interior-point reference is not polished onto the active set
-    (the exact check is tests/constrain/test_metric_projections.py, against a sort). Skipped (no rows) above
-    n = 1000: cvxpy's weighted problems get slow and add nothing the sizes below miss."""
+def _metric_instance(name: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, ConstraintSet]:
+    """Three rows ``x``, their weights ``d`` (four decades) and the set: the L1 ball of radius 1 or ``A y = c``."""
+    x = rng.standard_normal((3, n)) * 3
+    d = 10.0 ** rng.uniform(-2, 2, (3, n))
+    if name == "l1ball-metric":
+        return x, d, L1Ball(1.0)
+    A = rng.standard_normal((max(1, n // 3), n))
+    return x, d, Affine(A, A @ rng.standard_normal(n))
+
+
+def _cvxpy_metric(constraint: ConstraintSet, x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``argmin sum d (y - x)^2`` over the set for every row, by Clarabel (not polished onto the active set)."""
     import cvxpy as cp
 
-    from constrain import Affine, L1Ball, project_metric
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        v = cp.Variable(x.shape[1])
+        problem = cp.Problem(cp.Minimize(cp.sum(cp.multiply(d[i], cp.square(v - x[i])))), constraint.cvxpy_constraint(v))
+        problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        out[i] = v.value
+    return out
+
+
+def check_metric(name: str, n: int, trials: int, seed: int) -> list[Outcome]:
+    r"""``min sum d (y - x)^2`` over the L1 ball (radius 1) or ``A y = c`` for random rows and weights ``d`` spread
+    over four decades; the kernel in each dtype against the references in float64, errors relative to max|x|.
+
+    References: the L1 ball: Clarabel on every row (column ref ``cvxpy``); ``A y = c``: the certified KKT point of
+    every row (``kkt``, :func:`constrain.reference.certified_projection` with the weights, its active set proposed
+    by the float64 kernel) and, up to ``CVXPY_CHECK_MAX_N``, Clarabel on every row as well. Pass: 10x the kernels'
+    tolerance, since the Clarabel reference is not polished onto the active set (the exact check is
+    tests/constrain/test_metric_projections.py, against a sort). Skipped (no rows) above n = 1000: cvxpy's weighted
+    problems get slow and add nothing the sizes below miss."""
+    from constrain import project_metric
 
     if n > 1000:
         return []
     rng = np.random.default_rng([seed, n, len(name)])
     outcomes = []
     for trial in range(trials):
-        rows = 3
-        x = rng.standard_normal((rows, n)) * 3
-        d = 10.0 ** rng.uniform(-2, 2, (rows, n))
-        if name == "l1ball-metric":
-            constraint: ConstraintSet = L1Ball(1.0)
-        else:
-            A = rng.standard_normal((max(1, n // 3), n))
-            constraint = Affine(A, A @ rng.standard_normal(n))
-        reference = np.empty_like(x)
-        for i in range(rows):
-            v = cp.Variable(n)
-            problem = cp.Problem(cp.Minimize(cp.sum(cp.multiply(d[i], cp.square(v - x[i])))), constraint.cvxpy_constraint(v))
-            problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
-            reference[i] = v.value
+        x, d, constraint = _metric_instance(name, n, rng)
+        kernels = {
+            dtype: project_metric(constraint, torch.as_tensor(x, dtype=dtype), torch.as_tensor(d, dtype=dtype)).double()
+            for dtype in DTYPES
+        }
+        references, ref = [], "cvxpy"
+        if name == "affine-metric":
+            certified = certified_projection(constraint, torch.from_numpy(x), kernels[torch.float64], torch.from_numpy(d))
+            references, ref = [certified.numpy()], "kkt"
+        if name != "affine-metric" or n <= CVXPY_CHECK_MAX_N:
+            references.append(_cvxpy_metric(constraint, x, d))
         scale = np.abs(x).max(-1)
-        for dtype in DTYPES:
-            y = project_metric(constraint, torch.as_tensor(x, dtype=dtype), torch.as_tensor(d, dtype=dtype)).double()
-            error = float((np.abs(y.numpy() - reference).max(-1) / scale).max())
+        for dtype, y in kernels.items():
+            error = max(float((np.abs(y.numpy() - r).max(-1) / scale).max()) for r in references)
             violation = float((constraint.violation(y).numpy() / scale).max())
+            passed = error <= 10 * TOLERANCE[dtype]
             outcomes.append(
-                Outcome(
-                    name,
-                    f"random #{trial}",
-                    n,
-                    str(dtype).removeprefix("torch."),
-                    rows,
-                    error,
-                    violation,
-                    error <= 10 * TOLERANCE[dtype],
-                )
+                Outcome(name, f"random #{trial}", n, str(dtype).removeprefix("torch."), 3, error, violation, passed, "", ref)
             )
     return outcomes
 
@@ -772,7 +827,19 @@ def _unit_size(name: str, n: int, trials: int) -> int:
 
 
 def _one_thread() -> None:
+    """One torch thread and one BLAS thread (numpy, scipy): many small problems, where threads only wait on each
+    other (on a loaded 2-core machine a multithreaded 1000 x 1000 Cholesky took 1.2 s of wall time, one thread 0.03 s)."""
     torch.set_num_threads(1)
+    _one_blas_thread()
+
+
+def _one_blas_thread() -> Any:
+    """Limit every BLAS loaded so far, after loading scipy's own (a limit covers the libraries already loaded only);
+    the returned limiter restores the previous counts when used as a context manager."""
+    import scipy.linalg  # noqa: F401  # loads scipy's OpenBLAS, which numpy's limit would not cover
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
 
 
 def _run_units(units: list[tuple[str, int]], trials: int, seed: int, workers: int, bar) -> list[list[Outcome]]:
@@ -926,12 +993,14 @@ def run(args: argparse.Namespace) -> int:
     # Many small problems: one thread avoids OpenMP barrier stalls (seconds per SVD on a busy machine).
     torch.set_num_threads(1)
     try:
-        table = validate(args.sets, sizes, args.trials, args.seed, progress=not args.no_progress, workers=args.workers)
+        with _one_blas_thread():
+            table = validate(args.sets, sizes, args.trials, args.seed, progress=not args.no_progress, workers=args.workers)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     print(
-        f"constrain validate: kernels vs exact and cvxpy references, {args.trials} trial(s) per instance kind, seed {args.seed}"
+        "constrain validate: kernels vs exact, KKT-certified and cvxpy references, "
+        f"{args.trials} trial(s) per instance kind, seed {args.seed}"
     )
     print(format_table(table))
     print(SCALE_NOTE)
