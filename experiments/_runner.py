@@ -75,17 +75,31 @@ def handle_interrupts() -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def _block_interrupts() -> set[int | signal.Signals] | None:
-    """Block SIGINT in this thread (POSIX, main thread only); the previous mask, None if nothing changed."""
+@contextlib.contextmanager
+def _children_ignore_interrupts() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from their first instruction; this one loses no Ctrl-C.
+
+    A spawned interpreter inherits neither this process's signal mask (``_posixsubprocess`` clears
+    it) nor its Python handlers (``exec`` resets them), but it does inherit ``SIG_IGN``, which
+    Python's startup keeps (it installs ``KeyboardInterrupt`` only over the default action). So
+    SIGINT is set to ``SIG_IGN`` while the children start, with SIGINT blocked meanwhile: on Linux a
+    blocked signal is never discarded as ignored, so a Ctrl-C pressed in this window stays pending
+    and reaches the restored handler when the mask is restored (``handle_interrupts`` raises it).
+    multiprocessing's resource tracker unblocks SIGINT after starting itself, so it is started
+    first. Main thread of a POSIX process only (elsewhere nothing changes)."""
     if not (_main_thread() and hasattr(signal, "pthread_sigmask")):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        yield
+        return
+    from multiprocessing import resource_tracker
 
-
-def _unblock_interrupts() -> None:
-    """Unblock SIGINT (where signal masks exist); a pending one is delivered at once."""
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    resource_tracker.ensure_running()
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a pending Ctrl-C is delivered now
 
 
 class WorkerError(RuntimeError):
@@ -95,8 +109,7 @@ class WorkerError(RuntimeError):
 
 def _serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
     """A worker's loop: receive ``(index, fn, args)``, send ``(index, ok, value)``; ``None`` ends it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops the workers
-    _unblock_interrupts()  # blocked since the spawn (WorkerPool): a Ctrl-C pending here is discarded
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited at the spawn already; the main process handles Ctrl-C
     if initializer is not None:
         initializer()
     while True:
@@ -126,25 +139,18 @@ class WorkerPool:
             raise ValueError(f"workers must be >= 1, got {workers}.")
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-        # Started with SIGINT blocked, which the new interpreters inherit (a signal mask survives fork
-        # and exec): a Ctrl-C while they import cannot print a KeyboardInterrupt traceback from them,
-        # and one that reaches this process meanwhile waits, pending, until the mask is restored below.
-        # (Ignoring SIGINT here instead would lose a Ctrl-C pressed while the workers start.)
-        previous_mask = _block_interrupts()
-        try:
-            for _ in range(workers):
-                ours, theirs = context.Pipe()
-                process = context.Process(target=_serve, args=(theirs, initializer), daemon=True)
-                process.start()
-                theirs.close()
-                _LIVE.add(process)
-                self._workers.append((process, ours))
-        except BaseException:
-            self.terminate()
-            raise
-        finally:
-            if previous_mask is not None:  # a pending Ctrl-C is delivered now, to handle_interrupts' handler
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        with _children_ignore_interrupts():  # no worker prints a KeyboardInterrupt traceback while it imports
+            try:
+                for _ in range(workers):
+                    ours, theirs = context.Pipe()
+                    process = context.Process(target=_serve, args=(theirs, initializer), daemon=True)
+                    process.start()
+                    theirs.close()
+                    _LIVE.add(process)
+                    self._workers.append((process, ours))
+            except BaseException:
+                self.terminate()
+                raise
 
     def imap_unordered(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         """Yield ``(i, fn(*tasks[i]))`` as tasks finish. A task's exception is raised here (its cause: a
