@@ -27,6 +27,7 @@ def _shares_an_expensive_fixture(item: pytest.Item) -> bool:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist's ``loadgroup``: one group per module whose tests share a module/session fixture."""
     for item in items:
