@@ -21,7 +21,8 @@ def test_violation_shrinks_as_weight_grows(problem, name, cell):
     violations = []
     for weight in (0.3, 3.0, 30.0):
         s = strategies.get(name, weight=weight, growth=1.0)  # a fixed weight
-        model = problem.train(s, problem.model(), CELLS[cell](), steps=300)
+        # 150 steps: the violations already fall by 3x or more from weight to weight (300 gave the same order)
+        model = problem.train(s, problem.model(), CELLS[cell](), steps=150)
         violations.append(problem.violations(s, model, problem.X))
     assert violations[0] > 1e-3, f"the unconstrained optimum should violate {cell}: {violations}"
     assert violations[0] >= violations[1] >= violations[2], violations

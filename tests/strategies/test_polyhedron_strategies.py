@@ -172,9 +172,10 @@ def test_affine_with_c_from_the_input_holds_everywhere(name):
     ],
 )
 def test_affine_with_c_from_the_input_soft_families(name, options):
-    _, strategy, first, train, _ = _train(name, _affine(), steps=300, **options)
+    # 150 steps: the violation is already below 3% of the first one for every option here (300 gave 1 to 4%)
+    _, strategy, first, train, _ = _train(name, _affine(), steps=150, **options)
     assert train < 0.5 * first
-    _, _, first_p, train_p, _ = _train(name, _equalities(), steps=300, **options)  # the same set as a Polyhedron
+    _, _, first_p, train_p, _ = _train(name, _equalities(), steps=150, **options)  # the same set as a Polyhedron
     assert (first, train) == pytest.approx((first_p, train_p), rel=1e-5)
     if options.get("multipliers") == "per-sample":
         assert [tuple(m.shape) for m in strategy.multipliers().values()] == [(64, 2)]

@@ -135,7 +135,8 @@ def test_projection_in_adams_metric_reaches_the_constrained_optimum(problem, cel
     gaps = {}
     for metric in ("optimizer", "euclidean"):
         s = strategies.get("projected", metric=metric)
-        model = problem.train(s, problem.model(), CELLS[cell](), steps=1500, lr=0.05)
+        # 400 steps reach cvxpy's optimum to 1e-10 (relative) here, far below the 1e-5 asked (1500 took 4x the time)
+        model = problem.train(s, problem.model(), CELLS[cell](), steps=400, lr=0.05)
         with torch.no_grad():
             value = float(torch.nn.functional.mse_loss(model(problem.X), problem.Y))
         best = _linear_optimum(problem, CELLS[cell]()[0].set)
