@@ -92,17 +92,21 @@ def _runs_by_label(plan: Any, records: Mapping[str, dict], problem: str) -> dict
 
 
 def _band(runs: list[dict], key: str, absolute: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Steps and the median, min and max over seeds of a logged column (runs cut to the shortest log)."""
-    columns = [r["log"][key] for r in runs if r["log"][key] and r["log"][key][0] is not None]
-    if not columns:
+    """Steps and the median, min and max over seeds of a logged column. A run that stopped once converged
+    (shorter log) counts up to its last step only: each logged step takes the seeds that reached it."""
+    runs = [r for r in runs if r["log"][key] and r["log"][key][0] is not None]
+    if not runs:
         return None
-    length = min(len(c) for c in columns)
-    steps = np.asarray(runs[0]["log"]["step"][:length], dtype=float)
-    values = np.asarray([c[:length] for c in columns], dtype=float)
+    longest = max(runs, key=lambda r: len(r["log"][key]))
+    steps = np.asarray(longest["log"]["step"][: len(longest["log"][key])], dtype=float)
+    values = np.full((len(runs), len(steps)), np.nan)
+    for i, run in enumerate(runs):
+        column = np.asarray(run["log"][key], dtype=float)
+        values[i, : len(column)] = np.nan_to_num(column, nan=np.inf)  # a failed run's NaN: off the top
     if absolute:
         values = np.abs(values)
-    values = np.clip(np.nan_to_num(values, nan=np.inf), FLOOR, None)
-    return steps, np.median(values, 0), values.min(0), values.max(0)
+    values = np.clip(values, FLOOR, None)  # NaN (not reached) stays NaN
+    return steps, np.nanmedian(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
 
 
 def plot_problem(plan: Any, records: Mapping[str, dict], problem: str, path: Path) -> Path:

@@ -47,17 +47,32 @@ import numpy as np
 import torch
 
 import strategies
+from experiments._convergence import (
+    EARLIEST,
+    MIN_POINTS,
+    OBJECTIVE_ALONE,
+    OBJECTIVE_FLOOR,
+    RELATIVE,
+    VIOLATION_FLOOR,
+    WINDOW,
+    convergence_reason,
+)
 from experiments._family_best import family_best_lines, family_overview
 from experiments._runner import run_with_progress
 from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
 
 #: Bump when the record layout or the training loop changes: old run files are then ignored.
-FORMAT = 2
+FORMAT = 3
 #: The violation threshold of the "steps to feasibility" column.
 FEASIBLE = 1e-4
 #: The success criterion on the convex problems: |gap| <= GAP_OK and max violation <= VIOLATION_OK.
 GAP_OK, VIOLATION_OK = 1e-4, 1e-6
+#: The convergence stop as hashed into run keys (runs stopped by another rule are redone).
+STOP_RULE = (
+    f"converged: window {WINDOW:g}, from {EARLIEST:.4g}, relative {RELATIVE:g}, floors {OBJECTIVE_FLOOR:g} "
+    f"{VIOLATION_FLOOR:g}, alone {OBJECTIVE_ALONE:g}, points {MIN_POINTS}"
+)
 #: The fields logged at every logged step, in order.
 LOG_FIELDS = ("step", "objective", "gap", "train_max", "train_mean", "test_max", "test_mean", "time", "cpu")
 BASELINE_LABEL = "unconstrained"
@@ -276,12 +291,14 @@ def resolve_options(entry: Entry, problem: Problem) -> dict[str, Any]:
 # ====================================================================== the plan
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a problem, an entry, a seed and a step budget."""
+    """One run: a problem, an entry, a seed and a step budget; ``early_stop``: the run may end before its
+    budget once it has converged (:func:`experiments._convergence.convergence_reason`; the reason is recorded)."""
 
     problem: str
     entry: Entry
     seed: int
     steps: int
+    early_stop: bool = True
 
     def identity(self) -> dict[str, Any]:
         """Everything the run's result depends on (hashed into its file name)."""
@@ -296,6 +313,7 @@ class RunSpec:
             "options": self.entry.stored_options(),
             "seed": self.seed,
             "steps": self.steps,
+            "stop": STOP_RULE if self.early_stop else None,
         }
 
     @property
@@ -329,6 +347,7 @@ class Plan:
     seeds: list[int]
     steps: dict[str, int]  # problem -> step budget
     left_out: list[str] = field(default_factory=list)  # labels of default=False entries not run
+    early_stop: bool = True  # runs may stop once converged (RunSpec.early_stop)
 
 
 def _matches(entry: Entry, wanted: Sequence[str]) -> bool:
@@ -342,13 +361,15 @@ def plan_study(
     quick: bool = False,
     strategy_filter: Sequence[str] | None = None,
     suite: Mapping[str, Sequence[Entry]] | None = None,
+    early_stop: bool = True,
 ) -> Plan:
     """Cross ``problems`` with their kind's entries and ``seeds``.
 
     ``steps``: the budget for every problem (default: each problem's ``steps``, or ``quick_steps``
     with ``quick``). ``strategy_filter``: keep entries whose label, strategy name or family is
     listed (the unconstrained baseline is always kept); without it, ``default=False`` entries are
-    left out. ``suite``: ``{kind: entries}`` (default :func:`default_suite`).
+    left out. ``suite``: ``{kind: entries}`` (default :func:`default_suite`). ``early_stop``: runs may end
+    once converged (False: every run takes its whole budget).
     """
     suite = default_suite() if suite is None else suite
     unknown = [p for p in problems if p not in PROBLEMS]
@@ -385,8 +406,8 @@ def plan_study(
                 skipped.append(Skipped(name, entry, reason))
                 continue
             entries_of[name].append(entry)
-            specs.extend(RunSpec(name, entry, seed, budget[name]) for seed in seeds)
-    return Plan(list(problems), entries_of, specs, skipped, list(seeds), budget, left_out)
+            specs.extend(RunSpec(name, entry, seed, budget[name], early_stop) for seed in seeds)
+    return Plan(list(problems), entries_of, specs, skipped, list(seeds), budget, left_out, early_stop)
 
 
 # ====================================================================== one run
@@ -431,7 +452,9 @@ def _new_record(problem: Problem, entry: Entry, seed: int, steps: int, f_star: f
     }
 
 
-def _train(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None, log: dict[str, list]) -> TrainResult:
+def _train(
+    problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None, log: dict[str, list], early_stop: bool
+) -> TrainResult:
     """Build the seeded model and the entry's strategy, then train full batch (see :func:`train_run`)."""
     torch.manual_seed(seed)
     model = problem.make_model(seed)
@@ -445,6 +468,10 @@ def _train(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float 
         for k, v in (("step", t), *values.items(), ("time", progress.wall), ("cpu", progress.cpu)):
             log[k].append(v)
 
+    def converged(t: int, progress: TrainResult) -> str | None:
+        just_logged = bool(log["step"]) and log["step"][-1] == t
+        return convergence_reason(log, steps, f_star) if early_stop and just_logged else None
+
     follow = entry.follow_lr
     return train(
         model,
@@ -457,14 +484,18 @@ def _train(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float 
         follow_lr=None if follow is None or strategy is None else functools.partial(follow, strategy),
         log_at=set(log_steps(steps)),
         on_log=evaluate,
+        stop_when=converged,
         check_finite=strategy is None,
         warmup=min(WARMUP_STEPS, steps // 2),
         record_errors=True,
     )
 
 
-def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None = None) -> dict[str, Any]:
-    r"""Train ``problem`` with ``entry``'s strategy for ``steps`` full-batch Adam steps from the seeded start.
+def train_run(
+    problem: Problem, entry: Entry, seed: int, steps: int, f_star: float | None = None, early_stop: bool = False
+) -> dict[str, Any]:
+    r"""Train ``problem`` with ``entry``'s strategy for ``steps`` full-batch Adam steps from the seeded start
+    (``early_stop``: fewer once converged; ``stopped`` then says at which step and why, else it is None).
 
     Returns the record: ``status`` (``"done"`` or ``"failed"`` with ``error`` and ``failed_at``),
     the columns of :data:`LOG_FIELDS` under ``log`` (``time``: cumulative wall-clock seconds of
@@ -478,13 +509,15 @@ def train_run(problem: Problem, entry: Entry, seed: int, steps: int, f_star: flo
     log = record["log"]
     warmup = min(WARMUP_STEPS, steps // 2)
     try:
-        result = _train(problem, entry, seed, steps, f_star, log)
+        result = _train(problem, entry, seed, steps, f_star, log, early_stop)
     except Exception as setup_error:  # a failing setup (options, attach) is a result too
         result = TrainResult(stopped="error", error=setup_error, traceback=traceback.format_exc(limit=6))
     if result.error is not None:
         failure = f"{type(result.error).__name__}: {result.error}".strip()
         record.update(status="failed", failed_at=result.steps, error=failure, traceback=result.traceback)
     done = log["step"][-1] if log["step"] else 0
+    record["stopped"] = result.stopped if result.error is None else None
+    record["steps_run"] = result.steps
     cpu = result.cpu
     record["time_per_step"] = (cpu - result.warm_cpu) / (done - warmup) if done > warmup else None
     record["wall_per_step"] = result.wall / done if done else None
@@ -535,7 +568,7 @@ def read_run(path: Path) -> dict[str, Any] | None:
 
 def run_spec(spec: RunSpec, out: Path, f_star: float | None) -> dict[str, Any]:
     """Run ``spec`` and store its record at ``spec.path(out)``; returns the record."""
-    record = train_run(get_problem(spec.problem), spec.entry, spec.seed, spec.steps, f_star)
+    record = train_run(get_problem(spec.problem), spec.entry, spec.seed, spec.steps, f_star, spec.early_stop)
     record.update(format=FORMAT, key=spec.key, identity=spec.identity())
     write_json_atomic(spec.path(out), record)
     return record
@@ -632,6 +665,8 @@ class Row:
     relative_time: float | None
     worst_gap: float | None  # max |gap| over seeds
     worst_violation: float | None  # max train violation over seeds
+    steps_run: float | None = None  # median over the finished seeds of the steps taken
+    stops: list[tuple[int, int]] = field(default_factory=list)  # (seed, step) of the runs stopped once converged
 
     @property
     def reaches_target(self) -> bool:
@@ -704,6 +739,8 @@ def summarize(plan: Plan, records: Mapping[str, dict[str, Any]]) -> list[Row]:
                     relative_time=None,
                     worst_gap=max((abs(g) for g in gaps if g is not None), default=None) if None not in gaps else None,
                     worst_violation=max((v for v in viol if v is not None), default=None),
+                    steps_run=_median(r.get("steps_run") for r in done),
+                    stops=[(r["seed"], r["steps_run"]) for r in done if r.get("stopped")],
                 )
             )
         for row in rows:
@@ -736,6 +773,32 @@ def _steps(value: float | None, has_runs: bool) -> str:
     return "never" if value is None else f"{value:g}"
 
 
+def _steps_run(row: Row) -> str:
+    """The median steps taken, with how many seeds stopped once converged (``600 (3 stopped)``)."""
+    if row.steps_run is None:
+        return "-"
+    return f"{row.steps_run:g}" + (f" ({len(row.stops)} stopped)" if row.stops else "")
+
+
+def _stop_lines(rows: Sequence[Row], has_f_star: bool) -> list[str]:
+    """Which runs stopped before their budget, at which step, and the rule that stopped them."""
+    stopped = [r for r in rows if r.stops]
+    if not stopped:
+        return []
+    runs = "; ".join(
+        f"{r.entry.label} (seed{'s' if len(r.stops) > 1 else ''} {', '.join(str(s) for s, _ in r.stops)} "
+        f"at step{'s' if len(r.stops) > 1 else ''} {', '.join(str(k) for _, k in r.stops)})"
+        for r in stopped
+    )
+    return [
+        "",
+        f"Stopped once converged (over the last {WINDOW:.0%} of the budget, the objective moved less than "
+        + (f"{RELATIVE:g} of its distance to F*" if has_f_star else f"{OBJECTIVE_ALONE:g} of itself")
+        + f" and the max violation less than {RELATIVE:g} of itself, "
+        f"checked from {EARLIEST:.0%} of the budget on; their final values are those of the stop): {runs}.",
+    ]
+
+
 def _problem_section(plan: Plan, rows: Sequence[Row], problem_name: str) -> list[str]:
     """The markdown of one problem: its header, one row per strategy, the best entry of each family
     and the cells not applicable."""
@@ -752,8 +815,8 @@ def _problem_section(plan: Plan, rows: Sequence[Row], problem_name: str) -> list
     lines += ["; ".join(info) + ".", ""]
     lines += [
         "| strategy | family | options | objective | gap | train viol max | train viol mean | held-out viol max "
-        f"| steps to viol <= {FEASIBLE:g} | time/step (x unconstrained) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| steps to viol <= {FEASIBLE:g} | steps run | time/step (x unconstrained) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in (r for r in rows if r.problem == problem_name):
         e = row.entry
@@ -761,15 +824,16 @@ def _problem_section(plan: Plan, rows: Sequence[Row], problem_name: str) -> list
         if row.reaches_target and problem.convex:
             name = f"**{name}**"
         if row.failed and len(row.failed) == row.runs:
-            lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | |")
+            lines.append(f"| {name} | {e.family} | {e.options_text()} | failed: {_short(row.failed[0])} | | | | | | | |")
             continue
         flag = f" ({len(row.failed)} of {row.runs} failed)" if row.failed else ""
         lines.append(
             f"| {name}{flag} | {e.family} | {e.options_text()} | {_num(row.objective, 6)} | "
             f"{_gap(row.gap) if f_star is not None else '-'} | {_violation(row.train_max)} | "
             f"{_violation(row.train_mean)} | {_violation(row.test_max)} | "
-            f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_num(row.relative_time, 3)} |"
+            f"{_steps(row.steps_to_feasible, row.runs > 0)} | {_steps_run(row)} | {_num(row.relative_time, 3)} |"
         )
+    lines += _stop_lines([r for r in rows if r.problem == problem_name], f_star is not None)
     lines += family_best_lines(problem, [r for r in rows if r.problem == problem_name])
     skipped = [s for s in plan.skipped if s.problem == problem_name]
     if skipped:
@@ -796,6 +860,8 @@ def markdown_table(plan: Plan, rows: Sequence[Row], title: str = "Study", comman
         f"i.e. infeasible or a different model class). "
         f"Violations: max over constrained rows (samples or weight rows); held-out only for output constraints. "
         f"Steps to feasible: first logged step from which the max training violation stays <= {FEASIBLE:g}. "
+        f"Steps run: the steps taken (median over seeds); a run stops before its budget once converged "
+        f"(the line under each table says which, where and why). "
         f"Time/step: CPU time of the training work per step (one torch thread; evaluation and the first "
         f"{WARMUP_STEPS} steps excluded) relative to the unconstrained run.",
         "",
@@ -850,10 +916,12 @@ def run_study(
     progress: bool = True,
     title: str = "Study",
     command: str = "",
+    early_stop: bool = True,
 ) -> StudyResult:
-    """Plan, run (resuming), summarize, write ``<figures>/<prefix>.md`` and the figures."""
+    """Plan, run (resuming), summarize, write ``<figures>/<prefix>.md`` and the figures (``early_stop``:
+    see :func:`plan_study`)."""
     tic = time.perf_counter()
-    plan = plan_study(problems, seeds, steps, quick, strategy_filter, suite)
+    plan = plan_study(problems, seeds, steps, quick, strategy_filter, suite, early_stop)
     records = execute(plan, out, resume=resume, retry_failed=retry_failed, workers=workers, progress=progress)
     rows = summarize(plan, records)
     table = markdown_table(plan, rows, title=title, command=command)

@@ -177,6 +177,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "table. Without a SUITE name: the default suite. Options may come before or after SUITE.",
     )
     add_common_options(parser)
+    _add_budget_option(parser)
     parser.set_defaults(func=run, suite=None)
     named = parser.add_subparsers(
         dest="suite", metavar="[SUITE]", required=False, title="suites and studies (optional; default: the default suite)"
@@ -184,6 +185,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for suite in SUITES.values():
         sub = named.add_parser(suite.name, help=suite.help, description=f"The {suite.name} suite: {suite.help}.")
         add_common_options(sub, suppress_defaults=True)
+        _add_budget_option(sub, suppress_defaults=True)
         sub.set_defaults(func=run)
     for name, module_name in STUDY_MODULES.items():
         module = importlib.import_module(module_name)
@@ -200,6 +202,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.set_defaults(func=module.run)
 
 
+def _add_budget_option(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """``--full-budget``: no convergence stop (the generic suites only; the other studies have their own rules)."""
+    parser.add_argument(
+        "--full-budget",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress_defaults else False,
+        help="run every step of the budget (default: a run stops once its objective and violation have "
+        "settled, and the table says where and why)",
+    )
+
+
 def _summary(doc: str) -> str:
     """A module docstring's first line as plain text, without its ``(``constrain ...``)`` note."""
     first = doc.strip().splitlines()[0]
@@ -214,7 +227,15 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     seeds = args.seeds if args.seeds is not None else list(range(QUICK_SEEDS if quick else suite.seeds))
     workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
-    documented = not quick and args.problems is None and args.strategies is None and args.seeds is None and args.steps is None
+    early_stop = not args.full_budget
+    documented = (
+        not quick
+        and early_stop
+        and args.problems is None
+        and args.strategies is None
+        and args.seeds is None
+        and args.steps is None
+    )
     out = prepare_output_dir(args.out, "--out")
     figures = None if args.no_figures else prepare_output_dir(figures_dir(args.figures, out, documented), "--figures")
     args.interrupt_note = f"finished runs are kept in {out}/ and the same command resumes from them"
@@ -234,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         workers=workers,
         progress=not args.no_progress,
+        early_stop=early_stop,
         title=f"Study: {suite.name} suite" + (" (quick)" if quick else ""),
         command=command,
     )

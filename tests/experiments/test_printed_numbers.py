@@ -53,6 +53,16 @@ def _recompute(problem_name: str, capture: dict) -> dict:
     return values
 
 
+def _argv(out) -> list[str]:
+    """The tiny study's command line, writing its runs under ``out``."""
+    return [
+        "study",
+        *("--problems", ",".join(PROBLEMS), "--strategies", ",".join(STRATEGIES)),
+        *("--seeds", ",".join(map(str, SEEDS)), "--steps", str(STEPS), "--out", str(out)),
+        *("--no-figures", "--no-progress", "--workers", "1", "--fresh"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     """Run the tiny study through the CLI, capturing every evaluation of every run."""
@@ -61,11 +71,11 @@ def study_run(tmp_path_factory):
     current: list[tuple[str, str, int]] = []
     original_train_run, original_evaluate = study.train_run, Problem.evaluate
 
-    def train_run(problem, entry, seed, steps, f_star=None):
+    def train_run(problem, entry, seed, steps, *args):
         current.append((problem.name, entry.label, seed))
         captures[current[-1]] = []
         try:
-            return original_train_run(problem, entry, seed, steps, f_star)
+            return original_train_run(problem, entry, seed, steps, *args)
         finally:
             current.pop()
 
@@ -91,26 +101,7 @@ def study_run(tmp_path_factory):
     printed = io.StringIO()
     try:
         with redirect_stdout(printed):
-            status = cli.main(
-                [
-                    "study",
-                    "--problems",
-                    ",".join(PROBLEMS),
-                    "--strategies",
-                    ",".join(STRATEGIES),
-                    "--seeds",
-                    ",".join(map(str, SEEDS)),
-                    "--steps",
-                    str(STEPS),
-                    "--out",
-                    str(out),
-                    "--no-figures",
-                    "--no-progress",
-                    "--workers",
-                    "1",
-                    "--fresh",
-                ]
-            )
+            status = cli.main(_argv(out))
     finally:
         mp.undo()
     assert status == 0

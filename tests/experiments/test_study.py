@@ -42,11 +42,11 @@ def _run_files(tmp_path: Path) -> dict[Path, float]:
 
 
 def _table_rows(markdown: str) -> list[str]:
-    """The rows of the per-strategy tables (the per-family summaries have 6 columns, not 10)."""
+    """The rows of the per-strategy tables (the per-family summaries have 6 columns, not 11)."""
     return [
         line
         for line in markdown.splitlines()
-        if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("|---") and line.count("|") == 11
+        if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("|---") and line.count("|") == 12
     ]
 
 
@@ -146,11 +146,11 @@ class Counter:
         self.fail_at = fail_at
         self.real = study.train_run
 
-    def __call__(self, problem, entry, seed, steps, f_star=None):
+    def __call__(self, problem, entry, seed, steps, *args):
         self.calls.append((problem.name, entry.label, seed))
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise KeyboardInterrupt
-        return self.real(problem, entry, seed, steps, f_star)
+        return self.real(problem, entry, seed, steps, *args)
 
 
 def test_resume_recomputes_only_missing_runs(tmp_path: Path, main, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,8 +198,8 @@ def test_failed_run_is_recorded_and_retried_on_request(tmp_path: Path, monkeypat
     """A strategy that raises is a result (status failed), kept on resume, redone with retry_failed."""
     plan = study.plan_study(["lin-weight-nonneg"], [0], steps=5, strategy_filter=["projected"])
 
-    def broken(problem, entry, seed, steps, f_star=None):
-        record = real(problem, entry, seed, steps, f_star)
+    def broken(problem, entry, seed, steps, *args):
+        record = real(problem, entry, seed, steps, *args)
         if entry.strategy == "projected":
             record.update(status="failed", error="RuntimeError: boom", failed_at=0)
         return record
