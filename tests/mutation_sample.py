@@ -6,6 +6,12 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
+    python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
+
+`run` does what `mutmut run NAMES` does per mutant (the tests that mutmut's stats say reach the mutated
+function, `-x`, in a process forked from one that imported the packages, with MUTANT_UNDER_TEST set)
+and records the exit codes where `mutmut run` does; it skips mutmut's clean-test and forced-fail runs,
+so run the test selection inside mutants/ once first (a failing clean run makes every kill suspect).
 
 The score counts killed (and caught-by-type-check) mutants over the non-equivalent ones: equivalent
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
@@ -20,8 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
+import signal
+import sys
+import time
 from pathlib import Path
 
 _PACKAGES = ("constrain", "strategies")
@@ -84,17 +94,63 @@ def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equiv
     return "\n".join(rows)
 
 
+def _run_one(name: str, tests: list[str], timeout: float) -> int:
+    """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout."""
+    pid = os.fork()
+    if pid == 0:  # the child: pytest with the mutant switched on, then exit without running the parent's cleanup
+        import pytest
+
+        os.environ["MUTANT_UNDER_TEST"] = name
+        quiet = os.open(os.devnull, os.O_WRONLY)  # the exit code is the result; pytest's report would flood the log
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        code = pytest.main(["--rootdir=.", "--tb=native", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *tests])
+        os._exit(int(code))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return 36  # mutmut's "timeout"
+
+
+def run_sample(root: Path, names: list[str], timeout: float) -> None:
+    """Check ``names`` as `mutmut run` would, cheapest first, saving each exit code in its ``.py.meta`` file."""
+    stats = json.loads((root / "mutants" / "mutmut-stats.json").read_text())
+    tests_by_function, duration = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
+    metas = {meta: json.loads(meta.read_text()) for meta in (root / "mutants").glob("*/**/*.py.meta")}
+    owner = {name: meta for meta, data in metas.items() for name in data["exit_code_by_key"]}
+    tests = {name: sorted(tests_by_function.get(name.rsplit("__mutmut_", 1)[0], [])) for name in names}
+    os.chdir(root / "mutants")
+    sys.path.insert(0, ".")
+    import constrain  # noqa: F401  # imported once here (the mutated copies), shared by every forked child
+    import strategies  # noqa: F401  # (the same)
+
+    for name in sorted(names, key=lambda n: sum(duration.get(t, 0.0) for t in tests[n])):
+        code = _run_one(name, tests[name], timeout) if tests[name] else 33  # 33: mutmut's "no tests"
+        metas[owner[name]]["exit_code_by_key"][name] = code
+        owner[name].write_text(json.dumps(metas[owner[name]], indent=4))
+        print(f"{code:3d} {name}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["names", "score"])
+    parser.add_argument("what", choices=["names", "score", "run"])
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--per-package", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     codes = _exit_codes(root)
     drawn = sample(list(codes), args.seed, args.per_package)
     if args.what == "names":
         print("\n".join(name for names in drawn.values() for name in names))
+        return
+    if args.what == "run":
+        run_sample(root, [name for names in drawn.values() for name in names], args.timeout)
         return
     triage = _TRIAGE.read_text()
     equivalent, by_hand = set(_EQUIVALENT.findall(triage)), set(_KILLED_BY_HAND.findall(triage))
