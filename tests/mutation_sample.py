@@ -12,6 +12,8 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
 function, `-x`, in a process forked from one that imported the packages, with MUTANT_UNDER_TEST set)
 and records the exit codes where `mutmut run` does; it skips mutmut's clean-test and forced-fail runs,
 so run the test selection inside mutants/ once first (a failing clean run makes every kill suspect).
+`run --quick N` tries each unchecked mutant on its N fastest tests in one process and prints a
+"- killed" triage line for each kill whose control (the same tests, no mutant) passes.
 
 The score counts killed (and caught-by-type-check) mutants over the non-equivalent ones: equivalent
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
@@ -120,8 +122,8 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
 def run_sample(root: Path, names: list[str], timeout: float, quick: int = 0) -> None:
     """Check ``names`` as `mutmut run` would, cheapest first, saving each exit code in its ``.py.meta`` file.
 
-    ``quick > 0``: only the ``quick`` fastest tests of each mutant, and only unchecked mutants; a kill is saved
-    (those tests pass on the clean code), a pass is not (the mutant stays unchecked: the rest of its tests may kill it).
+    ``quick > 0``: each unchecked, untriaged mutant against its ``quick`` fastest tests in this process (no fork,
+    no collection per mutant: fast on a loaded machine); prints a triage line for each kill whose control passes.
     """
     stats = json.loads((root / "mutants" / "mutmut-stats.json").read_text())
     tests_by_function, duration = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
@@ -136,17 +138,29 @@ def run_sample(root: Path, names: list[str], timeout: float, quick: int = 0) -> 
     import strategies  # noqa: F401  # (the same)
 
     for name in sorted(names, key=lambda n: sum(duration.get(t, 0.0) for t in tests[n])):
-        chosen = tests[name]
         if quick:
-            if metas[owner[name]]["exit_code_by_key"][name] is not None or name in triaged:
-                continue
-            chosen = sorted(sorted(chosen, key=lambda t: duration.get(t, 0.0))[:quick])
-        code = _run_one(name, chosen, timeout) if chosen else 33  # 33: mutmut's "no tests"
-        print(f"{code:3d} {name}" + (f" (its {len(chosen)} fastest tests)" if quick else ""), flush=True)
-        if quick and code not in _KILLED_CODES:
+            if metas[owner[name]]["exit_code_by_key"][name] is None and name not in triaged:
+                _quick_kill(name, sorted(tests[name], key=lambda t: duration.get(t, 0.0))[:quick])
             continue
+        code = _run_one(name, tests[name], timeout) if tests[name] else 33  # 33: mutmut's "no tests"
         metas[owner[name]]["exit_code_by_key"][name] = code
         owner[name].write_text(json.dumps(metas[owner[name]], indent=4))
+        print(f"{code:3d} {name}", flush=True)
+
+
+def _quick_kill(name: str, tests: list[str]) -> None:
+    """In this process (cwd mutants/): ``tests`` with mutant ``name``, then with a no-op name as the control.
+    Prints a triage line "- killed `name`: tests" when the mutant fails them and the control passes."""
+    import pytest
+
+    if not tests:
+        return
+    args = ["--rootdir=.", "-x", "-q", "--tb=no", "-p", "no:randomly", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
+    os.environ["MUTANT_UNDER_TEST"] = name
+    code = int(pytest.main(args))
+    os.environ["MUTANT_UNDER_TEST"] = name.rsplit("__mutmut_", 1)[0] + "__mutmut_999"  # no such mutant: the original
+    if code in _KILLED_CODES and int(pytest.main(args)) == 0:
+        print(f"KILLED - killed `{name}`: {' '.join(tests)} (fastest reaching tests, control passes)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--per-package", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
-    parser.add_argument("--quick", type=int, default=0, help="run: only the N fastest tests of each unchecked mutant")
+    parser.add_argument(
+        "--quick",
+        type=int,
+        default=0,
+        help="run: each unchecked mutant on its N fastest tests, in-process, printing triage lines for kills",
+    )
     args = parser.parse_args(argv)
     root = Path.cwd()
     codes = _exit_codes(root)
