@@ -6,6 +6,14 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
+    python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
+
+`run` does what `mutmut run NAMES` does per mutant (the tests that mutmut's stats say reach the mutated
+function, `-x`, in a process forked from one that imported the packages, with MUTANT_UNDER_TEST set)
+and records the exit codes where `mutmut run` does; it skips mutmut's clean-test and forced-fail runs,
+so run the test selection inside mutants/ once first (a failing clean run makes every kill suspect).
+`run --quick N` tries each unchecked mutant on its N fastest tests in one process and prints a
+"- killed" triage line for each kill whose control (the same tests, no mutant) passes.
 
 The score counts killed (and caught-by-type-check) mutants over the non-equivalent ones: equivalent
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
@@ -20,8 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
+import signal
+import sys
+import time
 from pathlib import Path
 
 _PACKAGES = ("constrain", "strategies")
@@ -84,17 +96,94 @@ def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equiv
     return "\n".join(rows)
 
 
+def _run_one(name: str, tests: list[str], timeout: float) -> int:
+    """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout."""
+    pid = os.fork()
+    if pid == 0:  # the child: pytest with the mutant switched on, then exit without running the parent's cleanup
+        import pytest
+
+        os.environ["MUTANT_UNDER_TEST"] = name
+        quiet = os.open(os.devnull, os.O_WRONLY)  # the exit code is the result; pytest's report would flood the log
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        code = pytest.main(["--rootdir=.", "--tb=native", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *tests])
+        os._exit(int(code))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return 36  # mutmut's "timeout"
+
+
+def run_sample(root: Path, names: list[str], timeout: float, quick: int = 0) -> None:
+    """Check ``names`` as `mutmut run` would, cheapest first, saving each exit code in its ``.py.meta`` file.
+
+    ``quick > 0``: each unchecked, untriaged mutant against its ``quick`` fastest tests in this process (no fork,
+    no collection per mutant: fast on a loaded machine); prints a triage line for each kill whose control passes.
+    """
+    stats = json.loads((root / "mutants" / "mutmut-stats.json").read_text())
+    tests_by_function, duration = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
+    metas = {meta: json.loads(meta.read_text()) for meta in (root / "mutants").glob("*/**/*.py.meta")}
+    owner = {name: meta for meta, data in metas.items() for name in data["exit_code_by_key"]}
+    tests = {name: sorted(tests_by_function.get(name.rsplit("__mutmut_", 1)[0], [])) for name in names}
+    triage = _TRIAGE.read_text()
+    triaged = set(_EQUIVALENT.findall(triage)) | set(_KILLED_BY_HAND.findall(triage))  # quick: not run again
+    os.chdir(root / "mutants")
+    sys.path.insert(0, ".")
+    import constrain  # noqa: F401  # imported once here (the mutated copies), shared by every forked child
+    import strategies  # noqa: F401  # (the same)
+
+    for name in sorted(names, key=lambda n: sum(duration.get(t, 0.0) for t in tests[n])):
+        if quick:
+            if metas[owner[name]]["exit_code_by_key"][name] is None and name not in triaged:
+                _quick_kill(name, sorted(tests[name], key=lambda t: duration.get(t, 0.0))[:quick])
+            continue
+        code = _run_one(name, tests[name], timeout) if tests[name] else 33  # 33: mutmut's "no tests"
+        metas[owner[name]]["exit_code_by_key"][name] = code
+        owner[name].write_text(json.dumps(metas[owner[name]], indent=4))
+        print(f"{code:3d} {name}", flush=True)
+
+
+def _quick_kill(name: str, tests: list[str]) -> None:
+    """In this process (cwd mutants/): ``tests`` with mutant ``name``, then with a no-op name as the control.
+    Prints a triage line "- killed `name`: tests" when the mutant fails them and the control passes."""
+    import pytest
+
+    if not tests:
+        return
+    args = ["--rootdir=.", "-x", "-q", "--tb=no", "-p", "no:randomly", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
+    os.environ["MUTANT_UNDER_TEST"] = name
+    code = int(pytest.main(args))
+    os.environ["MUTANT_UNDER_TEST"] = name.rsplit("__mutmut_", 1)[0] + "__mutmut_999"  # no such mutant: the original
+    if code in _KILLED_CODES and int(pytest.main(args)) == 0:
+        print(f"KILLED - killed `{name}`: {' '.join(tests)} (fastest reaching tests, control passes)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["names", "score"])
+    parser.add_argument("what", choices=["names", "score", "run"])
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--per-package", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
+    parser.add_argument(
+        "--quick",
+        type=int,
+        default=0,
+        help="run: each unchecked mutant on its N fastest tests, in-process, printing triage lines for kills",
+    )
     args = parser.parse_args(argv)
     root = Path.cwd()
     codes = _exit_codes(root)
     drawn = sample(list(codes), args.seed, args.per_package)
     if args.what == "names":
         print("\n".join(name for names in drawn.values() for name in names))
+        return
+    if args.what == "run":
+        run_sample(root, [name for names in drawn.values() for name in names], args.timeout, args.quick)
         return
     triage = _TRIAGE.read_text()
     equivalent, by_hand = set(_EQUIVALENT.findall(triage)), set(_KILLED_BY_HAND.findall(triage))
