@@ -315,7 +315,7 @@ def _scale(aux, length, top, tau, r, ball):
     Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
     :math:`|S|\,\epsilon\,\tau` (relative to the input's scale, not to ``r``): the relative change
     of a few ulps puts the row on the set to the precision of ``r``, as
-    :func:`constrain._simplex._round_inside` does for the torch paths. ``norm`` is the float64 sum
+    :func:`constrain._simplex._finish` does for the torch paths. ``norm`` is the float64 sum
     of the outputs :func:`_write` forms, over the candidates ``aux[:length]`` (a superset of the
     support): no pass over the row.
     """

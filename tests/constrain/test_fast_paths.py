@@ -294,3 +294,22 @@ def test_numba_kernels_put_float32_rows_on_the_set(ball):
             if not ball:
                 assert float((norm - 2.5).abs().max()) <= 8 * eps * 2.5, threads
             _check_close(out, _project_sort(x, 2.5, ball=ball), x, 2.5, "rescaled")
+
+
+@pytest.mark.parametrize("ball", [True, False])
+def test_torch_path_norm_float32_or_float64_by_support_size(ball):
+    """The torch path sums a float32 row's norm in float32 only when it has at most _FLOAT32_NORM_TERMS nonzeros
+    (error at most (k - 1) u of the norm); rows with larger supports take a float64 sum. Both land on the set."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(64, 300, generator=g) * 1000
+    radius = torch.where(torch.arange(64) % 2 == 0, 1.0, 2e4)  # even rows: a few nonzeros; odd: hundreds
+    y = _project(x, radius, -1, ball, "torch")
+    nonzeros = (y != 0).sum(-1)
+    assert int(nonzeros[::2].max()) <= _simplex._FLOAT32_NORM_TERMS < int(nonzeros[1::2].min())
+    norm = y.double().abs().sum(-1)
+    excess = (norm - radius.double()) / radius.double()
+    eps = torch.finfo(torch.float32).eps
+    assert float(excess.max()) <= 8 * eps
+    if not ball:
+        assert float(excess.abs().max()) <= 8 * eps
+    _check_close(y, _project_sort(x.double(), radius.double(), ball=ball).float(), x, radius, "norm")
