@@ -24,7 +24,7 @@ Forward paths (``method`` of :func:`_project`), all exact up to the rounding of 
 - ``"numba"``: compiled CPU kernels (:mod:`constrain._numba_kernels`; block maxima, then Newton
   with filtering; expected O(n), threaded). What the public functions run on the CPU when numba
   is installed and ``CONSTRAIN_NO_NUMBA`` is not set to 1.
-- ``"torch"``: Newton in pure torch from a block-maxima lower bound, reusing one buffer
+- ``"torch"``: Newton in pure torch from a lower bound on the maxima of strided groups, reusing one buffer
   (GPUs, and the CPU without numba).
 - ``"sort"``: the O(n log n) sort-based reference (:func:`_sort_threshold`), for tests and
   benchmarks (``constrain bench projections``).
