@@ -15,16 +15,18 @@ Per row (expected O(n), no sort; "Newton with filtering" in the sense of Condat 
 2. Newton on the block maxima (a subset) gives a lower bound :math:`\rho` of :math:`\tau`,
    already close to it;
 3. only blocks whose maximum exceeds :math:`\rho` are visited; their values above
-   :math:`\rho` are copied, without branches, into the output row (the scratch buffer), and
+   :math:`\rho` are selected without a branch per value (one vectorized comparison sets a bit
+   per value, then only the set bits are read) into the output row (the scratch buffer), and
    :math:`\rho` is raised with each block;
 4. Newton on those few candidates, vectorized, gives :math:`\tau` exactly; after a few steps
    each step also compacts the candidates (each step drops at least one, so an adversarial
    row costs at most quadratic time in its candidates, as with Michelot's and Condat's
    algorithms; random rows take a handful of steps);
-5. one vectorized pass writes the output.
+5. one vectorized pass writes the output, already scaled onto the set (float32: the norm of
+   the output is summed over the candidates first, see :func:`_scale`).
 
 Rows of at most ``_BLOCK`` values skip steps 1-3: all their values are candidates.
-So a row is read about twice and written once; nothing of the input's size is allocated.
+So a row is read twice (once from the cache) and written once; nothing of the input's size is allocated.
 L1 ball: a row whose largest ``|x|`` is at most ``r`` gets a vectorized sum to tell whether it
 is inside the ball (then it is copied unchanged); outside, :math:`\tau > 0` filters zeros too.
 
@@ -55,6 +57,7 @@ from typing import Any, TypeVar, cast
 
 import numba as nb
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -70,7 +73,7 @@ def _jit_reassoc(function: _F) -> _F:
     return cast(_F, nb.njit(function, fastmath={"reassoc"}, cache=True, nogil=True, error_model="numpy"))
 
 
-#: Values summarized by one maximum in the first pass.
+#: Values summarized by one maximum in the first pass (at most 64: :func:`_gather` keeps a bit per value in an integer).
 _BLOCK = 64
 #: Newton steps on the candidates before each further step also compacts them.
 _STEPS_BEFORE_COMPACTING = 4
@@ -85,27 +88,39 @@ def _block_maxima(xi, ball, keys):
     Works on the integer view ``xi`` of a row: without their sign bit, floats order like
     their bits; with it, once the other bits of negative numbers are flipped (an involution).
     Returns the bits of the largest value. A NaN sorts above +inf (with its sign bit set
-    and for the simplex: below -inf, which the write pass finds).
+    and for the simplex: below -inf, which the write pass finds). Full blocks run a loop of
+    constant length (``_BLOCK``), which the compiler unrolls into vector maxima.
     """
     n = xi.shape[0]
     shift = xi.itemsize * 8 - 1
-    mask = xi.dtype.type((1 << shift) - 1)  # all bits but the sign bit
+    mask = xi.dtype.type((1 << shift) - 1)
     top = xi[0] & 0  # typed like xi
-    for start in range(0, n, _BLOCK):
-        block = xi[start : min(n, start + _BLOCK)]
+    full = n // _BLOCK
+    for b in range(full + (n % _BLOCK > 0)):
+        start = b * _BLOCK
         if ball:
-            m = block[0] & mask
-            for j in range(block.shape[0]):
-                k = block[j] & mask
-                m = k if k > m else m
-            keys[start // _BLOCK] = m
+            m = xi[start] & mask
+            if b < full:
+                for j in range(_BLOCK):
+                    k = xi[start + j] & mask
+                    m = k if k > m else m
+            else:
+                for j in range(start, n):
+                    k = xi[j] & mask
+                    m = k if k > m else m
+            keys[b] = m
         else:
-            m = block[0] ^ ((block[0] >> shift) & mask)
-            for j in range(block.shape[0]):
-                k = block[j] ^ ((block[j] >> shift) & mask)
-                m = k if k > m else m
-            keys[start // _BLOCK] = m ^ ((m >> shift) & mask)  # back to the float's bits
-        top = m if start == 0 or m > top else top
+            m = xi[start] ^ ((xi[start] >> shift) & mask)
+            if b < full:
+                for j in range(_BLOCK):
+                    k = xi[start + j] ^ ((xi[start + j] >> shift) & mask)
+                    m = k if k > m else m
+            else:
+                for j in range(start, n):
+                    k = xi[j] ^ ((xi[j] >> shift) & mask)
+                    m = k if k > m else m
+            keys[b] = m ^ ((m >> shift) & mask)  # back to the float's bits
+        top = m if b == 0 or m > top else top
     if not ball:
         top = top ^ ((top >> shift) & mask)
     return top
@@ -133,21 +148,37 @@ def _sum_abs(xs):
 
 
 @_jit
-def _gather(xs, ball, t, top, aux, length):
-    """Append the values ``a`` with ``a - top > t`` of ``xs`` (``a = |xs|`` when ``ball``) to ``aux[length:]`` without branching.
+def _below(v, like):
+    """The largest value of ``like``'s dtype at most ``v`` (a float64): every value above ``v`` is above it."""
+    lo = like.dtype.type(v)
+    return np.nextafter(lo, like.dtype.type(-np.inf)) if np.float64(lo) > v else lo
 
-    Returns the new length. ``aux`` has room: ``length`` never exceeds the values visited before.
+
+@_jit
+def _gather(xs, ball, lo, aux, length):
+    """Append the values ``a > lo`` of ``xs`` (at most 64 of them; ``a = |xs|`` when ``ball``) to ``aux[length:]``.
+
+    Branch-free selection: one vectorized pass sets a bit per value above ``lo``, then only
+    the set bits are visited (lowest first, so the values keep their order). Returns the new
+    length; ``aux`` has room (``length`` never exceeds the values visited before).
     """
-    if ball:
-        for j in range(xs.shape[0]):
-            a = abs(xs[j])
-            aux[length] = a
-            length += np.float64(a) - top > t
+    bits = np.uint64(0)  # unsigned: bit 63 is a bit like the others
+    if xs.shape[0] == _BLOCK:  # a full block: a loop of constant length, vectorized
+        if ball:
+            for j in range(_BLOCK):
+                bits |= np.uint64(abs(xs[j]) > lo) << np.uint64(j)
+        else:
+            for j in range(_BLOCK):
+                bits |= np.uint64(xs[j] > lo) << np.uint64(j)
     else:
         for j in range(xs.shape[0]):
-            a = xs[j]
-            aux[length] = a
-            length += np.float64(a) - top > t
+            a = abs(xs[j]) if ball else xs[j]
+            bits |= np.uint64(a > lo) << np.uint64(j)
+    while bits != np.uint64(0):
+        j = trailing_zeros(bits)
+        aux[length] = abs(xs[j]) if ball else xs[j]
+        length += 1
+        bits &= bits - np.uint64(1)
     return length
 
 
@@ -164,7 +195,8 @@ def _compact(aux, length, t, top):
 
 @_jit
 def _newton(aux, length, r, rho, compact, top):
-    r"""The threshold, relative to ``top``, of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``.
+    r"""The threshold, relative to ``top``, of ``aux[:length]`` (radius ``r``) by Newton's method from the lower bound ``rho``,
+    and how many candidates are left at the front of ``aux`` (a superset of the support).
 
     Works on ``d = aux - top`` (``top`` the row's largest value; shift-invariance of the
     threshold), so that a large common offset costs no precision. Exact: stops when the set
@@ -178,10 +210,10 @@ def _newton(aux, length, r, rho, compact, top):
             length = _compact(aux, length, rho, top)
         c, s = _count_sum(aux[:length], rho, top)
         if c == 0:  # rho rounded up onto the largest value: it is as close as it gets
-            return rho
+            return rho, length
         new = (s - r) / c
         if c == previous:
-            return new
+            return new, length
         previous = c
         rho = max(rho, new)
         steps += 1
@@ -259,7 +291,7 @@ def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
         if np.float64(maxima[b]) - top > rho:
             start = b * _BLOCK
             before = length
-            length = _gather(xs[start : min(n, start + _BLOCK)], ball, rho, top, aux, length)
+            length = _gather(xs[start : min(n, start + _BLOCK)], ball, _below(top + rho, xs), aux, length)
             for j in range(before, length):
                 total += np.float64(aux[j]) - top
             new = (total - r) / length
@@ -268,74 +300,80 @@ def _filter(xs, xi, ball, r, aux, maxima, keys, whole_row):
     return rho, length, True, False, top
 
 
+@_jit
+def _split(top, tau, like):
+    """``(m, t, e)`` in ``like``'s dtype: the row's top ``m`` and the threshold ``tau`` (float64, relative to it) as ``t + e``."""
+    t = like.dtype.type(tau)
+    return like.dtype.type(top), t, like.dtype.type(tau - np.float64(t))
+
+
 @_jit_reassoc
-def _write(xs, out, top, tau, ball, inside):
-    r"""``out = max(((x - top) - t) - e, 0)`` (simplex) or ``sign(x) max(((|x| - top) - t) - e, 0)`` (ball).
+def _scale(aux, length, top, tau, r, ball):
+    r"""The factor that puts a float32 row on the set: ``r / norm`` if :math:`\|y\|_1` (``norm``) is over ``r``
+    (ball) or off ``r`` (simplex), else 1 (and always 1 for float64 rows).
+
+    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
+    :math:`|S|\,\epsilon\,\tau` (relative to the input's scale, not to ``r``): the relative change
+    of a few ulps puts the row on the set to the precision of ``r``, as
+    :func:`constrain._simplex._finish` does for the torch paths. ``norm`` is the float64 sum
+    of the outputs :func:`_write` forms, over the candidates ``aux[:length]`` (a superset of the
+    support): no pass over the row.
+    """
+    one = aux.dtype.type(1)
+    if aux.itemsize >= 8:
+        return one
+    m, t, e = _split(top, tau, aux)
+    zero = m - m
+    norm = 0.0
+    for j in range(length):
+        norm += max(((aux[j] - m) - t) - e, zero)
+    if not norm > 0.0 or (norm <= r if ball else norm == r):
+        return one
+    return aux.dtype.type(r / norm)
+
+
+@_jit_reassoc
+def _write(xs, out, top, tau, ball, inside, scale):
+    r"""``out = s max(((x - top) - t) - e, 0)`` (simplex) or ``sign(x) s max(((|x| - top) - t) - e, 0)`` (ball).
 
     ``tau`` (float64) is the threshold relative to the row's ``top``, split as ``t + e`` in the
     row's dtype. For values in the support ``x - top`` is exact (Sterbenz), and each later
     rounding is relative to the output entry: a large common offset costs nothing, and the
     rounding of the threshold (of the size of ``r``) does not shift the whole support.
-    ``inside``: a ball row inside the ball, copied unchanged. Returns ``(finite, norm)``:
-    ``finite`` is False if the simplex row holds a NaN or an Inf (the ball's are found by the
-    filter); ``norm`` is :math:`\|out\|_1`, accumulated in float64.
+    ``s``: ``scale`` (:func:`_scale`; 1 leaves the values as they are). ``inside``: a ball row
+    inside the ball, copied unchanged. Returns False if the simplex row holds a NaN or an Inf
+    (the ball's are found by the filter).
     """
-    m = xs.dtype.type(top)
-    t = xs.dtype.type(tau)
-    e = xs.dtype.type(tau - np.float64(t))
+    if ball and inside:
+        for i in range(xs.shape[0]):
+            out[i] = xs[i]
+        return True
+    m, t, e = _split(top, tau, xs)
     zero = m - m
-    norm = 0.0
     if ball:
-        if inside:
-            for i in range(xs.shape[0]):
-                v = xs[i]
-                out[i] = v
-                norm += abs(v)
-            return True, norm
         for i in range(xs.shape[0]):
             v = xs[i]
-            w = max(((abs(v) - m) - t) - e, zero)
-            out[i] = np.copysign(w, v)
-            norm += w
-        return True, norm
+            out[i] = np.copysign(max(((abs(v) - m) - t) - e, zero) * scale, v)
+        return True
     total = 0.0
     for i in range(xs.shape[0]):
         v = xs[i]
-        w = max(((v - m) - t) - e, zero)
-        out[i] = w
-        norm += w
+        out[i] = max(((v - m) - t) - e, zero) * scale
         total += v
-    return np.isfinite(total), norm
+    return np.isfinite(total)
 
 
 @_jit
-def _rescale(out, norm, r, ball):
-    r"""Scale ``out`` by ``r / norm`` if it is over ``r`` (ball) or off ``r`` (simplex); float32 rows only.
-
-    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
-    :math:`|S|\,\epsilon\,\tau` (relative to the input's scale, not to ``r``): the relative change
-    of a few ulps puts the row on the set to the precision of ``r``, as
-    :func:`constrain._simplex._round_inside` does for the torch paths.
-    """
-    if out.itemsize >= 8 or not norm > 0.0 or (norm <= r if ball else norm == r):
-        return
-    scale = out.dtype.type(r / norm)
-    for i in range(out.shape[0]):
-        out[i] = out[i] * scale
-
-
-@_jit
-def _finish(xr, outr, top, tau, ball, taus, row, r):
-    """Write the row's output (rescaled onto the set, see :func:`_rescale`); ``taus[row]`` gets the absolute
-    threshold (0 for ball rows inside). Returns ``_write``'s flag."""
+def _finish(xr, outr, top, tau, length, ball, taus, row, r):
+    """Write the row's output, rescaled onto the set (:func:`_scale` over the candidates ``outr[:length]``);
+    ``taus[row]`` gets the absolute threshold (0 for ball rows inside). Returns ``_write``'s flag."""
     if ball:
         tau = max(tau, -top)  # tau >= 0
     absolute = top + tau
     inside = ball and not absolute > 0.0
     taus[row] = 0.0 if inside else absolute
-    finite, norm = _write(xr, outr, top, tau, ball, inside)
-    _rescale(outr, norm, r, ball)
-    return finite
+    scale = outr.dtype.type(1) if inside else _scale(outr, length, top, tau, r, ball)
+    return _write(xr, outr, top, tau, ball, inside, scale)
 
 
 @_jit
@@ -358,11 +396,14 @@ def _project_rows(x, xi, radius, ball, out, taus):
             rho, length, finite, inside, top = _filter(xr, xi[row], ball, r, outr, maxima, keys, ball)
         if not finite:
             taus[row] = 0.0
-            _write(xr, outr, 0.0, 0.0, ball, True)
+            _write(xr, outr, 0.0, 0.0, ball, True, outr.dtype.type(1))
             bad += 1
             continue
-        tau = -top if inside else _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING, top)
-        bad += not _finish(xr, outr, top, tau, ball, taus, row, r)
+        if inside:
+            tau, length = -top, 0
+        else:
+            tau, length = _newton(outr, length, r, rho, _STEPS_BEFORE_COMPACTING, top)
+        bad += not _finish(xr, outr, top, tau, length, ball, taus, row, r)
     return bad
 
 
@@ -379,7 +420,8 @@ def _filter_segment(xs, xi, r, ball, aux, whole_row):
 
 @_jit
 def _merge_segments(r, outr, starts, lengths, rho, top):
-    """Gather the segments' candidates at the front of ``outr``; return the row's threshold relative to ``top``.
+    """Gather the segments' candidates at the front of ``outr``; return the row's threshold relative to ``top``
+    and how many candidates are left there (:func:`_newton`).
 
     ``top``: the row's largest value; ``rho``: the largest of the segments' lower bounds,
     relative to ``top``; every value above it is a candidate.
@@ -394,11 +436,10 @@ def _merge_segments(r, outr, starts, lengths, rho, top):
 
 
 @_jit
-def _finish_segment(xs, out, top, tau, ball):
-    """Write one segment of a long row (threshold relative to the row's ``top``); returns ``(finite, norm)`` of :func:`_write`."""
-    if ball:
-        tau = max(tau, -top)
-    return _write(xs, out, top, tau, ball, ball and not top + tau > 0.0)
+def _finish_segment(xs, out, top, tau, ball, scale):
+    """Write one segment of a long row (threshold relative to the row's ``top``, already at least ``-top`` for
+    the ball; ``scale`` of :func:`_scale`); returns :func:`_write`'s flag."""
+    return _write(xs, out, top, tau, ball, ball and not top + tau > 0.0, scale)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -459,6 +500,7 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
     found = [job.result() for job in jobs]
     bad = np.zeros(rows, dtype=np.bool_)
     tops = np.zeros(rows)
+    scales = np.ones(rows, dtype=x.dtype)
     for row in range(rows):
         mine = found[row * parts : (row + 1) * parts]
         bad[row] = not all(finite for _, _, finite, _ in mine)
@@ -470,29 +512,28 @@ def _project_long_rows(x, xi, radius, ball, out, taus, threads):
         rho = max(np.nextafter((seg_top - top) + seg_rho, -np.inf) for seg_rho, _, _, seg_top in mine)
         rho = min(rho, -5e-324)
         lengths = np.array([length for _, length, _, _ in mine], dtype=np.int64)
-        tau = _merge_segments(float(radius[row]), out[row], starts[:-1], lengths, rho, top)
+        tau, length = _merge_segments(float(radius[row]), out[row], starts[:-1], lengths, rho, top)
         if ball:
             tau = max(tau, -top)
+        if not (ball and not top + tau > 0.0):  # (ball rows inside are copied)
+            scales[row] = _scale(out[row], length, top, tau, float(radius[row]), ball)
         tops[row], taus[row] = top, tau  # taus holds the relative threshold until the writes are done
-    _write_segments(x, radius, ball, out, taus, pool, segments, bad, tops)
+    _write_segments(x, ball, out, taus, pool, segments, bad, tops, scales)
     return int(bad.sum())
 
 
-def _write_segments(x, radius, ball, out, taus, pool, segments, bad, tops):
-    """Write the long rows' segments in parallel, rescale rows onto the set (float32), and make ``taus`` absolute.
+def _write_segments(x, ball, out, taus, pool, segments, bad, tops, scales):
+    """Write the long rows' segments in parallel (scaled onto the set by ``scales``), and make ``taus`` absolute.
 
     ``taus`` holds the thresholds relative to ``tops`` on entry; rows found non-finite are marked in ``bad``.
     """
     good = [seg for seg in segments if not bad[seg[0]]]
-    writes = [pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball) for row, a, b in good]
-    norms = np.zeros(x.shape[0])
+    writes = [
+        pool.submit(_finish_segment, x[row, a:b], out[row, a:b], tops[row], float(taus[row]), ball, scales[row])
+        for row, a, b in good
+    ]
     for (row, _, _), job in zip(good, writes, strict=True):
-        finite, norm = job.result()
-        bad[row] |= not finite
-        norms[row] += norm
-    rescales = [pool.submit(_rescale, out[row, a:b], norms[row], float(radius[row]), ball) for row, a, b in good if not bad[row]]
-    for job in rescales:
-        job.result()
+        bad[row] |= not job.result()
     for row in range(x.shape[0]):
         if not bad[row]:
             absolute = tops[row] + taus[row]

@@ -24,7 +24,7 @@ Forward paths (``method`` of :func:`_project`), all exact up to the rounding of 
 - ``"numba"``: compiled CPU kernels (:mod:`constrain._numba_kernels`; block maxima, then Newton
   with filtering; expected O(n), threaded). What the public functions run on the CPU when numba
   is installed and ``CONSTRAIN_NO_NUMBA`` is not set to 1.
-- ``"torch"``: Newton in pure torch from a block-maxima lower bound, reusing one buffer
+- ``"torch"``: Newton in pure torch from a lower bound on the maxima of strided groups, reusing one buffer
   (GPUs, and the CPU without numba).
 - ``"sort"``: the O(n log n) sort-based reference (:func:`_sort_threshold`), for tests and
   benchmarks (``constrain bench projections``).
@@ -51,31 +51,41 @@ from constrain._checks import (
 )
 
 #: Newton steps of the torch path run without a host synchronisation (rows that converge
-#: earlier stay put), for rows of more than ``_BLOCK`` values and for shorter ones (whose start
+#: earlier stay put), for rows of more than ``_LANES`` values and for shorter ones (whose start
 #: is poorer). Eagerly, a block of steps is repeated while some row has not converged, up to
 #: ``_NEWTON_BLOCKS`` blocks; compiled, one block. Rows not converged then (adversarial) are sorted.
 _NEWTON_STEPS = 4
 _NEWTON_STEPS_SHORT = 6
 _NEWTON_BLOCKS = 16
-#: Block length, and Newton steps on the block maxima, of the torch path's starting bound.
-_BLOCK = 32
+#: Strided groups, and Newton steps on their maxima, of the torch path's starting bound.
+_LANES = 32
 _BLOCK_STEPS = 4
+#: Rows of at most this many nonzeros have their float32 output's norm summed in float32 (certified below).
+_FLOAT32_NORM_TERMS = 5
 
 
-def _lower_bound(d: Tensor, radius: Tensor) -> Tensor:
-    r"""A lower bound of each row's threshold, usually close to it: Newton on the maxima of blocks of ``d``.
-
-    ``d``: rows shifted by their maximum (``max d = 0``), so the threshold lies in ``[-r, 0)``.
-    The threshold :math:`\tau_V` of any subset :math:`V` of a row is at most the row's, and so is
-    every Newton iterate for :math:`V` started left of :math:`\tau_V`; the block maxima are such a
-    subset, 1/``_BLOCK`` of the row, read in one pass (``amax`` over an ``unfold`` view).
-    """
-    n = d.shape[-1]
-    full = n - n % _BLOCK
-    maxima = d[..., :full].unfold(-1, _BLOCK, _BLOCK).amax(-1) if full else d[..., :0]
+def _lane_maxima(a: Tensor) -> Tensor:
+    r"""The maxima of each row's ``_LANES`` strided groups :math:`\{a_j : j \equiv l \bmod L\}` (over its first
+    ``n - n % L`` values), and of the rest: a reduction across rows of ``L`` values, which vectorizes (a maximum
+    within short contiguous blocks does not)."""
+    n = a.shape[-1]
+    full = n - n % _LANES
+    maxima = a[..., :full].unflatten(-1, (full // _LANES, _LANES)).amax(-2) if full else a[..., :0]
     if full < n:
-        maxima = torch.cat([maxima, d[..., full:].amax(-1, keepdim=True)], -1)
-    tau = -radius.expand(*d.shape[:-1], 1)
+        maxima = torch.cat([maxima, a[..., full:].amax(-1, keepdim=True)], -1)
+    return maxima
+
+
+def _lower_bound(maxima: Tensor, radius: Tensor) -> Tensor:
+    r"""A lower bound of each row's threshold, usually close to it: Newton on the maxima of a partition of the row.
+
+    ``maxima``: those of :func:`_lane_maxima` on the row shifted by its maximum (``max d = 0``),
+    so the threshold lies in ``[-r, 0)``. The threshold :math:`\tau_V` of any subset :math:`V` of
+    a row is at most the row's, and so is every Newton iterate for :math:`V` started left of
+    :math:`\tau_V`; the group maxima are such a subset, and the largest values of a row usually
+    fall in different groups, so :math:`V` often holds the whole support.
+    """
+    tau = -radius.expand(*maxima.shape[:-1], 1)
     if maxima.shape[-1] > 1:
         for _ in range(_BLOCK_STEPS):  # every iterate is a lower bound: no convergence test needed
             above = maxima > tau
@@ -84,8 +94,10 @@ def _lower_bound(d: Tensor, radius: Tensor) -> Tensor:
     return tau
 
 
-def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _newton_threshold(d: Tensor, radius: Tensor, maxima: Tensor, buf: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r"""Threshold of each row of ``d`` (shape ``(..., n)``, rows shifted so that ``max d = 0``), as ``(tau, delta)``.
+
+    ``maxima``: :func:`_lane_maxima` of ``d`` (the start's bound, :func:`_lower_bound`).
 
     The threshold is :math:`\tau + \delta`, ``delta`` a correction below ``tau``'s ulp (see
     :func:`_apply_threshold`). The threshold is shift-invariant
@@ -106,9 +118,9 @@ def _newton_threshold(d: Tensor, radius: Tensor, buf: Tensor | None = None) -> t
     compiled, after one block, rows not converged (adversarial inputs) are sorted, the test a
     ``torch.cond``, so the whole path compiles with ``torch.compile(fullgraph=True)``.
     """
-    tau = _lower_bound(d, radius)
+    tau = _lower_bound(maxima, radius)
     buf = torch.empty_like(d) if buf is None else buf
-    steps = _NEWTON_STEPS if d.shape[-1] > _BLOCK else _NEWTON_STEPS_SHORT
+    steps = _NEWTON_STEPS if d.shape[-1] > _LANES else _NEWTON_STEPS_SHORT
     state: tuple[Tensor, ...] = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
     state = _newton_steps(d, radius, buf, state, steps)
     if torch.compiler.is_compiling():  # (eagerly, torch.cond would compile its branches on every shape)
@@ -245,49 +257,88 @@ def _forward_numba(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     return y, outside, tau.to(x.dtype)
 
 
-def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor]:
-    r"""``(d, top, total)`` per row, with ``a = |x|`` (ball) or ``x``: ``d = a - max(a)`` (a new tensor),
-    ``top = max(a)``, ``total = sum(a)``.
+def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``(d, top, total, maxima)`` per row, with ``a = |x|`` (ball) or ``x``: ``d = a - max(a)`` (a new tensor),
+    ``top = max(a)``, ``total = sum(a)``, ``maxima``: :func:`_lane_maxima` of ``d``.
 
     Raises on NaN or Inf (``total`` is finite iff every entry is). The threshold is
     shift-invariant, and ``a - top`` is exact on the support (Sterbenz), so thresholds computed
-    on ``d`` lose nothing to a large common offset.
+    on ``d`` lose nothing to a large common offset. ``top`` is the largest group maximum, and the
+    group maxima are shifted like ``d`` (rounding is monotone: the same values as ``d``'s).
     """
     a = x.abs() if ball else x
     total = a.sum(-1, keepdim=True)
     check_finite(total)
-    top = a.amax(-1, keepdim=True)
+    maxima = _lane_maxima(a)
+    top = maxima.amax(-1, keepdim=True)
     d = a.sub_(top) if ball else x - top
-    return d, top, total
+    return d, top, total, maxima.sub_(top)
 
 
-def _finish(x: Tensor, y: Tensor, radius: Tensor, ball: bool, top: Tensor, total: Tensor, tau: Tensor, delta: Tensor) -> Forward:
-    """The torch and sort paths' last step: signs and rows inside (ball), the absolute threshold, and float32
-    rows put onto the set (:func:`_round_inside`; the numba kernels do the same themselves)."""
+def _norm(w: Tensor, buf: Tensor | None) -> Tensor:
+    r""":math:`\|w\|_1` per row of ``w >= 0`` (float32), in float64, to a relative :math:`4u` (:math:`u = 2^{-24}`) or better.
+
+    Summing :math:`k` nonzero values (zeros add exactly) in any order errs by at most
+    :math:`(k - 1)\,u` times the sum, so rows of at most ``_FLOAT32_NORM_TERMS`` nonzeros (their
+    count: the float sum of ``sign(w)``, exact, in the scratch ``buf``) take the float32 sum; other
+    rows, and compiled code (which would need a synchronisation to choose), a float64 sum.
+    """
+    if buf is None or torch.compiler.is_compiling():
+        return w.sum(-1, keepdim=True, dtype=torch.float64)
+    short = torch.sign(w, out=buf).sum(-1, keepdim=True) <= _FLOAT32_NORM_TERMS
+    norm = w.sum(-1, keepdim=True).double()
+    return norm if bool(short.all()) else torch.where(short, norm, w.sum(-1, keepdim=True, dtype=torch.float64))
+
+
+def _finish(
+    x: Tensor,
+    w: Tensor,
+    radius: Tensor,
+    ball: bool,
+    top: Tensor,
+    total: Tensor,
+    tau: Tensor,
+    delta: Tensor,
+    buf: Tensor | None = None,
+) -> Forward:
+    r"""The torch and sort paths' last step, in place over ``w = max(d - tau, 0)``: float32 rows put onto the set,
+    signs and rows inside (ball), and the absolute threshold.
+
+    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
+    :math:`|S|\,\epsilon\,\tau`, i.e. relative to the input's scale, not to ``r`` (an output of
+    norm 100 projected onto the unit ball lands ~1e-6 outside). Rows over ``r`` (ball) or off
+    ``r`` (simplex) are rescaled by :math:`r / \|w\|_1`, a relative change of a few ulps (the numba
+    kernels do the same). The norm (:func:`_norm`; ``buf``: a scratch like ``w``) is accurate to a few
+    ulps (a float32 sum of 1000 nonzero entries may be off by ~1e-5); ball rows inside are ``x``, unchanged.
+    """
     absolute = (top.double() + tau.double() + delta.double()).to(x.dtype)
+    if x.dtype != torch.float64:
+        norm = _norm(w, buf)
+        r = radius.to(torch.float64)
+        off = norm > r if ball else norm != r
+        w.mul_(torch.where(off & (norm > 0), r / norm, 1.0).to(w.dtype))
     if ball:
         outside = total > radius  # rows outside have tau > 0; rows inside stay x
-        y = torch.where(outside, y.copysign_(x), x, out=y)
+        w = torch.where(outside, w.copysign_(x), x, out=w)
         absolute = absolute.clamp_min_(0).masked_fill_(~outside, 0)
     else:
         outside = torch.ones_like(top, dtype=torch.bool)
     if torch.compiler.is_compiling():  # compiled, check_finite raised nothing: rows with NaN or Inf are NaN
-        y = torch.where(torch.isfinite(total), y, torch.nan)
-    if x.dtype != torch.float64:
-        _round_inside(y, radius, ball)
-    return y, outside, absolute
+        w = torch.where(torch.isfinite(total), w, torch.nan)
+    return w, outside, absolute
 
 
 def _forward_torch(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     """Newton on any device, on rows shifted by their maximum: two buffers of ``x``'s size, one becomes the output."""
-    d, top, total = _shifted(x, ball)
-    tau, delta = _newton_threshold(d, radius, torch.empty_like(d))
-    return _finish(x, _apply_threshold(d, tau, delta), radius, ball, top, total, tau, delta)
+    d, top, total, maxima = _shifted(x, ball)
+    buf = torch.empty_like(d)
+    tau, delta = _newton_threshold(d, radius, maxima, buf)
+    return _finish(x, _apply_threshold(d, tau, delta), radius, ball, top, total, tau, delta, buf)
 
 
 def _forward_sort(x: Tensor, radius: Tensor, ball: bool) -> Forward:
     """The sort-based reference, on rows shifted by their maximum."""
-    d, top, total = _shifted(x, ball)
+    d, top, total, _ = _shifted(x, ball)
     tau, delta = _split(_sort_threshold(d, radius), d.dtype)
     return _finish(x, _apply_threshold(d, tau, delta), radius, ball, top, total, tau, delta)
 
@@ -299,21 +350,6 @@ def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> Forward:
 #: ``method`` of the projection: "auto" (numba on the CPU when available, else torch),
 #: "numba" (the compiled kernels; CPU, float32/float64), "torch" (Newton, any device), "sort".
 _FORWARDS = {"auto": _forward_auto, "numba": _forward_numba, "torch": _forward_torch, "sort": _forward_sort}
-
-
-def _round_inside(y: Tensor, radius: Tensor, ball: bool) -> None:
-    r"""Make ``y`` feasible to the precision of ``r``, in place.
-
-    Rounding :math:`|x_i| - \tau` to float32 leaves :math:`\|y\|_1` off by up to about
-    :math:`|S|\,\epsilon\,\tau`, i.e. relative to the input's scale, not to ``r`` (an output of
-    norm 100 projected onto the unit ball lands ~1e-6 outside). Rows over ``r`` (ball) or off
-    ``r`` (simplex) are rescaled by :math:`r / \|y\|_1`, a relative change of a few ulps. The norm
-    is accumulated in float64: a float32 sum of 1000 entries is itself off by ~1e-5.
-    """
-    total = torch.linalg.vector_norm(y, ord=1, dim=-1, keepdim=True, dtype=torch.float64)
-    r = radius.to(torch.float64)
-    off = total > r if ball else total != r
-    y.mul_(torch.where(off & (total > 0), r / total, 1.0).to(y.dtype))
 
 
 def _support(y: Tensor) -> tuple[Tensor, Tensor]:

@@ -640,6 +640,11 @@ def _run_cooper(args: argparse.Namespace, env: dict, progress: Callable[[str], N
 
 
 def _run(args: argparse.Namespace) -> int:
+    """``constrain bench strategies``: the machine, the overhead table and the side-by-side table; 1 if ``--check``
+    and a target misses."""
+    from experiments.bench import _environment, _environment_line
+
+    print(_environment_line(_environment()), flush=True)  # the machine, as bench projections prints it
     env = environment()
     started = time.perf_counter()
 
@@ -691,7 +696,8 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as handle:
             json.dump(payload, handle, indent=2)
         print(f"wrote {args.json}")
-    return 0
+    cooper_missed = cooper_record is not None and cooper_record.get("met") is False
+    return 1 if args.check and (missed or cooper_missed) else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -739,6 +745,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="torch.set_num_threads for every contender; 0 keeps torch's setting (default: 1: the "
         "steadiest ratios on a shared machine)",
     )
+    parser.add_argument("--check", action="store_true", help="exit with status 1 when any target misses (default: report only)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")

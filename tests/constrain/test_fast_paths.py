@@ -183,6 +183,27 @@ def test_numba_threaded_long_rows(dtype, ball):
         assert kernels.project_rows(x.numpy(), r.numpy(), ball, out.numpy(), taus.numpy(), 4) == 1
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ball", [True, False])
+def test_numba_candidates_at_every_bit_of_a_block(dtype, ball):
+    """The kernels select a block's candidates through one bit per value (bit 63 included): put the
+    support at each position of a block, at block edges and in a partial last block."""
+    kernels = _simplex._numba_kernels()
+    block = kernels._BLOCK
+    n = 3 * block + 5  # three full blocks and a partial one
+    x = torch.full((n, n), -0.01, dtype=dtype)
+    x[1::2] *= -1  # both signs for the ball
+    positions = torch.arange(n)
+    x[positions, positions] = 3.0  # row i: its largest value at column i
+    x[positions, (positions + block - 1) % n] = -2.5 if ball else 2.5  # and one a block (less one) further
+    for radius in (0.5, 1.5):
+        ref = _project_sort(x, radius, ball=ball)
+        y = _project(x, radius, -1, ball, "numba")
+        _check_close(y, ref, x, radius, f"bits {'ball' if ball else 'simplex'} r={radius}")
+        assert torch.equal(y != 0, ref != 0)
+
+
 def test_torch_path_falls_back_to_sorting(monkeypatch):
     monkeypatch.setattr(_simplex, "_NEWTON_STEPS", 1)
     monkeypatch.setattr(_simplex, "_NEWTON_BLOCKS", 1)
@@ -273,3 +294,22 @@ def test_numba_kernels_put_float32_rows_on_the_set(ball):
             if not ball:
                 assert float((norm - 2.5).abs().max()) <= 8 * eps * 2.5, threads
             _check_close(out, _project_sort(x, 2.5, ball=ball), x, 2.5, "rescaled")
+
+
+@pytest.mark.parametrize("ball", [True, False])
+def test_torch_path_norm_float32_or_float64_by_support_size(ball):
+    """The torch path sums a float32 row's norm in float32 only when it has at most _FLOAT32_NORM_TERMS nonzeros
+    (error at most (k - 1) u of the norm); rows with larger supports take a float64 sum. Both land on the set."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(64, 300, generator=g) * 1000
+    radius = torch.where(torch.arange(64) % 2 == 0, 1.0, 2e4)  # even rows: a few nonzeros; odd: hundreds
+    y = _project(x, radius, -1, ball, "torch")
+    nonzeros = (y != 0).sum(-1)
+    assert int(nonzeros[::2].max()) <= _simplex._FLOAT32_NORM_TERMS < int(nonzeros[1::2].min())
+    norm = y.double().abs().sum(-1)
+    excess = (norm - radius.double()) / radius.double()
+    eps = torch.finfo(torch.float32).eps
+    assert float(excess.max()) <= 8 * eps
+    if not ball:
+        assert float(excess.abs().max()) <= 8 * eps
+    _check_close(y, _project_sort(x.double(), radius.double(), ball=ball).float(), x, radius, "norm")

@@ -118,3 +118,15 @@ def test_a_weight_read_twice_is_mapped_once_per_forward(monkeypatch) -> None:
     step()
     assert len(calls) == 1 and strategy.steps == 1
     assert not parametrize._cache_enabled and not parametrize._cache  # left clean after the forward
+
+
+def test_check_exits_one_when_a_target_misses(monkeypatch, capsys) -> None:
+    """``--check``: status 1 when a cell misses its target (here made impossible); the machine line comes first."""
+    import dataclasses
+
+    monkeypatch.setattr(bs, "CELLS", [dataclasses.replace(cell, limit=1e-9) for cell in bs.CELLS])
+    argv = ["bench", "strategies", *TINY, "--no-cooper", "--only", "lagrangian (shared)"]
+    assert main(argv) == 0  # reported only
+    assert main([*argv, "--check"]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("machine: ") and "MISS" in printed
