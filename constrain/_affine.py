@@ -83,10 +83,13 @@ class AffineFactor:
         m, n = A64.shape
         if n == 0:
             raise ValueError("A has no columns: there is nothing to constrain.")
-        U, S, Vh = torch.linalg.svd(A64, full_matrices=False)
+        columns = torch.nonzero((A64 != 0).any(0)).squeeze(-1)  # the row space lies on A's nonzero columns
+        U, S, Vh_on = torch.linalg.svd(A64[:, columns], full_matrices=False)
         rtol = max(m, n) * torch.finfo(torch.float64).eps * 1e3 if rtol is None else rtol
         rank = int((S > rtol * S.max()).sum()) if S.numel() and float(S.max()) > 0 else 0
-        U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
+        U, S = U[:, :rank], S[:rank]
+        Vh = A64.new_zeros(rank, n)
+        Vh[:, columns] = Vh_on[:rank]  # exactly zero on the other columns
         particular = Vh.T @ ((U.T @ c64) / S)
         residual = float(torch.linalg.vector_norm(A64 @ particular - c64))
         scale = float(torch.linalg.vector_norm(c64)) + float(torch.linalg.matrix_norm(A64, 2) if m else 0) * float(
@@ -112,6 +115,21 @@ class AffineFactor:
         key = (like.device, like.dtype)
         if key not in self._cache:
             self._cache[key] = (self.row_basis.to(**_kw(like)), self._offset.to(**_kw(like)))
+        return self._cache[key]
+
+    def support_on(self, like: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        """``(columns, V_S, V w_0)`` on ``like``'s device and dtype: the columns where some row of V is nonzero
+        (``None`` when all are), V restricted to them, and the offset. Directions off these columns are
+        orthogonal to the row space, so a diagonal-metric projection leaves those entries unchanged."""
+        key = ("support", like.device, like.dtype)
+        if key not in self._cache:
+            V, offset = self._on(like)
+            columns = torch.nonzero((self.row_basis != 0).any(0)).squeeze(-1)
+            if columns.numel() == self.size:
+                self._cache[key] = (None, V, offset)
+            else:
+                columns = columns.to(like.device)
+                self._cache[key] = (columns, V.index_select(1, columns), offset)
         return self._cache[key]
 
     def project(self, x: Tensor) -> Tensor:

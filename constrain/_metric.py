@@ -26,11 +26,16 @@ Both maps are differentiable (autograd through the exact formulas on the final s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from constrain._checks import LOW_PRECISION, Radius, check_finite, check_radius, check_tensor
 from constrain._orthant import project_nonnegative
+
+if TYPE_CHECKING:
+    from constrain._affine import AffineFactor
 
 
 def _check_metric(d: Tensor, x: Tensor, name: str = "d") -> Tensor:
@@ -133,12 +138,36 @@ def project_affine_metric(x: Tensor, d: Tensor, row_basis: Tensor, particular: T
     if x.numel():
         check_finite(x.sum(-1))
     V = row_basis.to(device=x.device, dtype=x.dtype)
-    offset = V @ particular.to(device=x.device, dtype=x.dtype)
+    return _affine_metric_step(x, d, V, V @ particular.to(device=x.device, dtype=x.dtype))
+
+
+def _affine_metric_step(x: Tensor, d: Tensor, V: Tensor, offset: Tensor) -> Tensor:
+    r""":math:`x - D^{-1} V^\top (V D^{-1} V^\top)^{-1} (V x - V w_0)` (``d`` already checked and broadcast)."""
     inv = d.reciprocal()
     residual = x @ V.T - offset  # (..., k)
     gram = (V * inv.unsqueeze(-2)) @ V.T  # V D^-1 V^T, (..., k, k), symmetric positive definite
     step = torch.linalg.solve(gram, residual.unsqueeze(-1)).squeeze(-1)  # (..., k)
     return x - inv * (step @ V)
+
+
+def _project_affine_factor_metric(x: Tensor, d: Tensor, factor: AffineFactor) -> Tensor:
+    """:func:`project_affine_metric` through ``factor``, on the columns its row space touches only (a tie
+    of 8 weights among 262144 costs a few operations on 8 entries, not a pass over V)."""
+    x = check_tensor(x)
+    if x.dim() == 0 or x.shape[-1] != factor.size:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} but A has {factor.size} columns: the last dimension of x must be {factor.size}."
+        )
+    if x.dtype in LOW_PRECISION:
+        return _project_affine_factor_metric(x.float(), d, factor).to(x.dtype)
+    d = _check_metric(d, x)
+    if x.numel():
+        check_finite(x.sum(-1))
+    columns, V, offset = factor.support_on(x)
+    if columns is None:
+        return _affine_metric_step(x, d, V, offset)
+    moved = _affine_metric_step(x.index_select(-1, columns), d.index_select(-1, columns), V, offset)
+    return x.index_copy(-1, columns, moved)
 
 
 def project_metric(constraint_set: object, x: Tensor, d: Tensor) -> Tensor:
@@ -155,8 +184,7 @@ def project_metric(constraint_set: object, x: Tensor, d: Tensor) -> Tensor:
     if isinstance(constraint_set, L1Ball):
         return project_l1_ball_metric(x, d, constraint_set.radius)
     if isinstance(constraint_set, Affine):
-        factor = constraint_set.factor
-        return project_affine_metric(x, d, factor.row_basis, factor.particular)
+        return _project_affine_factor_metric(x, d, constraint_set.factor)
     raise TypeError(
         f"project_metric supports L1Ball, Affine and NonNegative; got {type(constraint_set).__name__}. "
         f"Project in the Euclidean metric with constraint_set.project(x) instead."

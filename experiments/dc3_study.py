@@ -46,7 +46,9 @@ from torch import Tensor, nn
 
 import constrain
 import strategies
+from experiments._paths import figures_dir, prepare_output_dir
 from experiments._runner import run_with_progress
+from experiments._study_cli import add_run_options
 from experiments._training import TrainResult, reshuffled_batches, train
 from experiments.study import write_json_atomic
 
@@ -680,31 +682,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, metavar="N", help="override the budget's step count")
     parser.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default 1)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default 2)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("results/dc3"),
-        metavar="DIR",
-        help="run files and the cached optimum (default results/dc3)",
-    )
-    parser.add_argument(
-        "--figures",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where dc3.md and the figures go (default figures/; with --quick: --out)",
-    )
     parser.add_argument("--fresh", action="store_true", help="redo every run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _check_folder(path: Path, name: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name} {path} is a file; give a folder.")
-    path.mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"{name} {path} is not writable.")
+    add_run_options(parser, "dc3", "dc3.md and the dc3-*.png figures")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -719,32 +698,32 @@ def run(args: argparse.Namespace) -> int:
     if not seeds:
         raise ValueError("--seeds must be >= 1.")
     workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}.")
-    folder = args.figures if args.figures is not None else (args.out if args.quick else Path("figures"))
+    default_family = (family.eq, family.ineq, family.instances) == (50, 50, 10000)
+    documented = default_family and not (args.quick or args.paper) and args.strategies is None and args.steps is None
+    documented = documented and args.seeds is None
     if args.quick and args.figures is not None and Path(args.figures).resolve() == Path("figures").resolve():
         raise ValueError("--quick never writes into figures/; give another --figures folder or leave it out.")
-    _check_folder(Path(args.out), "--out")
-    _check_folder(Path(folder), "--figures")
+    out = prepare_output_dir(args.out, "--out")
+    folder = prepare_output_dir(figures_dir(args.figures, out, documented), "--figures")
     tic = time.perf_counter()
     run_entries, skipped = entries(family, args.strategies)
-    optimum = test_optimum(family, Path(args.out))
+    optimum = test_optimum(family, out)
     X_far = far_inputs(family)
     specs = [RunSpec(family, e, budget, s) for e in run_entries for s in seeds]
     records = execute(
-        specs, Path(args.out), optimum["objective"], X_far, resume=not args.fresh, workers=workers, progress=not args.no_progress
+        specs, out, optimum["objective"], X_far, resume=not args.fresh, workers=workers, progress=not args.no_progress
     )
     rows = summarize(records)
     command = "constrain study dc3" + (" --quick" if args.quick else " --paper" if args.paper else "")
-    if (family.eq, family.ineq, family.instances) != (50, 50, 10000):
+    if not default_family:
         command += f" --eq {family.eq} --ineq {family.ineq} --instances {family.instances}"
-    prefix = "dc3" if (family.eq, family.ineq, family.instances) == (50, 50, 10000) else f"dc3-{family.name}"
+    prefix = "dc3" if default_family else f"dc3-{family.name}"
     cpu = sum(r.get("cpu_time") or 0.0 for r in records)
     text = markdown_table(family, budget, rows, optimum, seeds, skipped, command, time.perf_counter() - tic, cpu)
-    (Path(folder) / f"{prefix}.md").write_text(text)
-    paths = figures(records, Path(folder), prefix)
+    (folder / f"{prefix}.md").write_text(text)
+    paths = figures(records, folder, prefix)
     print(text)
-    print(f"wrote {Path(folder) / (prefix + '.md')}, {', '.join(map(str, paths))}")
+    print(f"wrote {folder / (prefix + '.md')}, {', '.join(map(str, paths))}")
     return 0
 
 

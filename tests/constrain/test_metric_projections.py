@@ -109,3 +109,26 @@ def test_bad_metrics_are_clear_errors() -> None:
         from constrain import Simplex
 
         project_metric(Simplex(1.0), x, torch.ones(2, 3))
+
+
+def test_affine_metric_on_the_columns_a_sparse_system_touches_equals_the_dense_formula() -> None:
+    """A tie-like A touches 7 of 300 columns: the projection works on those only (AffineFactor.support_on) and must
+    give the dense formula's point, move nothing else, and keep its exact gradient."""
+    torch.manual_seed(3)
+    A = torch.zeros(4, 300, dtype=torch.float64)
+    A[:, 10:17] = torch.randn(4, 7, dtype=torch.float64)
+    c = torch.randn(4, dtype=torch.float64)
+    affine = Affine(A, c)
+    x = torch.randn(5, 300, dtype=torch.float64, requires_grad=True)
+    d = torch.rand(5, 300, dtype=torch.float64) + 0.1
+    columns, _, _ = affine.factor.support_on(x)
+    assert columns is not None and columns.tolist() == list(range(10, 17))
+    y = project_metric(affine, x, d)
+    inv = 1 / d.detach()
+    gram = torch.einsum("kn,bn,jn->bkj", A, inv, A)
+    dense = x.detach() - inv * (torch.linalg.solve(gram, (x.detach() @ A.T - c).unsqueeze(-1)).squeeze(-1) @ A)
+    torch.testing.assert_close(y.detach(), dense, rtol=0, atol=1e-12)
+    outside = torch.ones(300, dtype=torch.bool)
+    outside[10:17] = False
+    assert torch.equal(y.detach()[:, outside], x.detach()[:, outside])
+    assert torch.autograd.gradcheck(lambda v: project_metric(affine, v, d), (x,))
