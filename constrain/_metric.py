@@ -40,14 +40,23 @@ if TYPE_CHECKING:
 
 def _check_metric(d: Tensor, x: Tensor, name: str = "d") -> Tensor:
     """``d`` broadcast to ``x``'s shape, on its device and dtype; every entry positive and finite."""
+    return _check_positive_metric(_broadcast_metric(d, x, name), name)
+
+
+def _broadcast_metric(d: Tensor, x: Tensor, name: str = "d") -> Tensor:
+    """``d`` broadcast to ``x``'s shape, on its device and dtype (a clear error when it does not broadcast)."""
     d = check_tensor(d, name)
     try:
-        d = torch.broadcast_to(d.to(device=x.device, dtype=x.dtype), x.shape)
+        return torch.broadcast_to(d.to(device=x.device, dtype=x.dtype), x.shape)
     except RuntimeError:
         raise ValueError(
             f"{name} of shape {tuple(d.shape)} does not broadcast to x's shape {tuple(x.shape)}: give one positive "
             f"weight per entry of x (e.g. the optimizer's denominator sqrt(v) + eps)."
         ) from None
+
+
+def _check_positive_metric(d: Tensor, name: str = "d") -> Tensor:
+    """``d`` itself, after checking that every entry is positive and finite (a metric)."""
     if d.numel() and not bool(((d > 0) & torch.isfinite(d)).all()):
         raise ValueError(
             f"every entry of {name} must be positive and finite (a metric); got min {float(d.min()):g}. "
@@ -160,13 +169,14 @@ def _project_affine_factor_metric(x: Tensor, d: Tensor, factor: AffineFactor) ->
         )
     if x.dtype in LOW_PRECISION:
         return _project_affine_factor_metric(x.float(), d, factor).to(x.dtype)
-    d = _check_metric(d, x)
+    d = _broadcast_metric(d, x)
     if x.numel():
         check_finite(x.sum(-1))
     columns, V, offset = factor.support_on(x)
     if columns is None:
-        return _affine_metric_step(x, d, V, offset)
-    moved = _affine_metric_step(x.index_select(-1, columns), d.index_select(-1, columns), V, offset)
+        return _affine_metric_step(x, _check_positive_metric(d), V, offset)
+    d_on = _check_positive_metric(d.index_select(-1, columns))  # d elsewhere weighs entries that do not move
+    moved = _affine_metric_step(x.index_select(-1, columns), d_on, V, offset)
     return x.index_copy(-1, columns, moved)
 
 
