@@ -129,6 +129,14 @@ def _pull_inside(y: Tensor, r: Tensor) -> Tensor:
     return y * scale
 
 
+def _rows_of(x: Tensor, n: int) -> Tensor:
+    """``x`` as a tensor of rows of ``n`` entries (``A``'s columns); a clear error for any other shape."""
+    x = check_tensor(x)
+    if x.dim() == 0 or x.shape[-1] != n:
+        raise ValueError(f"x has shape {tuple(x.shape)} but A has {n} columns: the last dimension of x must be {n}.")
+    return x
+
+
 def project_affine_metric(x: Tensor, d: Tensor, row_basis: Tensor, particular: Tensor) -> Tensor:
     r""":math:`\arg\min_{A y = c} \sum_i d_i (y_i - x_i)^2` for each row of ``x`` (shape ``(..., n)``), given the
     factorization of :math:`A y = c`: ``row_basis`` :math:`V` (k, n) with orthonormal rows spanning the row
@@ -137,10 +145,7 @@ def project_affine_metric(x: Tensor, d: Tensor, row_basis: Tensor, particular: T
 
     :math:`y = x - D^{-1} V^\top (V D^{-1} V^\top)^{-1} (V x - V w_0)`: one k x k solve per row.
     """
-    x = check_tensor(x)
-    n = row_basis.shape[-1]
-    if x.dim() == 0 or x.shape[-1] != n:
-        raise ValueError(f"x has shape {tuple(x.shape)} but A has {n} columns: the last dimension of x must be {n}.")
+    x = _rows_of(x, row_basis.shape[-1])
     if x.dtype in LOW_PRECISION:
         return project_affine_metric(x.float(), d, row_basis, particular).to(x.dtype)
     d = _check_metric(d, x)
@@ -162,11 +167,7 @@ def _affine_metric_step(x: Tensor, d: Tensor, V: Tensor, offset: Tensor) -> Tens
 def _project_affine_factor_metric(x: Tensor, d: Tensor, factor: AffineFactor) -> Tensor:
     """:func:`project_affine_metric` through ``factor``, on the columns its row space touches only (a tie
     of 8 weights among 262144 costs a few operations on 8 entries, not a pass over V)."""
-    x = check_tensor(x)
-    if x.dim() == 0 or x.shape[-1] != factor.size:
-        raise ValueError(
-            f"x has shape {tuple(x.shape)} but A has {factor.size} columns: the last dimension of x must be {factor.size}."
-        )
+    x = _rows_of(x, factor.size)
     if x.dtype in LOW_PRECISION:
         return _project_affine_factor_metric(x.float(), d, factor).to(x.dtype)
     d = _broadcast_metric(d, x)
