@@ -79,10 +79,16 @@ class QPFamily:
             A = np.random.normal(loc=0, scale=1.0, size=(self.eq, self.variables))
             X = np.random.uniform(-1, 1, size=(self.instances, self.eq))
             G = np.random.normal(loc=0, scale=1.0, size=(self.ineq, self.variables))
+            completed = _dc3_completed_draw(A)
         finally:
             np.random.set_state(state)
         h = np.sum(np.abs(G @ np.linalg.pinv(A)), axis=1)
-        return {"q": np.diag(Q).copy(), "p": p, "A": A, "X": X, "G": G, "h": h}
+        return {"q": np.diag(Q).copy(), "p": p, "A": A, "X": X, "G": G, "h": h, "completed": completed}
+
+    @property
+    def dc3_completed(self) -> tuple[int, ...]:
+        """The variables DC3's code solves from the equalities on this family: its seeded random draw."""
+        return tuple(int(i) for i in self.arrays["completed"])
 
     @property
     def name(self) -> str:
@@ -116,6 +122,19 @@ class QPFamily:
         """``{y : A y = x, G y <= h}`` with ``b = x`` read from the network's input."""
         A, G, h = (torch.from_numpy(self.arrays[k]) for k in ("A", "G", "h"))
         return constrain.Polyhedron(A=A, b=_identity, G=G, h=h)
+
+
+def _dc3_completed_draw(A: np.ndarray) -> np.ndarray:
+    """DC3's choice of completed variables, continuing the legacy generator right after the recipe's
+    draws: ``n - m`` free variables drawn without replacement, redrawn (at most 100 times) while the
+    completed block's determinant is below 1e-4; the completed ones are the rest, ascending."""
+    m, n = A.shape
+    for _ in range(100):
+        free = np.random.choice(n, n - m, replace=False)
+        completed = np.setdiff1d(np.arange(n), free)
+        if abs(np.linalg.det(A[:, completed])) >= 1e-4:
+            return completed
+    raise ValueError(f"no invertible {m}x{m} block of A in 100 draws: the equalities are rank-deficient.")
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -260,6 +279,9 @@ class Entry:
     note: str = ""
 
 
+#: An option value resolved per family: the variables DC3's code completes (``QPFamily.dc3_completed``).
+DC3_COMPLETED = "DC3's draw"
+
 #: The strategies of the study with their options. Any other registered strategy that accepts the
 #: polyhedron is added with its default options (a new strategy is never silently missing).
 ENTRIES: tuple[Entry, ...] = (
@@ -268,8 +290,14 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("lagrangian", "lagrangian", {"dual_lr": 0.1}),
     Entry("augmented-lagrangian", "augmented-lagrangian", {"penalty": 10.0, "dual_lr": 0.1}),
     Entry("projected", "projected", {}),
-    Entry("dc3", "dc3", {}, note="DC3's published settings"),
-    Entry("dc3 (completion only)", "dc3", {"steps": 0}, note="no correction: DC3's 'Eq. NN' row"),
+    Entry("dc3", "dc3", {"completed": DC3_COMPLETED}, note="DC3's published settings and completed subset"),
+    Entry("dc3 (last m completed)", "dc3", {}, note="DC3's settings, the last m variables completed"),
+    Entry(
+        "dc3 (completion only)",
+        "dc3",
+        {"steps": 0, "completed": DC3_COMPLETED},
+        note="DC3's subset, no correction: completion and the soft loss",
+    ),
     Entry("hardnet-aff", "hardnet-aff", {}),
     Entry(
         "reparam-gauge",
@@ -284,7 +312,7 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
     {"label": "optimizer (OSQP)", "objective": -15.047, "eq_max": 0.0, "ineq_max": 0.0},
     {"label": "DC3", "objective": -13.455, "eq_max": 0.0, "ineq_max": 2.1e-4},
     {"label": "NN, soft penalty", "objective": -12.569, "eq_max": 0.349, "ineq_max": None},
-    {"label": "NN, equality completion only", "objective": -14.679, "eq_max": None, "ineq_max": 0.893},
+    {"label": "Eq. NN (supervised: MSE to the optimizer's solutions)", "objective": -14.679, "eq_max": None, "ineq_max": 0.893},
     {"label": "qpth", "objective": None, "eq_max": None, "ineq_max": None, "inference": 1.34},
 )
 
@@ -298,6 +326,8 @@ def entries(family: QPFamily, wanted: Sequence[str] | None = None) -> tuple[list
     for entry in (*ENTRIES, *extra):
         if wanted and not any(w in (entry.label, entry.strategy) for w in wanted):
             continue
+        if entry.options.get("completed") == DC3_COMPLETED:
+            entry = replace(entry, options={**entry.options, "completed": family.dc3_completed})
         cls = strategies.strategy_class(entry.strategy)
         reason = cls.unsupported_reason(target)
         if reason is None and cls.family == "l1-regularization":
@@ -546,9 +576,16 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _option_text(key: str, value: Any) -> str:
+    """``key=value``, with a long index list shortened to its length (the note says what it is)."""
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return f"{key}=[{len(value)} indices]"
+    return f"{key}={value}"
+
+
 def _row_line(row: dict[str, Any]) -> str:
     """One strategy's row of the table (its options, notes, failures and far-input refusals last)."""
-    options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "defaults"
+    options = ", ".join(_option_text(k, v) for k, v in row["options"].items()) or "defaults"
     options += f"; {row['note']}" if row["note"] else ""
     if row["failed"]:
         options += f"; {len(row['failed'])} failed: {row['failed'][0]['error'][:120]}"

@@ -3,9 +3,10 @@ r"""DC3 (Donti, Rolnick, Kolter, ICLR 2021): equality completion, then gradient 
 For outputs constrained to a polyhedron :math:`\{y \in \mathbb{R}^n : A y = b,\ G y \le h\}` with
 :math:`A` of shape ``(m, n)`` (``b`` and ``h`` may differ per sample):
 
-1. **Completion.** The network's first :math:`n - m` outputs are the free variables :math:`z`; the
-   last :math:`m` are solved from the equalities, :math:`y_c = A_c^{-1}(b - A_f z)` with
-   :math:`A = [A_f\ A_c]`. Every completed :math:`y` satisfies :math:`A y = b` exactly (up to
+1. **Completion.** :math:`m` of the variables (``completed``; by default the last :math:`m`) are
+   solved from the equalities, :math:`y_c = A_c^{-1}(b - A_f z)`, where :math:`A_f, A_c` are the
+   columns of :math:`A` of the free and the completed variables; the network's outputs at the free
+   positions are :math:`z`. Every completed :math:`y` satisfies :math:`A y = b` exactly (up to
    rounding), on every input.
 2. **Correction.** A fixed number of gradient steps on :math:`\|\max(G y - h, 0)\|^2` taken in
    :math:`z` (so along the equality manifold): with :math:`G y - h = G_e z - h_e`,
@@ -21,8 +22,10 @@ The defaults are DC3's published settings for its QP benchmark: 10 correction st
 :math:`\gamma = 10^{-7}`, momentum :math:`\mu = 0.5`, soft weight :math:`w = 10` split evenly
 (:math:`\phi = 0.5`), early stop at ``1e-4``. The correction is gradient descent on the violation,
 so inequalities are only as satisfied as those steps make them: DC3 guarantees the equalities, not
-the inequalities. DC3 completes a random subset of the variables; here the completed variables are
-the last :math:`m` (the block :math:`A_c` must be invertible; reorder the outputs otherwise).
+the inequalities. DC3's code completes a random subset of the variables: give its indices as
+``completed`` to reproduce it. Which subset is completed changes :math:`G_e`, hence both the
+landscape the network learns on and the size of a correction step of a given :math:`\gamma` (the block
+:math:`A_c` must be invertible).
 
 The math is also available on plain tensors: :class:`Completion`, :func:`dc3_correct`,
 :func:`dc3_soft_penalty`.
@@ -31,6 +34,8 @@ The math is also available on plain tensors: :class:`Completion`, :func:`dc3_cor
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +84,11 @@ def check_matrix(M: Any, name: str, n: int | None = None) -> Tensor:
 # ====================================================================== the math on plain tensors
 @dataclass(frozen=True)
 class Completion:
-    r"""Equality completion of the last ``m`` of ``n`` variables: :math:`y = (z,\ A_c^{-1}(b - A_f z))`.
+    r"""Equality completion of ``m`` of ``n`` variables: :math:`y_f = z`, :math:`y_c = A_c^{-1}(b - A_f z)`.
 
-    Built once from ``A`` ``(m, n)`` (float64; cast to the rows' dtype when applied). ``G`` ``(k, n)``
-    (optional) gives :math:`G_e = G_f - G_c A_c^{-1} A_f` and :math:`H = G_c A_c^{-1}` for
-    :math:`h_e = h - b H^\top`.
+    Built once from ``A`` ``(m, n)`` (float64; cast to the rows' dtype when applied) and the indices of
+    the completed variables (``completed``; by default the last ``m``). ``G`` ``(k, n)`` (optional)
+    gives :math:`G_e = G_f - G_c A_c^{-1} A_f` and :math:`H = G_c A_c^{-1}` for :math:`h_e = h - b H^\top`.
     """
 
     free: int
@@ -91,9 +96,10 @@ class Completion:
     A_c_inv: Tensor  # (m, m)
     G_eff: Tensor | None  # (k, n - m)
     H: Tensor | None  # G_c A_c^{-1}, (k, m)
+    order: Tensor | None = None  # the free indices, then the completed ones (None: already in that order)
 
     @classmethod
-    def of(cls, A: Tensor, G: Tensor | None = None) -> Completion:
+    def of(cls, A: Tensor, G: Tensor | None = None, completed: Sequence[int] | None = None) -> Completion:
         A = check_matrix(A, "A")
         m, n = A.shape
         if m >= n:
@@ -101,33 +107,64 @@ class Completion:
                 f"A has {m} rows for {n} variables: completion needs fewer equalities than variables "
                 f"(m < n) so that some variables stay free."
             )
-        A_f, A_c = A[:, : n - m], A[:, n - m :]
+        order = completion_order(completed, m, n)
+        ordered = A if order is None else A[:, order]
+        A_f, A_c = ordered[:, : n - m], ordered[:, n - m :]
         cond = float(torch.linalg.cond(A_c))
         if not math.isfinite(cond) or cond > MAX_CONDITION:
+            which = "the last m variables" if order is None else "the variables in completed"
             raise ValueError(
-                f"the last {m} columns of A form a singular block (condition number {cond:.3g}); dc3 "
-                f"completes the last m variables, so reorder the outputs (and the columns of A and G) "
-                f"to put {m} linearly independent columns last."
+                f"the columns of A of {which} form a singular block (condition number {cond:.3g}); give "
+                f"completed: the indices of {m} variables whose columns of A are linearly independent."
             )
         A_c_inv = torch.linalg.inv(A_c)
         K = A_c_inv @ A_f
         G_eff = H = None
         if G is not None:
             G = check_matrix(G, "G", n)
+            if order is not None:
+                G = G[:, order]
             H = G[:, n - m :] @ A_c_inv
             G_eff = G[:, : n - m] - G[:, n - m :] @ K
-        return cls(n - m, K, A_c_inv, G_eff, H)
+        return cls(n - m, K, A_c_inv, G_eff, H, order)
+
+    def free_part(self, rows: Tensor) -> Tensor:
+        """The free variables ``z`` ``(batch, n - m)``: the entries of ``rows`` at the free positions."""
+        return rows[:, : self.free] if self.order is None else rows[:, self.order[: self.free].to(rows.device)]
 
     def complete(self, z: Tensor, b: Tensor) -> Tensor:
         """``y`` ``(batch, n)`` from the free variables ``z`` ``(batch, n - m)`` and ``b`` ``(m,)`` or ``(batch, m)``."""
         K, A_c_inv = self.K.to(z), self.A_c_inv.to(z)
         completed = b @ A_c_inv.T - z @ K.T
-        return torch.cat([z, completed.expand(z.shape[0], -1)], dim=-1)
+        y = torch.cat([z, completed.expand(z.shape[0], -1)], dim=-1)
+        if self.order is None:
+            return y
+        return y[:, torch.argsort(self.order).to(y.device)]
 
     def effective_h(self, h: Tensor, b: Tensor) -> Tensor:
         r""":math:`h_e = h - b H^\top`, the inequality bound on :math:`G_e z`."""
         assert self.H is not None
         return h - b @ self.H.to(b).T
+
+
+def completion_order(completed: Sequence[int] | None, m: int, n: int) -> Tensor | None:
+    """The permutation "free indices (ascending), then ``completed``" of ``range(n)``; None for the default
+    (the last ``m`` completed, no permutation needed). Checks that ``completed`` names ``m`` distinct
+    variables."""
+    if completed is None:
+        return None
+    try:
+        chosen = [operator.index(i) for i in completed]
+    except TypeError:
+        raise TypeError(f"completed must be a sequence of int variable indices, got {completed!r}.") from None
+    if len(chosen) != m or len(set(chosen)) != m or not all(0 <= i < n for i in chosen):
+        raise ValueError(
+            f"completed must list {m} distinct variable indices in [0, {n}) (one per equality), got {list(completed)!r}."
+        )
+    free = sorted(set(range(n)) - set(chosen))
+    if chosen == list(range(n - m, n)):
+        return None
+    return torch.tensor(free + chosen, dtype=torch.long)
 
 
 def dc3_correct(
@@ -253,6 +290,7 @@ class DC3(_LinearOutputStrategy):
         weight: float = 10.0,
         eq_fraction: float = 0.5,
         tol: float = 1e-4,
+        completed: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -265,12 +303,15 @@ class DC3(_LinearOutputStrategy):
                 raise ValueError(f"{key} must be in [0, 1], got {value!r}.")
         self.correction_steps, self.lr, self.momentum = steps, float(lr), float(momentum)
         self.weight, self.eq_fraction, self.tol = float(weight), float(eq_fraction), float(tol)
+        self.completed = None if completed is None else tuple(completed)
         self.last_correction_steps = 0
 
     def _prepare(self, A: Tensor | None, G: Tensor | None) -> None:
         self._A = check_matrix(A, "A", self._n) if A is not None else None
         self._G = check_matrix(G, "G", self._n) if G is not None else None
-        self._completion = Completion.of(self._A, self._G) if self._A is not None else None
+        if self._A is None and self.completed is not None:
+            raise ValueError("dc3: completed names variables solved from the equalities, but the polyhedron has no A.")
+        self._completion = Completion.of(self._A, self._G, self.completed) if self._A is not None else None
 
     def _map(self, rows: Tensor, b: Tensor | None, h: Tensor | None) -> Tensor:
         c = self._completion
@@ -281,7 +322,7 @@ class DC3(_LinearOutputStrategy):
             y, self.last_correction_steps = dc3_correct(rows, self._G, h, self.correction_steps, self.lr, self.momentum, tol)
             return y
         assert b is not None
-        z = rows[:, : c.free]
+        z = c.free_part(rows)
         if c.G_eff is not None and h is not None and self.correction_steps:
             z, self.last_correction_steps = dc3_correct(
                 z, c.G_eff, c.effective_h(h, b), self.correction_steps, self.lr, self.momentum, tol

@@ -42,20 +42,22 @@ def test_completion_satisfies_equalities_and_effective_inequalities():
     torch.testing.assert_close(z @ c.G_eff.T - c.effective_h(h, b), y @ G.T - h, atol=1e-12, rtol=0)
 
 
-def _dc3_full_space_steps(y, X, A, G, h, free, steps, lr, momentum):
+def _dc3_full_space_steps(y, X, A, G, h, free, steps, lr, momentum, other=None):
     """DC3's correction written as its authors do, in the full space of y: the gradient on the free
-    variables, the completed ones moved so that A y stays fixed."""
-    n, _m = A.shape[1], A.shape[0]
-    other = list(range(free, n))
+    variables (all but ``other``; by default the last ``n - free`` are completed), the completed ones
+    moved so that A y stays fixed."""
+    n = A.shape[1]
+    other = np.arange(free, n) if other is None else np.asarray(other)
+    partial = np.setdiff1d(np.arange(n), other)
     A_o_inv = np.linalg.inv(A[:, other])
-    G_e = G[:, :free] - G[:, other] @ (A_o_inv @ A[:, :free])
+    G_e = G[:, partial] - G[:, other] @ (A_o_inv @ A[:, partial])
     h_e = h - (X @ A_o_inv.T) @ G[:, other].T
     old = 0.0
     for _ in range(steps):
-        grad = 2 * np.maximum(y[:, :free] @ G_e.T - h_e, 0) @ G_e
+        grad = 2 * np.maximum(y[:, partial] @ G_e.T - h_e, 0) @ G_e
         step = np.zeros_like(y)
-        step[:, :free] = grad
-        step[:, free:] = -(grad @ A[:, :free].T) @ A_o_inv.T
+        step[:, partial] = grad
+        step[:, other] = -(grad @ A[:, partial].T) @ A_o_inv.T
         new = lr * step + momentum * old
         y = y - new
         old = new
@@ -77,6 +79,62 @@ def test_correction_matches_the_full_space_formulation_and_reduces_violation():
     after = (y_new @ G.T - h).clamp_min(0).square().sum()
     assert after < 0.5 * before
     torch.testing.assert_close(y_new @ A.T, b, atol=1e-10, rtol=0)
+
+
+def test_a_chosen_completed_subset_matches_dc3s_random_subset_formulation():
+    """``completed`` = DC3's ``other_vars``: the completion and the unrolled correction agree with DC3's
+    full-space formulation on those indices (numpy, independent of our permutation code)."""
+    A, G, h = problem(n=10, m=4, k=8, seed=7)
+    other = [7, 1, 4, 8]  # any order: the set is what counts
+    c = Completion.of(A, G, completed=other)
+    partial = np.setdiff1d(np.arange(10), other)
+    z = 3 * torch.randn(6, 6, dtype=torch.float64)
+    b = torch.randn(6, 4, dtype=torch.float64)
+    rows = torch.zeros(6, 10, dtype=torch.float64)
+    rows[:, partial] = z
+    assert torch.equal(c.free_part(rows), z)
+    y = c.complete(z, b)
+    assert torch.equal(y[:, partial], z)
+    y_np = np.zeros((6, 10))
+    y_np[:, partial] = z.numpy()
+    y_np[:, np.sort(other)] = np.linalg.solve(A[:, np.sort(other)].numpy(), (b - z @ A[:, partial].T).numpy().T).T
+    np.testing.assert_allclose(y.numpy(), y_np, atol=1e-10)
+    lr = 0.5 / float(torch.linalg.matrix_norm(c.G_eff, 2) ** 2)
+    z_new, _ = dc3_correct(z, c.G_eff, c.effective_h(h, b), 15, lr, 0.5)
+    y_ref = _dc3_full_space_steps(y_np, b.numpy(), A.numpy(), G.numpy(), h.numpy(), 6, 15, lr, 0.5, other=np.sort(other))
+    np.testing.assert_allclose(c.complete(z_new, b).numpy(), y_ref, atol=1e-9)
+
+
+def test_completing_the_last_variables_by_name_is_the_default():
+    A, G, _ = problem(n=8, m=3, k=4, seed=8)
+    named, default = Completion.of(A, G, completed=[5, 6, 7]), Completion.of(A, G)
+    assert named.order is None
+    torch.testing.assert_close(named.G_eff, default.G_eff, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "completed, error, match",
+    [
+        ([0, 1], ValueError, "3 distinct variable indices"),
+        ([0, 0, 1], ValueError, "3 distinct"),
+        ([0, 1, 8], ValueError, r"in \[0, 8\)"),
+        ([0.5, 1, 2], TypeError, "int variable indices"),
+    ],
+)
+def test_bad_completed_subsets_are_named(completed, error, match):
+    A, G, _ = problem(n=8, m=3, k=4, seed=8)
+    with pytest.raises(error, match=match):
+        Completion.of(A, G, completed=completed)
+
+
+def test_dc3_with_a_completed_subset_holds_the_equalities():
+    A, G, h = problem(n=8, m=3, k=4, seed=9)
+    s = strategies.get("dc3", completed=[0, 3, 5], lr=1e-3, steps=3)
+    model = s.attach(nn.Linear(3, 8).double(), on_output(polyhedron(A, _rhs_from_input(torch.eye(3, dtype=torch.float64)), G, h)))
+    x = torch.randn(9, 3, dtype=torch.float64)
+    torch.testing.assert_close(model(x) @ A.T, x, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="no A"):
+        strategies.get("dc3", completed=[0]).attach(nn.Linear(3, 8).double(), on_output(polyhedron(G=G, h=h)))
 
 
 def test_correction_stops_early_at_tolerance():
@@ -211,7 +269,7 @@ def test_bad_options_and_targets():
 
 def test_dc3_refuses_a_singular_completed_block():
     A = torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)  # last two columns zero
-    with pytest.raises(ValueError, match="reorder the outputs"):
+    with pytest.raises(ValueError, match="singular block.*give completed"):
         strategies.get("dc3").attach(nn.Linear(3, 4).double(), on_output(polyhedron(A, torch.zeros(2, dtype=torch.float64))))
 
 
