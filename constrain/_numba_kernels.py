@@ -476,13 +476,16 @@ def project_rows(x: np.ndarray, radius: np.ndarray, ball: bool, out: np.ndarray,
     if threads == 1:
         return _project_rows(x, xi, radius, ball, out, taus)
     if rows >= threads:
+        # contiguous blocks of rows; the calling thread works on the last (one thread fewer to wake and join)
         bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
-        pool = _pool(threads)
+        pool = _pool(threads - 1)
         jobs = [
             pool.submit(_project_rows, x[a:b], xi[a:b], radius[a:b], ball, out[a:b], taus[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            for a, b in zip(bounds[:-2], bounds[1:-1], strict=True)
         ]
-        return sum(job.result() for job in jobs)
+        a = bounds[-2]
+        bad = _project_rows(x[a:], xi[a:], radius[a:], ball, out[a:], taus[a:])
+        return bad + sum(job.result() for job in jobs)
     return _project_long_rows(x, xi, radius, ball, out, taus, threads)
 
 

@@ -204,12 +204,42 @@ def test_numba_candidates_at_every_bit_of_a_block(dtype, ball):
         assert torch.equal(y != 0, ref != 0)
 
 
+def _spy(monkeypatch, name: str) -> list[int]:
+    """Count the rows each call of ``_simplex.<name>(d, ...)`` receives."""
+    original, seen = getattr(_simplex, name), []
+
+    def spy(d, *args):
+        seen.append(d.shape[0])
+        return original(d, *args)
+
+    monkeypatch.setattr(_simplex, name, spy)
+    return seen
+
+
 def test_torch_path_falls_back_to_sorting(monkeypatch):
+    monkeypatch.setattr(_simplex, "_FIRST_STEPS", 1)
     monkeypatch.setattr(_simplex, "_NEWTON_STEPS", 1)
     monkeypatch.setattr(_simplex, "_NEWTON_BLOCKS", 1)
+    sorted_rows = _spy(monkeypatch, "_sort_unconverged")
     x = torch.rand(20, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     for ball in (True, False):
         _check_close(_project(x, 1.0, -1, ball, "torch"), _project_sort(x, 1.0, ball=ball), x, 1.0, "fallback")
+    assert sorted_rows and all(0 < rows <= 20 for rows in sorted_rows)  # only the unfinished rows are sorted
+
+
+@pytest.mark.parametrize("ball", [True, False])
+def test_torch_path_finishes_the_rows_left_on_their_own(monkeypatch, ball):
+    """Eagerly, rows not converged after the first block continue alone (gathered), then are scattered back."""
+    monkeypatch.setattr(_simplex, "_FIRST_STEPS", 1)  # one step cannot see the support repeat: every row is left
+    rest_rows = _spy(monkeypatch, "_newton_rest")
+    sorted_rows = _spy(monkeypatch, "_sort_unconverged")
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 40, 200, generator=g, dtype=torch.float64) * 2
+    x[:, ::5] /= 1e4  # ball rows inside
+    radius = torch.rand(3, 40, generator=g, dtype=torch.float64) + 0.5
+    y = _project(x, radius, -1, ball, "torch")
+    assert rest_rows == [3] and not sorted_rows  # (the batch shape is kept: d is (3, 40, 200))
+    _check_close(y, _project_sort(x, radius, ball=ball), x, radius, "rest")
 
 
 def test_bench_projections_smoke(tmp_path, capsys, monkeypatch):
