@@ -184,6 +184,28 @@ def test_numba_threaded_long_rows(dtype, ball):
 
 
 @needs_numba
+@pytest.mark.parametrize("ball", [True, False])
+def test_numba_threaded_rows_are_bitwise_those_of_one_thread(ball):
+    """Many rows are cut into contiguous blocks, one per thread (the calling thread takes the last): each row is
+    projected by the same code whatever the thread count, so outputs and thresholds are bitwise equal."""
+    kernels = _simplex._numba_kernels()
+    x = torch.randn(301, 700, generator=torch.Generator().manual_seed(13)) * 3
+    x[::7] /= 1e4  # ball rows inside
+    x[200, 5] = float("inf")
+    r = torch.full((301,), 1.5)
+    results = []
+    for threads in (1, 2, 3):
+        out, taus = torch.empty_like(x), torch.empty(301, dtype=torch.float64)
+        assert kernels.project_rows(x.numpy(), r.numpy(), ball, out.numpy(), taus.numpy(), threads) == 1
+        results.append((out, taus))
+    for out, taus in results[1:]:
+        keep = torch.arange(301) != 200  # (the bad row's output is unspecified)
+        assert torch.equal(out[keep], results[0][0][keep]) and torch.equal(taus, results[0][1])
+    keep = torch.arange(301) != 200
+    _check_close(results[0][0][keep], _project_sort(x[keep], 1.5, ball=ball), x[keep], 1.5, "rows")
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ball", [True, False])
 def test_numba_candidates_at_every_bit_of_a_block(dtype, ball):
