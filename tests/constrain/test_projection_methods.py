@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from constrain import L1Ball, Simplex, numba_available, project_l1_ball, project_simplex
+from constrain._simplex import Method
 
-METHODS = ["auto", "torch", "sort"] + (["numba"] if numba_available() else [])
+METHODS: list[Method] = ["auto", "torch", "sort"]
+if numba_available():
+    METHODS.append("numba")
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_every_method_matches_the_exact_reference(method: str, dtype: torch.dtype) -> None:
+def test_every_method_matches_the_exact_reference(method: Method, dtype: torch.dtype) -> None:
     x = torch.randn(64, 37, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 3
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     for project, constraint in ((project_l1_ball, L1Ball(1.5)), (project_simplex, Simplex(1.5))):
@@ -34,7 +37,7 @@ def test_numba_where_it_cannot_run_is_an_error(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("project", [project_l1_ball, project_simplex], ids=["l1_ball", "simplex"])
-def test_calls_that_differentiate_and_calls_that_do_not_agree(method: str, project) -> None:
+def test_calls_that_differentiate_and_calls_that_do_not_agree(method: Method, project) -> None:
     """Without a graph, a transform or a dual level, the forward runs without the autograd.Function: same values;
     with any of them the Function runs, and its derivatives are the exact Jacobian's."""
     g = torch.Generator().manual_seed(8)
