@@ -37,8 +37,11 @@ outputs are formed as the torch paths form them, ``max(((a - top) - t) - e, 0)``
 threshold split as ``t + e`` in the row's dtype (times ``sign(x)`` for the ball), so every
 path agrees up to a few ulps of ``r``. NaN and Inf are detected by the passes above and reported per row.
 
-Rows are split among threads (the kernels release the GIL; a small pool of Python threads
-drives them, which stays clear of numba's OpenMP layer and of ``fork``). With fewer rows than
+Rows are split among threads in contiguous blocks, one per thread, the calling thread taking the
+last (the kernels release the GIL; a small pool of Python threads drives the others, which stays
+clear of numba's OpenMP layer and of ``fork``); each row is projected by the same code whatever the
+thread count, so the outputs are bitwise those of one thread. A call of fewer than ``_MIN_WORK``
+values per thread uses fewer threads. With fewer rows than
 threads, long rows are cut into segments filtered in parallel and their candidates merged
 (each segment's bound is a subset's, hence a bound for the whole row).
 
@@ -476,13 +479,16 @@ def project_rows(x: np.ndarray, radius: np.ndarray, ball: bool, out: np.ndarray,
     if threads == 1:
         return _project_rows(x, xi, radius, ball, out, taus)
     if rows >= threads:
+        # contiguous blocks of rows; the calling thread works on the last (one thread fewer to wake and join)
         bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
-        pool = _pool(threads)
+        pool = _pool(threads - 1)
         jobs = [
             pool.submit(_project_rows, x[a:b], xi[a:b], radius[a:b], ball, out[a:b], taus[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            for a, b in zip(bounds[:-2], bounds[1:-1], strict=True)
         ]
-        return sum(job.result() for job in jobs)
+        a = bounds[-2]
+        bad = _project_rows(x[a:], xi[a:], radius[a:], ball, out[a:], taus[a:])
+        return bad + sum(job.result() for job in jobs)
     return _project_long_rows(x, xi, radius, ball, out, taus, threads)
 
 

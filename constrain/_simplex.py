@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from constrain._checks import (
     LOW_PRECISION,
@@ -50,10 +51,14 @@ from constrain._checks import (
     is_transformed,
 )
 
-#: Newton steps of the torch path run without a host synchronisation (rows that converge
-#: earlier stay put), for rows of more than ``_LANES`` values and for shorter ones (whose start
-#: is poorer). Eagerly, a block of steps is repeated while some row has not converged, up to
-#: ``_NEWTON_BLOCKS`` blocks; compiled, one block. Rows not converged then (adversarial) are sorted.
+#: Newton steps of the torch path run without a host synchronisation (rows that converge earlier stay
+#: put). Eagerly, a first block of ``_FIRST_STEPS`` steps on every row (``_FIRST_STEPS_SHORT`` for rows of
+#: at most ``_LANES`` values, whose start is poorer) usually finishes nearly all of them; the rows left
+#: then take blocks of ``_NEWTON_STEPS`` steps on their own, up to ``_NEWTON_BLOCKS`` blocks. Compiled, one
+#: block of ``_NEWTON_STEPS`` (``_NEWTON_STEPS_SHORT``) steps on every row. Rows not converged then
+#: (adversarial) are sorted.
+_FIRST_STEPS = 2
+_FIRST_STEPS_SHORT = 4
 _NEWTON_STEPS = 4
 _NEWTON_STEPS_SHORT = 6
 _NEWTON_BLOCKS = 16
@@ -61,7 +66,7 @@ _NEWTON_BLOCKS = 16
 _LANES = 32
 _BLOCK_STEPS = 4
 #: Rows of at most this many nonzeros have their float32 output's norm summed in float32 (certified below).
-_FLOAT32_NORM_TERMS = 5
+_FLOAT32_NORM_TERMS = 9
 
 
 def _lane_maxima(a: Tensor) -> Tensor:
@@ -83,14 +88,17 @@ def _lower_bound(maxima: Tensor, radius: Tensor) -> Tensor:
     so the threshold lies in ``[-r, 0)``. The threshold :math:`\tau_V` of any subset :math:`V` of
     a row is at most the row's, and so is every Newton iterate for :math:`V` started left of
     :math:`\tau_V`; the group maxima are such a subset, and the largest values of a row usually
-    fall in different groups, so :math:`V` often holds the whole support.
+    fall in different groups, so :math:`V` often holds the whole support. The steps are those of
+    :func:`_newton_steps` (float arithmetic only: boolean masks and ``where`` cost several times more
+    on these short rows), a step never taken backwards.
     """
     tau = -radius.expand(*maxima.shape[:-1], 1)
     if maxima.shape[-1] > 1:
+        buf = torch.empty_like(maxima)
         for _ in range(_BLOCK_STEPS):  # every iterate is a lower bound: no convergence test needed
-            above = maxima > tau
-            count = above.sum(-1, keepdim=True).clamp_min_(1)
-            tau = torch.maximum(tau, (torch.where(above, maxima, 0).sum(-1, keepdim=True) - radius) / count)
+            excess = torch.sub(maxima, tau, out=buf).clamp_min_(0).sum(-1, keepdim=True)
+            count = buf.sign_().sum(-1, keepdim=True).clamp_min_(1)
+            tau = tau + ((excess - radius) / count).clamp_min_(0)
     return tau
 
 
@@ -108,29 +116,50 @@ def _newton_threshold(d: Tensor, radius: Tensor, maxima: Tensor, buf: Tensor | N
     the iterates :math:`\tau_{k+1} = \tau_k + (\sum_i (d_i - \tau_k)_+ - r) / |\{d_i > \tau_k\}|`
     increase monotonically and stop, exactly, once the support no longer changes; the last
     step, :math:`(\sum_S (d_i - \tau) - r)/|S|`, is computed from values of the output's size,
-    so it is ``delta`` to the precision of ``r``. The start, :func:`_lower_bound`, is close
-    enough that two to four steps usually do (six for rows of a few values).
+    so it is ``delta`` to the precision of ``r``. The start, :func:`_lower_bound`, is usually
+    the threshold of a subset holding the whole support, so two steps do (one to reach the
+    threshold, one to see the support repeat).
 
     Pure torch (any device), four elementwise passes per step into one buffer (``buf``, a
     tensor like ``d``, reused when given), no other allocation of ``d``'s size, and no host
-    synchronisation inside a block of ``_NEWTON_STEPS`` steps (a row that has converged keeps
-    its threshold). Eagerly, one test after each block decides whether another is needed;
-    compiled, after one block, rows not converged (adversarial inputs) are sorted, the test a
+    synchronisation inside a block of steps (a row that has converged keeps its threshold).
+    Eagerly, one test after the first block (``_FIRST_STEPS`` steps on every row) finds the few
+    rows left, which go on alone (:func:`_newton_rest`); compiled, after one block of
+    ``_NEWTON_STEPS``, rows not converged (adversarial inputs) are sorted, the test a
     ``torch.cond``, so the whole path compiles with ``torch.compile(fullgraph=True)``.
     """
     tau = _lower_bound(maxima, radius)
     buf = torch.empty_like(d) if buf is None else buf
-    steps = _NEWTON_STEPS if d.shape[-1] > _LANES else _NEWTON_STEPS_SHORT
+    short = d.shape[-1] <= _LANES
     state: tuple[Tensor, ...] = (tau, torch.full_like(tau, -1.0), torch.zeros_like(tau, dtype=torch.bool), torch.zeros_like(tau))
-    state = _newton_steps(d, radius, buf, state, steps)
     if torch.compiler.is_compiling():  # (eagerly, torch.cond would compile its branches on every shape)
-        return torch.cond(state[2].all(), _newton_done, _sort_unconverged, (d, radius, state[0], state[3], state[2]))
-    for _ in range(_NEWTON_BLOCKS - 1):  # one synchronisation per block of steps
-        if bool(state[2].all()):
+        state = _newton_steps(d, radius, buf, state, _NEWTON_STEPS_SHORT if short else _NEWTON_STEPS)
+        return torch.cond(state[2].all(), _newton_done, _sort_unconverged, (d, radius, *state))
+    state = _newton_steps(d, radius, buf, state, _FIRST_STEPS_SHORT if short else _FIRST_STEPS)
+    tau, _, _, delta = state if bool(state[2].all()) else _newton_rest(d, radius, state)
+    return tau, delta
+
+
+def _newton_rest(d: Tensor, radius: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Eagerly, the rows of ``d`` not converged in ``state``, on their own (gathered: usually a few): blocks of
+    ``_NEWTON_STEPS`` steps, one test after each, up to ``_NEWTON_BLOCKS``; rows still not converged are sorted.
+    Returns the state of every row, with ``converged`` all true."""
+    todo = ~state[2].squeeze(-1)
+    rows = d[todo]
+    rest = tuple(part[todo] for part in state)
+    r = radius.expand(state[0].shape)[todo]
+    buf = torch.empty_like(rows)
+    for _ in range(_NEWTON_BLOCKS):
+        rest = _newton_steps(rows, r, buf, rest, _NEWTON_STEPS_SHORT if d.shape[-1] <= _LANES else _NEWTON_STEPS)
+        if bool(rest[2].all()):
             break
-        state = _newton_steps(d, radius, buf, state, steps)
-    tau, _, converged, delta = state
-    return (tau, delta) if bool(converged.all()) else _sort_unconverged(d, radius, tau, delta, converged)
+    if not bool(rest[2].all()):
+        tau, delta = _sort_unconverged(rows, r, *rest)
+        rest = (tau, rest[1], torch.ones_like(rest[2]), delta)
+    merged = tuple(part.clone() for part in state)
+    for whole, part in zip(merged, rest, strict=True):
+        whole[todo] = part
+    return merged
 
 
 def _newton_steps(d: Tensor, radius: Tensor, buf: Tensor, state: tuple[Tensor, ...], steps: int) -> tuple[Tensor, ...]:
@@ -152,12 +181,16 @@ def _newton_steps(d: Tensor, radius: Tensor, buf: Tensor, state: tuple[Tensor, .
     return tau, count, converged, step
 
 
-def _newton_done(d: Tensor, radius: Tensor, tau: Tensor, delta: Tensor, converged: Tensor) -> tuple[Tensor, Tensor]:
+def _newton_done(
+    d: Tensor, radius: Tensor, tau: Tensor, count: Tensor, converged: Tensor, delta: Tensor
+) -> tuple[Tensor, Tensor]:
     return tau.clone(), delta.clone()  # (torch.cond's branches may not return their inputs)
 
 
-def _sort_unconverged(d: Tensor, radius: Tensor, tau: Tensor, delta: Tensor, converged: Tensor) -> tuple[Tensor, Tensor]:
-    """The rows Newton has not finished (adversarial), sorted; the others kept."""
+def _sort_unconverged(
+    d: Tensor, radius: Tensor, tau: Tensor, count: Tensor, converged: Tensor, delta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(tau, delta)``: the rows Newton has not finished (adversarial) sorted, the others kept (arguments: the state)."""
     sorted_tau, sorted_delta = _split(_sort_threshold(d, radius), d.dtype)
     return torch.where(converged, tau, sorted_tau), torch.where(converged, delta, sorted_delta)
 
@@ -234,15 +267,15 @@ def _raise_non_finite() -> None:
 
 def _numba_rows(x: Tensor, radius: Tensor, ball: bool) -> tuple[Tensor, Tensor]:
     """Project the rows of ``x`` (..., n) with the compiled kernels; return ``(y, tau)``, ``tau`` float64 of shape (..., 1)."""
-    kernels = _numba_kernels()
-    n = x.shape[-1]
-    rows = x.detach().reshape(-1, n).contiguous()
-    r = radius.detach().reshape(-1).to(rows.dtype).contiguous()
+    kernels = _NUMBA_STATE[0]  # loaded: _numba_usable(x) holds
+    rows = x.detach().reshape(-1, x.shape[-1]).contiguous()
+    r = radius.detach().reshape(-1)
+    r = (r if r.dtype == rows.dtype else r.to(rows.dtype)).contiguous()
     y = torch.empty_like(rows)
     taus = torch.empty(rows.shape[0], dtype=torch.float64)
     if kernels.project_rows(rows.numpy(), r.numpy(), ball, y.numpy(), taus.numpy(), torch.get_num_threads()):
         _raise_non_finite()
-    return y.reshape(x.shape), taus.reshape(*x.shape[:-1], 1)
+    return y.view(x.shape), taus.view(*x.shape[:-1], 1)
 
 
 #: What every forward returns: the projection ``y``; ``outside`` (..., 1), bool: rows whose
@@ -276,18 +309,21 @@ def _shifted(x: Tensor, ball: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _norm(w: Tensor, buf: Tensor | None) -> Tensor:
-    r""":math:`\|w\|_1` per row of ``w >= 0`` (float32), in float64, to a relative :math:`4u` (:math:`u = 2^{-24}`) or better.
+    r""":math:`\|w\|_1` per row of ``w >= 0`` (float32), in float64, to a relative :math:`8u` (:math:`u = 2^{-24}`) or better.
 
     Summing :math:`k` nonzero values (zeros add exactly) in any order errs by at most
     :math:`(k - 1)\,u` times the sum, so rows of at most ``_FLOAT32_NORM_TERMS`` nonzeros (their
-    count: the float sum of ``sign(w)``, exact, in the scratch ``buf``) take the float32 sum; other
-    rows, and compiled code (which would need a synchronisation to choose), a float64 sum.
+    count: the float sum of ``sign(w)``, exact, in the scratch ``buf``) take the float32 sum; the other
+    rows (gathered: few), and every row in compiled code (which would need a synchronisation to choose), a
+    float64 sum (a float64 sum of float32 values costs about ten passes over them on a CPU).
     """
     if buf is None or torch.compiler.is_compiling():
         return w.sum(-1, keepdim=True, dtype=torch.float64)
-    short = torch.sign(w, out=buf).sum(-1, keepdim=True) <= _FLOAT32_NORM_TERMS
+    many = torch.sign(w, out=buf).sum(-1) > _FLOAT32_NORM_TERMS
     norm = w.sum(-1, keepdim=True).double()
-    return norm if bool(short.all()) else torch.where(short, norm, w.sum(-1, keepdim=True, dtype=torch.float64))
+    if bool(many.any()):
+        norm[many] = w[many].sum(-1, keepdim=True, dtype=torch.float64)
+    return norm
 
 
 def _finish(
@@ -308,8 +344,8 @@ def _finish(
     :math:`|S|\,\epsilon\,\tau`, i.e. relative to the input's scale, not to ``r`` (an output of
     norm 100 projected onto the unit ball lands ~1e-6 outside). Rows over ``r`` (ball) or off
     ``r`` (simplex) are rescaled by :math:`r / \|w\|_1`, a relative change of a few ulps (the numba
-    kernels do the same). The norm (:func:`_norm`; ``buf``: a scratch like ``w``) is accurate to a few
-    ulps (a float32 sum of 1000 nonzero entries may be off by ~1e-5); ball rows inside are ``x``, unchanged.
+    kernels do the same). The norm (:func:`_norm`) is accurate to a few ulps (a float32 sum of 1000 nonzero
+    entries may be off by ~1e-5); ball rows inside are ``x``, unchanged. ``buf``: a scratch like ``w``, or None.
     """
     absolute = (top.double() + tau.double() + delta.double()).to(x.dtype)
     if x.dtype != torch.float64:
@@ -319,7 +355,9 @@ def _finish(
         w.mul_(torch.where(off & (norm > 0), r / norm, 1.0).to(w.dtype))
     if ball:
         outside = total > radius  # rows outside have tau > 0; rows inside stay x
-        w = torch.where(outside, w.copysign_(x), x, out=w)
+        w.mul_(torch.sign(x) if buf is None else torch.sign(x, out=buf))  # w >= 0: copysign(w, x), in half the time
+        if torch.compiler.is_compiling() or not bool(outside.all()):
+            w = torch.where(outside, w, x, out=w)
         absolute = absolute.clamp_min_(0).masked_fill_(~outside, 0)
     else:
         outside = torch.ones_like(top, dtype=torch.bool)
@@ -352,6 +390,23 @@ def _forward_auto(x: Tensor, radius: Tensor, ball: bool) -> Forward:
 _FORWARDS = {"auto": _forward_auto, "numba": _forward_numba, "torch": _forward_torch, "sort": _forward_sort}
 
 
+def _forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:
+    """The forward of ``method`` (a key of :data:`_FORWARDS`)."""
+    if method == "numba" and not _numba_usable(x):
+        raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
+    return _FORWARDS[method](x, radius, ball)
+
+
+def _untracked(x: Tensor, radius: Tensor) -> bool:
+    """Whether nothing differentiates through the projection of ``x`` (no autograd graph, no ``torch.func``
+    transform, no forward-mode dual level): then the forward runs without :class:`_SimplexOrBallProjection`,
+    whose ``apply`` costs about 100 us a call (it binds the forward's signature with ``inspect``)."""
+    if forward_ad._current_level >= 0:  # forward-mode AD: dual tensors do not require grad
+        return False
+    grad = torch.is_grad_enabled()
+    return not (grad and (x.requires_grad or radius.requires_grad)) and not is_transformed(x) and not is_transformed(radius)
+
+
 def _support(y: Tensor) -> tuple[Tensor, Tensor]:
     """``(s, |S|)``: ``sign(y)`` (1 on the simplex support; +-1 on the ball's; 0 elsewhere) and the
     support's size (at least 1)."""
@@ -371,9 +426,7 @@ class _SimplexOrBallProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, radius: Tensor, ball: bool, method: str) -> Forward:
-        if method == "numba" and not _numba_usable(x):
-            raise RuntimeError("the numba kernels need numba, a CPU tensor of float32 or float64, and CONSTRAIN_NO_NUMBA unset.")
-        return _FORWARDS[method](x, radius, ball)
+        return _forward(x, radius, ball, method)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -455,8 +508,10 @@ def _project(x: Tensor, radius: Radius, dim: int, ball: bool, method: str) -> Te
         if moved.shape[-1] == 0 and not ball and moved.shape[:-1].numel():
             raise ValueError("cannot project onto the simplex in 0 dimensions: it is empty for radius > 0.")
         return x.clone()
-    y = _SimplexOrBallProjection.apply(moved.to(compute_dtype), r, ball, method)[0]
-    return y.to(x.dtype).movedim(-1, dim)
+    moved = moved if moved.dtype == compute_dtype else moved.to(compute_dtype)
+    y = (_forward if _untracked(moved, r) else _SimplexOrBallProjection.apply)(moved, r, ball, method)[0]
+    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    return y if dim == x.dim() - 1 else y.movedim(-1, dim)
 
 
 def project_simplex(x: Tensor, radius: Radius = 1.0, dim: int = -1, *, method: Method = "auto") -> Tensor:

@@ -184,6 +184,28 @@ def test_numba_threaded_long_rows(dtype, ball):
 
 
 @needs_numba
+@pytest.mark.parametrize("ball", [True, False])
+def test_numba_threaded_rows_are_bitwise_those_of_one_thread(ball):
+    """Many rows are cut into contiguous blocks, one per thread (the calling thread takes the last): each row is
+    projected by the same code whatever the thread count, so outputs and thresholds are bitwise equal."""
+    kernels = _simplex._numba_kernels()
+    x = torch.randn(301, 700, generator=torch.Generator().manual_seed(13)) * 3
+    x[::7] /= 1e4  # ball rows inside
+    x[200, 5] = float("inf")
+    r = torch.full((301,), 1.5)
+    results = []
+    for threads in (1, 2, 3):
+        out, taus = torch.empty_like(x), torch.empty(301, dtype=torch.float64)
+        assert kernels.project_rows(x.numpy(), r.numpy(), ball, out.numpy(), taus.numpy(), threads) == 1
+        results.append((out, taus))
+    for out, taus in results[1:]:
+        keep = torch.arange(301) != 200  # (the bad row's output is unspecified)
+        assert torch.equal(out[keep], results[0][0][keep]) and torch.equal(taus, results[0][1])
+    keep = torch.arange(301) != 200
+    _check_close(results[0][0][keep], _project_sort(x[keep], 1.5, ball=ball), x[keep], 1.5, "rows")
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ball", [True, False])
 def test_numba_candidates_at_every_bit_of_a_block(dtype, ball):
@@ -204,12 +226,42 @@ def test_numba_candidates_at_every_bit_of_a_block(dtype, ball):
         assert torch.equal(y != 0, ref != 0)
 
 
+def _spy(monkeypatch, name: str) -> list[int]:
+    """Count the rows each call of ``_simplex.<name>(d, ...)`` receives."""
+    original, seen = getattr(_simplex, name), []
+
+    def spy(d, *args):
+        seen.append(d.shape[0])
+        return original(d, *args)
+
+    monkeypatch.setattr(_simplex, name, spy)
+    return seen
+
+
 def test_torch_path_falls_back_to_sorting(monkeypatch):
+    monkeypatch.setattr(_simplex, "_FIRST_STEPS", 1)
     monkeypatch.setattr(_simplex, "_NEWTON_STEPS", 1)
     monkeypatch.setattr(_simplex, "_NEWTON_BLOCKS", 1)
+    sorted_rows = _spy(monkeypatch, "_sort_unconverged")
     x = torch.rand(20, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     for ball in (True, False):
         _check_close(_project(x, 1.0, -1, ball, "torch"), _project_sort(x, 1.0, ball=ball), x, 1.0, "fallback")
+    assert sorted_rows and all(0 < rows <= 20 for rows in sorted_rows)  # only the unfinished rows are sorted
+
+
+@pytest.mark.parametrize("ball", [True, False])
+def test_torch_path_finishes_the_rows_left_on_their_own(monkeypatch, ball):
+    """Eagerly, rows not converged after the first block continue alone (gathered), then are scattered back."""
+    monkeypatch.setattr(_simplex, "_FIRST_STEPS", 1)  # one step cannot see the support repeat: every row is left
+    rest_rows = _spy(monkeypatch, "_newton_rest")
+    sorted_rows = _spy(monkeypatch, "_sort_unconverged")
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 40, 200, generator=g, dtype=torch.float64) * 2
+    x[:, ::5] /= 1e4  # ball rows inside
+    radius = torch.rand(3, 40, generator=g, dtype=torch.float64) + 0.5
+    y = _project(x, radius, -1, ball, "torch")
+    assert rest_rows == [3] and not sorted_rows  # (the batch shape is kept: d is (3, 40, 200))
+    _check_close(y, _project_sort(x, radius, ball=ball), x, radius, "rest")
 
 
 def test_bench_projections_smoke(tmp_path, capsys, monkeypatch):
