@@ -754,6 +754,9 @@ def run(args: argparse.Namespace) -> int:
     command = "constrain study dc3" + (" --quick" if args.quick else " --paper" if args.paper else "")
     if not default_family:
         command += f" --eq {family.eq} --ineq {family.ineq} --instances {family.instances}"
+    if args.strategies:
+        command += f" --strategies {','.join(args.strategies)}"
+    command += "".join(f" --{k} {v}" for k, v in (("steps", args.steps), ("seeds", args.seeds)) if v is not None)
     prefix = "dc3" if default_family else f"dc3-{family.name}"
     cpu = sum(r.get("cpu_time") or 0.0 for r in records)
     text = markdown_table(family, budget, rows, optimum, seeds, skipped, command, time.perf_counter() - tic, cpu)
