@@ -187,7 +187,8 @@ class PenaltyStrategy(Strategy):
         else:
             inside = slack.numel() == 0 or bool(slack.detach().amin() > 0)  # NaN is not > 0
         if not inside:
-            g, _ = constraint_values(target, rows.detach())
+            with torch.no_grad():  # on rows themselves: a set reading the model's input finds its forward by them
+                g, _ = constraint_values(target, rows)
             if g is not None:
                 self._check_interior(target, g)  # raises unless only non-finite values made the sums infinite
         return per_row

@@ -155,3 +155,18 @@ def test_barrier_on_weights_refuses_a_weight_moved_outside_between_steps(name, v
         assert not isinstance(raised.value, InfeasibleStartError)
     else:  # 1/inf = 0: a finite loss, the point is inside
         assert torch.isfinite(s.loss(torch.tensor(0.0)))
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+def test_barrier_names_an_infeasible_start_with_input_dependent_bounds(name):
+    """Outputs outside a polyhedron whose right-hand side is computed from the model's input: the barrier's loss
+    finds the forward of these outputs and raises InfeasibleStartError (not a missing-forward error)."""
+    from constrain import Polyhedron, on_output
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3)
+    below = Polyhedron(G=torch.eye(2), h=lambda inputs: inputs[:, :2] - 100.0)  # y <= x[:, :2] - 100
+    s = strategies.get(name)
+    model = s.attach(torch.nn.Linear(3, 2), [on_output(below)])
+    with pytest.raises(InfeasibleStartError, match="first batch's outputs"):
+        s.loss(torch.tensor(0.0), model(x))
