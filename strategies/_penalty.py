@@ -33,9 +33,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from constrain import OutputTarget, ParameterTarget
+from constrain import NonNegative, OutputTarget, ParameterTarget
 from strategies import _distributed
-from strategies._base import Strategy, Target, all_finite, constraint_values, target_rows
+from strategies._base import Strategy, Target, all_finite, bound_set, constraint_values, target_rows
 from strategies._optimizer_metric import OptimizerWatch
 from strategies._options import check_positive as _check_positive
 from strategies._penalty_prox import exact_penalty_prox, has_prox
@@ -78,6 +78,16 @@ def _relative_violation(rows: Tensor, g: Tensor | None, h: Tensor | None) -> Ten
     return worst / rows.abs().amax().clamp_min(torch.finfo(rows.dtype).tiny)
 
 
+def interior_slack(target: Target, rows: Tensor) -> Tensor:
+    r"""The slacks :math:`s = -g` of ``target``'s inequalities on ``rows`` (positive strictly inside), ``(rows, k)``.
+    For a set whose :math:`g` is :math:`-x` (``NonNegative``) they are ``rows`` themselves: no temporary."""
+    constraint_set = bound_set(target, rows)
+    if type(constraint_set).inequality is NonNegative.inequality:
+        return rows
+    g = constraint_set.inequality(rows)
+    return rows.new_zeros((*rows.shape[:-1], 0)) if g is None else g.neg()
+
+
 def _aggregate(target: Target, per_row: Tensor) -> Tensor:
     """Mean over samples for output constraints, sum over rows for parameter constraints."""
     return per_row.mean() if isinstance(target, OutputTarget) else per_row.sum()
@@ -96,6 +106,9 @@ class PenaltyStrategy(Strategy):
     barrier = False
     #: The growth factor when ``growth`` is not given: exterior penalties grow until feasible, barriers keep theirs.
     default_growth = 1.02
+    #: Whether a barrier's row sums are finite exactly when every slack is positive and finite (the log: log(0) is
+    #: -inf, log of a negative NaN), so that they certify the interior; otherwise one reduction checks the slacks.
+    finite_inside = False
 
     def __init__(
         self,
@@ -131,6 +144,11 @@ class PenaltyStrategy(Strategy):
         """:math:`\\sum_i \\phi(g_i)` per row; a subclass may fuse it (one weight-sized temporary less)."""
         return self.inequality_term(g).sum(-1)
 
+    def slack_rows(self, slack: Tensor) -> Tensor:
+        """A barrier's :math:`\\sum_i \\phi(-s_i)` per row, on the slacks :math:`s = -g` (positive inside); a
+        subclass may write it without forming :math:`g`."""
+        return self.inequality_term(slack.neg()).sum(-1)
+
     def equality_term(self, h: Tensor) -> Tensor:
         """Elementwise :math:`\\psi(h)` for the equalities."""
         raise NotImplementedError
@@ -141,16 +159,16 @@ class PenaltyStrategy(Strategy):
         worst: list[Tensor] = []
         for target in self.targets:
             rows = target_rows(target, model, outputs)
-            g, h = constraint_values(target, rows)
+            if watch or not self.barrier:  # a barrier forms g only to watch the violation
+                g, h = constraint_values(target, rows)
             if watch:
                 worst.append(_relative_violation(rows.detach(), g, h))
             if not self._in_loss(target):
                 continue
-            parts: list[Tensor] = []
-            if g is not None:
-                if self.barrier:
-                    self._check_interior(target, g)
-                parts.append(self.inequality_rows(g))
+            if self.barrier:  # inequalities only (a barrier refuses equalities)
+                total = total + _aggregate(target, self._barrier_rows(target, rows))
+                continue
+            parts = [self.inequality_rows(g)] if g is not None else []
             if h is not None:
                 parts.append(self.equality_term(h).sum(-1))
             if parts:
@@ -158,6 +176,22 @@ class PenaltyStrategy(Strategy):
         if watch:
             self._violation = worst[0] if len(worst) == 1 else torch.stack([w.to(worst[0]) for w in worst]).amax()
         return None if isinstance(total, float) else self.weight * total  # no term: every target is proximal
+
+    def _barrier_rows(self, target: Target, rows: Tensor) -> Tensor:
+        """The barrier's row sums on the slacks :math:`s = -g` of ``rows``, after checking that they are strictly
+        inside: from the sums themselves when :attr:`finite_inside` (one scalar read), else by one reduction."""
+        slack = interior_slack(target, rows)
+        per_row = self.slack_rows(slack)
+        if self.finite_inside:
+            inside = all_finite(per_row.detach().sum())
+        else:
+            inside = slack.numel() == 0 or bool(slack.detach().amin() > 0)  # NaN is not > 0
+        if not inside:
+            with torch.no_grad():  # on rows themselves: a set reading the model's input finds its forward by them
+                g, _ = constraint_values(target, rows)
+            if g is not None:
+                self._check_interior(target, g)  # raises unless only non-finite values made the sums infinite
+        return per_row
 
     def _in_loss(self, target: Target) -> bool:
         """Whether ``target``'s penalty is a term of the loss (a subclass may apply it otherwise)."""
@@ -168,7 +202,8 @@ class PenaltyStrategy(Strategy):
             if at_attach:
                 where = "attach (the starting parameters)"
             else:
-                where = "the first batch's outputs" if self.steps == 0 else f"step {self.steps}"
+                first = self.steps == 0 and isinstance(target, OutputTarget)
+                where = "the first batch's outputs" if first else f"step {self.steps}"
             raise InfeasibleStartError(
                 f"{self.name}: {target.label} is not strictly satisfied at {where} (max g = {float(g.detach().max()):.3g} >= 0); "
                 f"a barrier is undefined outside its set's interior. Start strictly feasible ("
@@ -250,8 +285,8 @@ class PenaltyStrategy(Strategy):
         model = self._require_model()
         for target in self.targets:
             if isinstance(target, ParameterTarget):
-                g, _ = constraint_values(target, target.gather(model))
-                if g is not None and g.numel() and not bool(g.amax() < 0):  # one reduction; NaN is not < 0
+                slack = interior_slack(target, target.gather(model))
+                if slack.numel() and not bool(slack.amin() > 0):  # one reduction; NaN is not > 0
                     return False
         return True
 
@@ -468,12 +503,16 @@ class LogBarrier(PenaltyStrategy):
     summary = "log barrier -mu*log(-g); strictly feasible start required, steps kept inside"
     barrier = True
     default_growth = 1.0
+    finite_inside = True
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return -torch.log(-g)
 
     def inequality_rows(self, g: Tensor) -> Tensor:
         return torch.log(-g).sum(-1).neg()  # the same value: negating the row sums, not every entry
+
+    def slack_rows(self, slack: Tensor) -> Tensor:
+        return torch.log(slack).sum(-1).neg()  # backward: one division, -grad / s
 
 
 @register("reciprocal-barrier")
@@ -486,6 +525,9 @@ class ReciprocalBarrier(PenaltyStrategy):
 
     def inequality_term(self, g: Tensor) -> Tensor:
         return 1.0 / (-g)
+
+    def slack_rows(self, slack: Tensor) -> Tensor:
+        return slack.reciprocal().sum(-1)
 
 
 @register("extended-log-barrier")

@@ -7,7 +7,7 @@ import torch
 from training_problem import CELLS
 
 import strategies
-from constrain import NonNegative, ParameterTarget, on_parameter
+from constrain import L1Ball, NonNegative, ParameterTarget, on_parameter
 from strategies import UnsupportedConstraint
 from strategies._penalty import InfeasibleStartError
 
@@ -42,13 +42,13 @@ def test_barrier_stays_strictly_feasible(problem, name, cell):
     """From a strictly feasible start, every iterate stays strictly inside (on the training inputs)."""
     s = strategies.get(name, weight=0.05)
     worst = []
-    evaluate = s.inequality_rows
+    evaluate = s.slack_rows
 
-    def recording(g):  # the barrier's own evaluations: every one strictly inside
-        worst.append(float(g.detach().max()))
-        return evaluate(g)
+    def recording(slack):  # the barrier's own evaluations, on the slacks s = -g: every one strictly inside
+        worst.append(-float(slack.detach().min()))
+        return evaluate(slack)
 
-    s.inequality_rows = recording
+    s.slack_rows = recording
 
     def check(model):  # parameters: every iterate after its step strictly inside (no forward needed)
         for target in s.targets:
@@ -110,3 +110,63 @@ def test_non_finite_loss_is_an_error(problem):
     out = model(problem.X)
     with pytest.raises(FloatingPointError, match="step 0"):
         s.loss(torch.tensor(float("nan"), dtype=torch.float64), out)
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+@pytest.mark.parametrize("constraint", [NonNegative(), L1Ball(2.0)])
+def test_barrier_term_and_gradient_are_the_elementwise_formula(name, constraint):
+    """The fused barrier (row sums on the slacks s = -g; for NonNegative s is the weight itself) gives the value
+    and the gradient of ``weight * sum(inequality_term(g))`` formed elementwise by autograd."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(3, 5, dtype=torch.float64) * 0.3 + 0.01)  # strictly inside both sets
+    s = strategies.get(name, weight=0.7)
+    s.attach(layer, [on_parameter("weight", constraint)])
+    term = s.loss(torch.zeros((), dtype=torch.float64))
+    (grad,) = torch.autograd.grad(term, layer.weight)
+    w = layer.weight.detach().clone().requires_grad_(True)
+    expected = 0.7 * s.inequality_term(constraint.inequality(w)).sum()
+    (expected_grad,) = torch.autograd.grad(expected, w)
+    torch.testing.assert_close(term, expected.detach(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+@pytest.mark.parametrize("value", [0.0, -1e-3])
+def test_barrier_on_weights_refuses_a_weight_moved_outside_between_steps(name, value):
+    """A weight put on the boundary or outside after attach (by hand) raises InfeasibleStartError at the next loss,
+    found from the barrier's own sums (log) or one reduction of the slacks (reciprocal); an infinite weight, inside
+    but not finite, is reported as a non-finite loss instead."""
+    layer = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        layer.weight.abs_().add_(1e-2)
+    s = strategies.get(name)
+    s.attach(layer, [on_parameter("weight", NonNegative())])
+    with torch.no_grad():
+        layer.weight[1, 2] = value
+    with pytest.raises(InfeasibleStartError, match=r"at step 0 \(max g = "):
+        s.loss(torch.tensor(0.0))
+    with torch.no_grad():
+        layer.weight[1, 2] = float("inf")
+    if name == "log-barrier":  # -log(inf) = -inf: the loss is not finite
+        with pytest.raises(FloatingPointError, match="not finite") as raised:
+            s.loss(torch.tensor(0.0))
+        assert not isinstance(raised.value, InfeasibleStartError)
+    else:  # 1/inf = 0: a finite loss, the point is inside
+        assert torch.isfinite(s.loss(torch.tensor(0.0)))
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+def test_barrier_names_an_infeasible_start_with_input_dependent_bounds(name):
+    """Outputs outside a polyhedron whose right-hand side is computed from the model's input: the barrier's loss
+    finds the forward of these outputs and raises InfeasibleStartError (not a missing-forward error)."""
+    from constrain import Polyhedron, on_output
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3)
+    below = Polyhedron(G=torch.eye(2), h=lambda inputs: inputs[:, :2] - 100.0)  # y <= x[:, :2] - 100
+    s = strategies.get(name)
+    model = s.attach(torch.nn.Linear(3, 2), [on_output(below)])
+    with pytest.raises(InfeasibleStartError, match="first batch's outputs"):
+        s.loss(torch.tensor(0.0), model(x))
