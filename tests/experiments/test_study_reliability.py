@@ -1,19 +1,22 @@
 """`constrain study` is reproducible and loses nothing when killed.
 
-- Same seed, same results: two runs give identical result files on the CPU. The files hold timing
-  fields (``time_per_step``, ``wall_per_step``, ``train_time``, ``train_cpu``, ``wall_time`` and the
-  ``time`` / ``cpu`` columns of the log); everything else is compared, and the tables without their
-  time/step column.
+- Same seed, same results, whatever the worker count: a run killed and resumed in one process gives
+  the same result files and table as an uninterrupted run in two worker processes. The files hold
+  timing fields (``time_per_step``, ``wall_per_step``, ``train_time``, ``train_cpu``, ``wall_time``
+  and the ``time`` / ``cpu`` columns of the log); everything else is compared, and the tables
+  without their time/step column.
 - SIGKILL in the middle (the whole process group, workers included) and re-running resumes:
   finished runs are kept untouched, every result file is complete JSON, no temporary file is left,
   and the final table equals an uninterrupted run's.
 
-The default run uses a reduced study (two problems, short budgets) through the console script;
+The default run uses a reduced study (one problem, short budgets) through the console script;
 ``-m slow`` runs the full ``constrain study --quick`` twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import cli
 from experiments.study import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +53,17 @@ def _run(out: Path, *extra: str, workers: int = 1) -> str:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def _run_here(out: Path, *extra: str, workers: int = 1) -> str:
+    """The same command as :func:`_run`, in this process (``experiments.cli.main``): what a re-run or a
+    reference needs, without the seconds a new interpreter spends importing torch and cvxpy."""
+    argv = _command(out, *extra, workers=workers)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main(argv[argv.index("study") :])
+    assert status == 0, printed.getvalue()[-3000:]
+    return printed.getvalue()
 
 
 def _results(out: Path) -> dict[str, dict]:
@@ -78,24 +93,17 @@ def _table(stdout: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[Path, str]:
+    """The reference: the reduced study, uninterrupted, in two worker processes."""
     out = tmp_path_factory.mktemp("study") / "first"
-    return out, _run(out, *REDUCED)
-
-
-def test_two_runs_give_identical_result_files_and_tables(uninterrupted, tmp_path) -> None:
-    first, first_stdout = uninterrupted
-    second = tmp_path / "second"
-    second_stdout = _run(second, *REDUCED, workers=2)  # worker processes: the same numbers
-    a, b = _results(first), _results(second)
-    assert a.keys() == b.keys() and len(a) > 10
-    for name in a:
-        assert a[name] == b[name], f"{name} differs between the two runs"
-    assert _table(first_stdout) == _table(second_stdout)
+    return out, _run_here(out, *REDUCED, workers=2)
 
 
 def test_sigkill_in_the_middle_then_resume_keeps_finished_runs_and_gives_the_same_table(uninterrupted, tmp_path) -> None:
+    """Killed and resumed in this process (one worker), the study ends with the result files and table of the
+    uninterrupted run in two worker processes: nothing lost, and the same numbers whatever the worker count."""
     reference, reference_stdout = uninterrupted
     total = len(list(reference.rglob("*.json")))
+    assert total > 10
     out = tmp_path / "killed"
     process = subprocess.Popen(
         _command(out, *REDUCED),
@@ -129,12 +137,15 @@ def test_sigkill_in_the_middle_then_resume_keeps_finished_runs_and_gives_the_sam
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text('{"status": "do')  # what a kill during write_json_atomic leaves behind
 
-    resumed_stdout = _run(out, *REDUCED)
+    resumed_stdout = _run_here(out, *REDUCED)  # the same command, run again (here: in this process)
     for path, (mtime, data) in finished.items():  # kept, not redone
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data, f"{path} was rewritten"
     assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".json"], "a temporary file was left"
     assert not stale.exists()
-    assert _results(out) == _results(reference)
+    resumed, uninterrupted_results = _results(out), _results(reference)
+    assert resumed.keys() == uninterrupted_results.keys()
+    for name in resumed:
+        assert resumed[name] == uninterrupted_results[name], f"{name} differs from the uninterrupted run"
     assert _table(resumed_stdout) == _table(reference_stdout)
 
 
@@ -149,8 +160,16 @@ def test_constrain_study_quick_twice_gives_identical_result_files(tmp_path) -> N
 # ====================================================================== interrupts (real signals)
 #: Seconds from the signal to the exit that the CLI promises (it takes well under one here).
 STOP_WITHIN = 2.0
-#: A reduced study with runs long enough to interrupt in the middle.
-INTERRUPTIBLE = ["--problems", "lin-output-l1", "--steps", "300"]
+#: A reduced study with runs long enough to interrupt in the middle: the slowest strategies per step (and the
+#: baseline, always run), 6 runs, so that the resume after an interrupt has few runs left to do.
+INTERRUPTIBLE = [
+    "--problems",
+    "lin-output-l1",
+    "--steps",
+    "300",
+    "--strategies",
+    "slack-lagrangian,projected,reparam-sigmoid-simplex",
+]
 
 
 def _group(pgid: int) -> list[tuple[int, int, str]]:
@@ -265,7 +284,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_resume_keeps_every_finished_run(tm
 
     finished = {path: path.read_bytes() for path in out.rglob("*.json")}
     assert finished and all(read_run(path) is not None for path in finished)  # whole records only
-    stdout = _run(out, *INTERRUPTIBLE, workers=2)  # the same command resumes
+    stdout = _run_here(out, *INTERRUPTIBLE)  # the same command resumes (here: in this process, one worker)
     for path, data in finished.items():
         assert path.read_bytes() == data, f"{path} was redone"
     total = int(stdout.split(" runs (")[0].rsplit("\n", 1)[-1])
