@@ -216,7 +216,7 @@ class WorkerPool:
         for process, _ in self._workers:
             with contextlib.suppress(Exception):
                 process.terminate()
-        for _process, conn in self._workers:
+        for process, conn in self._workers:
             process.join(1.0)
             if process.is_alive():
                 process.kill()

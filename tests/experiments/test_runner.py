@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments._runner import WorkerError, run_tasks
+from experiments._runner import _LIVE, WorkerError, WorkerPool, run_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,16 @@ def test_a_task_exception_is_raised_as_itself_with_the_worker_traceback() -> Non
 def test_a_worker_that_dies_is_reported_with_its_exit_code() -> None:
     with pytest.raises(WorkerError, match=r"died \(exit code 3\)"):
         run_tasks(os._exit, [(3,), (3,)], 2)
+
+
+def test_terminate_kills_every_worker_even_those_that_ignore_sigterm() -> None:
+    pool = WorkerPool(3, initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
+    pids = {pid for _, pid in pool.imap_unordered(os.getpid, [(), (), ()])}  # one task each: all initialised
+    processes = [process for process, _ in pool._workers]
+    assert pids == {process.pid for process in processes}
+    pool.terminate()
+    assert not any(process.is_alive() for process in processes)
+    assert not any(process in _LIVE for process in processes)
 
 
 SPAWN_WINDOW = """
