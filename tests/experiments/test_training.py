@@ -87,7 +87,8 @@ def test_gradients_are_cleared_every_step_and_an_optimizers_own_zero_grad_is_kep
         nn.functional.mse_loss(hand(X), Y).backward()
         with torch.no_grad():
             for p in hand.parameters():
-                p -= 0.1 * p.grad
+                assert p.grad is not None
+                p.sub_(0.1 * p.grad)
     assert seen == [True] * 4  # cleared before every backward, the first one included
     assert _CountingSGD.calls == 4
     _CountingSGD.calls = 0
