@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import experiments.cli as cli
+import experiments.problems as study_problems
 import experiments.study as study
-from experiments.problems import CONVEX_PROBLEMS, get_problem, reference_violation
+from constrain import L1Ball, on_output
+from experiments.problems import CONVEX_PROBLEMS, get_problem, linear_reference, reference_violation
 from experiments.study_cmd import SUITES
 
 
@@ -321,3 +323,28 @@ def test_cvxpy_optimum_is_a_lower_bound_on_feasible_points(name: str) -> None:
             outputs = model(X)
             assert float(problem.violations(model, outputs).max()) <= 1e-9
             assert f_star <= float(problem.objective(outputs)) + 1e-12
+
+
+def test_the_output_l1_reference_is_the_row_by_row_problem() -> None:
+    """The L1-ball output constraint, given to cvxpy as one expression over all rows, has the optimum of the
+    problem written row by row (one ``norm1(W x_i + b) <= r`` per sample), solved here independently."""
+    import cvxpy as cp
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(30, 4, generator=generator, dtype=torch.float64)
+    Y = 2.0 * torch.randn(30, 2, generator=generator, dtype=torch.float64)
+    radius = 1.2
+    ours = linear_reference(X, Y, [on_output(L1Ball(radius))])
+    W, b = cp.Variable((2, 4)), cp.Variable(2)
+    rows = [W @ x + b for x in X.numpy()]
+    by_row = cp.Problem(
+        cp.Minimize(sum(cp.sum_squares(r - y) for r, y in zip(rows, Y.numpy(), strict=True)) / Y.numel()),
+        [cp.norm1(r) <= radius for r in rows],
+    )
+    by_row.solve(solver=cp.CLARABEL, **study_problems.CLARABEL_OPTIONS)
+    assert by_row.status == cp.OPTIMAL
+    assert abs(ours.f_star - by_row.value) <= 1e-9 * by_row.value
+    outputs = X.numpy() @ ours.weight.T + ours.bias
+    assert np.abs(outputs).sum(1).max() <= radius + 1e-9  # binding: the unconstrained fit is far outside
+    assert np.abs(Y.numpy()).sum(1).max() > 2 * radius

@@ -61,6 +61,45 @@ def test_train_matches_a_hand_written_loop_with_a_strategy_and_a_schedule() -> N
     assert result.wall > 0 and result.cpu >= 0
 
 
+class _CountingSGD(torch.optim.SGD):
+    """SGD that zeroes gradients in place (``set_to_none`` ignored) and counts its ``zero_grad`` calls."""
+
+    calls = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        type(self).calls += 1
+        super().zero_grad(set_to_none=False)
+
+
+def test_gradients_are_cleared_every_step_and_an_optimizers_own_zero_grad_is_kept() -> None:
+    """Plain optimizers: the gradients of one step are gone before the next backward (set to None, as
+    ``zero_grad(set_to_none=True)``: no accumulation, the hand-written loop of SGD); an optimizer class that
+    overrides ``zero_grad`` has it called once per step; :func:`train_step` calls ``zero_grad`` as a user's step does."""
+    X, Y = _data()
+    plain, own, hand = _model(), _model(), _model()
+    seen: list[bool] = []
+    plain.weight.register_hook(lambda grad: seen.append(plain.weight.grad is None))
+    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), _mse, full_batches(X, Y), 4)
+    _CountingSGD.calls = 0
+    train(own, _CountingSGD(own.parameters(), lr=0.1), _mse, full_batches(X, Y), 4)
+    for _ in range(4):
+        hand.zero_grad()
+        nn.functional.mse_loss(hand(X), Y).backward()
+        with torch.no_grad():
+            for p in hand.parameters():
+                assert p.grad is not None
+                p.sub_(0.1 * p.grad)
+    assert seen == [True] * 4  # cleared before every backward, the first one included
+    assert _CountingSGD.calls == 4
+    _CountingSGD.calls = 0
+    stepped = _model()
+    train_step(stepped, _CountingSGD(stepped.parameters(), lr=0.1), _mse, Batch(X, Y))
+    assert _CountingSGD.calls == 1  # a benchmarked step calls zero_grad as a user's step does
+    assert own.weight.grad is not None and plain.weight.grad is not None  # the last step's gradients are kept
+    for model in (plain, own):
+        assert torch.allclose(model.weight, hand.weight, atol=1e-6) and torch.allclose(model.bias, hand.bias, atol=1e-6)
+
+
 def test_logging_early_stop_and_the_lazily_built_optimizer() -> None:
     X, Y = _data()
     model = _model()
