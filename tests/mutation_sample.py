@@ -151,7 +151,10 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
         quiet = os.open(os.devnull, os.O_WRONLY)  # the exit code is the result; pytest's report would flood the log
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
-        code = pytest.main(["--rootdir=.", "--tb=native", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *tests])
+        # -n 0: one process, as mutmut's pytest_add_cli_args (xdist turns a -x failure into exit code 2, "interrupted")
+        code = pytest.main(
+            ["--rootdir=.", "--tb=native", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", *tests]
+        )
         os._exit(int(code))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
