@@ -19,6 +19,7 @@ from torch import nn
 import strategies
 from constrain import NonNegative, on_output
 from strategies import _distributed
+from strategies._lagrangian import LagrangianStrategy
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -43,6 +44,7 @@ def one_rank_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_step_without_records_leaves_the_multipliers(one_rank_group: None, mode: str) -> None:
     options = {"num_samples": 4} if mode == "per-sample" else {}
     strategy = strategies.get("lagrangian", dual_lr=0.5, multipliers=mode, **options)
+    assert isinstance(strategy, LagrangianStrategy)
     strategy.attach(nn.Identity(), on_output(NonNegative()))
     outputs = torch.tensor([[-1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64)
     ids = torch.tensor([0, 2]) if mode == "per-sample" else None

@@ -9,6 +9,7 @@ from torch import nn
 
 import strategies
 from constrain import NonNegative, on_output
+from strategies._lagrangian import LagrangianStrategy
 
 
 def test_sgd_dual_steps_use_the_grown_penalty() -> None:
@@ -20,6 +21,7 @@ def test_sgd_dual_steps_use_the_grown_penalty() -> None:
         multipliers="shared",
         dual_optimizer=torch.optim.SGD,
     )
+    assert isinstance(strategy, LagrangianStrategy)
     strategy.attach(nn.Identity(), on_output(NonNegative()))
     outputs = torch.tensor([[-1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64)
     c = (-outputs).clamp_min(0).mean(0)  # shared multipliers act on the mean violation of g = -x: (2, 0)

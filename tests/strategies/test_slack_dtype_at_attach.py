@@ -10,12 +10,13 @@ import torch
 
 import strategies
 from constrain import NonNegative, on_output
-from strategies._slack_lagrangian import SLACK_FLOOR
+from strategies._slack_lagrangian import SLACK_FLOOR, SlackLagrangian
 
 
 @pytest.mark.parametrize(("dtype", "want"), [(torch.float64, torch.float64), (torch.float16, torch.float32)])
 def test_slacks_sized_at_attach_take_the_models_dtype(dtype: torch.dtype, want: torch.dtype) -> None:
     strategy = strategies.get("slack-lagrangian", output_width=3)
+    assert isinstance(strategy, SlackLagrangian)
     strategy.attach(torch.nn.Linear(2, 3).to(dtype), on_output(NonNegative()))
     (slack,) = strategy.slack_parameters()
     assert slack.dtype == want and slack.shape == (3,)
