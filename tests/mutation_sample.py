@@ -7,13 +7,22 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
     python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
+    python tests/mutation_sample.py run NAME [NAME ...] [--control]          # only these mutants, on all their tests
 
 `run` does what `mutmut run NAMES` does per mutant (the tests that mutmut's stats say reach the mutated
 function, `-x`, in a process forked from one that imported the packages, with MUTANT_UNDER_TEST set)
 and records the exit codes where `mutmut run` does; it skips mutmut's clean-test and forced-fail runs,
 so run the test selection inside mutants/ once first (a failing clean run makes every kill suspect).
 `run --quick N` tries each unchecked mutant on its N fastest tests in one process and prints a
-"- killed" triage line for each kill whose control (the same tests, no mutant) passes.
+"- killed" triage line for each kill whose control (the same tests, no mutant) passes. Given NAMES,
+`run` checks only those (sampled or not, checked before or not) on every test that reaches their function;
+`--control` re-runs each kill's tests with a no-op mutant name and records the kill only if that passes.
+
+Functions that call into `strategies._distributed` are reached only under torch.distributed, in the
+2 gloo processes that tests/strategies/test_distributed.py spawns: mutmut's stats (one process) never
+see those calls, so the runner adds that file to the tests of every mutant of such a function. The
+spawned processes inherit MUTANT_UNDER_TEST through the environment and import the mutated packages
+from mutants/ (the parent's cwd and sys.path), so they run the mutant.
 
 The score counts killed (and caught-by-type-check) mutants over the non-equivalent ones: equivalent
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
@@ -35,6 +44,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 _PACKAGES = ("constrain", "strategies")
 _KILLED_CODES = {1, 3, 37}  # mutmut's "killed" (pytest failed or errored) and "caught by type check"
@@ -96,17 +106,55 @@ def score_table(codes: dict[str, int | None], drawn: dict[str, list[str]], equiv
     return "\n".join(rows)
 
 
+#: tests run in spawned processes that mutmut's stats cannot attribute: added for the functions that call this
+_DDP_CALL = re.compile(r"\b_distributed\.\w+\(")
+_DDP_TESTS = ["tests/strategies/test_distributed.py"]
+
+
+def _noop(name: str) -> str:
+    """A mutant name of the same function that does not exist: the trampoline then runs the original code."""
+    return name.rsplit("__mutmut_", 1)[0] + "__mutmut_999"
+
+
+def _original_source(name: str) -> str:
+    """The source of the unmutated function of mutant ``name`` (cwd mutants/), as mutmut copied it: its
+    ``def`` line and the lines below it indented deeper (blank lines included)."""
+    module, _, function = name.rsplit("__mutmut_", 1)[0].rpartition(".")
+    lines = Path(*module.split(".")).with_suffix(".py").read_text().splitlines()
+    head = f"def {function}__mutmut_orig("
+    first = next((i for i, line in enumerate(lines) if line.lstrip().startswith(head)), None)
+    if first is None:
+        raise ValueError(f"mutant {name!r}: no function {head}...) in {module} (regenerate mutants/)")
+    indent = len(lines[first]) - len(lines[first].lstrip())
+    body = [lines[first]]
+    for line in lines[first + 1 :]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        body.append(line)
+    return "\n".join(body)
+
+
+def tests_of(name: str, stats: dict[str, Any]) -> list[str]:
+    """The tests that reach mutant ``name``'s function (mutmut's stats), plus the DDP tests where it calls
+    ``_distributed`` (cwd mutants/)."""
+    tests = sorted(stats["tests_by_mangled_function_name"].get(name.rsplit("__mutmut_", 1)[0], []))
+    return tests + (_DDP_TESTS if _DDP_CALL.search(_original_source(name)) else [])
+
+
 def _run_one(name: str, tests: list[str], timeout: float) -> int:
     """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout."""
     pid = os.fork()
     if pid == 0:  # the child: pytest with the mutant switched on, then exit without running the parent's cleanup
         import pytest
 
-        os.environ["MUTANT_UNDER_TEST"] = name
+        os.environ["MUTANT_UNDER_TEST"] = name  # inherited by the processes a test spawns (DDP)
         quiet = os.open(os.devnull, os.O_WRONLY)  # the exit code is the result; pytest's report would flood the log
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
-        code = pytest.main(["--rootdir=.", "--tb=native", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *tests])
+        # -n 0: one process, as mutmut's pytest_add_cli_args (xdist turns a -x failure into exit code 2, "interrupted")
+        code = pytest.main(
+            ["--rootdir=.", "--tb=native", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", *tests]
+        )
         os._exit(int(code))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -119,33 +167,49 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
     return 36  # mutmut's "timeout"
 
 
-def run_sample(root: Path, names: list[str], timeout: float, quick: int = 0) -> None:
+def _check(name: str, tests: list[str], timeout: float, control: bool) -> int | None:
+    """mutmut's exit code for mutant ``name`` on ``tests``; None (unchecked) for a kill whose control fails."""
+    if not tests:
+        return 33  # mutmut's "no tests"
+    code = _run_one(name, tests, timeout)
+    if control and code in _KILLED_CODES:
+        control_code = _run_one(_noop(name), tests, timeout)
+        if control_code != 0:
+            print(f"CONTROL FAILED ({control_code}) {name}: the kill is not counted", flush=True)
+            return None
+    return code
+
+
+def run_sample(
+    root: Path, names: list[str], timeout: float, quick: int = 0, *, control: bool = False, again: bool = False
+) -> None:
     """Check ``names`` as `mutmut run` would, cheapest first, saving each exit code in its ``.py.meta`` file.
 
-    ``quick > 0``: each unchecked, untriaged mutant against its ``quick`` fastest tests in this process (no fork,
-    no collection per mutant: fast on a loaded machine); prints a triage line for each kill whose control passes.
+    ``quick > 0``: each unchecked, untriaged mutant (every one of ``names`` with ``again``) against its ``quick``
+    fastest tests in this process (no fork, no collection per mutant: fast on a loaded machine); prints a triage
+    line for each kill whose control passes. ``control``: a kill counts only if the no-op control passes.
     """
     stats = json.loads((root / "mutants" / "mutmut-stats.json").read_text())
-    tests_by_function, duration = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
+    duration = stats["duration_by_test"]
     metas = {meta: json.loads(meta.read_text()) for meta in (root / "mutants").glob("*/**/*.py.meta")}
     owner = {name: meta for meta, data in metas.items() for name in data["exit_code_by_key"]}
-    tests = {name: sorted(tests_by_function.get(name.rsplit("__mutmut_", 1)[0], [])) for name in names}
     triage = _TRIAGE.read_text()
     triaged = set(_EQUIVALENT.findall(triage)) | set(_KILLED_BY_HAND.findall(triage))  # quick: not run again
     os.chdir(root / "mutants")
     sys.path.insert(0, ".")
+    tests = {name: tests_of(name, stats) for name in names}
     import constrain  # noqa: F401  # imported once here (the mutated copies), shared by every forked child
     import strategies  # noqa: F401  # (the same)
 
     for name in sorted(names, key=lambda n: sum(duration.get(t, 0.0) for t in tests[n])):
         if quick:
-            if metas[owner[name]]["exit_code_by_key"][name] is None and name not in triaged:
+            if again or (metas[owner[name]]["exit_code_by_key"][name] is None and name not in triaged):
                 _quick_kill(name, sorted(tests[name], key=lambda t: duration.get(t, 0.0))[:quick])
             continue
-        code = _run_one(name, tests[name], timeout) if tests[name] else 33  # 33: mutmut's "no tests"
+        code = _check(name, tests[name], timeout, control)
         metas[owner[name]]["exit_code_by_key"][name] = code
         owner[name].write_text(json.dumps(metas[owner[name]], indent=4))
-        print(f"{code:3d} {name}", flush=True)
+        print(f"{code if code is not None else '-':>3} {name} ({len(tests[name])} tests)", flush=True)
 
 
 def _quick_kill(name: str, tests: list[str]) -> None:
@@ -158,16 +222,18 @@ def _quick_kill(name: str, tests: list[str]) -> None:
     args = ["--rootdir=.", "-x", "-q", "--tb=no", "-p", "no:randomly", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
     os.environ["MUTANT_UNDER_TEST"] = name
     code = int(pytest.main(args))
-    os.environ["MUTANT_UNDER_TEST"] = name.rsplit("__mutmut_", 1)[0] + "__mutmut_999"  # no such mutant: the original
+    os.environ["MUTANT_UNDER_TEST"] = _noop(name)  # no such mutant: the original
     if code in _KILLED_CODES and int(pytest.main(args)) == 0:
         print(f"KILLED - killed `{name}`: {' '.join(tests)} (fastest reaching tests, control passes)", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["names", "score", "run"])
+    parser.add_argument("names", nargs="*", metavar="NAME", help="run: only these mutants (default: the sample)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--per-package", type=int, default=100)
+    parser.add_argument("--package", choices=_PACKAGES, help="names, run: only this package's sample")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
     parser.add_argument(
         "--quick",
@@ -175,15 +241,27 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="run: each unchecked mutant on its N fastest tests, in-process, printing triage lines for kills",
     )
+    parser.add_argument("--control", action="store_true", help="run: count a kill only if a no-op control passes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.names and args.what != "run":
+        parser.error(f"mutant names are for 'run' only, not {args.what!r}")
     root = Path.cwd()
     codes = _exit_codes(root)
+    unknown = [n for n in args.names if n not in codes]
+    if unknown:
+        parser.error(f"no such mutant under {root / 'mutants'}: {', '.join(unknown)} (see `mutmut results` for names)")
     drawn = sample(list(codes), args.seed, args.per_package)
+    picked = [name for package, names in drawn.items() if args.package in (None, package) for name in names]
     if args.what == "names":
-        print("\n".join(name for names in drawn.values() for name in names))
+        print("\n".join(picked))
         return
     if args.what == "run":
-        run_sample(root, [name for names in drawn.values() for name in names], args.timeout, args.quick)
+        run_sample(root, args.names or picked, args.timeout, args.quick, control=args.control, again=bool(args.names))
         return
     triage = _TRIAGE.read_text()
     equivalent, by_hand = set(_EQUIVALENT.findall(triage)), set(_KILLED_BY_HAND.findall(triage))

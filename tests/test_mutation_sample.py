@@ -1,0 +1,86 @@
+"""tests/mutation_sample.py, the mutation runner: its Wilson interval, its seeded sample, and which
+tests it gives a mutant (mutmut's stats, plus the DDP tests for functions that call ``_distributed``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mutation_sample
+import pytest
+from scipy.optimize import brentq
+
+Z = 1.96
+
+
+def _score_test_bounds(killed: int, n: int) -> tuple[float, float]:
+    """The Wilson interval by definition: the p0 where the score statistic (p - p0) / sqrt(p0 (1 - p0) / n)
+    equals -+z, found by root finding on each side of p = killed / n."""
+    p = killed / n
+
+    def excess(p0: float) -> float:
+        return (p - p0) ** 2 - Z * Z * p0 * (1 - p0) / n
+
+    low = 0.0 if killed == 0 else brentq(excess, 0.0, p - 1e-12, xtol=1e-14)  # excess < 0 next to p
+    high = 1.0 if killed == n else brentq(excess, p + 1e-12, 1.0, xtol=1e-14)
+    return low, high
+
+
+@pytest.mark.parametrize(("killed", "n"), [(0, 10), (1, 10), (26, 36), (34, 37), (40, 40), (150, 200)])
+def test_wilson_is_the_inverted_score_test(killed: int, n: int) -> None:
+    low, high = mutation_sample.wilson(killed, n, Z)
+    want_low, want_high = _score_test_bounds(killed, n)
+    assert math.isclose(low, want_low, abs_tol=1e-10) and math.isclose(high, want_high, abs_tol=1e-10)
+
+
+def test_the_sample_is_seeded_per_package_and_without_replacement() -> None:
+    names = [f"constrain.m.f__mutmut_{i}" for i in range(50)] + [f"strategies.m.f__mutmut_{i}" for i in range(7)]
+    drawn = mutation_sample.sample(names, seed=17, per_package=10)
+    assert drawn == mutation_sample.sample(list(reversed(names)), seed=17, per_package=10)  # order of the input: no effect
+    assert len(set(drawn["constrain"])) == 10 and all(n.startswith("constrain.") for n in drawn["constrain"])
+    assert sorted(drawn["strategies"]) == sorted(n for n in names if n.startswith("strategies."))  # fewer than asked: all
+    assert drawn["constrain"] != mutation_sample.sample(names, seed=18, per_package=10)["constrain"]
+    with pytest.raises(ValueError, match="per_package"):
+        mutation_sample.sample(names, seed=17, per_package=0)
+
+
+_MUTATED_MODULE = """
+class Strategy:
+
+    def xǁStrategyǁcombine__mutmut_orig(self):
+        values = [1.0]
+
+        return _distributed.all_mean(values)
+
+    def xǁStrategyǁcombine__mutmut_1(self):
+        return None
+
+    def xǁStrategyǁlocal__mutmut_orig(self):
+        return _distributed_name  # not a call into _distributed
+
+def x_helper__mutmut_orig(x):
+    return x
+
+_distributed.active()
+"""
+
+
+def test_functions_calling_distributed_get_the_ddp_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(_MUTATED_MODULE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    stats = {"tests_by_mangled_function_name": {"pkg.mod.xǁStrategyǁcombine": ["b.py::t", "a.py::t"]}}
+    assert mutation_sample.tests_of("pkg.mod.xǁStrategyǁcombine__mutmut_1", stats) == [
+        "a.py::t",
+        "b.py::t",
+        "tests/strategies/test_distributed.py",
+    ]
+    assert mutation_sample.tests_of("pkg.mod.xǁStrategyǁlocal__mutmut_3", stats) == []  # ends before the module's call
+    assert mutation_sample.tests_of("pkg.mod.x_helper__mutmut_2", stats) == []
+    with pytest.raises(ValueError, match="regenerate mutants"):
+        mutation_sample.tests_of("pkg.mod.x_gone__mutmut_1", stats)
+
+
+def test_mutant_names_are_for_run_only() -> None:
+    with pytest.raises(SystemExit):
+        mutation_sample.main(["score", "constrain.m.f__mutmut_1"])
