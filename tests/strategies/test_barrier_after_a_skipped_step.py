@@ -1,4 +1,5 @@
-"""A barrier on outputs after a skipped (non-finite) step still pulls a training forward back inside."""
+"""A barrier on outputs after one or two skipped (non-finite) steps in a row still remembers the point to
+return to: a training forward that left the set is pulled back inside, to outputs that are strictly positive."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ import strategies
 from constrain import NonNegative, on_output
 
 
+@pytest.mark.parametrize("skipped", [1, 2])
 @pytest.mark.parametrize("name", ["log-barrier", "reciprocal-barrier"])
-def test_a_skipped_step_keeps_the_point_to_return_to(name: str) -> None:
+def test_skipped_steps_keep_the_point_to_return_to(name: str, skipped: int) -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2).double()
     with torch.no_grad():
         model.weight.mul_(0.1)
-        model.bias.fill_(1.0)  # outputs strictly inside y > 0 for inputs of size ~1
+        model.bias.fill_(1.0)  # outputs strictly inside y > 0 for inputs in [0, 1)
     x = torch.rand(8, 3, dtype=torch.float64)
     strategy = strategies.get(name, on_nonfinite="skip")
     strategy.attach(model, [on_output(NonNegative())])
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    for objective in (0.0, float("nan")):  # a normal step, then a step whose loss is NaN (skipped)
+    for objective in (0.0, *[float("nan")] * skipped):  # a normal step, then steps whose loss is NaN (skipped)
         out = model(x)
         with pytest.warns(RuntimeWarning, match="Skipping") if objective != objective else contextlib.nullcontext():
             loss = strategy.loss(out.sum() * 0 + objective, out)
