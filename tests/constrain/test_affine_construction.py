@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from constrain import Affine
@@ -34,3 +35,10 @@ def test_a_per_sample_c_projects_each_row_onto_its_plane() -> None:
     x = torch.randn(3, 3, dtype=torch.float64)
     y = Affine(A, torch.from_numpy(c)).project(x)
     np.testing.assert_allclose(y.numpy(), _projection(A, c, x.numpy()), atol=1e-12)
+
+
+def test_a_per_sample_c_of_the_wrong_width_is_refused_at_construction() -> None:
+    A = torch.randn(3, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"c has shape \(4, 2\); expected \(3,\) or \(batch, 3\)"):
+        Affine(A, torch.randn(4, 2, dtype=torch.float64))
+    Affine(A, torch.randn(4, 3, dtype=torch.float64))  # one entry per row of A: accepted
