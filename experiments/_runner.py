@@ -139,8 +139,10 @@ class WorkerPool:
             raise ValueError(f"workers must be >= 1, got {workers}.")
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-        with _children_ignore_interrupts():  # no worker prints a KeyboardInterrupt traceback while it imports
-            try:
+        # A Ctrl-C pressed while the workers start is delivered when the context restores the signal mask,
+        # so the workers already started are stopped outside the context too.
+        try:
+            with _children_ignore_interrupts():  # no worker prints a KeyboardInterrupt traceback while it imports
                 for _ in range(workers):
                     ours, theirs = context.Pipe()
                     process = context.Process(target=_serve, args=(theirs, initializer), daemon=True)
@@ -148,9 +150,9 @@ class WorkerPool:
                     theirs.close()
                     _LIVE.add(process)
                     self._workers.append((process, ours))
-            except BaseException:
-                self.terminate()
-                raise
+        except BaseException:
+            self.terminate()
+            raise
 
     def imap_unordered(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         """Yield ``(i, fn(*tasks[i]))`` as tasks finish. A task's exception is raised here (its cause: a
