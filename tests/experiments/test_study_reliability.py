@@ -341,8 +341,8 @@ def spin(seconds):
 if __name__ == "__main__":
     with handle_interrupts():
         pool = WorkerPool(2)
-        print("ready", flush=True)
         try:
+            print("ready", flush=True)  # inside the try: a Ctrl-C sent once this line is read lands in it
             for _ in pool.imap_unordered(spin, [(60,), (60,)]):
                 pass
         except KeyboardInterrupt:
