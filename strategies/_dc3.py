@@ -97,6 +97,7 @@ class Completion:
     G_eff: Tensor | None  # (k, n - m)
     H: Tensor | None  # G_c A_c^{-1}, (k, m)
     order: Tensor | None = None  # the free indices, then the completed ones (None: already in that order)
+    inverse: Tensor | None = None  # argsort(order): puts (z, completed) back in the variables' order
 
     @classmethod
     def of(cls, A: Tensor, G: Tensor | None = None, completed: Sequence[int] | None = None) -> Completion:
@@ -126,7 +127,7 @@ class Completion:
                 G = G[:, order]
             H = G[:, n - m :] @ A_c_inv
             G_eff = G[:, : n - m] - G[:, n - m :] @ K
-        return cls(n - m, K, A_c_inv, G_eff, H, order)
+        return cls(n - m, K, A_c_inv, G_eff, H, order, None if order is None else torch.argsort(order))
 
     def free_part(self, rows: Tensor) -> Tensor:
         """The free variables ``z`` ``(batch, n - m)``: the entries of ``rows`` at the free positions."""
@@ -137,9 +138,9 @@ class Completion:
         K, A_c_inv = self.K.to(z), self.A_c_inv.to(z)
         completed = b @ A_c_inv.T - z @ K.T
         y = torch.cat([z, completed.expand(z.shape[0], -1)], dim=-1)
-        if self.order is None:
+        if self.inverse is None:
             return y
-        return y[:, torch.argsort(self.order).to(y.device)]
+        return y[:, self.inverse.to(y.device)]
 
     def effective_h(self, h: Tensor, b: Tensor) -> Tensor:
         r""":math:`h_e = h - b H^\top`, the inequality bound on :math:`G_e z`."""
