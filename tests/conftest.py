@@ -4,11 +4,17 @@ The default run is split over worker processes by pytest-xdist (``-n auto --dist
 pyproject's addopts). A module- or session-scoped fixture is built once per worker that runs one of
 its tests: the tests of a module that uses an expensive shared fixture (a DDP run, a study run) are
 therefore kept together on one worker, so that the fixture is built once, as in a serial run.
+
+Each worker computes with one torch (and so numba) thread: the workers already occupy the cores, and a
+second intra-op thread per worker only adds synchronisation (OpenMP threads spin while they wait, which
+cost a third of the CPU time of the projection tests on the 2-core machine). Tests of threaded code
+pass their thread counts explicitly.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 #: Shared fixtures cheap enough to build once per worker (grouping their users would serialize the run).
 _CHEAP_SHARED = {"problem"}
@@ -32,6 +38,12 @@ _LONGEST_FIRST = (
     "tests/strategies/test_lagrangian_prox.py",
     "tests/strategies/test_min_norm.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in every xdist worker (``workerinput`` exists only there); a serial run keeps torch's default."""
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(1)
 
 
 def _rank(item: pytest.Item) -> int:

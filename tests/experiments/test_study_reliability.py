@@ -158,8 +158,19 @@ def test_constrain_study_quick_twice_gives_identical_result_files(tmp_path) -> N
 
 
 # ====================================================================== interrupts (real signals)
-#: Seconds from the signal to the exit that the CLI promises (it takes well under one here).
+#: Seconds from the signal to the exit that the CLI promises on an idle machine (it takes well under one).
 STOP_WITHIN = 2.0
+
+
+def _stop_within() -> float:
+    """:data:`STOP_WITHIN`, stretched by the load per core now: on a loaded machine (other test workers, other
+    jobs) a process gets a fraction of a core, and the exit is a few hundred milliseconds of CPU work. A hang
+    (what these tests catch: a cleanup waiting for the workers' runs, or for a signal already lost) lasts far
+    longer than that whatever the load."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return STOP_WITHIN * max(1.0, load / (os.cpu_count() or 1))
+
+
 #: A reduced study with runs long enough to interrupt in the middle: the slowest strategies per step (and the
 #: baseline, always run), 6 runs, so that the resume after an interrupt has few runs left to do.
 INTERRUPTIBLE = [
@@ -226,8 +237,25 @@ def _is_worker(pid: int) -> bool:
         return False
 
 
+def _workers(process: subprocess.Popen) -> list[int]:
+    return [pid for pid, parent, _ in _group(process.pid) if parent == process.pid and _is_worker(pid)]
+
+
 def _workers_started(process: subprocess.Popen, count: int = 2):
-    return lambda: sum(1 for pid, parent, _ in _group(process.pid) if parent == process.pid and _is_worker(pid)) >= count
+    return lambda: len(_workers(process)) >= count
+
+
+def _has_torch(pid: int) -> bool:
+    """Whether process ``pid`` has loaded torch's library (it got past its imports, into its tasks)."""
+    try:
+        return b"libtorch_cpu" in Path(f"/proc/{pid}/maps").read_bytes()
+    except OSError:
+        return False
+
+
+def _workers_in_their_tasks(process: subprocess.Popen, count: int = 2):
+    """Ready when ``count`` workers have imported torch: they unpickled a task and run it."""
+    return lambda: sum(1 for pid in _workers(process) if _has_torch(pid)) >= count
 
 
 def _stop(process: subprocess.Popen, signum: int, whole_group: bool = True) -> tuple[float, str]:
@@ -249,7 +277,7 @@ def _stop(process: subprocess.Popen, signum: int, whole_group: bool = True) -> t
 
 def _assert_one_line(err: str, status: int, returncode: int, seconds: float, pgid: int) -> None:
     assert returncode == status, err[-3000:]
-    assert seconds < STOP_WITHIN, f"exited {seconds:.2f} s after the signal"
+    assert seconds < _stop_within(), f"exited {seconds:.2f} s after the signal"
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-3000:]
     assert "interrupted" in err
     _assert_group_ended(pgid)
@@ -311,19 +339,13 @@ def test_sigterm_to_the_main_process_alone_stops_the_workers_too(tmp_path) -> No
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["study", "l1", "--datasets", "iris", "wine", "--steps", "2000", "--seeds", "2"],
-        ["study", "psilon", "--datasets", "iris", "wine", "--models", "mlp", "psilon", "--folds", "3"],
-    ],
-    ids=["l1", "psilon"],
-)
-def test_ctrl_c_stops_the_other_studies_worker_pools(tmp_path, argv) -> None:
+def test_ctrl_c_stops_the_other_studies_worker_pools(tmp_path) -> None:
+    """``constrain study l1``: a study that calls ``run_tasks`` itself (``study psilon`` takes the same path, with
+    nothing of its own around it: one of the two is enough)."""
+    argv = ["study", "l1", "--datasets", "iris", "wine", "--steps", "2000", "--seeds", "2"]
     head = _command(tmp_path, workers=2)[: -len(_command(tmp_path, workers=2)) + 1]  # the console script
     process = _start([*head, *argv, "--workers", "2", "--no-progress", "--out", str(tmp_path / "out")], tmp_path)
-    _wait_until(process, _workers_started(process), "worker processes")
-    time.sleep(1.0)  # into the runs
+    _wait_until(process, _workers_in_their_tasks(process), "workers in their runs")
     seconds, err = _stop(process, signal.SIGINT)
     _assert_one_line(err, 130, process.returncode, seconds, process.pid)
     assert not (tmp_path / "figures").exists()
@@ -373,5 +395,5 @@ def test_a_second_ctrl_c_exits_at_once_even_when_cleanup_hangs(tmp_path) -> None
     assert process.pid in running and _workers_started(process)()
     seconds, err = _stop(process, signal.SIGINT, whole_group=False)
     process.stdout.close()
-    assert process.returncode == 130 and seconds < STOP_WITHIN and "Traceback" not in err, err
+    assert process.returncode == 130 and seconds < _stop_within() and "Traceback" not in err, err
     _assert_group_ended(process.pid)  # the workers were killed before the exit
