@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import experiments.study as study
-from experiments import figures
 from experiments._convergence import EARLIEST, WINDOW, convergence_reason
 from experiments.problems import get_problem
 
@@ -114,6 +113,8 @@ def test_the_table_says_which_runs_stopped_where_and_why(tmp_path: Path) -> None
 
 
 def test_bands_keep_every_seed_up_to_its_own_last_step() -> None:
+    from experiments import figures  # here, not at collection: it imports matplotlib in every test worker
+
     short = {"log": {"step": [0, 10, 20], "gap": [1.0, 0.1, 0.01]}}
     long = {"log": {"step": [0, 10, 20, 30, 40], "gap": [2.0, 0.2, 0.02, 0.004, 0.002]}}
     band = figures._band([short, long], "gap")
