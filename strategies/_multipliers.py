@@ -50,6 +50,17 @@ class Layout(str, enum.Enum):
 #: One recorded defect: the constraint values (detached) and, for per-sample tables, the sample ids.
 Record = tuple[Tensor, Tensor | None]
 
+_HALF_MAX: dict[torch.dtype, float] = {}
+
+
+def half_max(dtype: torch.dtype) -> float:
+    """Half the largest finite number of the floating-point ``dtype`` (a dual step bounded by it cannot overflow);
+    cached, since the dual step asks on every step."""
+    value = _HALF_MAX.get(dtype)
+    if value is None:
+        value = _HALF_MAX[dtype] = 0.5 * torch.finfo(dtype).max
+    return value
+
 
 class Multiplier(nn.Module):
     """The multipliers of one kind of one constraint target (``index`` into the strategy's targets)."""
@@ -74,12 +85,14 @@ class Multiplier(nn.Module):
     def lookup(self, c: Tensor, ids: Tensor | None) -> Tensor:
         """The multipliers for constraint values ``c`` (the batch's rows of a per-sample table), on ``c``'s
         device and dtype; sized as zeros on first use."""
+        value = self.value
+        if ids is None and value.shape == c.shape and value.dtype == c.dtype and value.device == c.device:
+            return value  # the steady state of a shared or parameter multiplier: nothing to size or move
         shape = (
             tuple(c.shape)
             if self.num_samples is None or self.layout is not Layout.PER_SAMPLE
             else (self.num_samples, c.shape[-1])
         )
-        value = self.value
         if value.numel() == 0 and value.shape != shape:
             value.data = c.new_zeros(shape)
         elif tuple(value.shape) != shape:
@@ -103,12 +116,13 @@ class Multiplier(nn.Module):
         assert all(i is not None for i in ids), "per-sample records carry sample ids"
         return torch.cat(ids).to(self.value.device), torch.cat([r[0] for r in self.records]).to(self.value)  # type: ignore[arg-type]  # None excluded above
 
-    @torch.no_grad()
     def ascend(self, eta: float) -> None:
-        r"""Plain dual ascent on the records: :math:`\nu \leftarrow \nu + \eta c` (clipped at 0 for inequalities)."""
+        r"""Plain dual ascent on the records: :math:`\nu \leftarrow \nu + \eta c` (clipped at 0 for inequalities).
+        No autograd to disable: the multipliers do not require grad and the records are detached."""
         value = self.value
         if self.records[0][1] is None:
-            value.add_(self.mean_record().to(value), alpha=eta)
+            c = self.mean_record()
+            value.add_(c if c.dtype == value.dtype and c.device == value.device else c.to(value), alpha=eta)
             if self.kind.clipped:
                 value.clamp_min_(0)
             return
@@ -117,7 +131,6 @@ class Multiplier(nn.Module):
         if self.kind.clipped:
             value[ids] = value[ids].clamp_min(0)
 
-    @torch.no_grad()
     def set_descent_grad(self) -> None:
         """``value.grad = -c`` (ascent written as descent, for a torch optimizer); zero on rows not in a batch."""
         value = self.value
@@ -127,7 +140,6 @@ class Multiplier(nn.Module):
             ids, c = self.rows_record()
             value.grad = torch.zeros_like(value).index_add_(0, ids, c, alpha=-1)
 
-    @torch.no_grad()
     def clip_(self) -> None:
         if self.kind.clipped:
             self.value.clamp_min_(0)
