@@ -137,6 +137,8 @@ class LagrangianStrategy(Strategy):
         self._multiplier_list: list[Multiplier] = []  # the modules of multiplier_modules, listed once at attach
         self._plans: list[_Plan] = []  # every target's layout and multipliers, fixed at attach
         self._pending: list[Multiplier] = []  # the multipliers the last loss() call appended a record to
+        #: The last sample_ids tensor checked, (its version, the batch size, the device), and the ids made of it.
+        self._checked_ids: tuple[Tensor, tuple[int, int, torch.device], Tensor] | None = None
 
     # ----------------------------------------------------------------- support matrix
     @classmethod
@@ -260,6 +262,9 @@ class LagrangianStrategy(Strategy):
                 f"strategy {self.name!r} keeps one multiplier per training sample for {target.label}: pass the batch's "
                 f"indices into the training set, strategy.loss(objective, outputs, sample_ids=idx)."
             )
+        cached = self._checked_ids
+        if cached is not None and cached[0] is sample_ids and cached[1] == (sample_ids._version, batch, device):
+            return cached[2]  # the same ids tensor as the last call, unchanged (e.g. full-batch training): checked
         ids = torch.as_tensor(sample_ids, device=device)
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise TypeError(f"sample_ids must be integer indices, got dtype {ids.dtype}.")
@@ -267,11 +272,14 @@ class LagrangianStrategy(Strategy):
         if ids.numel() != batch:
             raise ValueError(f"sample_ids has {ids.numel()} entries but the batch has {batch} samples.")
         assert self.num_samples is not None
-        if ids.numel() and bool(((ids < 0) | (ids >= self.num_samples)).any()):
+        low, high = torch.stack(torch.aminmax(ids)).tolist() if ids.numel() else (0, 0)  # one reduction, one read
+        if low < 0 or high >= self.num_samples:
             raise IndexError(
-                f"sample_ids must lie in [0, num_samples={self.num_samples}); got values from {int(ids.min())} to "
-                f"{int(ids.max())}. Build the strategy with num_samples = size of the training set."
+                f"sample_ids must lie in [0, num_samples={self.num_samples}); got values from {low} to {high}. Build "
+                f"the strategy with num_samples = size of the training set."
             )
+        if isinstance(sample_ids, Tensor):  # remembered with its version counter: an in-place change is checked again
+            self._checked_ids = (sample_ids, (sample_ids._version, batch, device), ids)
         return ids
 
     def _reduced_values(self, target: Target, rows: Tensor, mode: Layout) -> tuple[Tensor | None, Tensor | None]:
@@ -339,11 +347,9 @@ class LagrangianStrategy(Strategy):
                 bound = abs(lam.item()) + eta * abs(recs[0][0].item())  # NaN / Inf fail the test
                 if bound <= half_max(lam.dtype):
                     return
-        bounds = [  # per-sample tables: only the rows this step updates
-            (m.value if m.records[0][1] is None else m.value[m.rows_record()[0]]).abs().amax()
-            + eta * sum(c.abs().sum() for c, _ in m.records)
-            for m in active
-        ]
+        bounds = [m.step_bound(eta) for m in active]
+        if len(bounds) == 1 and math.isfinite(bounds[0].item()):
+            return
         if not bounds or bool(torch.isfinite(torch.stack([b.to(bounds[0]) for b in bounds])).all()):
             return
         for m in active:
