@@ -278,7 +278,8 @@ class LagrangianStrategy(Strategy):
                 f"sample_ids must lie in [0, num_samples={self.num_samples}); got values from {low} to {high}. Build "
                 f"the strategy with num_samples = size of the training set."
             )
-        if isinstance(sample_ids, Tensor):  # remembered with its version counter: an in-place change is checked again
+        if isinstance(sample_ids, Tensor) and not sample_ids.is_inference():  # remembered with its version counter
+            # (an in-place change is checked again); an inference tensor has no version counter: checked every time
             self._checked_ids = (sample_ids, (sample_ids._version, batch, device), ids)
         return ids
 

@@ -240,6 +240,11 @@ def test_sample_ids_changed_in_place_are_checked_again() -> None:
     ids[1] = 9  # the same tensor object, now out of range
     with pytest.raises(IndexError, match=r"\[0, num_samples=4\); got values from 0 to 9"):
         strategy.loss(torch.zeros(()), outputs, sample_ids=ids)
+    with torch.inference_mode():  # an inference tensor has no version counter: checked on every call
+        frozen = torch.tensor([0, 1, 2])
+    for _ in range(2):
+        strategy.loss(torch.zeros(()), outputs, sample_ids=frozen)
+        strategy.after_step()
 
 
 def test_mean_output_multiplier_acts_on_the_batch_mean() -> None:
