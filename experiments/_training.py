@@ -65,15 +65,10 @@ def _loss(model: nn.Module, loss_fn: LossFn, batch: Batch, strategy: strategies.
     return loss if strategy is None else strategy.loss(loss, outputs, sample_ids=batch.sample_ids)
 
 
-def _zero_grad(optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer.zero_grad(set_to_none=True)``, the call a user's step makes (what :func:`train_step` times)."""
-    optimizer.zero_grad(set_to_none=True)
-
-
 def _clear_gradients(optimizer: torch.optim.Optimizer) -> None:
-    """The same as :func:`_zero_grad` (every gradient of the optimizer's parameters set to None), done here
-    directly unless the optimizer's class overrides ``zero_grad``: torch's method wraps the loop in a profiler
-    record that costs about as much as a small model's forward on a CPU. :func:`train` uses it."""
+    """``optimizer.zero_grad(set_to_none=True)`` (every gradient of the optimizer's parameters set to None), done
+    here directly unless the optimizer's class overrides ``zero_grad``: torch's method wraps the loop in a profiler
+    record that costs about as much as a small model's forward on a CPU. Every step of the loop uses it."""
     if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
         optimizer.zero_grad(set_to_none=True)
         return
@@ -86,7 +81,7 @@ def _update(
     loss: Tensor,
     optimizer: torch.optim.Optimizer,
     strategy: strategies.Strategy | None,
-    clear: Callable[[torch.optim.Optimizer], None] = _zero_grad,
+    clear: Callable[[torch.optim.Optimizer], None] = _clear_gradients,
 ) -> None:
     clear(optimizer)
     loss.backward()
@@ -102,8 +97,9 @@ def train_step(
     batch: Batch,
     strategy: strategies.Strategy | None = None,
 ) -> Tensor:
-    """One training step on ``batch`` (see the module doc) as a user writes it, ``optimizer.zero_grad()``
-    included (benchmarks time it against other libraries' steps); returns the loss (not synchronized)."""
+    """One training step on ``batch`` (see the module doc), the step :func:`train` takes (benchmarks time it
+    against other libraries' steps); gradients are cleared as :func:`train` clears them (set to None, without
+    the profiler record of ``optimizer.zero_grad()``). Returns the loss (not synchronized)."""
     loss = _loss(model, loss_fn, batch, strategy)
     _update(loss, optimizer, strategy)
     return loss

@@ -65,7 +65,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +75,7 @@ from strategies import _distributed
 from strategies._base import Strategy, Target, constraint_values, target_rows
 from strategies._dual import DualOptimizer, dual_factory
 from strategies._lagrangian_prox import l1_multiplier_prox
-from strategies._multipliers import Kind, Layout, Multiplier, clone_state
+from strategies._multipliers import Kind, Layout, Multiplier, clone_state, half_max
 from strategies._optimizer_metric import OptimizerWatch
 from strategies._options import check_positive as _positive
 from strategies._penalty_prox import exact_penalty_prox
@@ -83,6 +83,18 @@ from strategies._registry import register
 
 Multipliers = Literal["shared", "mean", "per-sample"]
 Primal = Literal["gradient", "proximal"]
+
+
+class _Plan(NamedTuple):
+    """What the loss needs of one target on every step, fixed at attach: its position in the strategy's targets, the
+    target, the layout of its multipliers and the multiplier modules of its inequalities (or slack equalities) and
+    equalities (None if none)."""
+
+    position: int
+    target: Target
+    layout: Layout
+    inequality: Multiplier | None
+    equality: Multiplier | None
 
 
 class LagrangianStrategy(Strategy):
@@ -122,7 +134,11 @@ class LagrangianStrategy(Strategy):
         #: One :class:`Multiplier` per target and constraint kind, created by :meth:`attach`.
         self.multiplier_modules = nn.ModuleDict()
         self._by_target: dict[tuple[int, Kind], Multiplier] = {}
+        self._multiplier_list: list[Multiplier] = []  # the modules of multiplier_modules, listed once at attach
+        self._plans: list[_Plan] = []  # every target's layout and multipliers, fixed at attach
         self._pending: list[Multiplier] = []  # the multipliers the last loss() call appended a record to
+        #: The last sample_ids tensor checked, (its version, the batch size, the device), and the ids made of it.
+        self._checked_ids: tuple[Tensor, tuple[int, int, torch.device], Tensor] | None = None
 
     # ----------------------------------------------------------------- support matrix
     @classmethod
@@ -187,7 +203,8 @@ class LagrangianStrategy(Strategy):
         return self.multiplier_modules.parameters()
 
     def _modules(self) -> list[Multiplier]:
-        return [m for m in self.multiplier_modules.values() if isinstance(m, Multiplier)]
+        """The multiplier modules (listed once by :meth:`attach`: the loss and the dual step walk them every step)."""
+        return self._multiplier_list
 
     # ----------------------------------------------------------------- attach / loss
     def _proximal(self, target: Target, kind: Kind) -> bool:
@@ -227,6 +244,17 @@ class LagrangianStrategy(Strategy):
                 module = Multiplier(index, kind, self.mode(target), self.num_samples)
                 self.multiplier_modules[module.key] = module
                 self._by_target[index, kind] = module
+        self._multiplier_list = [m for m in self.multiplier_modules.values() if isinstance(m, Multiplier)]
+        self._plans = [
+            _Plan(
+                index,
+                target,
+                self.mode(target),
+                self._by_target.get((index, self.inequality_kind)),
+                self._by_target.get((index, Kind.EQUALITY)),
+            )
+            for index, target in enumerate(self.targets)
+        ]
 
     def _sample_ids(self, target: Target, sample_ids: Tensor | None, batch: int, device: torch.device) -> Tensor:
         if sample_ids is None:
@@ -234,6 +262,9 @@ class LagrangianStrategy(Strategy):
                 f"strategy {self.name!r} keeps one multiplier per training sample for {target.label}: pass the batch's "
                 f"indices into the training set, strategy.loss(objective, outputs, sample_ids=idx)."
             )
+        cached = self._checked_ids
+        if cached is not None and cached[0] is sample_ids and cached[1] == (sample_ids._version, batch, device):
+            return cached[2]  # the same ids tensor as the last call, unchanged (e.g. full-batch training): checked
         ids = torch.as_tensor(sample_ids, device=device)
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise TypeError(f"sample_ids must be integer indices, got dtype {ids.dtype}.")
@@ -241,11 +272,15 @@ class LagrangianStrategy(Strategy):
         if ids.numel() != batch:
             raise ValueError(f"sample_ids has {ids.numel()} entries but the batch has {batch} samples.")
         assert self.num_samples is not None
-        if ids.numel() and bool(((ids < 0) | (ids >= self.num_samples)).any()):
+        low, high = torch.stack(torch.aminmax(ids)).tolist() if ids.numel() else (0, 0)  # one reduction, one read
+        if low < 0 or high >= self.num_samples:
             raise IndexError(
-                f"sample_ids must lie in [0, num_samples={self.num_samples}); got values from {int(ids.min())} to "
-                f"{int(ids.max())}. Build the strategy with num_samples = size of the training set."
+                f"sample_ids must lie in [0, num_samples={self.num_samples}); got values from {low} to {high}. Build "
+                f"the strategy with num_samples = size of the training set."
             )
+        if isinstance(sample_ids, Tensor) and not sample_ids.is_inference():  # remembered with its version counter
+            # (an in-place change is checked again); an inference tensor has no version counter: checked every time
+            self._checked_ids = (sample_ids, (sample_ids._version, batch, device), ids)
         return ids
 
     def _reduced_values(self, target: Target, rows: Tensor, mode: Layout) -> tuple[Tensor | None, Tensor | None]:
@@ -265,23 +300,25 @@ class LagrangianStrategy(Strategy):
     def _loss_terms(self, model: nn.Module, outputs: Tensor | None, sample_ids: Tensor | None) -> Tensor | None:
         total: Tensor | None = None
         record = torch.is_grad_enabled()  # a loss evaluated under no_grad (validation) moves no multiplier
-        self._pending = []
-        for index, target in enumerate(self.targets):
+        pending: list[Multiplier] = []
+        self._pending = pending
+        linear = type(self).term is LagrangianStrategy.term
+        for index, target, mode, inequality, equality in self._plans:
             rows = target_rows(target, model, outputs)
-            mode = self.mode(target)
             ids = self._sample_ids(target, sample_ids, rows.shape[0], rows.device) if mode is Layout.PER_SAMPLE else None
             g, h = self._reduced_values(target, rows, mode)
             for kind, c in self._constraints(index, target, g, h, ids):
                 if c is None or c.numel() == 0:
                     continue
-                module = self._by_target[index, kind]
+                module = equality if kind is Kind.EQUALITY else inequality
+                assert module is not None  # attach made one for every kind the set has
                 lam = module.lookup(c, ids)
                 if record:
                     module.records.append((c.detach(), ids))
-                    self._pending.append(module)
-                if self._proximal(target, kind):  # the term is the proximal step after the optimizer's
-                    continue
-                if c.dim() == 1 and type(self).term is LagrangianStrategy.term:
+                    pending.append(module)
+                if self.primal == "proximal" and self._proximal(target, kind):  # the term is the proximal step after
+                    continue  # the optimizer's
+                if linear and c.dim() == 1:
                     part = torch.dot(lam, c)  # lam . c of shared multipliers: one kernel and one backward node
                 else:
                     part = self.term(kind, lam, c).sum()
@@ -296,8 +333,8 @@ class LagrangianStrategy(Strategy):
         self._pending = []
 
     def _discard_step(self) -> None:
-        for module in self._modules():
-            module.records = []
+        for module in self._multiplier_list:
+            module.records.clear()  # in place: no nn.Module.__setattr__ on every step
         self._pending = []
 
     def _check_records(self, active: list[Multiplier], eta: float) -> None:
@@ -309,13 +346,11 @@ class LagrangianStrategy(Strategy):
             lam, recs = module.value, module.records
             if len(recs) == 1 and lam.numel() == 1 and recs[0][0].numel() == 1:
                 bound = abs(lam.item()) + eta * abs(recs[0][0].item())  # NaN / Inf fail the test
-                if bound <= 0.5 * torch.finfo(lam.dtype).max:
+                if bound <= half_max(lam.dtype):
                     return
-        bounds = [  # per-sample tables: only the rows this step updates
-            (m.value if m.records[0][1] is None else m.value[m.rows_record()[0]]).abs().amax()
-            + eta * sum(c.abs().sum() for c, _ in m.records)
-            for m in active
-        ]
+        bounds = [m.step_bound(eta) for m in active]
+        if len(bounds) == 1 and math.isfinite(bounds[0].item()):
+            return
         if not bounds or bool(torch.isfinite(torch.stack([b.to(bounds[0]) for b in bounds])).all()):
             return
         for m in active:
@@ -333,12 +368,15 @@ class LagrangianStrategy(Strategy):
         )
 
     # ----------------------------------------------------------------- dual step
-    @torch.no_grad()
     def _after_step(self) -> None:
-        active = [m for m in self._modules() if m.records]
+        """The dual step. No ``torch.no_grad()`` around it: the multipliers and the recorded defects carry no
+        autograd history, so their in-place updates record nothing; what writes the model's parameters (the
+        proximal step) disables gradients itself."""
+        active = [m for m in self._multiplier_list if m.records]
         self._pending = []
         try:
-            self._apply_prox()  # with the multipliers of the step just taken, before they move
+            if self._watch is not None and self.primal == "proximal":
+                self._apply_prox()  # with the multipliers of the step just taken, before they move
             eta = self.current_dual_lr()
             self._check_records(active, eta)  # validate everything before touching any multiplier
             if _distributed.active():
@@ -352,6 +390,7 @@ class LagrangianStrategy(Strategy):
             self._discard_step()
         self._after_dual_step()
 
+    @torch.no_grad()
     def _apply_prox(self) -> None:
         r"""``primal="proximal"``: each L1-ball weight row ``z`` after the optimizer's step becomes the proximal
         step of its multiplier term in the optimizer's metric (:mod:`strategies._lagrangian_prox`); with shared

@@ -18,6 +18,7 @@ same; it follows the device and dtype of the constraint values the same way.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any
 
 import torch
@@ -50,6 +51,17 @@ class Layout(str, enum.Enum):
 #: One recorded defect: the constraint values (detached) and, for per-sample tables, the sample ids.
 Record = tuple[Tensor, Tensor | None]
 
+_HALF_MAX: dict[torch.dtype, float] = {}
+
+
+def half_max(dtype: torch.dtype) -> float:
+    """Half the largest finite number of the floating-point ``dtype`` (a dual step bounded by it cannot overflow);
+    cached, since the dual step asks on every step."""
+    value = _HALF_MAX.get(dtype)
+    if value is None:
+        value = _HALF_MAX[dtype] = 0.5 * torch.finfo(dtype).max
+    return value
+
 
 class Multiplier(nn.Module):
     """The multipliers of one kind of one constraint target (``index`` into the strategy's targets)."""
@@ -74,12 +86,14 @@ class Multiplier(nn.Module):
     def lookup(self, c: Tensor, ids: Tensor | None) -> Tensor:
         """The multipliers for constraint values ``c`` (the batch's rows of a per-sample table), on ``c``'s
         device and dtype; sized as zeros on first use."""
+        value = self.value
+        if ids is None and value.shape == c.shape and value.dtype == c.dtype and value.device == c.device:
+            return value  # the steady state of a shared or parameter multiplier: nothing to size or move
         shape = (
             tuple(c.shape)
             if self.num_samples is None or self.layout is not Layout.PER_SAMPLE
             else (self.num_samples, c.shape[-1])
         )
-        value = self.value
         if value.numel() == 0 and value.shape != shape:
             value.data = c.new_zeros(shape)
         elif tuple(value.shape) != shape:
@@ -98,26 +112,48 @@ class Multiplier(nn.Module):
         return recs[0][0] if len(recs) == 1 else torch.stack([r[0] for r in recs]).mean(0)
 
     def rows_record(self) -> tuple[Tensor, Tensor]:
-        """All recorded ``(ids, defects)`` of a per-sample table, concatenated."""
-        ids = [r[1] for r in self.records]
-        assert all(i is not None for i in ids), "per-sample records carry sample ids"
-        return torch.cat(ids).to(self.value.device), torch.cat([r[0] for r in self.records]).to(self.value)  # type: ignore[arg-type]  # None excluded above
+        """All recorded ``(ids, defects)`` of a per-sample table, concatenated (one record: itself), on the table's
+        device and dtype."""
+        records, value = self.records, self.value
+        if len(records) == 1:
+            c, ids = records[0]
+            assert ids is not None, "per-sample records carry sample ids"
+        else:
+            id_list = [r[1] for r in records]
+            assert all(i is not None for i in id_list), "per-sample records carry sample ids"
+            ids, c = torch.cat(id_list), torch.cat([r[0] for r in records])  # type: ignore[arg-type]  # None excluded above
+        if ids.device != value.device:
+            ids = ids.to(value.device)
+        return ids, c if c.dtype == value.dtype and c.device == value.device else c.to(value)
 
-    @torch.no_grad()
+    def step_bound(self, eta: float) -> Tensor:
+        r""":math:`\max|\nu| + \eta \sum |c|` over the recorded defects (per-sample tables: the rows they update), a
+        0-d tensor: it bounds every multiplier the dual step makes, so a finite bound means a finite step (not finite
+        if a defect is not). Norms, not ``abs`` then a reduction: one kernel each."""
+        lam = self.value if self.records[0][1] is None else self.value[self.rows_record()[0]]
+        total = torch.linalg.vector_norm(self.records[0][0], 1)
+        for c, _ in self.records[1:]:
+            total = total + torch.linalg.vector_norm(c, 1)
+        return torch.add(torch.linalg.vector_norm(lam, math.inf), total.to(lam), alpha=eta)
+
     def ascend(self, eta: float) -> None:
-        r"""Plain dual ascent on the records: :math:`\nu \leftarrow \nu + \eta c` (clipped at 0 for inequalities)."""
+        r"""Plain dual ascent on the records: :math:`\nu \leftarrow \nu + \eta c` (clipped at 0 for inequalities).
+        No autograd to disable: the multipliers do not require grad and the records are detached."""
         value = self.value
         if self.records[0][1] is None:
-            value.add_(self.mean_record().to(value), alpha=eta)
+            c = self.mean_record()
+            value.add_(c if c.dtype == value.dtype and c.device == value.device else c.to(value), alpha=eta)
             if self.kind.clipped:
                 value.clamp_min_(0)
             return
         ids, c = self.rows_record()
         value.index_add_(0, ids, c, alpha=eta)
         if self.kind.clipped:
-            value[ids] = value[ids].clamp_min(0)
+            if ids.numel() >= value.shape[0]:  # a batch as large as the table: one pass over it (the rows not in the
+                value.clamp_min_(0)  # batch are >= 0 already, so the same values) instead of gather, clamp, scatter
+            else:
+                value[ids] = value[ids].clamp_min(0)
 
-    @torch.no_grad()
     def set_descent_grad(self) -> None:
         """``value.grad = -c`` (ascent written as descent, for a torch optimizer); zero on rows not in a batch."""
         value = self.value
@@ -127,7 +163,6 @@ class Multiplier(nn.Module):
             ids, c = self.rows_record()
             value.grad = torch.zeros_like(value).index_add_(0, ids, c, alpha=-1)
 
-    @torch.no_grad()
     def clip_(self) -> None:
         if self.kind.clipped:
             self.value.clamp_min_(0)

@@ -74,7 +74,7 @@ class _CountingSGD(torch.optim.SGD):
 def test_gradients_are_cleared_every_step_and_an_optimizers_own_zero_grad_is_kept() -> None:
     """Plain optimizers: the gradients of one step are gone before the next backward (set to None, as
     ``zero_grad(set_to_none=True)``: no accumulation, the hand-written loop of SGD); an optimizer class that
-    overrides ``zero_grad`` has it called once per step; :func:`train_step` calls ``zero_grad`` as a user's step does."""
+    overrides ``zero_grad`` has it called once per step, in :func:`train` and in :func:`train_step` alike."""
     X, Y = _data()
     plain, own, hand = _model(), _model(), _model()
     seen: list[bool] = []
@@ -94,7 +94,7 @@ def test_gradients_are_cleared_every_step_and_an_optimizers_own_zero_grad_is_kep
     _CountingSGD.calls = 0
     stepped = _model()
     train_step(stepped, _CountingSGD(stepped.parameters(), lr=0.1), _mse, Batch(X, Y))
-    assert _CountingSGD.calls == 1  # a benchmarked step calls zero_grad as a user's step does
+    assert _CountingSGD.calls == 1  # a benchmarked step keeps an optimizer's own zero_grad too
     assert own.weight.grad is not None and plain.weight.grad is not None  # the last step's gradients are kept
     for model in (plain, own):
         assert torch.allclose(model.weight, hand.weight, atol=1e-6) and torch.allclose(model.bias, hand.bias, atol=1e-6)

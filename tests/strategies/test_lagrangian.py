@@ -215,6 +215,38 @@ def test_per_sample_multipliers_move_only_the_batch_rows() -> None:
     assert torch.allclose(lam.squeeze(1), torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0, 0.0]))
 
 
+def test_per_sample_step_on_a_batch_as_large_as_the_table() -> None:
+    """A batch with as many ids as the table has rows (full-batch training) clips the whole table in one pass: the
+    same multipliers as max(0, lam + eta * the sum of each row's defects), duplicates included; the ids tensor,
+    the same object at both steps, is checked once and reused."""
+    strategy = strategies.get("lagrangian", dual_lr=0.5, multipliers="per-sample", num_samples=3)
+    strategy.attach(nn.Identity(), on_output(NonNegative()))
+    ids = torch.tensor([2, 0, 2, 1])
+    for outputs in (torch.tensor([[-1.0], [2.0], [-3.0], [0.5]]), torch.tensor([[1.0], [-4.0], [0.5], [0.25]])):
+        strategy.loss(torch.zeros(()), outputs, sample_ids=ids)
+        strategy.after_step()
+    # g = -outputs. Step 1: row 0 max(0, -1) = 0, row 1 max(0, -0.25) = 0, row 2 0.5 * (1 + 3) = 2.
+    # Step 2: row 0 max(0, 0.5 * 4) = 2, row 1 max(0, -0.125) = 0, row 2 max(0, 2 + 0.5 * (-1 - 0.5)) = 1.25.
+    (lam,) = strategy.multipliers().values()
+    assert lam.squeeze(1).tolist() == [2.0, 0.0, 1.25]
+
+
+def test_sample_ids_changed_in_place_are_checked_again() -> None:
+    strategy = strategies.get("lagrangian", multipliers="per-sample", num_samples=4)
+    strategy.attach(nn.Identity(), on_output(NonNegative()))
+    ids, outputs = torch.arange(3), torch.randn(3, 1)
+    strategy.loss(torch.zeros(()), outputs, sample_ids=ids)
+    strategy.after_step()
+    ids[1] = 9  # the same tensor object, now out of range
+    with pytest.raises(IndexError, match=r"\[0, num_samples=4\); got values from 0 to 9"):
+        strategy.loss(torch.zeros(()), outputs, sample_ids=ids)
+    with torch.inference_mode():  # an inference tensor has no version counter: checked on every call
+        frozen = torch.tensor([0, 1, 2])
+    for _ in range(2):
+        strategy.loss(torch.zeros(()), outputs, sample_ids=frozen)
+        strategy.after_step()
+
+
 def test_mean_output_multiplier_acts_on_the_batch_mean() -> None:
     strategy = strategies.get("lagrangian", dual_lr=1.0, multipliers="mean")
     strategy.attach(nn.Identity(), on_output(L1Ball(1.0)))
