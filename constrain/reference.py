@@ -160,19 +160,17 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
     relative to the terms it sums, ``POLISH_TOL * (1 + |c| + |A^T| |lambda|)`` (large multipliers
     of nearly dependent rows cannot be summed more exactly).
     """
-    import scipy.sparse as sp
-
     n, k = P.shape[0], A.shape[0]
-    kkt = sp.bmat([[P, A.T], [A, None]], format="csc")
-    magnitude_T = abs(A).T
+    AT = A.T.tocsr()
+    magnitude_T = abs(AT)
     rhs = np.r_[-c, b]
     for delta in (1e-10, 1e-13):
-        factor = _regularized_factor(P, A, kkt, delta)
+        factor = _regularized_factor(P, A, delta)
         if factor is None:
             continue
         sol, best, best_sol = np.zeros(n + k), np.inf, None
         for _ in range(60):
-            residual = rhs - kkt @ sol
+            residual = rhs - np.r_[P @ sol[:n] + AT @ sol[n:], A @ sol[:n]]  # the KKT matrix times sol, unassembled
             # residual relative to the terms it sums (stationarity rows) or absolute (constraint rows)
             relative = (np.abs(residual) / np.r_[1.0 + np.abs(c) + magnitude_T @ np.abs(sol[n:]), np.ones(k)]).max(initial=0.0)
             if not np.isfinite(relative) or relative > 0.5 * best:
@@ -190,7 +188,7 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
 DENSE_SCHUR_MAX_ROWS = 4000
 
 
-def _regularized_factor(P: Any, A: Any, kkt: Any, delta: float) -> Callable[[np.ndarray], np.ndarray] | None:
+def _regularized_factor(P: Any, A: Any, delta: float) -> Callable[[np.ndarray], np.ndarray] | None:
     r"""A solver of :math:`[P + \delta I, A^\top; A, -\delta I] [u; v] = [r_1; r_2]`, or None if it cannot factorize.
 
     A positive diagonal ``P`` (every projection, Euclidean or weighted) with at most ``DENSE_SCHUR_MAX_ROWS`` rows
@@ -224,6 +222,7 @@ def _regularized_factor(P: Any, A: Any, kkt: Any, delta: float) -> Callable[[np.
         return solve
     import qdldl
 
+    kkt = sp.bmat([[P, A.T], [A, None]], format="csc")
     try:
         return qdldl.Solver((kkt + sp.diags(np.r_[np.full(n, delta), np.full(k, -delta)])).tocsc()).solve
     except (RuntimeError, ValueError):
