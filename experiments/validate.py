@@ -872,7 +872,7 @@ def _load_before_fork(units: list[tuple[str, int]]) -> None:
 
     _numba_kernels()
     if any(name in CVXPY_SETS for name, _ in units):
-        import cvxpy  # noqa: F401
+        import cvxpy  # noqa: F401  # imported for the forked workers to inherit
 
 
 def _run_units(units: list[tuple[str, int]], trials: int, seed: int, workers: int, bar) -> list[list[Outcome]]:
