@@ -37,12 +37,13 @@ outputs are formed as the torch paths form them, ``max(((a - top) - t) - e, 0)``
 threshold split as ``t + e`` in the row's dtype (times ``sign(x)`` for the ball), so every
 path agrees up to a few ulps of ``r``. NaN and Inf are detected by the passes above and reported per row.
 
-Rows are split among threads in contiguous blocks, one per thread, the calling thread taking the
-last (the kernels release the GIL; a small pool of Python threads drives the others, which stays
-clear of numba's OpenMP layer and of ``fork``); each row is projected by the same code whatever the
-thread count, so the outputs are bitwise those of one thread. A call of fewer than ``_MIN_WORK``
-values per thread uses fewer threads. With fewer rows than
-threads, long rows are cut into segments filtered in parallel and their candidates merged
+Rows are split among threads in chunks of about ``_CHUNK_VALUES`` values, which each thread claims
+from a shared atomic counter until none is left (the kernels release the GIL; a small pool of Python
+threads drives the others, which stays clear of numba's OpenMP layer and of ``fork``): the calling
+thread starts at once, and a thread that wakes late or shares its core claims less. Each row is
+projected by the same code whatever the thread count, so the outputs are bitwise those of one thread.
+A call of fewer than ``_MIN_WORK`` values per thread uses fewer threads. With fewer rows than threads,
+long rows are cut into segments filtered in parallel and their candidates merged
 (each segment's bound is a subset's, hence a bound for the whole row).
 
 :mod:`constrain._simplex` loads this module on the first CPU projection unless numba is
@@ -60,7 +61,9 @@ from typing import Any, TypeVar, cast
 
 import numba as nb
 import numpy as np
+from numba.core import types
 from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -82,6 +85,8 @@ _BLOCK = 64
 _STEPS_BEFORE_COMPACTING = 4
 #: Fewest values worth a thread of their own.
 _MIN_WORK = 65536
+#: Values per chunk of rows that a thread claims at a time (at least one row): about 10 us of work.
+_CHUNK_VALUES = 16384
 
 
 @_jit
@@ -410,6 +415,36 @@ def _project_rows(x, xi, radius, ball, out, taus):
     return bad
 
 
+@intrinsic
+def _fetch_add(typingctx, counter, increment):
+    """``counter[0] += increment`` atomically (``counter``: a 1-d int64 array shared by threads); returns the old value."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", array.data, args[1], "monotonic")  # only the claim is ordered
+
+    return types.int64(counter, types.int64), codegen
+
+
+@_jit
+def _project_claimed_rows(x, xi, radius, ball, out, taus, counter, chunk):
+    """:func:`_project_rows` on chunks of ``chunk`` rows claimed from the shared ``counter`` until none is left.
+
+    Every thread of a call runs this: a thread that starts late, or shares its core, claims fewer chunks,
+    and each row is projected by the same code whichever thread claims it. Returns the rows with a NaN or an Inf.
+    """
+    rows = x.shape[0]
+    bad = 0
+    while True:
+        start = _fetch_add(counter, chunk)
+        if start >= rows:
+            return bad
+        stop = min(rows, start + chunk)
+        bad += _project_rows(x[start:stop], xi[start:stop], radius[start:stop], ball, out[start:stop], taus[start:stop])
+
+
 @_jit
 def _filter_segment(xs, xi, r, ball, aux, whole_row):
     """Candidates of one segment of a long row, left at ``aux[:length]``; returns ``(rho, length, finite, top)``.
@@ -479,16 +514,15 @@ def project_rows(x: np.ndarray, radius: np.ndarray, ball: bool, out: np.ndarray,
     if threads == 1:
         return _project_rows(x, xi, radius, ball, out, taus)
     if rows >= threads:
-        # contiguous blocks of rows; the calling thread works on the last (one thread fewer to wake and join)
-        bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
+        # chunks of rows claimed from a shared counter: the calling thread starts at once, the others join as they
+        # wake, and a thread slowed by its core (another process, a spinning OpenMP thread) claims less
+        counter = np.zeros(1, dtype=np.int64)
+        chunk = max(1, _CHUNK_VALUES // n)
         pool = _pool(threads - 1)
-        jobs = [
-            pool.submit(_project_rows, x[a:b], xi[a:b], radius[a:b], ball, out[a:b], taus[a:b])
-            for a, b in zip(bounds[:-2], bounds[1:-1], strict=True)
-        ]
-        a = bounds[-2]
-        bad = _project_rows(x[a:], xi[a:], radius[a:], ball, out[a:], taus[a:])
-        return bad + sum(job.result() for job in jobs)
+        jobs = [pool.submit(_project_claimed_rows, x, xi, radius, ball, out, taus, counter, chunk) for _ in range(threads - 1)]
+        bad = _project_claimed_rows(x, xi, radius, ball, out, taus, counter, chunk)
+        # a job that has not started when every row is done is dropped: nothing left to claim
+        return bad + sum(job.result() for job in jobs if not job.cancel())
     return _project_long_rows(x, xi, radius, ball, out, taus, threads)
 
 

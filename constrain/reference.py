@@ -160,19 +160,17 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
     relative to the terms it sums, ``POLISH_TOL * (1 + |c| + |A^T| |lambda|)`` (large multipliers
     of nearly dependent rows cannot be summed more exactly).
     """
-    import scipy.sparse as sp
-
     n, k = P.shape[0], A.shape[0]
-    kkt = sp.bmat([[P, A.T], [A, None]], format="csc")
-    magnitude_T = abs(A).T
+    AT = A.T.tocsr()
+    magnitude_T = abs(AT)
     rhs = np.r_[-c, b]
     for delta in (1e-10, 1e-13):
-        factor = _regularized_factor(P, A, kkt, delta)
+        factor = _regularized_factor(P, A, delta)
         if factor is None:
             continue
         sol, best, best_sol = np.zeros(n + k), np.inf, None
         for _ in range(60):
-            residual = rhs - kkt @ sol
+            residual = rhs - np.r_[P @ sol[:n] + AT @ sol[n:], A @ sol[:n]]  # the KKT matrix times sol, unassembled
             # residual relative to the terms it sums (stationarity rows) or absolute (constraint rows)
             relative = (np.abs(residual) / np.r_[1.0 + np.abs(c) + magnitude_T @ np.abs(sol[n:]), np.ones(k)]).max(initial=0.0)
             if not np.isfinite(relative) or relative > 0.5 * best:
@@ -190,7 +188,7 @@ def _solve_kkt(P: Any, c: np.ndarray, A: Any, b: np.ndarray) -> tuple[np.ndarray
 DENSE_SCHUR_MAX_ROWS = 4000
 
 
-def _regularized_factor(P: Any, A: Any, kkt: Any, delta: float) -> Callable[[np.ndarray], np.ndarray] | None:
+def _regularized_factor(P: Any, A: Any, delta: float) -> Callable[[np.ndarray], np.ndarray] | None:
     r"""A solver of :math:`[P + \delta I, A^\top; A, -\delta I] [u; v] = [r_1; r_2]`, or None if it cannot factorize.
 
     A positive diagonal ``P`` (every projection, Euclidean or weighted) with at most ``DENSE_SCHUR_MAX_ROWS`` rows
@@ -224,6 +222,7 @@ def _regularized_factor(P: Any, A: Any, kkt: Any, delta: float) -> Callable[[np.
         return solve
     import qdldl
 
+    kkt = sp.bmat([[P, A.T], [A, None]], format="csc")
     try:
         return qdldl.Solver((kkt + sp.diags(np.r_[np.full(n, delta), np.full(k, -delta)])).tocsc()).solve
     except (RuntimeError, ValueError):
@@ -425,27 +424,30 @@ def exact_simplex(x: np.ndarray, radius: float) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1 or not x.size or not np.isfinite(x).all() or not (math.isfinite(radius) and radius > 0):
         raise ValueError("exact_simplex needs a non-empty finite 1-d x and a positive finite radius.")
-    mantissa, exponent = _integer_parts(np.append(x, radius))
+    # Equal entries fall in or out of the support together (the test is constant over a run of equal u_k:
+    # at its first k, (k - 1) u - S_{k-1} + r, and each further equal entry adds u to both terms), so the
+    # loops run over the distinct values, largest first (a row of one repeated value costs one step).
+    levels, where, counts = np.unique(x, return_inverse=True, return_counts=True)
+    mantissa, exponent = _integer_parts(np.append(levels, radius))
     e0 = int(exponent[mantissa != 0].min())  # the finest grid: every value is an integer multiple of 2**e0
 
     def integer(i: int) -> int:  # value i exactly, in units of 2**e0
         m = int(mantissa[i])
         return m << int(exponent[i] - e0) if m else 0
 
-    r_int = integer(x.size)
-    order = np.argsort(-x, kind="stable")
-    support, total = 0, 0  # K and S_K
-    for k, index in enumerate(order.tolist(), start=1):
-        u = integer(index)
-        if k * u - (total + u) + r_int <= 0:
+    r_int = integer(levels.size)
+    support, total, kept = 0, 0, levels.size  # K, S_K, and the first level in the support
+    for level in range(levels.size - 1, -1, -1):
+        u, count = integer(level), int(counts[level])
+        if support * u - total + r_int <= 0:
             break  # the test holds exactly for k = 1..K and fails after
-        support, total = k, total + u
+        support, total, kept = support + count, total + count * u, level
     shift, denominator = total - r_int, support << max(-e0, 0)  # tau = shift * 2**e0 / K
     scale = 1 << max(e0, 0)
-    out = np.zeros_like(x)
-    for index in order[:support].tolist():
-        out[index] = (integer(index) * support - shift) * scale / denominator  # int / int: correctly rounded
-    return out
+    values = np.zeros(levels.size)
+    for level in range(kept, levels.size):
+        values[level] = (integer(level) * support - shift) * scale / denominator  # int / int: correctly rounded
+    return values[where.reshape(-1)]
 
 
 def exact_l1_ball(x: np.ndarray, radius: float) -> np.ndarray:

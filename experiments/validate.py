@@ -842,9 +842,43 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(1, user_api="blas")
 
 
+def _start_method() -> str:
+    """``"fork"`` on Linux (the workers inherit this process's imports and loaded kernels: no start-up cost),
+    else ``"spawn"`` (each worker imports torch, cvxpy and the kernels again)."""
+    import multiprocessing
+
+    return "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def default_workers() -> int:
+    """Processes of the default run: two where workers fork and the machine has two CPUs or more, else one."""
+    import os
+
+    return 2 if _start_method() == "fork" and (os.cpu_count() or 1) >= 2 else 1
+
+
+def _forked_worker() -> None:
+    """A forked worker: one thread (:func:`_one_thread`), and Ctrl-C left to the main process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _one_thread()
+
+
+def _load_before_fork(units: list[tuple[str, int]]) -> None:
+    """Load what every worker needs once, here, before forking: the numba kernels and, if a unit has a cvxpy
+    reference, cvxpy (seconds per process otherwise)."""
+    from constrain._simplex import _numba_kernels
+
+    _numba_kernels()
+    if any(name in CVXPY_SETS for name, _ in units):
+        import cvxpy  # noqa: F401  # imported for the forked workers to inherit
+
+
 def _run_units(units: list[tuple[str, int]], trials: int, seed: int, workers: int, bar) -> list[list[Outcome]]:
-    """The outcomes of every unit, in order; ``workers > 1``: in that many spawned processes (one torch thread
-    each), the units with the most expensive references submitted first."""
+    """The outcomes of every unit, in order; ``workers > 1``: in that many processes (one torch thread each,
+    forked from this one where the platform allows, see :func:`_start_method`), the units with the most
+    expensive references submitted first."""
     if workers <= 1:
         results = []
         for name, n in units:
@@ -855,16 +889,23 @@ def _run_units(units: list[tuple[str, int]], trials: int, seed: int, workers: in
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    method = _start_method()
+    if method == "fork":
+        _load_before_fork(units)
+        sys.stdout.flush()
+        sys.stderr.flush()
     # cvxpy references (and the metric sets') cost far more than the exact ones, and grow with n
     order = sorted(range(len(units)), key=lambda i: (units[i][0] in CVXPY_SETS, units[i][1]), reverse=True)
     out: list[list[Outcome]] = [[] for _ in units]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread) as pool:
+    context = multiprocessing.get_context(method)
+    initializer = _forked_worker if method == "fork" else _one_thread
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer) as pool:
         jobs = {pool.submit(_check_unit, *units[i], trials, seed): i for i in order}
         try:
             for job in as_completed(jobs):
                 i = jobs[job]
                 out[i] = job.result()
+                bar.set_postfix_str(f"{units[i][0]} n={units[i][1]}", refresh=False)  # the unit just checked
                 bar.update(_unit_size(*units[i], trials))
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -878,15 +919,17 @@ def validate(
     trials: int = 1,
     seed: int = 0,
     progress: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> list[Row]:
     """Run every instance of every set and size; one :class:`Row` per (set, n, dtype).
 
     ``progress``: a progress bar on stderr (one step per instance), shown only on a terminal.
-    ``workers``: processes that check (set, size) units in parallel (1: in this process); the table
-    does not depend on it (every instance is seeded by its set, size, trial and kind).
+    ``workers``: processes that check (set, size) units in parallel (1: in this process; None:
+    :func:`default_workers`); the table does not depend on it (every instance is seeded by its set, size,
+    trial and kind).
     """
     units = [(name, n) for name in sets for n in sizes]
+    workers = default_workers() if workers is None else workers
     total = sum(_unit_size(name, n, trials) for name, n in units)
     from tqdm import tqdm
 
@@ -962,9 +1005,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--workers",
         type=positive_int,
-        default=1,
-        help="processes checking (set, size) units in parallel, one torch thread each (default: 1, in this process; "
-        "each spawned worker first pays a few seconds of imports); the table does not depend on it",
+        default=None,
+        help="processes checking (set, size) units in parallel, one torch thread each (default: 2 on Linux with 2 or "
+        "more CPUs, where the workers are forked from this process and inherit its imports; else 1, in this process: "
+        "a spawned worker first pays a few seconds of imports); the table does not depend on it",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (it is shown on stderr only when stderr is a terminal)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -186,8 +187,8 @@ def test_numba_threaded_long_rows(dtype, ball):
 @needs_numba
 @pytest.mark.parametrize("ball", [True, False])
 def test_numba_threaded_rows_are_bitwise_those_of_one_thread(ball):
-    """Many rows are cut into contiguous blocks, one per thread (the calling thread takes the last): each row is
-    projected by the same code whatever the thread count, so outputs and thresholds are bitwise equal."""
+    """Many rows are cut into chunks that the threads claim from a shared counter: each row is projected by the
+    same code whatever the thread count and whichever thread claims it, so outputs and thresholds are bitwise equal."""
     kernels = _simplex._numba_kernels()
     x = torch.randn(301, 700, generator=torch.Generator().manual_seed(13)) * 3
     x[::7] /= 1e4  # ball rows inside
@@ -203,6 +204,16 @@ def test_numba_threaded_rows_are_bitwise_those_of_one_thread(ball):
         assert torch.equal(out[keep], results[0][0][keep]) and torch.equal(taus, results[0][1])
     keep = torch.arange(301) != 200
     _check_close(results[0][0][keep], _project_sort(x[keep], 1.5, ball=ball), x[keep], 1.5, "rows")
+    # a thread that starts after the others have claimed every chunk finds nothing left and writes nothing
+    counter = np.zeros(1, dtype=np.int64)
+    out, taus = torch.empty_like(x), torch.empty(301, dtype=torch.float64)
+    xi = x.numpy().view(np.int32)
+    args = (x.numpy(), xi, r.numpy(), ball, out.numpy(), taus.numpy(), counter)
+    assert kernels._project_claimed_rows(*args, 5) == 1 and counter[0] >= 301  # chunks of 5 rows, the last one short
+    before = out.clone()
+    assert kernels._project_claimed_rows(*args, 5) == 0
+    assert torch.equal(out.view(torch.int32), before.view(torch.int32))  # bitwise: the bad row's NaN too
+    assert torch.equal(out[keep], results[0][0][keep]) and torch.equal(taus, results[0][1])
 
 
 @needs_numba

@@ -75,3 +75,36 @@ def test_l1_ball_threshold_dim_and_gradient_free() -> None:
 
 def test_l1_ball_threshold_of_empty_rows() -> None:
     assert l1_ball_threshold(torch.empty(3, 0), 1.0).shape == (3, 1)
+
+
+def _fraction_simplex(x: np.ndarray, radius: float) -> np.ndarray:
+    """The simplex projection in exact rational arithmetic, entry by entry over the sorted row, rounded once."""
+    from fractions import Fraction
+
+    u = sorted((Fraction(v) for v in x.tolist()), reverse=True)
+    r, total, support, support_total = Fraction(radius), Fraction(0), 0, Fraction(0)
+    for k, value in enumerate(u, start=1):
+        total += value
+        if k * value - total + r > 0:
+            support, support_total = k, total
+    tau = (support_total - r) / support
+    return np.array([float(max(Fraction(v) - tau, Fraction(0))) for v in x.tolist()])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    levels=st.lists(st.sampled_from([0.0, -0.0, 0.25, -1.5, 3.0, 1e8, -1e8, 1e8 + 2.0, 5e-324, 0.1]), min_size=1, max_size=6),
+    picks=st.lists(st.integers(0, 5), min_size=1, max_size=40),
+    radius=st.sampled_from([1e-9, 0.3, 1.0, 7.5, 1e9]),
+)
+def test_exact_simplex_over_distinct_values_matches_fractions(levels: list[float], picks: list[int], radius: float) -> None:
+    # rows of few distinct values, many repeated: exact_simplex walks the distinct values, the check every entry
+    from constrain.reference import exact_l1_ball, exact_simplex
+
+    x = np.array([levels[i % len(levels)] for i in picks])
+    np.testing.assert_array_equal(exact_simplex(x, radius), _fraction_simplex(x, radius))
+    from fractions import Fraction
+
+    inside = sum(Fraction(abs(v)) for v in x.tolist()) <= Fraction(radius)
+    expected_ball = x if inside else np.sign(x) * _fraction_simplex(np.abs(x), radius)
+    np.testing.assert_array_equal(exact_l1_ball(x, radius), expected_ball)
