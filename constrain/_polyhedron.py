@@ -55,6 +55,14 @@ _MAX_ACTIVE_SET = 40
 _CONSTANT_ROW = 1e-10
 
 
+def _largest_gram_eigenvalue(W: Tensor) -> float:
+    r""":math:`\|W\|_2^2`, the largest eigenvalue of :math:`W W^\top`, from the smaller of the two Gram
+    matrices (:math:`W W^\top` and :math:`W^\top W` share their nonzero eigenvalues): exact, and
+    :math:`O(\min(m, n)^3)` instead of :math:`O(m^3)` for a tall ``W`` (m, n)."""
+    gram = W.T @ W if W.shape[0] > W.shape[1] else W @ W.T
+    return float(torch.linalg.eigvalsh(gram).max())
+
+
 class PolyhedronFactor:
     r"""The fixed part of :math:`\{A y = b, G y \le h\}` (float64 on the device of ``A``/``G``).
 
@@ -101,7 +109,7 @@ class PolyhedronFactor:
             self.W = self.Gn @ P  # (m_i, n)
             self.K = self.W @ self.W.T
             self.constant = torch.linalg.vector_norm(self.W, dim=1) <= _CONSTANT_ROW  # rows fixed by A y = b
-            largest = float(torch.linalg.eigvalsh(self.K).max()) if self.K.numel() else 0.0
+            largest = _largest_gram_eigenvalue(self.W) if self.K.numel() else 0.0
             self.step = 1.0 / largest if largest > 0 else 1.0
         else:
             self.gnorm = self.Gn = self.W = self.K = self.constant = None

@@ -331,3 +331,13 @@ def test_affine_with_varying_c_bad_input():
         Affine(deficient, c).project(torch.randn(3, 7, dtype=F64))
     with pytest.raises(ValueError, match="outputs only"):
         Affine(A, torch.zeros(2, 3)).check_parameters({"w": (7,)})
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (7, 40), (12, 12)])
+def test_the_warm_start_step_uses_the_largest_eigenvalue_of_w_w_transpose(shape: tuple[int, int]) -> None:
+    from constrain._polyhedron import _largest_gram_eigenvalue
+
+    W = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = float(np.linalg.eigvalsh((W @ W.T).numpy()).max())  # the m x m Gram matrix, as the step's 1/||K||
+    assert _largest_gram_eigenvalue(W) == pytest.approx(expected, rel=1e-12)
+    assert _largest_gram_eigenvalue(W) == pytest.approx(float(torch.linalg.matrix_norm(W, ord=2)) ** 2, rel=1e-12)
