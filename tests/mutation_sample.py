@@ -28,6 +28,8 @@ The score counts killed (and caught-by-type-check) mutants over the non-equivale
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
 timeouts, "no tests" and unchecked mutants all count as not killed, except those listed as
 "- killed `NAME`: test" (re-run by hand: MUTANT_UNDER_TEST=NAME pytest TEST inside mutants/ fails).
+Only the verdicts of the current round count: the first "## Round" section of the triage file. A mutant's
+name is its function and a number, so an older round's verdict may name another mutation of changed code.
 The 95% interval is Wilson's:
 (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96.
 """
@@ -52,6 +54,15 @@ _TRIAGE = Path(__file__).with_name("mutation_triage.md")
 _EQUIVALENT = re.compile(r"^- equivalent `([^`]+)`:", re.MULTILINE)
 #: survivors (or "no tests") re-run by hand against the test named after them, which fails: killed
 _KILLED_BY_HAND = re.compile(r"^- killed `([^`]+)`:", re.MULTILINE)
+
+
+def current_round(triage: str) -> str:
+    """The first ``## Round`` section of the triage text (up to the next ``## `` heading): this code's verdicts."""
+    start = re.search(r"^## Round", triage, re.MULTILINE)
+    if start is None:
+        raise ValueError(f"no '## Round' section in {_TRIAGE}: the verdicts of the current round go under one")
+    end = re.search(r"^## ", triage[start.end() :], re.MULTILINE)
+    return triage[start.start() : start.end() + end.start()] if end else triage[start.start() :]
 
 
 def _exit_codes(root: Path) -> dict[str, int | None]:
@@ -193,7 +204,7 @@ def run_sample(
     duration = stats["duration_by_test"]
     metas = {meta: json.loads(meta.read_text()) for meta in (root / "mutants").glob("*/**/*.py.meta")}
     owner = {name: meta for meta, data in metas.items() for name in data["exit_code_by_key"]}
-    triage = _TRIAGE.read_text()
+    triage = current_round(_TRIAGE.read_text())
     triaged = set(_EQUIVALENT.findall(triage)) | set(_KILLED_BY_HAND.findall(triage))  # quick: not run again
     os.chdir(root / "mutants")
     sys.path.insert(0, ".")
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "run":
         run_sample(root, args.names or picked, args.timeout, args.quick, control=args.control, again=bool(args.names))
         return
-    triage = _TRIAGE.read_text()
+    triage = current_round(_TRIAGE.read_text())
     equivalent, by_hand = set(_EQUIVALENT.findall(triage)), set(_KILLED_BY_HAND.findall(triage))
     print(score_table(codes, drawn, equivalent, by_hand))
     unchecked = [n for names in drawn.values() for n in names if codes[n] is None and n not in by_hand]
