@@ -16,7 +16,7 @@ so run the test selection inside mutants/ once first (a failing clean run makes 
 `run --quick N` tries each unchecked mutant on its N fastest tests in one process and prints a
 "- killed" triage line for each kill whose control (the same tests, no mutant) passes. Given NAMES,
 `run` checks only those (sampled or not, checked before or not) on every test that reaches their function;
-`--control` re-runs each kill's tests with a no-op mutant name and records the kill only if that passes.
+`--control` re-runs the kill's first failing test with a no-op mutant name and records the kill only if it passes.
 
 Functions that call into `strategies._distributed` are reached only under torch.distributed, in the
 2 gloo processes that tests/strategies/test_distributed.py spawns: mutmut's stats (one process) never
@@ -152,8 +152,20 @@ def tests_of(name: str, stats: dict[str, Any]) -> list[str]:
     return tests + (_DDP_TESTS if _DDP_CALL.search(_original_source(name)) else [])
 
 
-def _run_one(name: str, tests: list[str], timeout: float) -> int:
-    """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout."""
+class _FirstFailure:
+    """pytest plugin: writes the node id of the first test that fails (or errors) to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed and not self.path.exists():
+            self.path.write_text(report.nodeid)
+
+
+def _run_one(name: str, tests: list[str], timeout: float, failed: Path | None = None) -> int:
+    """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout.
+    ``failed``: where the child writes the node id of the first failing test (none written if all pass)."""
     pid = os.fork()
     if pid == 0:  # the child: pytest with the mutant switched on, then exit without running the parent's cleanup
         import pytest
@@ -163,9 +175,8 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
         # -n 0: one process, as mutmut's pytest_add_cli_args (xdist turns a -x failure into exit code 2, "interrupted")
-        code = pytest.main(
-            ["--rootdir=.", "--tb=native", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", *tests]
-        )
+        args = ["--rootdir=.", "--tb=native", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", *tests]
+        code = pytest.main(args, plugins=[_FirstFailure(failed)] if failed is not None else [])
         os._exit(int(code))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,15 +190,24 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
 
 
 def _check(name: str, tests: list[str], timeout: float, control: bool) -> int | None:
-    """mutmut's exit code for mutant ``name`` on ``tests``; None (unchecked) for a kill whose control fails."""
+    """mutmut's exit code for mutant ``name`` on ``tests``; None (unchecked) for a kill whose control fails.
+
+    The control runs the no-op mutant on the test that failed first (all of ``tests`` if pytest named none,
+    e.g. a collection error): the kill counts only if that test passes on the original code."""
     if not tests:
         return 33  # mutmut's "no tests"
-    code = _run_one(name, tests, timeout)
+    failed = Path(f".first_failure_{os.getpid()}")
+    failed.unlink(missing_ok=True)
+    code = _run_one(name, tests, timeout, failed)
+    first = failed.read_text() if failed.exists() else None
+    failed.unlink(missing_ok=True)
     if control and code in _KILLED_CODES:
-        control_code = _run_one(_noop(name), tests, timeout)
+        control_code = _run_one(_noop(name), [first] if first else tests, timeout)
         if control_code != 0:
             print(f"CONTROL FAILED ({control_code}) {name}: the kill is not counted", flush=True)
             return None
+    if code in _KILLED_CODES:
+        print(f"    {name}: first failure {first}", flush=True)
     return code
 
 
