@@ -6,6 +6,7 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
+    python tests/mutation_sample.py score --seed 17 23 --per-package 40    # two draws pooled
     python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
     python tests/mutation_sample.py run NAME [NAME ...] [--control]          # only these mutants, on all their tests
 
@@ -85,6 +86,12 @@ def sample(names: list[str], seed: int, per_package: int) -> dict[str, list[str]
         population = sorted(n for n in names if n.startswith(package + "."))
         drawn[package] = sorted(random.Random(f"{seed}-{package}").sample(population, min(per_package, len(population))))
     return drawn
+
+
+def pooled_sample(names: list[str], seeds: list[int], per_package: int) -> dict[str, list[str]]:
+    """The union of the seeded samples of ``seeds`` per package (a name drawn by two seeds counts once)."""
+    draws = [sample(names, seed, per_package) for seed in seeds]
+    return {package: sorted({n for drawn in draws for n in drawn[package]}) for package in _PACKAGES}
 
 
 def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -262,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["names", "score", "run"])
     parser.add_argument("names", nargs="*", metavar="NAME", help="run: only these mutants (default: the sample)")
-    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--seed", type=int, nargs="+", default=[17], help="several: the pooled draws (no name twice)")
     parser.add_argument("--per-package", type=int, default=100)
     parser.add_argument("--package", choices=_PACKAGES, help="names, run: only this package's sample")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in args.names if n not in codes]
     if unknown:
         parser.error(f"no such mutant under {root / 'mutants'}: {', '.join(unknown)} (see `mutmut results` for names)")
-    drawn = sample(list(codes), args.seed, args.per_package)
+    drawn = pooled_sample(list(codes), args.seed, args.per_package)
     picked = [name for package, names in drawn.items() if args.package in (None, package) for name in names]
     if args.what == "names":
         print("\n".join(picked))

@@ -98,3 +98,13 @@ def test_only_the_current_rounds_verdicts_count() -> None:
     assert mutation_sample.current_round("## Round 1\n- killed `e__mutmut_5`: t\n") == "## Round 1\n- killed `e__mutmut_5`: t\n"
     with pytest.raises(ValueError, match="Round"):
         mutation_sample.current_round("- killed `a__mutmut_1`: no section\n")
+
+
+def test_pooled_samples_are_the_union_of_the_seeds_draws() -> None:
+    names = [f"constrain.m.f__mutmut_{i}" for i in range(30)] + [f"strategies.m.f__mutmut_{i}" for i in range(30)]
+    one, two = (mutation_sample.sample(names, seed, 8) for seed in (17, 23))
+    pooled = mutation_sample.pooled_sample(names, [17, 23], 8)
+    for package in ("constrain", "strategies"):
+        assert pooled[package] == sorted(set(one[package]) | set(two[package]))
+        assert len(pooled[package]) == len(set(pooled[package]))  # a name two draws share counts once
+    assert mutation_sample.pooled_sample(names, [17], 8) == one
