@@ -6,6 +6,7 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
+    python tests/mutation_sample.py score --seed 17 23 --per-package 40    # two draws pooled
     python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
     python tests/mutation_sample.py run NAME [NAME ...] [--control]          # only these mutants, on all their tests
 
@@ -16,7 +17,7 @@ so run the test selection inside mutants/ once first (a failing clean run makes 
 `run --quick N` tries each unchecked mutant on its N fastest tests in one process and prints a
 "- killed" triage line for each kill whose control (the same tests, no mutant) passes. Given NAMES,
 `run` checks only those (sampled or not, checked before or not) on every test that reaches their function;
-`--control` re-runs each kill's tests with a no-op mutant name and records the kill only if that passes.
+`--control` re-runs the kill's first failing test with a no-op mutant name and records the kill only if it passes.
 
 Functions that call into `strategies._distributed` are reached only under torch.distributed, in the
 2 gloo processes that tests/strategies/test_distributed.py spawns: mutmut's stats (one process) never
@@ -28,6 +29,8 @@ The score counts killed (and caught-by-type-check) mutants over the non-equivale
 mutants are the names listed as "- equivalent `NAME`: reason" in tests/mutation_triage.md. Survivors,
 timeouts, "no tests" and unchecked mutants all count as not killed, except those listed as
 "- killed `NAME`: test" (re-run by hand: MUTANT_UNDER_TEST=NAME pytest TEST inside mutants/ fails).
+Only the verdicts of the current round count: the first "## Round" section of the triage file. A mutant's
+name is its function and a number, so an older round's verdict may name another mutation of changed code.
 The 95% interval is Wilson's:
 (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96.
 """
@@ -54,6 +57,15 @@ _EQUIVALENT = re.compile(r"^- equivalent `([^`]+)`:", re.MULTILINE)
 _KILLED_BY_HAND = re.compile(r"^- killed `([^`]+)`:", re.MULTILINE)
 
 
+def current_round(triage: str) -> str:
+    """The first ``## Round`` section of the triage text (up to the next ``## `` heading): this code's verdicts."""
+    start = re.search(r"^## Round", triage, re.MULTILINE)
+    if start is None:
+        raise ValueError(f"no '## Round' section in {_TRIAGE}: the verdicts of the current round go under one")
+    end = re.search(r"^## ", triage[start.end() :], re.MULTILINE)
+    return triage[start.start() : start.end() + end.start()] if end else triage[start.start() :]
+
+
 def _exit_codes(root: Path) -> dict[str, int | None]:
     """Every mutant name that mutmut generated under root/mutants, with its recorded exit code."""
     codes: dict[str, int | None] = {}
@@ -74,6 +86,12 @@ def sample(names: list[str], seed: int, per_package: int) -> dict[str, list[str]
         population = sorted(n for n in names if n.startswith(package + "."))
         drawn[package] = sorted(random.Random(f"{seed}-{package}").sample(population, min(per_package, len(population))))
     return drawn
+
+
+def pooled_sample(names: list[str], seeds: list[int], per_package: int) -> dict[str, list[str]]:
+    """The union of the seeded samples of ``seeds`` per package (a name drawn by two seeds counts once)."""
+    draws = [sample(names, seed, per_package) for seed in seeds]
+    return {package: sorted({n for drawn in draws for n in drawn[package]}) for package in _PACKAGES}
 
 
 def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -141,8 +159,20 @@ def tests_of(name: str, stats: dict[str, Any]) -> list[str]:
     return tests + (_DDP_TESTS if _DDP_CALL.search(_original_source(name)) else [])
 
 
-def _run_one(name: str, tests: list[str], timeout: float) -> int:
-    """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout."""
+class _FirstFailure:
+    """pytest plugin: writes the node id of the first test that fails (or errors) to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed and not self.path.exists():
+            self.path.write_text(report.nodeid)
+
+
+def _run_one(name: str, tests: list[str], timeout: float, failed: Path | None = None) -> int:
+    """Exit code of pytest over ``tests`` (cwd mutants/) with mutant ``name`` active, in a forked child; 36 on timeout.
+    ``failed``: where the child writes the node id of the first failing test (none written if all pass)."""
     pid = os.fork()
     if pid == 0:  # the child: pytest with the mutant switched on, then exit without running the parent's cleanup
         import pytest
@@ -152,9 +182,8 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
         # -n 0: one process, as mutmut's pytest_add_cli_args (xdist turns a -x failure into exit code 2, "interrupted")
-        code = pytest.main(
-            ["--rootdir=.", "--tb=native", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", *tests]
-        )
+        args = ["--rootdir=.", "--tb=native", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", *tests]
+        code = pytest.main(args, plugins=[_FirstFailure(failed)] if failed is not None else [])
         os._exit(int(code))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,15 +197,24 @@ def _run_one(name: str, tests: list[str], timeout: float) -> int:
 
 
 def _check(name: str, tests: list[str], timeout: float, control: bool) -> int | None:
-    """mutmut's exit code for mutant ``name`` on ``tests``; None (unchecked) for a kill whose control fails."""
+    """mutmut's exit code for mutant ``name`` on ``tests``; None (unchecked) for a kill whose control fails.
+
+    The control runs the no-op mutant on the test that failed first (all of ``tests`` if pytest named none,
+    e.g. a collection error): the kill counts only if that test passes on the original code."""
     if not tests:
         return 33  # mutmut's "no tests"
-    code = _run_one(name, tests, timeout)
+    failed = Path(f".first_failure_{os.getpid()}")
+    failed.unlink(missing_ok=True)
+    code = _run_one(name, tests, timeout, failed)
+    first = failed.read_text() if failed.exists() else None
+    failed.unlink(missing_ok=True)
     if control and code in _KILLED_CODES:
-        control_code = _run_one(_noop(name), tests, timeout)
+        control_code = _run_one(_noop(name), [first] if first else tests, timeout)
         if control_code != 0:
             print(f"CONTROL FAILED ({control_code}) {name}: the kill is not counted", flush=True)
             return None
+    if code in _KILLED_CODES:
+        print(f"    {name}: first failure {first}", flush=True)
     return code
 
 
@@ -193,7 +231,7 @@ def run_sample(
     duration = stats["duration_by_test"]
     metas = {meta: json.loads(meta.read_text()) for meta in (root / "mutants").glob("*/**/*.py.meta")}
     owner = {name: meta for meta, data in metas.items() for name in data["exit_code_by_key"]}
-    triage = _TRIAGE.read_text()
+    triage = current_round(_TRIAGE.read_text())
     triaged = set(_EQUIVALENT.findall(triage)) | set(_KILLED_BY_HAND.findall(triage))  # quick: not run again
     os.chdir(root / "mutants")
     sys.path.insert(0, ".")
@@ -231,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["names", "score", "run"])
     parser.add_argument("names", nargs="*", metavar="NAME", help="run: only these mutants (default: the sample)")
-    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--seed", type=int, nargs="+", default=[17], help="several: the pooled draws (no name twice)")
     parser.add_argument("--per-package", type=int, default=100)
     parser.add_argument("--package", choices=_PACKAGES, help="names, run: only this package's sample")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
@@ -255,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in args.names if n not in codes]
     if unknown:
         parser.error(f"no such mutant under {root / 'mutants'}: {', '.join(unknown)} (see `mutmut results` for names)")
-    drawn = sample(list(codes), args.seed, args.per_package)
+    drawn = pooled_sample(list(codes), args.seed, args.per_package)
     picked = [name for package, names in drawn.items() if args.package in (None, package) for name in names]
     if args.what == "names":
         print("\n".join(picked))
@@ -263,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "run":
         run_sample(root, args.names or picked, args.timeout, args.quick, control=args.control, again=bool(args.names))
         return
-    triage = _TRIAGE.read_text()
+    triage = current_round(_TRIAGE.read_text())
     equivalent, by_hand = set(_EQUIVALENT.findall(triage)), set(_KILLED_BY_HAND.findall(triage))
     print(score_table(codes, drawn, equivalent, by_hand))
     unchecked = [n for names in drawn.values() for n in names if codes[n] is None and n not in by_hand]

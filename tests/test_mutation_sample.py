@@ -84,3 +84,27 @@ def test_functions_calling_distributed_get_the_ddp_tests(tmp_path: Path, monkeyp
 def test_mutant_names_are_for_run_only() -> None:
     with pytest.raises(SystemExit):
         mutation_sample.main(["score", "constrain.m.f__mutmut_1"])
+
+
+def test_only_the_current_rounds_verdicts_count() -> None:
+    triage = (
+        "# Title\n\n- killed `a__mutmut_1`: before any round\n\n## Round 4 (this code)\n\n### Round 4 triage\n\n"
+        "- equivalent `b__mutmut_2`: reason\n- killed `c__mutmut_3`: test\n\n## Round 3 (older code)\n\n"
+        "- killed `d__mutmut_4`: test of other code\n"
+    )
+    current = mutation_sample.current_round(triage)
+    assert mutation_sample._EQUIVALENT.findall(current) == ["b__mutmut_2"]
+    assert mutation_sample._KILLED_BY_HAND.findall(current) == ["c__mutmut_3"]  # neither a__ (no round) nor d__ (older)
+    assert mutation_sample.current_round("## Round 1\n- killed `e__mutmut_5`: t\n") == "## Round 1\n- killed `e__mutmut_5`: t\n"
+    with pytest.raises(ValueError, match="Round"):
+        mutation_sample.current_round("- killed `a__mutmut_1`: no section\n")
+
+
+def test_pooled_samples_are_the_union_of_the_seeds_draws() -> None:
+    names = [f"constrain.m.f__mutmut_{i}" for i in range(30)] + [f"strategies.m.f__mutmut_{i}" for i in range(30)]
+    one, two = (mutation_sample.sample(names, seed, 8) for seed in (17, 23))
+    pooled = mutation_sample.pooled_sample(names, [17, 23], 8)
+    for package in ("constrain", "strategies"):
+        assert pooled[package] == sorted(set(one[package]) | set(two[package]))
+        assert len(pooled[package]) == len(set(pooled[package]))  # a name two draws share counts once
+    assert mutation_sample.pooled_sample(names, [17], 8) == one
