@@ -53,7 +53,7 @@ def _as_matrix(A: object, c: object) -> tuple[Tensor, Tensor]:
         )
     if A.is_complex() or c.is_complex():
         raise TypeError("A and c must be real.")
-    A64, c64 = A.detach().to(torch.float64), c.detach().to(torch.float64)
+    A64, c64 = A.detach().to(torch.float64), c.detach().to(device=A.device, dtype=torch.float64)  # c follows A
     check_finite(A64, "A")
     check_finite(c64, "c")
     return A64, c64

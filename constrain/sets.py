@@ -296,12 +296,12 @@ class Affine(ConstraintSet):
         if A_t.dim() != 2:
             raise ValueError(f"A must be a matrix of shape (m, n) or one row of shape (n,), got shape {tuple(A_t.shape)}.")
         if isinstance(c, (int, float)):
-            c = torch.full((A_t.shape[0],), float(c), dtype=torch.float64)
+            c = torch.full((A_t.shape[0],), float(c), dtype=torch.float64, device=A_t.device)
         self._varying: Any = None  # a Polyhedron(A, b=c) when c is per sample or a callable
         if callable(c) or as_real_tensor(c, "c").dim() == 2:
             from constrain._polyhedron_sets import Polyhedron, RightHandSideValue
 
-            zero = torch.zeros(A_t.shape[0], dtype=torch.float64)
+            zero = torch.zeros(A_t.shape[0], dtype=torch.float64, device=A_t.device)
             self._varying = Polyhedron._with(Polyhedron(A=A_t), RightHandSideValue(c, "c", A_t.shape[0]), None)
             c = zero
         c_t = as_real_tensor(c, "c")
