@@ -316,8 +316,8 @@ class LagrangianStrategy(Strategy):
                 if record:
                     module.records.append((c.detach(), ids))
                     pending.append(module)
-                if self.primal == "proximal" and self._proximal(target, kind):  # the term is the proximal step after
-                    continue  # the optimizer's
+                if self._proximal(target, kind):  # the term is the proximal step after the optimizer's
+                    continue
                 if linear and c.dim() == 1:
                     part = torch.dot(lam, c)  # lam . c of shared multipliers: one kernel and one backward node
                 else:
@@ -375,8 +375,7 @@ class LagrangianStrategy(Strategy):
         active = [m for m in self._multiplier_list if m.records]
         self._pending = []
         try:
-            if self._watch is not None and self.primal == "proximal":
-                self._apply_prox()  # with the multipliers of the step just taken, before they move
+            self._apply_prox()  # with the multipliers of the step just taken, before they move
             eta = self.current_dual_lr()
             self._check_records(active, eta)  # validate everything before touching any multiplier
             if _distributed.active():
@@ -390,7 +389,6 @@ class LagrangianStrategy(Strategy):
             self._discard_step()
         self._after_dual_step()
 
-    @torch.no_grad()
     def _apply_prox(self) -> None:
         r"""``primal="proximal"``: each L1-ball weight row ``z`` after the optimizer's step becomes the proximal
         step of its multiplier term in the optimizer's metric (:mod:`strategies._lagrangian_prox`); with shared
@@ -398,6 +396,11 @@ class LagrangianStrategy(Strategy):
         :math:`\lambda / R`, whose proximal step is the exact penalty's."""
         if self._watch is None or self.primal != "proximal":
             return
+        with torch.no_grad():  # it writes the model's parameters; the rest of the dual step needs no guard
+            self._prox_rows(self._watch)
+
+    def _prox_rows(self, watch: OptimizerWatch) -> None:
+        """The proximal step of every L1-ball weight target, in the metric ``watch`` reads from the optimizer."""
         model = self._require_model()
         for index, target in enumerate(self.targets):
             if not self._proximal(target, Kind.INEQUALITY):
@@ -406,7 +409,7 @@ class LagrangianStrategy(Strategy):
             lam = self._by_target[index, Kind.INEQUALITY].value
             if lam.numel() == 0:  # its constraint was never evaluated: no term yet
                 continue
-            rows, steps = target.gather(model), self._watch.step_sizes(target, model)
+            rows, steps = target.gather(model), watch.step_sizes(target, model)
             if steps is None:
                 self._fall_back(target)
                 return
