@@ -77,13 +77,8 @@ def _clear_gradients(optimizer: torch.optim.Optimizer) -> None:
             param.grad = None
 
 
-def _update(
-    loss: Tensor,
-    optimizer: torch.optim.Optimizer,
-    strategy: strategies.Strategy | None,
-    clear: Callable[[torch.optim.Optimizer], None] = _clear_gradients,
-) -> None:
-    clear(optimizer)
+def _update(loss: Tensor, optimizer: torch.optim.Optimizer, strategy: strategies.Strategy | None) -> None:
+    _clear_gradients(optimizer)
     loss.backward()
     optimizer.step()
     if strategy is not None:
@@ -133,7 +128,7 @@ class _Loop:
         if self.lr is not None:
             for group in state.optimizer.param_groups:
                 group["lr"] = rate
-        _update(loss, state.optimizer, self.strategy, _clear_gradients)
+        _update(loss, state.optimizer, self.strategy)
         state.loss = loss.detach()
 
 
