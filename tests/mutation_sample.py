@@ -7,6 +7,7 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
     python tests/mutation_sample.py score --seed 17 23 --per-package 40    # two draws pooled
+    python tests/mutation_sample.py score --seed 17 --package strategies   # one package's row only
     python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
     python tests/mutation_sample.py run NAME [NAME ...] [--control]          # only these mutants, on all their tests
 
@@ -271,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("names", nargs="*", metavar="NAME", help="run: only these mutants (default: the sample)")
     parser.add_argument("--seed", type=int, nargs="+", default=[17], help="several: the pooled draws (no name twice)")
     parser.add_argument("--per-package", type=int, default=100)
-    parser.add_argument("--package", choices=_PACKAGES, help="names, run: only this package's sample")
+    parser.add_argument("--package", choices=_PACKAGES, help="names, run, score: only this package's sample")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
     parser.add_argument(
         "--quick",
@@ -294,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"no such mutant under {root / 'mutants'}: {', '.join(unknown)} (see `mutmut results` for names)")
     drawn = pooled_sample(list(codes), args.seed, args.per_package)
-    picked = [name for package, names in drawn.items() if args.package in (None, package) for name in names]
+    if args.package is not None:  # one package's draw (e.g. the only one a round re-measured)
+        drawn = {args.package: drawn[args.package]}
+    picked = [name for names in drawn.values() for name in names]
     if args.what == "names":
         print("\n".join(picked))
         return
