@@ -135,3 +135,11 @@ def test_score_counts_the_current_rounds_verdicts_for_one_package(
     low, high = mutation_sample.wilson(2, 5)
     assert row == f"| `strategies/` | 6 | 6 | 2 | 1 | 3 | 40.0% (2/5) | {100 * low:.1f}-{100 * high:.1f}% |"
     assert "3 sampled mutants not checked yet" in out  # 4 unchecked, one of them killed by hand
+
+
+def test_the_control_reruns_the_mutants_tests_up_to_its_first_failure() -> None:
+    tests = ["a.py::t1", "b.py::t[x y]", "tests/strategies/test_distributed.py", "c.py::t3"]
+    assert mutation_sample.control_tests(tests, "b.py::t[x y]") == tests[:2]  # same order: the state t1 leaves
+    assert mutation_sample.control_tests(tests, "tests/strategies/test_distributed.py::test_ddp[lagrangian]") == tests[:3]
+    assert mutation_sample.control_tests(tests, None) == tests  # pytest named no test (e.g. a collection error)
+    assert mutation_sample.control_tests(tests, "d.py::t4") == tests  # not in the list: all of them
