@@ -7,6 +7,7 @@ estimated on a seeded uniform sample of the mutants that `mutmut run` generated 
     python tests/mutation_sample.py names [--seed 17] [--per-package 100]   # the sample, one name a line
     python tests/mutation_sample.py score [--seed 17] [--per-package 100]   # per-package score table
     python tests/mutation_sample.py score --seed 17 23 --per-package 40    # two draws pooled
+    python tests/mutation_sample.py score --seed 17 --package strategies   # one package's row only
     python tests/mutation_sample.py run [--seed 17] [--per-package 100]     # check the sample without `mutmut run`
     python tests/mutation_sample.py run NAME [NAME ...] [--control]          # only these mutants, on all their tests
 
@@ -17,7 +18,9 @@ so run the test selection inside mutants/ once first (a failing clean run makes 
 `run --quick N` tries each unchecked mutant on its N fastest tests in one process and prints a
 "- killed" triage line for each kill whose control (the same tests, no mutant) passes. Given NAMES,
 `run` checks only those (sampled or not, checked before or not) on every test that reaches their function;
-`--control` re-runs the kill's first failing test with a no-op mutant name and records the kill only if it passes.
+`--control` re-runs the tests the mutant ran, up to its first failure and in the same order, with a no-op
+mutant name and records the kill only if they pass (the failing test alone can pass where it failed after
+the others: an order-dependent test then passed for a kill).
 
 Functions that call into `strategies._distributed` are reached only under torch.distributed, in the
 2 gloo processes that tests/strategies/test_distributed.py spawns: mutmut's stats (one process) never
@@ -196,11 +199,22 @@ def _run_one(name: str, tests: list[str], timeout: float, failed: Path | None = 
     return 36  # mutmut's "timeout"
 
 
+def control_tests(tests: list[str], first: str | None) -> list[str]:
+    """The tests a kill's control re-runs: ``tests`` up to the item holding ``first`` (the node id that failed
+    first), in the same order, so that a test whose outcome depends on the ones before it (e.g. on the random
+    state they leave) fails the control too; all of ``tests`` if pytest named none (e.g. a collection error)."""
+    if first is not None:
+        for i, item in enumerate(tests):
+            if first == item or first.startswith(item + "::") or first.startswith(item + "["):
+                return tests[: i + 1]
+    return tests
+
+
 def _check(name: str, tests: list[str], timeout: float, control: bool) -> int | None:
     """mutmut's exit code for mutant ``name`` on ``tests``; None (unchecked) for a kill whose control fails.
 
-    The control runs the no-op mutant on the test that failed first (all of ``tests`` if pytest named none,
-    e.g. a collection error): the kill counts only if that test passes on the original code."""
+    The control runs the no-op mutant on :func:`control_tests` (the tests the mutant ran, up to the first
+    failure): the kill counts only if they pass on the original code."""
     if not tests:
         return 33  # mutmut's "no tests"
     failed = Path(f".first_failure_{os.getpid()}")
@@ -209,7 +223,7 @@ def _check(name: str, tests: list[str], timeout: float, control: bool) -> int | 
     first = failed.read_text() if failed.exists() else None
     failed.unlink(missing_ok=True)
     if control and code in _KILLED_CODES:
-        control_code = _run_one(_noop(name), [first] if first else tests, timeout)
+        control_code = _run_one(_noop(name), control_tests(tests, first), timeout)
         if control_code != 0:
             print(f"CONTROL FAILED ({control_code}) {name}: the kill is not counted", flush=True)
             return None
@@ -271,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("names", nargs="*", metavar="NAME", help="run: only these mutants (default: the sample)")
     parser.add_argument("--seed", type=int, nargs="+", default=[17], help="several: the pooled draws (no name twice)")
     parser.add_argument("--per-package", type=int, default=100)
-    parser.add_argument("--package", choices=_PACKAGES, help="names, run: only this package's sample")
+    parser.add_argument("--package", choices=_PACKAGES, help="names, run, score: only this package's sample")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds of wall time per mutant (run)")
     parser.add_argument(
         "--quick",
@@ -294,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"no such mutant under {root / 'mutants'}: {', '.join(unknown)} (see `mutmut results` for names)")
     drawn = pooled_sample(list(codes), args.seed, args.per_package)
-    picked = [name for package, names in drawn.items() if args.package in (None, package) for name in names]
+    if args.package is not None:  # one package's draw (e.g. the only one a round re-measured)
+        drawn = {args.package: drawn[args.package]}
+    picked = [name for names in drawn.values() for name in names]
     if args.what == "names":
         print("\n".join(picked))
         return

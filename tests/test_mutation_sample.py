@@ -3,6 +3,7 @@ tests it gives a mutant (mutmut's stats, plus the DDP tests for functions that c
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -108,3 +109,37 @@ def test_pooled_samples_are_the_union_of_the_seeds_draws() -> None:
         assert pooled[package] == sorted(set(one[package]) | set(two[package]))
         assert len(pooled[package]) == len(set(pooled[package]))  # a name two draws share counts once
     assert mutation_sample.pooled_sample(names, [17], 8) == one
+
+
+def test_score_counts_the_current_rounds_verdicts_for_one_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``score --package``: that package's row only; killed = a killing exit code or a "- killed" line of the
+    current round, equivalent = its "- equivalent" lines; the rest (survived, unchecked) not killed."""
+    names = [f"strategies.m.f__mutmut_{i}" for i in range(1, 7)] + ["constrain.m.g__mutmut_1"]
+    codes = {n: None for n in names} | {"strategies.m.f__mutmut_1": 1, "strategies.m.f__mutmut_2": 0}
+    (tmp_path / "mutants" / "strategies").mkdir(parents=True)
+    (tmp_path / "mutants" / "strategies" / "m.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    triage = tmp_path / "triage.md"
+    triage.write_text(
+        "## Round 5\n\n- killed `strategies.m.f__mutmut_3`: t\n- equivalent `strategies.m.f__mutmut_4`: r\n\n"
+        "## Round 4\n\n- killed `strategies.m.f__mutmut_5`: older code\n"
+    )
+    monkeypatch.setattr(mutation_sample, "_TRIAGE", triage)
+    monkeypatch.chdir(tmp_path)
+    mutation_sample.main(["score", "--seed", "17", "--per-package", "6", "--package", "strategies"])
+    out = capsys.readouterr().out
+    assert "constrain/" not in out
+    # 6 sampled, 6 in the population, killed 1 (exit code) + 1 (by hand), 1 equivalent, 3 not killed: 2/5
+    row = next(line for line in out.splitlines() if line.startswith("| `strategies/`"))
+    low, high = mutation_sample.wilson(2, 5)
+    assert row == f"| `strategies/` | 6 | 6 | 2 | 1 | 3 | 40.0% (2/5) | {100 * low:.1f}-{100 * high:.1f}% |"
+    assert "3 sampled mutants not checked yet" in out  # 4 unchecked, one of them killed by hand
+
+
+def test_the_control_reruns_the_mutants_tests_up_to_its_first_failure() -> None:
+    tests = ["a.py::t1", "b.py::t[x y]", "tests/strategies/test_distributed.py", "c.py::t3"]
+    assert mutation_sample.control_tests(tests, "b.py::t[x y]") == tests[:2]  # same order: the state t1 leaves
+    assert mutation_sample.control_tests(tests, "tests/strategies/test_distributed.py::test_ddp[lagrangian]") == tests[:3]
+    assert mutation_sample.control_tests(tests, None) == tests  # pytest named no test (e.g. a collection error)
+    assert mutation_sample.control_tests(tests, "d.py::t4") == tests  # not in the list: all of them
