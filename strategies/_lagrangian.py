@@ -65,7 +65,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -286,13 +286,15 @@ class LagrangianStrategy(Strategy):
     def _reduced_values(self, target: Target, rows: Tensor, mode: Layout) -> tuple[Tensor | None, Tensor | None]:
         """The constraint values the multipliers of ``mode`` act on (mean violation, batch mean or per row)."""
         g, h = constraint_values(target, rows)
-        if mode in (Layout.SHARED, Layout.PARAMETER_SHARED):  # one multiplier per entry, on the mean violation
+        if mode is Layout.SHARED or mode is Layout.PARAMETER_SHARED:  # one multiplier per entry, on the mean violation
             g = None if g is None else g.clamp_min(0).mean(0)
             h = None if h is None else h.abs().mean(0)
         elif mode is Layout.MEAN:  # one multiplier per entry, on the batch mean of the values: on average
             g = None if g is None else g.mean(0)
             h = None if h is None else h.mean(0)
-        if mode in (Layout.SHARED, Layout.MEAN) and not self.linear_terms and _distributed.active():  # every rank
+        else:  # per row: nothing to reduce, nothing to share between ranks
+            return g, h
+        if mode is not Layout.PARAMETER_SHARED and not self.linear_terms and _distributed.active():  # every rank
             g = None if g is None else _distributed.global_mean(g)
             h = None if h is None else _distributed.global_mean(h)
         return g, h
@@ -303,6 +305,7 @@ class LagrangianStrategy(Strategy):
         pending: list[Multiplier] = []
         self._pending = pending
         linear = type(self).term is LagrangianStrategy.term
+        proximal = self.primal == "proximal"
         for index, target, mode, inequality, equality in self._plans:
             rows = target_rows(target, model, outputs)
             ids = self._sample_ids(target, sample_ids, rows.shape[0], rows.device) if mode is Layout.PER_SAMPLE else None
@@ -316,7 +319,7 @@ class LagrangianStrategy(Strategy):
                 if record:
                     module.records.append((c.detach(), ids))
                     pending.append(module)
-                if self._proximal(target, kind):  # the term is the proximal step after the optimizer's
+                if proximal and self._proximal(target, kind):  # the term is the proximal step after the optimizer's
                     continue
                 if linear and c.dim() == 1:
                     part = torch.dot(lam, c)  # lam . c of shared multipliers: one kernel and one backward node
@@ -343,7 +346,7 @@ class LagrangianStrategy(Strategy):
         a finite bound keeps every multiplier finite (one host synchronisation for all multipliers)."""
         if len(active) == 1:  # one multiplier and one defect (a shared scalar constraint): two item() reads
             (module,) = active  # instead of eight small kernels; anything else takes the path below
-            lam, recs = module.value, module.records
+            lam, recs = module.tensor(), module.records
             if len(recs) == 1 and lam.numel() == 1 and recs[0][0].numel() == 1:
                 bound = abs(lam.item()) + eta * abs(recs[0][0].item())  # NaN / Inf fail the test
                 if bound <= half_max(lam.dtype):
@@ -353,6 +356,10 @@ class LagrangianStrategy(Strategy):
             return
         if not bounds or bool(torch.isfinite(torch.stack([b.to(bounds[0]) for b in bounds])).all()):
             return
+        self._refuse(active, eta)
+
+    def _refuse(self, active: list[Multiplier], eta: float) -> NoReturn:
+        """Raise the FloatingPointError of a refused dual step: a recorded defect that is not finite, else an overflow."""
         for m in active:
             if not all(bool(torch.isfinite(c).all()) for c, _ in m.records):
                 raise FloatingPointError(
@@ -375,19 +382,46 @@ class LagrangianStrategy(Strategy):
         active = [m for m in self._multiplier_list if m.records]
         self._pending = []
         try:
-            self._apply_prox()  # with the multipliers of the step just taken, before they move
+            if self._watch is not None:  # with the multipliers of the step just taken, before they move
+                self._apply_prox()
             eta = self.current_dual_lr()
-            self._check_records(active, eta)  # validate everything before touching any multiplier
-            if _distributed.active():
-                active = self._combine_ranks()
-            if self._dual_factory is not None:
-                self._optimizer_step(active, eta)
-            else:
-                for module in active:
-                    module.ascend(eta)
+            if not self._ascend_scalar(active, eta):
+                self._dual_step(active, eta)
         finally:
             self._discard_step()
         self._after_dual_step()
+
+    def _dual_step(self, active: list[Multiplier], eta: float) -> None:
+        """Validate every record before touching any multiplier, combine the ranks' records, then ascend (or step the
+        dual optimizer)."""
+        self._check_records(active, eta)
+        if _distributed.active():
+            active = self._combine_ranks()
+        if self._dual_factory is not None:
+            self._optimizer_step(active, eta)
+        else:
+            for module in active:
+                module.ascend(eta)
+
+    def _ascend_scalar(self, active: list[Multiplier], eta: float) -> bool:
+        r"""The dual step of a single multiplier with a single number recorded (a shared scalar constraint, in one
+        process, plain ascent) with one host synchronisation: :math:`\nu + \eta c` is computed aside and read once
+        (before the clip, which would turn a defect of -Inf into 0); if it is finite, it replaces the multiplier
+        (clipped at 0 for inequalities), otherwise (a defect that is not finite, or an overflow) the step raises with
+        the multiplier unchanged. The same operations as :meth:`Multiplier.ascend`, so the same value. False, having
+        done nothing, in every other case."""
+        if len(active) != 1 or self._dual_factory is not None:
+            return False
+        (module,) = active
+        value, records = module.tensor(), module.records
+        if len(records) != 1 or records[0][1] is not None or value.numel() != 1 or _distributed.active():
+            return False
+        c = records[0][0]
+        new = torch.add(value, c if c.dtype == value.dtype and c.device == value.device else c.to(value), alpha=eta)
+        if not math.isfinite(new.item()):
+            self._refuse(active, eta)
+        value.copy_(new.clamp_min_(0) if module.clipped else new)
+        return True
 
     def _apply_prox(self) -> None:
         r"""``primal="proximal"``: each L1-ball weight row ``z`` after the optimizer's step becomes the proximal

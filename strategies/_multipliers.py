@@ -71,6 +71,7 @@ class Multiplier(nn.Module):
         if layout is Layout.PER_SAMPLE and num_samples is None:
             raise ValueError("a per-sample multiplier table needs num_samples.")
         self.index, self.kind, self.layout, self.num_samples = index, kind, layout, num_samples
+        self.clipped = kind.clipped  # read on every dual step: an attribute, not the enum's property
         self.value = nn.Parameter(torch.zeros(0), requires_grad=False)
         self.records: list[Record] = []
         self.moved = False  # set when value changed device or dtype: a dual optimizer must recast its state
@@ -80,13 +81,20 @@ class Multiplier(nn.Module):
         """The name of this multiplier in :meth:`Strategy.state_dict` (``'<index>:<kind>'``)."""
         return f"{self.index}:{self.kind.value}"
 
+    def tensor(self) -> nn.Parameter:
+        """``value``, read from the parameter table directly: the loss and the dual step read it on every step, and
+        ``nn.Module.__getattr__`` (reached after a failed attribute lookup) costs as much as a small kernel."""
+        value = self._parameters["value"]
+        assert value is not None  # registered in __init__; state loads and moves replace its data, never the object
+        return value
+
     def extra_repr(self) -> str:
         return f"index={self.index}, kind={self.kind.value}, layout={self.layout.value}, shape={tuple(self.value.shape)}"
 
     def lookup(self, c: Tensor, ids: Tensor | None) -> Tensor:
         """The multipliers for constraint values ``c`` (the batch's rows of a per-sample table), on ``c``'s
         device and dtype; sized as zeros on first use."""
-        value = self.value
+        value = self.tensor()
         if ids is None and value.shape == c.shape and value.dtype == c.dtype and value.device == c.device:
             return value  # the steady state of a shared or parameter multiplier: nothing to size or move
         shape = (
@@ -114,7 +122,7 @@ class Multiplier(nn.Module):
     def rows_record(self) -> tuple[Tensor, Tensor]:
         """All recorded ``(ids, defects)`` of a per-sample table, concatenated (one record: itself), on the table's
         device and dtype."""
-        records, value = self.records, self.value
+        records, value = self.records, self.tensor()
         if len(records) == 1:
             c, ids = records[0]
             assert ids is not None, "per-sample records carry sample ids"
@@ -130,7 +138,8 @@ class Multiplier(nn.Module):
         r""":math:`\max|\nu| + \eta \sum |c|` over the recorded defects (per-sample tables: the rows they update), a
         0-d tensor: it bounds every multiplier the dual step makes, so a finite bound means a finite step (not finite
         if a defect is not). Norms, not ``abs`` then a reduction: one kernel each."""
-        lam = self.value if self.records[0][1] is None else self.value[self.rows_record()[0]]
+        value = self.tensor()
+        lam = value if self.records[0][1] is None else value[self.rows_record()[0]]
         total = torch.linalg.vector_norm(self.records[0][0], 1)
         for c, _ in self.records[1:]:
             total = total + torch.linalg.vector_norm(c, 1)
@@ -139,16 +148,16 @@ class Multiplier(nn.Module):
     def ascend(self, eta: float) -> None:
         r"""Plain dual ascent on the records: :math:`\nu \leftarrow \nu + \eta c` (clipped at 0 for inequalities).
         No autograd to disable: the multipliers do not require grad and the records are detached."""
-        value = self.value
+        value = self.tensor()
         if self.records[0][1] is None:
             c = self.mean_record()
             value.add_(c if c.dtype == value.dtype and c.device == value.device else c.to(value), alpha=eta)
-            if self.kind.clipped:
+            if self.clipped:
                 value.clamp_min_(0)
             return
         ids, c = self.rows_record()
         value.index_add_(0, ids, c, alpha=eta)
-        if self.kind.clipped:
+        if self.clipped:
             if ids.numel() >= value.shape[0]:  # a batch as large as the table: one pass over it (the rows not in the
                 value.clamp_min_(0)  # batch are >= 0 already, so the same values) instead of gather, clamp, scatter
             else:
@@ -164,7 +173,7 @@ class Multiplier(nn.Module):
             value.grad = torch.zeros_like(value).index_add_(0, ids, c, alpha=-1)
 
     def clip_(self) -> None:
-        if self.kind.clipped:
+        if self.clipped:
             self.value.clamp_min_(0)
 
 

@@ -7,6 +7,7 @@ No timing is asserted (benchmarks are not timed tests). The Cooper comparison ne
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -67,7 +68,8 @@ def test_cli_prints_tables_and_writes_json(tmp_path, capsys) -> None:
         assert any(cell.label in line and cell.constraint in line for line in printed.splitlines())
     cooper = payload["cooper"]
     names = set(cooper["contenders"])
-    assert {"plain Adam", "ours (lagrangian)"} <= names
+    assert {"plain Adam", "ours (lagrangian)", bs.HAND_WRITTEN} <= names
+    assert cooper["ours_over_hand_written"] > 0 and f"ours / {bs.HAND_WRITTEN}" in printed
     for result in cooper["contenders"].values():
         assert result["steps"] == 6 and result["final_mean_violation"] >= 0
     if bs.cooper_available():
@@ -108,6 +110,45 @@ def test_cooper_matches_ours_step_for_step() -> None:
     assert ours["final_mean_output"] == pytest.approx(theirs["final_mean_output"], rel=1e-5, abs=1e-7)
     assert ours["final_fraction_negative"] == theirs["final_fraction_negative"]
     assert record["ours_over_cooper"] > 0 and record["met"] == (record["ours_over_cooper"] <= bs.TARGET_COOPER_RATIO)
+
+
+def test_the_hand_written_step_takes_bitwise_our_steps() -> None:
+    """The hand-written contender is the same algorithm as ours with the same operations in the same order: after
+    40 steps on the bench's minibatches the multiplier and every output are bitwise equal (not merely close); the
+    table prints its row and its ratios, the record holds them. Needs no Cooper."""
+    sizes = {**bs.COOPER_SIZES, **COOPER_TEST_SIZES}
+    X, Y, batches = bs._cooper_data(sizes, 40, 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    base = bs.mlp(sizes["d_in"], sizes["width"], sizes["hidden_layers"], sizes["d_out"])
+    runs = {}
+    for name, build in (("ours", bs._ours_contender), ("hand", bs._hand_written_contender)):
+        model = copy.deepcopy(base)
+        contender = bs._Contender(model, *build(model, bs.DUAL_LR))
+        contender.run_block(X, Y, batches, 40, lambda: None)
+        with torch.no_grad():
+            runs[name] = (contender.multiplier(), model(X))
+    (lam_ours, out_ours), (lam_hand, out_hand) = runs["ours"], runs["hand"]
+    assert lam_ours > 0 and lam_ours == lam_hand  # the constraint binds; bitwise the same multiplier
+    assert torch.equal(out_ours, out_hand)
+    with torch.no_grad():
+        assert bool((base(X) > 0).any())  # some outputs start positive: the mean of g, not the mean violation
+    record = bs.bench_cooper(steps=6, block=3, sizes=COOPER_TEST_SIZES, include_cooper=False)
+    assert record["contenders"][bs.HAND_WRITTEN]["steps"] == 6
+    for key in ("hand_written_over_plain", "ours_over_hand_written"):
+        assert record[key] > 0
+    table = bs.format_cooper_table(record).splitlines()
+    assert any(line.startswith(bs.HAND_WRITTEN + " ") for line in table)  # its row
+    assert any(f"ours / {bs.HAND_WRITTEN} {record['ours_over_hand_written']:.3f}x" in line for line in table)
+
+
+def test_the_hand_written_step_refuses_a_non_finite_loss() -> None:
+    """Its finiteness check is real: a NaN input raises before anything moves."""
+    model = bs.mlp(3, 4, 2, 1)
+    step, multiplier = bs._hand_written_contender(model, bs.DUAL_LR)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(FloatingPointError, match="not finite"):
+        step(torch.full((5, 3), float("nan")), torch.zeros(5, 1))
+    assert multiplier() == 0.0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_comparison_tells_the_mean_violation_from_the_mean(monkeypatch) -> None:

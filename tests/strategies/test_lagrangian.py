@@ -537,3 +537,61 @@ def test_the_optimizer_built_right_after_attach_trains_and_a_checkpoint_resumes_
     for key, lam in strategy.multipliers().items():
         assert torch.equal(lam, again_strategy.multipliers()[key]), key
     assert not torch.equal(strategy.slack(0), torch.full_like(strategy.slack(0), 1e-2))  # the slacks did move
+
+
+# ----------------------------------------------------------------------------- the scalar dual step
+def _scalar_mean(name: str, **options) -> strategies.Strategy:
+    """One multiplier on the batch mean of one output: the dual step that reads one number."""
+    strategy = strategies.get(name, multipliers="mean", **options)
+    strategy.attach(nn.Identity(), on_output(NonNegative()))
+    return strategy
+
+
+def test_a_scalar_dual_step_that_would_overflow_raises_and_changes_nothing() -> None:
+    strategy = _scalar_mean("lagrangian", dual_lr=1e30)
+    strategy.loss(torch.zeros(()), -torch.full((2, 1), 1e-3))
+    strategy.after_step()  # multiplier 1e27: fine in float32
+    before = strategy.multipliers()
+    assert float(next(iter(before.values()))) == pytest.approx(1e27, rel=1e-6)
+    strategy.loss(torch.zeros(()), -torch.full((2, 1), 1e9))  # 1e27 + 1e39: not a float32
+    with pytest.raises(FloatingPointError, match="step 1 would overflow.*Lower dual_lr"):
+        strategy.after_step()
+    assert all(torch.equal(before[k], v) for k, v in strategy.multipliers().items())
+    strategy.loss(torch.zeros(()), -torch.full((2, 1), 1e-3))  # the strategy goes on from where it was
+    strategy.after_step()
+    assert float(next(iter(strategy.multipliers().values()))) == pytest.approx(2e27, rel=1e-6)
+
+
+def test_a_scalar_defect_of_minus_inf_is_refused_not_clipped_to_zero() -> None:
+    """The augmented term of g = -Inf is finite, so the loss passes; the dual step reads lam + eta c before the clip
+    (after it, -Inf would have become a quiet 0) and refuses it."""
+    strategy = _scalar_mean("augmented-lagrangian", dual_lr=1.0)
+    strategy.loss(torch.zeros(()), -torch.ones(2, 1))
+    strategy.after_step()
+    before = strategy.multipliers()
+    assert float(next(iter(before.values()))) == 1.0
+    total = strategy.loss(torch.zeros(()), torch.tensor([[math.inf], [1.0]]))  # g = (-Inf, -1)
+    assert math.isfinite(float(total))
+    with pytest.raises(FloatingPointError, match="inequality constraint values of output in NonNegative.*not finite"):
+        strategy.after_step()
+    assert all(torch.equal(before[k], v) for k, v in strategy.multipliers().items())
+
+
+def test_a_scalar_dual_step_reads_one_number(monkeypatch) -> None:
+    """One host synchronisation in the dual step of one scalar multiplier (and one in the loss, its finiteness
+    check): every read of a tensor's value onto the host is counted."""
+    strategy = _scalar_mean("lagrangian", dual_lr=0.5)
+    outputs = torch.tensor([[-1.0], [-3.0]], requires_grad=True)
+    strategy.loss(torch.zeros(()), outputs)
+    strategy.after_step()
+    reads = []
+    for method in ("item", "tolist", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method, lambda self, *a, _f=original, _m=method: reads.append(_m) or _f(self, *a))
+    total = strategy.loss(torch.zeros(()), outputs)
+    assert reads == ["item"]
+    strategy.after_step()
+    assert reads == ["item", "item"]
+    monkeypatch.undo()
+    assert float(total.detach()) == pytest.approx(1.0 * 2.0)  # lam 1 after the first step, mean g = 2
+    assert float(next(iter(strategy.multipliers().values()))) == 2.0  # 1 + 0.5 * 2
