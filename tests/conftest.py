@@ -25,7 +25,6 @@ _CHEAP_SHARED = {"problem"}
 _LONGEST_FIRST = (
     "tests/experiments/test_study_reliability.py",  # ~105 s: console-script studies killed and resumed
     "tests/experiments/test_study.py::test_quick_suite_end_to_end",  # ~20 s
-    "tests/experiments/test_study.py::test_worker_processes_give_the_same_runs",  # ~14 s
     "tests/strategies/test_distributed.py",  # ~14 s: two gloo processes
     "tests/experiments/test_l1_study.py::test_quick_study_end_to_end",  # ~10 s
     "tests/experiments/test_cli.py::test_a_quick_run_never_writes_into_figures",  # ~13 s, three runs

@@ -5,11 +5,13 @@
   timing fields (``time_per_step``, ``wall_per_step``, ``train_time``, ``train_cpu``, ``wall_time``
   and the ``time`` / ``cpu`` columns of the log); everything else is compared, and the tables
   without their time/step column.
+  This is the check that spawned workers compute what this process computes (the reference runs in
+  two workers, the killed and resumed study in one process).
 - SIGKILL in the middle (the whole process group, workers included) and re-running resumes:
   finished runs are kept untouched, every result file is complete JSON, no temporary file is left,
   and the final table equals an uninterrupted run's.
 
-The default run uses a reduced study (one problem, short budgets); ``-m slow`` runs the full
+The default run uses a reduced study (two problems, short budgets); ``-m slow`` runs the full
 ``constrain study --quick`` twice through the console script. The studies that are killed or interrupted
 are forked from this already-imported process (:class:`_Forked`: the command's process in a session of its
 own, its workers spawned interpreters as under the console script), which spares a new interpreter's
@@ -39,7 +41,9 @@ from experiments.study import read_run
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"time_per_step", "wall_per_step", "train_time", "train_cpu", "wall_time"}
 TIMING_LOG = {"time", "cpu"}
-REDUCED = ["--problems", "lin-output-l1", "--steps", "60"]
+#: The reduced study: every strategy on an output constraint and on a weight constraint (the pool and this process
+#: must write the same records for both kinds of target), short budgets.
+REDUCED = ["--problems", "lin-output-l1,lin-weight-nonneg", "--steps", "60"]
 
 
 def _console() -> list[str]:
