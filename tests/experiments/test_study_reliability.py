@@ -36,7 +36,8 @@ import pytest
 import torch
 
 from experiments import cli
-from experiments.study import read_run
+from experiments.problems import get_problem
+from experiments.study import read_run, warm_up
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"time_per_step", "wall_per_step", "train_time", "train_cpu", "wall_time"}
@@ -136,6 +137,13 @@ class _Forked:
 
 
 def _start(argv: list[str], cwd: Path) -> _Forked:
+    """:class:`_Forked` after the one-time costs this process pays for its own studies anyway, so that the child
+    inherits them instead of paying them again: a first optimizer step (:func:`experiments.study.warm_up`) and the
+    cvxpy optimum of each problem named in ``argv`` (kept per process by ``get_problem``)."""
+    warm_up()
+    if "--problems" in argv:
+        for name in argv[argv.index("--problems") + 1].split(","):
+            assert get_problem(name).f_star is not None
     return _Forked(argv, cwd)
 
 
