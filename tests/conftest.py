@@ -23,14 +23,13 @@ _CHEAP_SHARED = {"problem"}
 #: machine, subprocesses included): xdist hands out the work in this order (``--no-loadscope-reorder``), so
 #: that no long test starts last and runs alone while the other workers are idle.
 _LONGEST_FIRST = (
-    "tests/experiments/test_study_reliability.py",  # ~105 s: console-script studies killed and resumed
+    "tests/experiments/test_study_reliability.py",  # ~50 s: studies killed and resumed, their workers spawned
     "tests/experiments/test_study.py::test_quick_suite_end_to_end",  # ~20 s
-    "tests/experiments/test_study.py::test_worker_processes_give_the_same_runs",  # ~14 s
-    "tests/strategies/test_distributed.py",  # ~14 s: two gloo processes
     "tests/experiments/test_l1_study.py::test_quick_study_end_to_end",  # ~10 s
     "tests/experiments/test_cli.py::test_a_quick_run_never_writes_into_figures",  # ~13 s, three runs
     "tests/strategies/test_dual.py::test_nupi_converges_where_descent_ascent_cycles",  # ~7 s
     "tests/test_bad_inputs.py::test_the_console_script",  # ~5 s each: a new interpreter
+    "tests/strategies/test_distributed.py",  # ~3 s: two forked gloo processes
     "tests/strategies/test_defaults.py",  # ~3 s each
     "tests/experiments/test_dc3_study.py",
     "tests/experiments/test_study_convergence.py",

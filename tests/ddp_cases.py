@@ -1,13 +1,14 @@
 """Shared by the distributed tests: one small problem trained by one process on the global batch,
 or by several processes (gloo, DistributedDataParallel) on its shards.
 
-Module level (not in a test file) so that ``torch.multiprocessing.spawn`` can import :func:`worker`
-in the child processes (they inherit ``sys.path``, which holds ``tests/``).
+Module level (not in a test file) so that a spawned child process (where there is no fork) can import
+:func:`worker` (it inherits ``sys.path``, which holds ``tests/``).
 """
 
 from __future__ import annotations
 
 import datetime
+import multiprocessing
 import os
 import socket
 import sys
@@ -230,7 +231,19 @@ def worker(rank: int, world_size: int, port: int, names: list[str], out_dir: str
     os._exit(0)  # the results are saved: skip the interpreter's teardown of torch (seconds per process)
 
 
+def _start_method() -> str:
+    """``"fork"`` where there is one (Linux): the ranks inherit this process's imports of torch and ours, which
+    a spawned interpreter pays again (seconds of CPU per rank); they are separate processes all the same, each
+    with its own gloo process group. ``"spawn"`` elsewhere."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux") else "spawn"
+
+
 def run_distributed(names: list[str], out_dir: str, world_size: int = 2) -> list[dict[str, Any]]:
-    """Spawn ``world_size`` gloo processes training ``names``; their results, rank by rank."""
-    torch.multiprocessing.spawn(worker, args=(world_size, free_port(), names, out_dir), nprocs=world_size, join=True)
+    """Start ``world_size`` gloo processes training ``names``; their results, rank by rank."""
+    method = _start_method()
+    if method == "fork":
+        import torch._dynamo  # noqa: F401  # what a first optimizer imports (seconds): once here, inherited by the ranks
+    torch.multiprocessing.start_processes(
+        worker, args=(world_size, free_port(), names, out_dir), nprocs=world_size, join=True, start_method=method
+    )
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]

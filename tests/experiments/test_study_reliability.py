@@ -5,12 +5,17 @@
   timing fields (``time_per_step``, ``wall_per_step``, ``train_time``, ``train_cpu``, ``wall_time``
   and the ``time`` / ``cpu`` columns of the log); everything else is compared, and the tables
   without their time/step column.
+  This is the check that spawned workers compute what this process computes (the reference runs in
+  two workers, the killed and resumed study in one process).
 - SIGKILL in the middle (the whole process group, workers included) and re-running resumes:
   finished runs are kept untouched, every result file is complete JSON, no temporary file is left,
   and the final table equals an uninterrupted run's.
 
-The default run uses a reduced study (one problem, short budgets) through the console script;
-``-m slow`` runs the full ``constrain study --quick`` twice.
+The default run uses a reduced study (two problems, short budgets); ``-m slow`` runs the full
+``constrain study --quick`` twice through the console script. The studies that are killed or interrupted
+are forked from this already-imported process (:class:`_Forked`: the command's process in a session of its
+own, its workers spawned interpreters as under the console script), which spares a new interpreter's
+imports; one interrupt test (``study l1``) starts the console script itself, end to end.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -27,20 +33,33 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import cli
-from experiments.study import read_run
+from experiments.problems import get_problem
+from experiments.study import read_run, warm_up
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"time_per_step", "wall_per_step", "train_time", "train_cpu", "wall_time"}
 TIMING_LOG = {"time", "cpu"}
-REDUCED = ["--problems", "lin-output-l1", "--steps", "60"]
+#: The reduced study: every strategy on an output constraint and on a weight constraint (the pool and this process
+#: must write the same records for both kinds of target), short budgets.
+REDUCED = ["--problems", "lin-output-l1,lin-weight-nonneg", "--steps", "60"]
+
+
+def _console() -> list[str]:
+    """The console script (``python -m experiments.cli`` where it is not installed)."""
+    script = shutil.which("constrain")
+    return [script] if script else [sys.executable, "-m", "experiments.cli"]
+
+
+def _study(out: Path, *extra: str, workers: int = 1) -> list[str]:
+    """The arguments of ``constrain study --quick`` into ``out`` (without the program name)."""
+    return ["study", "--quick", "--no-progress", "--no-figures", "--out", str(out), "--workers", str(workers), *extra]
 
 
 def _command(out: Path, *extra: str, workers: int = 1) -> list[str]:
-    script = shutil.which("constrain")
-    head = [script] if script else [sys.executable, "-m", "experiments.cli"]
-    return [*head, "study", "--quick", "--no-progress", "--no-figures", "--out", str(out), "--workers", str(workers), *extra]
+    return [*_console(), *_study(out, *extra, workers=workers)]
 
 
 def _env() -> dict[str, str]:
@@ -58,12 +77,74 @@ def _run(out: Path, *extra: str, workers: int = 1) -> str:
 def _run_here(out: Path, *extra: str, workers: int = 1) -> str:
     """The same command as :func:`_run`, in this process (``experiments.cli.main``): what a re-run or a
     reference needs, without the seconds a new interpreter spends importing torch and cvxpy."""
-    argv = _command(out, *extra, workers=workers)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = cli.main(argv[argv.index("study") :])
+        status = cli.main(_study(out, *extra, workers=workers))
     assert status == 0, printed.getvalue()[-3000:]
     return printed.getvalue()
+
+
+def _forked_main(argv: list[str], cwd: Path, stderr_fd: int) -> None:
+    """The forked child of :class:`_Forked`: a console script's process once it has imported everything."""
+    os.setsid()  # a process group of its own, as start_new_session gives the console script
+    os.chdir(cwd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(stderr_fd, 2)
+    os.close(devnull)
+    os.close(stderr_fd)
+    sys.stdout = open(1, "w", closefd=False)  # the process's own streams, open until its exit
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a new interpreter in a terminal has
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)  # no OpenMP region after the fork (a pool the parent used does not survive it)
+    sys.exit(cli.main(argv))
+
+
+class _Forked:
+    """``constrain ARGV`` in a child forked from this warm process (torch, cvxpy and ours already imported: a
+    new interpreter spends seconds of CPU on them), with the part of :class:`subprocess.Popen`'s interface these
+    tests use: ``pid``, ``poll``, ``wait``, ``returncode`` (``-signal`` when killed by one), ``stderr`` (text).
+
+    The child (:func:`_forked_main`) is the console script's process after its imports: a session of its own,
+    Python's Ctrl-C handler, SIGTERM's default action, stdout to /dev/null and stderr to a pipe; it runs
+    ``sys.exit(experiments.cli.main(argv))`` under multiprocessing's fork start method, whose bootstrap ends it as
+    an interpreter ends (multiprocessing's exit function: finalizers, its children joined) with that status. The
+    study's workers are spawned interpreters, as under the console script. ``_start_console`` runs the script."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.args = argv
+        read, write = os.pipe()
+        self._process = multiprocessing.get_context("fork").Process(target=_forked_main, args=(argv, cwd, write))
+        self._process.start()
+        os.close(write)
+        assert self._process.pid is not None
+        self.pid: int = self._process.pid
+        self.stderr = open(read)  # closed by the tests, as Popen's stderr
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return self._process.exitcode
+
+
+def _start(argv: list[str], cwd: Path) -> _Forked:
+    """:class:`_Forked` after the one-time costs this process pays for its own studies anyway, so that the child
+    inherits them instead of paying them again: a first optimizer step (:func:`experiments.study.warm_up`) and the
+    cvxpy optimum of each problem named in ``argv`` (kept per process by ``get_problem``)."""
+    warm_up()
+    if "--problems" in argv:
+        for name in argv[argv.index("--problems") + 1].split(","):
+            assert get_problem(name).f_star is not None
+    return _Forked(argv, cwd)
 
 
 def _results(out: Path) -> dict[str, dict]:
@@ -105,19 +186,12 @@ def test_sigkill_in_the_middle_then_resume_keeps_finished_runs_and_gives_the_sam
     total = len(list(reference.rglob("*.json")))
     assert total > 10
     out = tmp_path / "killed"
-    process = subprocess.Popen(
-        _command(out, *REDUCED),
-        cwd=tmp_path,
-        env=_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = _start(_study(out, *REDUCED), tmp_path)
     deadline = time.monotonic() + 600
     try:
         while len(list(out.rglob("*.json"))) < 3 and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert process.poll() is None, "the study finished before it could be killed: " + process.stderr.read().decode()[-2000:]
+        assert process.poll() is None, "the study finished before it could be killed: " + process.stderr.read()[-2000:]
         os.killpg(process.pid, signal.SIGKILL)  # the runner and any worker it started
     finally:
         process.wait(timeout=60)
@@ -208,9 +282,10 @@ def _as_a_terminal_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
+def _start_console(argv: list[str], cwd: Path) -> subprocess.Popen:
+    """``constrain ARGV`` through the console script, a new interpreter in a session of its own."""
     return subprocess.Popen(
-        argv,
+        [*_console(), *argv],
         cwd=cwd,
         env=_env(),
         start_new_session=True,
@@ -221,7 +296,7 @@ def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _wait_until(process: subprocess.Popen, ready, what: str, limit: float = 600) -> None:
+def _wait_until(process: subprocess.Popen | _Forked, ready, what: str, limit: float = 600) -> None:
     deadline = time.monotonic() + limit
     while not ready():
         assert process.poll() is None, f"the command ended before {what}: {process.stderr.read()[-2000:]}"
@@ -237,11 +312,11 @@ def _is_worker(pid: int) -> bool:
         return False
 
 
-def _workers(process: subprocess.Popen) -> list[int]:
+def _workers(process: subprocess.Popen | _Forked) -> list[int]:
     return [pid for pid, parent, _ in _group(process.pid) if parent == process.pid and _is_worker(pid)]
 
 
-def _workers_started(process: subprocess.Popen, count: int = 2):
+def _workers_started(process: subprocess.Popen | _Forked, count: int = 2):
     return lambda: len(_workers(process)) >= count
 
 
@@ -253,12 +328,12 @@ def _has_torch(pid: int) -> bool:
         return False
 
 
-def _workers_in_their_tasks(process: subprocess.Popen, count: int = 2):
+def _workers_in_their_tasks(process: subprocess.Popen | _Forked, count: int = 2):
     """Ready when ``count`` workers have imported torch: they unpickled a task and run it."""
     return lambda: sum(1 for pid in _workers(process) if _has_torch(pid)) >= count
 
 
-def _stop(process: subprocess.Popen, signum: int, whole_group: bool = True) -> tuple[float, str]:
+def _stop(process: subprocess.Popen | _Forked, signum: int, whole_group: bool = True) -> tuple[float, str]:
     """Send ``signum`` (to the whole group, as a terminal does, or to the main process only); returns the
     seconds until the process exited and its stderr. Kills the group if it did not exit."""
     (os.killpg if whole_group else os.kill)(process.pid, signum)
@@ -304,7 +379,7 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
 def test_ctrl_c_stops_the_workers_at_once_and_resume_keeps_every_finished_run(tmp_path) -> None:
     out = tmp_path / "interrupted"
-    process = _start(_command(out, *INTERRUPTIBLE, workers=2), tmp_path)
+    process = _start(_study(out, *INTERRUPTIBLE, workers=2), tmp_path)
     _wait_until(process, lambda: len(list(out.rglob("*.json"))) >= 2, "two finished runs")
     seconds, err = _stop(process, signal.SIGINT)
     _assert_one_line(err, 130, process.returncode, seconds, process.pid)
@@ -323,7 +398,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_resume_keeps_every_finished_run(tm
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
 def test_ctrl_c_while_the_workers_start_prints_no_worker_traceback(tmp_path) -> None:
     """The first seconds of ``constrain study --quick``: the workers are still importing torch."""
-    process = _start(_command(tmp_path / "out", workers=2), tmp_path)
+    process = _start(_study(tmp_path / "out", workers=2), tmp_path)
     _wait_until(process, _workers_started(process), "worker processes")
     seconds, err = _stop(process, signal.SIGINT)
     _assert_one_line(err, 130, process.returncode, seconds, process.pid)
@@ -332,7 +407,7 @@ def test_ctrl_c_while_the_workers_start_prints_no_worker_traceback(tmp_path) -> 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
 def test_sigterm_to_the_main_process_alone_stops_the_workers_too(tmp_path) -> None:
     out = tmp_path / "out"
-    process = _start(_command(out, *INTERRUPTIBLE, workers=2), tmp_path)
+    process = _start(_study(out, *INTERRUPTIBLE, workers=2), tmp_path)
     _wait_until(process, lambda: len(list(out.rglob("*.json"))) >= 1, "a finished run")
     seconds, err = _stop(process, signal.SIGTERM, whole_group=False)  # `kill PID`: the workers get nothing
     _assert_one_line(err, 128 + signal.SIGTERM, process.returncode, seconds, process.pid)
@@ -343,8 +418,7 @@ def test_ctrl_c_stops_the_other_studies_worker_pools(tmp_path) -> None:
     """``constrain study l1``: a study that calls ``run_tasks`` itself (``study psilon`` takes the same path, with
     nothing of its own around it: one of the two is enough)."""
     argv = ["study", "l1", "--datasets", "iris", "wine", "--steps", "2000", "--seeds", "2"]
-    head = _command(tmp_path, workers=2)[: -len(_command(tmp_path, workers=2)) + 1]  # the console script
-    process = _start([*head, *argv, "--workers", "2", "--no-progress", "--out", str(tmp_path / "out")], tmp_path)
+    process = _start_console([*argv, "--workers", "2", "--no-progress", "--out", str(tmp_path / "out")], tmp_path)
     _wait_until(process, _workers_in_their_tasks(process), "workers in their runs")
     seconds, err = _stop(process, signal.SIGINT)
     _assert_one_line(err, 130, process.returncode, seconds, process.pid)
