@@ -35,7 +35,6 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,9 +58,11 @@ from experiments._convergence import (
 )
 from experiments._family_best import family_best_lines, family_overview
 from experiments._fused_adam import FusedAdam
+from experiments._problem_names import unknown_problems
 from experiments._runner import run_with_progress
+from experiments._storage import write_json_atomic
 from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
-from experiments.problems import CONVEX_PROBLEMS, KINDS, PROBLEMS, Problem, get_problem
+from experiments.problems import CONVEX_PROBLEMS, KINDS, Problem, get_problem
 
 #: Bump when the record layout or the training loop changes: old run files are then ignored.
 FORMAT = 3
@@ -77,6 +78,8 @@ STOP_RULE = (
 #: The fields logged at every logged step, in order.
 LOG_FIELDS = ("step", "objective", "gap", "train_max", "train_mean", "test_max", "test_mean", "time", "cpu")
 BASELINE_LABEL = "unconstrained"
+#: The folder under ``--out`` that keeps each problem's cvxpy optimum (:meth:`Problem.stored_reference`).
+REFERENCES = "references"
 #: Steps left out of ``time_per_step``: first calls pay one-time costs (imports, kernel compilation).
 WARMUP_STEPS = 10
 
@@ -373,9 +376,9 @@ def plan_study(
     once converged (False: every run takes its whole budget).
     """
     suite = default_suite() if suite is None else suite
-    unknown = [p for p in problems if p not in PROBLEMS]
+    unknown = unknown_problems(problems)
     if unknown:
-        raise KeyError(f"unknown problem(s) {', '.join(unknown)}; problems: {', '.join(PROBLEMS)}.")
+        raise KeyError(unknown)
     if strategy_filter:
         known = {w for entries in suite.values() for e in entries for w in (e.label, e.strategy, e.family) if w is not None}
         missing = [w for w in strategy_filter if w not in known]
@@ -529,26 +532,6 @@ def train_run(
 
 
 # ====================================================================== storage
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``:
-    readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, allow_nan=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove the temporary files of :func:`write_json_atomic` for ``path`` left by a process killed while
     writing (SIGKILL): they are never read, and the run is about to be redone."""
@@ -593,6 +576,12 @@ def warm_up() -> None:
         optimizer.step()
 
 
+def _f_star(problem: str, out: Path, reuse: bool) -> float | None:
+    """The problem's :math:`F^*`, solved once and kept in ``out/references/`` (``reuse=False``: solved again)."""
+    ref = get_problem(problem).stored_reference(out / REFERENCES, reuse)
+    return None if ref is None else ref.f_star
+
+
 def _finished(record: dict[str, Any] | None, retry_failed: bool) -> bool:
     return record is not None and (record.get("status") == "done" or (record.get("status") == "failed" and not retry_failed))
 
@@ -623,7 +612,7 @@ def execute(
         else:
             todo.append(spec)
             _remove_stale_temporaries(spec.path(out))
-    f_stars = {name: get_problem(name).f_star for name in {s.problem for s in todo}}
+    f_stars = {name: _f_star(name, out, resume) for name in plan.problems}
     # Longest runs first (MLP problems), so the two workers finish together.
     order = sorted(
         todo, key=lambda s: -get_problem(s.problem).X_train.shape[0] * s.steps * (2 if s.problem.startswith("mlp") else 1)
