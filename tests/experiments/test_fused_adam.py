@@ -19,10 +19,16 @@ def _model(dtype: torch.dtype) -> torch.nn.Sequential:
     return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).to(dtype)
 
 
-def _train(optimizer_class: Callable[..., torch.optim.Optimizer], dtype: torch.dtype, steps: int = 60, **options: Any) -> tuple:
+def _train(
+    optimizer_class: Callable[..., torch.optim.Optimizer],
+    dtype: torch.dtype,
+    steps: int = 60,
+    device: str = "cpu",
+    **options: Any,
+) -> tuple:
     """``steps`` steps with a decaying learning rate set on the group before each (as the study's loop does)."""
-    model = _model(dtype)
-    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    model = _model(dtype).to(device)
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
     optimizer = optimizer_class(model.parameters(), lr=0.05, **{"fused": True, **options})
     for t in range(steps):
         optimizer.param_groups[0]["lr"] = 0.05 * 0.01 ** (t / (steps - 1))
@@ -35,9 +41,12 @@ def _train(optimizer_class: Callable[..., torch.optim.Optimizer], dtype: torch.d
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("options", [{}, {"weight_decay": 0.01, "betas": (0.8, 0.99)}, {"maximize": True}])
-def test_same_parameters_and_state_as_torch_fused_adam(dtype: torch.dtype, options: dict) -> None:
-    expected, expected_state = _train(torch.optim.Adam, dtype, **options)
-    got, state = _train(FusedAdam, dtype, **options)
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+)
+def test_same_parameters_and_state_as_torch_fused_adam(dtype: torch.dtype, options: dict, device: str) -> None:
+    expected, expected_state = _train(torch.optim.Adam, dtype, device=device, **options)
+    got, state = _train(FusedAdam, dtype, device=device, **options)
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
     for index, fields in expected_state["state"].items():
         for name, value in fields.items():
