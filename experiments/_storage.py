@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -29,4 +30,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-__all__ = ["write_json_atomic"]
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of :func:`write_json_atomic` for ``path`` left by a process killed while
+    writing (SIGKILL): they are never read, and the file is about to be written again."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+__all__ = ["remove_stale_temporaries", "write_json_atomic"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import glob
 import hashlib
 import json
 import math
@@ -60,7 +59,7 @@ from experiments._family_best import family_best_lines, family_overview
 from experiments._fused_adam import FusedAdam
 from experiments._problem_names import unknown_problems
 from experiments._runner import run_with_progress
-from experiments._storage import write_json_atomic
+from experiments._storage import remove_stale_temporaries, write_json_atomic
 from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, Problem, get_problem
 
@@ -532,14 +531,6 @@ def train_run(
 
 
 # ====================================================================== storage
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of :func:`write_json_atomic` for ``path`` left by a process killed while
-    writing (SIGKILL): they are never read, and the run is about to be redone."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def read_run(path: Path) -> dict[str, Any] | None:
     """A stored run record, or None if the file is missing, unreadable or of another format."""
     try:
@@ -611,7 +602,7 @@ def execute(
             records[spec.key] = record  # type: ignore[assignment]  # _finished is False for None
         else:
             todo.append(spec)
-            _remove_stale_temporaries(spec.path(out))
+            remove_stale_temporaries(spec.path(out))
     f_stars = {name: _f_star(name, out, resume) for name in plan.problems}
     # Longest runs first (MLP problems), so the two workers finish together.
     order = sorted(

@@ -84,3 +84,12 @@ def test_the_key_follows_the_problem() -> None:
     keys = {name: PROBLEMS[name]().reference_key() for name in ("lin-weight-nonneg", "lin-weight-l1", "lin-output-l1")}
     assert len(set(keys.values())) == 3
     assert PROBLEMS["lin-weight-l1"]().reference_key() == keys["lin-weight-l1"]  # stable across instances
+
+
+def test_a_temporary_left_by_a_killed_write_is_removed(tmp_path: Path) -> None:
+    problem = _fresh()
+    path = tmp_path / f"{problem.name}--{problem.reference_key()}.ref"
+    stale = tmp_path / f".{path.name}.abc123.tmp"  # what write_json_atomic leaves when killed mid-write
+    stale.write_text('{"half')
+    assert problem.stored_reference(tmp_path) is not None
+    assert path.is_file() and not stale.exists()
