@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status (2: bad input; 128 + signal
     number when interrupted: 130 for Ctrl-C, 143 for SIGTERM)."""
     with handle_interrupts():  # from the start: a Ctrl-C while torch imports prints one line too
+        early = _unknown_study_problems(sys.argv[1:] if argv is None else list(argv))
+        if early is not None:  # before the parser imports torch and every command (seconds)
+            print(f"constrain study: error: {early}", file=sys.stderr)
+            return 2
         try:
             args = build_parser().parse_args(argv)
         except KeyboardInterrupt as stop:
@@ -76,6 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (a second one exits at once, see handle_interrupts)
             return _interrupted(f"constrain {args.command}", stop, getattr(args, "interrupt_note", None))
+
+
+def _unknown_study_problems(argv: Sequence[str]) -> str | None:
+    """The error for ``constrain study [SUITE] --problems P,...`` naming a problem that does not exist, found
+    from the raw arguments without importing torch; None otherwise (the parser and the study check the rest)."""
+    from experiments._args import csv_list
+    from experiments._problem_names import unknown_problems
+    from experiments.study_cmd import STUDY_MODULES  # torch-free at import
+
+    if not argv or argv[0] != "study" or any(arg in STUDY_MODULES for arg in argv[1:]):
+        return None  # another command, or a study with its own options (no --problems)
+    names: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--problems" and i + 1 < len(argv):
+            names += csv_list(argv[i + 1])
+        elif arg.startswith("--problems="):
+            names += csv_list(arg.partition("=")[2])
+    return unknown_problems(names)
 
 
 #: Options that name an output file, checked (folder created, writable) before any subcommand starts

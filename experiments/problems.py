@@ -27,9 +27,13 @@ Problems are built by name (:func:`get_problem`); :data:`PROBLEMS` maps each nam
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 import numpy as np
@@ -38,6 +42,9 @@ from torch import Tensor, nn
 
 from constrain import Affine, L1Ball, NonNegative, OutputTarget, ParameterTarget, on_output, on_parameter, output_rows
 from experiments import datasets
+from experiments._problem_names import CONVEX_PROBLEMS as CONVEX_PROBLEMS  # re-exported (imported from here)
+from experiments._problem_names import MLP_PROBLEMS as MLP_PROBLEMS  # re-exported (imported from here)
+from experiments._storage import remove_stale_temporaries, write_json_atomic
 from experiments.catalogue import STUDY_KINDS
 
 Target = OutputTarget | ParameterTarget
@@ -81,6 +88,36 @@ class Problem:
         if self._reference is None and self._solve is not None:
             self._reference = self._solve()
         return self._reference
+
+    def stored_reference(self, folder: Path, reuse: bool = True) -> Reference | None:
+        """:meth:`reference`, kept on disk: read from ``folder`` when a file there has this problem's
+        :meth:`reference_key` (and ``reuse``), else solved (or taken from memory) and written there, as JSON in a
+        ``.ref`` file (not ``*.json``: the run files); ``None`` for nonconvex problems. A file that cannot be
+        read, or holds another problem's solution, is solved again and replaced."""
+        if self._solve is None:
+            return None
+        key = self.reference_key()
+        path = Path(folder) / f"{self.name}--{key}.ref"
+        stored = _read_reference(path, key) if reuse and self._reference is None else None
+        if stored is not None:
+            self._reference = stored
+            return stored
+        ref = self.reference()  # the one in memory, or solved now
+        assert ref is not None  # _solve is set
+        remove_stale_temporaries(path)
+        write_json_atomic(path, {"key": key, "problem": self.name, **ref.as_json()})
+        return ref
+
+    def reference_key(self) -> str:
+        """A hash of what :math:`F^*` depends on: the problem's name and config (data, model, constraint), the
+        solver settings and the versions of cvxpy, Clarabel, OSQP and numpy."""
+        versions = {name: _version(name) for name in ("cvxpy", "clarabel", "osqp", "numpy")}
+        blob = json.dumps(
+            {"problem": self.name, "config": self.config, "clarabel": CLARABEL_OPTIONS, "osqp": OSQP_OPTIONS, **versions},
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
     @property
     def f_star(self) -> float | None:
@@ -160,9 +197,40 @@ class Reference:
     solver: str
     status: str
 
+    def as_json(self) -> dict[str, Any]:
+        """The fields as JSON values (floats exactly: JSON keeps every digit of a float64)."""
+        return {
+            "f_star": self.f_star,
+            "weight": self.weight.tolist(),
+            "bias": self.bias.tolist(),
+            "solver": self.solver,
+            "status": self.status,
+        }
+
+
+def _read_reference(path: Path, key: str) -> Reference | None:
+    """The :class:`Reference` stored at ``path`` under ``key`` (None: missing, unreadable or another key)."""
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("key") != key:
+            return None
+        weight, bias = (np.asarray(stored[name], dtype=np.float64) for name in ("weight", "bias"))
+        return Reference(float(stored["f_star"]), weight, bias, str(stored["solver"]), str(stored["status"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
 
 #: Interior-point settings for :math:`F^*`: far tighter than any gap the study reports.
 CLARABEL_OPTIONS = {"tol_gap_abs": 1e-13, "tol_gap_rel": 1e-13, "tol_feas": 1e-13, "max_iter": 1000}
+#: The fallback solver's settings.
+OSQP_OPTIONS = {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iter": 400_000, "polishing": True}
 
 
 def linear_reference(X: Tensor, Y: Tensor, targets: Sequence[Target]) -> Reference:
@@ -207,7 +275,7 @@ def linear_reference(X: Tensor, Y: Tensor, targets: Sequence[Target]) -> Referen
     problem = cp.Problem(cp.Minimize(cp.sum_squares(Z - Yn) / (n * k)), constraints)
     for solver, options in (
         (cp.CLARABEL, CLARABEL_OPTIONS),
-        (cp.OSQP, {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iter": 400_000, "polishing": True}),
+        (cp.OSQP, OSQP_OPTIONS),
     ):
         try:
             problem.solve(solver=solver, **options)
@@ -534,9 +602,6 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "mlp-synthetic-l1": mlp_synthetic_l1,
     "mlp-diabetes-nonneg": mlp_diabetes_nonneg,
 }
-
-CONVEX_PROBLEMS = ("lin-output-l1", "lin-output-nonneg", "lin-weight-nonneg", "lin-weight-affine", "lin-weight-l1")
-MLP_PROBLEMS = ("mlp-synthetic-l1", "mlp-diabetes-nonneg")
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from typing import Any
 
 from experiments._args import csv_list, positive_int
 from experiments._paths import figures_dir, prepare_output_dir
-from experiments.problems import CONVEX_PROBLEMS, MLP_PROBLEMS, PROBLEMS
+from experiments._problem_names import CONVEX_PROBLEMS, MLP_PROBLEMS, PROBLEM_NAMES
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ SUITES: dict[str, Suite] = {
     ),
     "convex": Suite("convex", "the five linear-regression problems with a cvxpy optimum", CONVEX_PROBLEMS),
     "mlp": Suite("mlp", "the MLP problems (synthetic data, scikit-learn's diabetes data)", MLP_PROBLEMS),
-    "all": Suite("all", "every problem", tuple(PROBLEMS)),
+    "all": Suite("all", "every problem", PROBLEM_NAMES),
 }
 
 #: More named studies, ``constrain study NAME``: ``{NAME: module}`` (see the module doc).
@@ -93,7 +93,7 @@ def add_common_options(parser: argparse.ArgumentParser, suppress_defaults: bool 
         type=csv_list,
         default=default(None),
         metavar="P,...",
-        help=f"problems to run (default: the suite's); known: {', '.join(PROBLEMS)}",
+        help=f"problems to run (default: the suite's); known: {', '.join(PROBLEM_NAMES)}",
     )
     group.add_argument(
         "--strategies",
