@@ -62,7 +62,6 @@ the global batch.
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, NamedTuple, NoReturn
@@ -80,6 +79,7 @@ from strategies._optimizer_metric import OptimizerWatch
 from strategies._options import check_positive as _positive
 from strategies._penalty_prox import exact_penalty_prox
 from strategies._registry import register
+from strategies._warnings import warn_at_caller
 
 Multipliers = Literal["shared", "mean", "per-sample"]
 Primal = Literal["gradient", "proximal"]
@@ -460,12 +460,10 @@ class LagrangianStrategy(Strategy):
                 param.copy_(value)
 
     def _fall_back(self, target: Target) -> None:
-        warnings.warn(
+        warn_at_caller(
             f"strategy {self.name!r}: no optimizer with a known step (Adam, AdamW, RMSprop, Adagrad, SGD) stepped "
             f"{target.label}, so its multiplier term has no metric for a proximal step; switching to "
-            f"primal='gradient' (the term in the loss) from the next step.",
-            RuntimeWarning,
-            stacklevel=4,
+            f"primal='gradient' (the term in the loss) from the next step."
         )
         self.primal = "gradient"
 

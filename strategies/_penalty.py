@@ -25,7 +25,6 @@ barrier) applies every step.
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from strategies._optimizer_metric import OptimizerWatch
 from strategies._options import check_positive as _check_positive
 from strategies._penalty_prox import exact_penalty_prox, has_prox
 from strategies._registry import register
+from strategies._warnings import warn_at_caller
 
 
 class InfeasibleStartError(ValueError):
@@ -487,11 +487,9 @@ class ExactPenalty(PenaltyStrategy):
                 param.copy_(value)
 
     def _fall_back(self, target: Target) -> None:
-        warnings.warn(
+        warn_at_caller(
             f"exact-penalty: no optimizer with a known step (Adam, AdamW, RMSprop, Adagrad, SGD) stepped {target.label}, "
-            f"so its proximal step has no metric; switching to form='subgradient' (the penalty in the loss) from the next step.",
-            RuntimeWarning,
-            stacklevel=3,
+            f"so its proximal step has no metric; switching to form='subgradient' (the penalty in the loss) from the next step."
         )
         self.form = "subgradient"
 

@@ -167,8 +167,9 @@ def test_an_optimizer_without_a_metric_falls_back_to_the_gradient_form() -> None
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    with pytest.warns(RuntimeWarning, match="switching to primal='gradient'"):
+    with pytest.warns(RuntimeWarning, match="switching to primal='gradient'") as caught:
         strategy.after_step()
+    assert caught[0].filename == __file__  # the warning names the user's after_step() line, not ours
     assert strategy.primal == "gradient"
     with torch.no_grad():
         assert float(strategy.loss(_objective(model.weight))) > float(_objective(model.weight))  # the term is back

@@ -152,8 +152,9 @@ def test_unknown_optimizer_falls_back_to_the_subgradient_form():
     loss = strategy.loss(model(torch.randn(4, 3)).square().mean())
     loss.backward()
     opt.step()
-    with pytest.warns(RuntimeWarning, match="switching to form='subgradient'"):
+    with pytest.warns(RuntimeWarning, match="switching to form='subgradient'") as caught:
         strategy.after_step()
+    assert caught[0].filename == __file__  # the warning names the user's after_step() line, not ours or torch's
     assert strategy.form == "subgradient"
     with torch.no_grad():
         model.weight.fill_(-1.0)
