@@ -77,7 +77,8 @@ def handle_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _children_ignore_interrupts() -> Iterator[None]:
-    """Processes started inside ignore SIGINT from their first instruction; this one loses no Ctrl-C.
+    """Processes started inside ignore SIGINT from their first instruction; this one keeps a Ctrl-C when the
+    signal reaches its main thread.
 
     A spawned interpreter inherits neither this process's signal mask (``_posixsubprocess`` clears
     it) nor its Python handlers (``exec`` resets them), but it does inherit ``SIG_IGN``, which
@@ -86,7 +87,13 @@ def _children_ignore_interrupts() -> Iterator[None]:
     blocked signal is never discarded as ignored, so a Ctrl-C pressed in this window stays pending
     and reaches the restored handler when the mask is restored (``handle_interrupts`` raises it).
     multiprocessing's resource tracker unblocks SIGINT after starting itself, so it is started
-    first. Main thread of a POSIX process only (elsewhere nothing changes)."""
+    first. Main thread of a POSIX process only (elsewhere nothing changes).
+
+    Known gap: only the calling thread blocks SIGINT. A process-directed signal goes to any thread that does
+    not block it, and threads started earlier by native libraries (torch's OpenMP pool) do not; such a thread
+    discards it under ``SIG_IGN``. A Ctrl-C pressed in this window (the workers' ``start``, some ms each) can
+    then be lost, and the study goes on: press it again. Closing the gap needs the workers' launch itself to
+    block the signal (``posix_spawn`` with ``setsigmask``), which multiprocessing does not expose."""
     if not (_main_thread() and hasattr(signal, "pthread_sigmask")):
         yield
         return
