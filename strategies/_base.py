@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from constrain import ConstraintSet, OutputTarget, ParameterTarget, output_rows
 from strategies import _distributed
+from strategies._optimizer_metric import OptimizerWatch
 from strategies._options import check_choice, check_literal_options
 
 Target = OutputTarget | ParameterTarget
@@ -364,6 +365,14 @@ class Strategy:
         model = self._require_model()
         self._undo_attach()
         return model
+
+    def _watch_optimizer(self, params: list[Tensor]) -> OptimizerWatch:
+        """An :class:`OptimizerWatch` of ``params``: its global optimizer hook goes with :meth:`detach`, or with this
+        strategy once it is garbage collected (a strategy dropped without ``detach`` leaves no hook behind)."""
+        watch = OptimizerWatch(params)
+        self._handles.append(watch.handle)
+        weakref.finalize(self, watch.remove)
+        return watch
 
     def _undo_attach(self) -> None:
         for handle in self._handles:

@@ -62,7 +62,6 @@ the global batch.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, NamedTuple, NoReturn
 
@@ -227,9 +226,7 @@ class LagrangianStrategy(Strategy):
             for p in t.tensors(model)
         ]
         if params:
-            self._watch = OptimizerWatch(params)
-            self._handles.append(self._watch.handle)  # detach() removes it
-            weakref.finalize(self, self._watch.remove)
+            self._watch = self._watch_optimizer(params)
 
     def _attach_multipliers(self) -> None:
         if self.multiplier_mode == "per-sample" and self.num_samples is None:

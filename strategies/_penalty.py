@@ -25,7 +25,6 @@ barrier) applies every step.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -459,9 +458,7 @@ class ExactPenalty(PenaltyStrategy):
         model = self._require_model()
         params = [p for t in self.targets if isinstance(t, ParameterTarget) and self._proximal(t) for p in t.tensors(model)]
         if params:
-            self._watch = OptimizerWatch(params)
-            self._handles.append(self._watch.handle)  # detach() removes it
-            weakref.finalize(self, self._watch.remove)
+            self._watch = self._watch_optimizer(params)
 
     def _after_step(self) -> None:
         self._apply_prox()

@@ -113,8 +113,9 @@ class Projected(Strategy):
                     )
                 self._handles.extend(_project_gradients(model, target))
         if self.metric == "optimizer" and any(_metric_applies(t) for t in self.targets):
-            self._watch = OptimizerWatch([p for t in self.targets if isinstance(t, ParameterTarget) for p in t.tensors(model)])
-            self._handles.append(self._watch.handle)  # detach() removes it
+            self._watch = self._watch_optimizer(
+                [p for t in self.targets if isinstance(t, ParameterTarget) for p in t.tensors(model)]
+            )
         self._project_parameters()  # start feasible
 
     def current_metric(self, target: ParameterTarget) -> Tensor | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-_INTERNAL = tuple(str(Path(module.__file__).resolve().parent) for module in (sys.modules[__package__], torch))
+_INTERNAL = tuple(str(Path(file).resolve().parent) + os.sep for file in (__file__, torch.__file__) if file)  # strategies/, torch/
 
 
 def warn_at_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
