@@ -15,7 +15,7 @@ dtype, threads), on one tensor of ``batch`` rows of ``n`` standard normal values
 
 It prints the machine first (CPU model, thread counts, library versions, load), so a table
 can be traced to it. Every call is timed with ``time.perf_counter`` after warm-up runs; the
-methods are interleaved within each repeat (in a rotating order) so that machine noise hits
+methods are interleaved within each repeat (in a random order) so that machine noise hits
 all alike, and the median of the repeats is reported. All methods of a run share its thread
 count; ``--threads 1,0`` (the default) runs at one thread and at torch's default count.
 Targets print as ok/MISS; ``--check`` exits 1 when one misses. Absolute times vary with the
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -95,7 +96,9 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Seconds per call of each method: ``warmup`` untimed rounds, then ``repeats`` rounds.
 
-    Within a round every method runs once; the order rotates from round to round.
+    Within a round every method runs once, in a fresh (seeded) random order: a rotation would keep each
+    method right behind the same one, and what runs before a call matters on a CPU (a parallel torch op
+    leaves its OpenMP threads spinning for milliseconds, which slows a multithreaded call right after it).
     ``sync``: called before starting and before stopping each clock (e.g. ``torch.cuda.synchronize``).
     """
     names = list(methods)
@@ -104,9 +107,9 @@ def time_interleaved(
         for name in names:
             methods[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             sync()
             start = time.perf_counter()
             methods[name]()
