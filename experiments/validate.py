@@ -905,8 +905,9 @@ def _run_units(units: list[tuple[str, int]], trials: int, seed: int, workers: in
             for job in as_completed(jobs):
                 i = jobs[job]
                 out[i] = job.result()
-                bar.set_postfix_str(f"{units[i][0]} n={units[i][1]}", refresh=False)  # the unit just checked
                 bar.update(_unit_size(*units[i], trials))
+                bar.set_postfix_str(f"{units[i][0]} n={units[i][1]}")  # the unit just checked, drawn now: a run of
+                # units that finish within tqdm's mininterval would otherwise close the bar before it shows a name
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
