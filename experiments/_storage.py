@@ -12,9 +12,13 @@ from typing import Any
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``:
-    readers see the old file or the whole new one, never a part."""
+    readers see the old file or the whole new one, never a part. Temporaries of ``path`` that an earlier
+    writer left when it was killed mid-write (SIGKILL) are removed first: they are never read. One writer
+    per path at a time (the studies write each run file from one process)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -30,12 +34,4 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of :func:`write_json_atomic` for ``path`` left by a process killed while
-    writing (SIGKILL): they are never read, and the file is about to be written again."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
-__all__ = ["remove_stale_temporaries", "write_json_atomic"]
+__all__ = ["write_json_atomic"]

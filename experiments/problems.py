@@ -44,7 +44,7 @@ from constrain import Affine, L1Ball, NonNegative, OutputTarget, ParameterTarget
 from experiments import datasets
 from experiments._problem_names import CONVEX_PROBLEMS as CONVEX_PROBLEMS  # re-exported (imported from here)
 from experiments._problem_names import MLP_PROBLEMS as MLP_PROBLEMS  # re-exported (imported from here)
-from experiments._storage import remove_stale_temporaries, write_json_atomic
+from experiments._storage import write_json_atomic
 from experiments.catalogue import STUDY_KINDS
 
 Target = OutputTarget | ParameterTarget
@@ -104,7 +104,6 @@ class Problem:
             return stored
         ref = self.reference()  # the one in memory, or solved now
         assert ref is not None  # _solve is set
-        remove_stale_temporaries(path)
         write_json_atomic(path, {"key": key, "problem": self.name, **ref.as_json()})
         return ref
 

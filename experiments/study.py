@@ -59,7 +59,7 @@ from experiments._family_best import family_best_lines, family_overview
 from experiments._fused_adam import FusedAdam
 from experiments._problem_names import unknown_problems
 from experiments._runner import run_with_progress
-from experiments._storage import remove_stale_temporaries, write_json_atomic
+from experiments._storage import write_json_atomic
 from experiments._training import TrainResult, full_batches, shrink_follows_lr, train
 from experiments.problems import CONVEX_PROBLEMS, KINDS, Problem, get_problem
 
@@ -602,7 +602,6 @@ def execute(
             records[spec.key] = record  # type: ignore[assignment]  # _finished is False for None
         else:
             todo.append(spec)
-            remove_stale_temporaries(spec.path(out))
     f_stars = {name: _f_star(name, out, resume) for name in plan.problems}
     # Longest runs first (MLP problems), so the two workers finish together.
     order = sorted(

@@ -288,6 +288,17 @@ def test_write_json_atomic_replaces_whole_files(tmp_path: Path) -> None:
     assert study.read_run(path) is None
 
 
+def test_write_json_atomic_removes_the_temporaries_a_killed_write_left(tmp_path: Path) -> None:
+    """Every writer (study runs, DC3 runs, F* files) cleans up after a writer of the same path killed mid-write;
+    a temporary of another path stays."""
+    path = tmp_path / "run[1].json"  # glob characters in the name are matched literally
+    stale, other = tmp_path / ".run[1].json.k1ll3d.tmp", tmp_path / ".run2.json.k1ll3d.tmp"
+    stale.write_text('{"x": ')
+    other.write_text('{"x": ')
+    study.write_json_atomic(path, {"x": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, path.name]
+
+
 # ---------------------------------------------------------------------- ground truth
 @pytest.mark.parametrize("name", CONVEX_PROBLEMS)
 def test_cvxpy_optimum_is_a_lower_bound_on_feasible_points(name: str) -> None:
