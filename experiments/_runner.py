@@ -19,6 +19,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -241,6 +242,13 @@ class WorkerPool:
             self.close()
         else:
             self.terminate()
+
+
+def fork_on_linux() -> str:
+    """The start method for child processes that should inherit this process's imports: ``"fork"`` on Linux
+    (torch, cvxpy and the loaded kernels come with the fork: no start-up cost), else ``"spawn"`` (each child
+    imports them again; macOS and Windows spawn by default, fork being unsafe or missing there)."""
+    return "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _main_thread() -> bool:

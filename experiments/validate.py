@@ -64,6 +64,7 @@ from constrain import (
 from constrain.reference import certified_projection, solve_projection
 from experiments._args import positive_int
 from experiments._paths import check_output_file
+from experiments._runner import fork_on_linux as _start_method  # a module name: tests patch it
 
 #: Set names accepted by ``--sets``, in table order. The offset sets are rows ``randn + c`` with
 #: ``|c|`` up to 1e8 onto the L1 ball and the simplex, errors relative to the radius; the metric sets
@@ -840,14 +841,6 @@ def _one_blas_thread() -> Any:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")
-
-
-def _start_method() -> str:
-    """``"fork"`` on Linux (the workers inherit this process's imports and loaded kernels: no start-up cost),
-    else ``"spawn"`` (each worker imports torch, cvxpy and the kernels again)."""
-    import multiprocessing
-
-    return "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def default_workers() -> int:

@@ -8,7 +8,6 @@ Module level (not in a test file) so that a spawned child process (where there i
 from __future__ import annotations
 
 import datetime
-import multiprocessing
 import os
 import socket
 import sys
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 import strategies
 from constrain import Affine, L1Ball, NonNegative, Polyhedron, on_output, on_parameter
+from experiments._runner import fork_on_linux
 
 GLOBAL_BATCH = 16
 STEPS = 6
@@ -231,16 +231,9 @@ def worker(rank: int, world_size: int, port: int, names: list[str], out_dir: str
     os._exit(0)  # the results are saved: skip the interpreter's teardown of torch (seconds per process)
 
 
-def _start_method() -> str:
-    """``"fork"`` where there is one (Linux): the ranks inherit this process's imports of torch and ours, which
-    a spawned interpreter pays again (seconds of CPU per rank); they are separate processes all the same, each
-    with its own gloo process group. ``"spawn"`` elsewhere."""
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux") else "spawn"
-
-
 def run_distributed(names: list[str], out_dir: str, world_size: int = 2) -> list[dict[str, Any]]:
     """Start ``world_size`` gloo processes training ``names``; their results, rank by rank."""
-    method = _start_method()
+    method = fork_on_linux()  # the ranks inherit this process's imports where they fork
     if method == "fork":
         import torch._dynamo  # noqa: F401  # what a first optimizer imports (seconds): once here, inherited by the ranks
     torch.multiprocessing.start_processes(
